@@ -1,0 +1,256 @@
+"""Frozen image foundation models (IFMs): building them, loading weights, encoding frames.
+
+The only module that imports open_clip or timm. Whatever the backend, an `IFM` turns a
+batch of uint8 crops (N, S, S, 3) into the last block's patch-token grid (N, h, w, D),
+class and register tokens dropped:
+
+- open_clip ViTs (`ViT-B-16`, `ViT-L-14`, ... and our `test-vit`): the last residual block's
+  output with the model's final LayerNorm (`ln_post`) applied to every patch token; no
+  projection to the joint embedding space.
+- timm ViTs (`timm/<name>`, and the aliases `MAE-B-16`, `DINOv2-B-14`): `forward_features`,
+  which ends with the model's final norm when it has one (MAE's is an identity: its tokens
+  are the raw last-block output).
+
+Weights come from a tag (resolved through the local hub cache, so it works offline once
+downloaded), a local checkpoint file, or `none` (random init, stated explicitly and
+recorded). A tag or file that cannot be loaded is an error, never a silent random model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .video import PixelSpec, normalize
+
+log = logging.getLogger(__name__)
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Short names for the timm models the paper compares against CLIP.
+TIMM_ALIASES = {
+    "MAE-B-16": ("vit_base_patch16_224.mae", {}),
+    "DINOv2-B-14": ("vit_base_patch14_dinov2.lvd142m", {"img_size": 224}),
+}
+# Models that exist only with random weights; their weights are a function of the seed.
+RANDOM_ONLY = {"test-vit"}
+DEFAULT_TAGS = {"ViT-B-16": "openai", "ViT-L-14": "openai", "ViT-B-32": "openai"}
+
+
+@dataclass
+class IFM:
+    """A frozen image model that maps uint8 crops to patch-token grids."""
+
+    name: str
+    pretrained: str  # tag, absolute path, or "none"
+    backbone: nn.Module
+    spec: PixelSpec
+    grid: tuple[int, int]
+    dim: int
+    device: torch.device
+    precision: str  # "fp32", "bf16" or "fp16"
+    normalisation: str
+    weights_sha256: str
+    _tokens: object = None  # callable(backbone, x) -> (N, L, D) patch tokens
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, S, S, 3) uint8 crops → (N, h, w, D) float32 tokens on `self.device`."""
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        x = normalize(frames.to(self.device, non_blocking=True), self.spec)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            tokens = self._tokens(self.backbone, x)
+        h, w = self.grid
+        return tokens.float().reshape(len(x), h, w, self.dim)
+
+    def info(self) -> dict:
+        """What a store records about the model that produced its tokens."""
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "input_size": self.spec.size,
+            "interpolation": self.spec.interpolation,
+            "mean": list(self.spec.mean),
+            "std": list(self.spec.std),
+            "normalisation": self.normalisation,
+            "grid": list(self.grid),
+            "dim": self.dim,
+            "precision": self.precision,
+        }
+
+
+def list_ifms() -> list[str]:
+    """Names `create_ifm` accepts (open_clip names, aliases; any `timm/<name>` works too)."""
+    import open_clip
+
+    _register_configs()
+    vits = [m for m in open_clip.list_models() if m.startswith("ViT-") or m in RANDOM_ONLY]
+    return sorted(set(vits) | set(TIMM_ALIASES))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def create_ifm(
+    name: str = "ViT-B-16",
+    pretrained: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    seed: int = 0,
+) -> IFM:
+    """Build a frozen IFM. `pretrained`: a tag, a checkpoint path, "none", or "auto"."""
+    dev = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if name.startswith("timm/") or name in TIMM_ALIASES:
+        model, spec, grid, dim, tokens, norm, pretrained = _create_timm(name, pretrained, seed)
+    else:
+        model, spec, grid, dim, tokens, norm, pretrained = _create_open_clip(name, pretrained, seed)
+    model.eval().requires_grad_(False).to(dev)
+    return IFM(
+        name=name,
+        pretrained=pretrained,
+        backbone=model,
+        spec=spec,
+        grid=grid,
+        dim=dim,
+        device=dev,
+        precision=precision,
+        normalisation=norm,
+        weights_sha256=weights_checksum(model),
+        _tokens=tokens,
+    )
+
+
+def weights_checksum(model: nn.Module) -> str:
+    """sha256 of the parameters and buffers in key order: identifies the weights in use,
+    whether they came from a tag, a file or a seed."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if "test-vit" not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def _resolve_pretrained(name: str, pretrained: str) -> str:
+    if pretrained == "auto":
+        return "none" if name in RANDOM_ONLY else DEFAULT_TAGS.get(name, "hub")
+    if name in RANDOM_ONLY and pretrained != "none":
+        raise WeightsError(f"{name} has no pretrained weights; use --pretrained none")
+    path = Path(pretrained).expanduser()
+    if pretrained not in ("none", "hub") and (path.suffix or "/" in pretrained):
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        return str(path.resolve())
+    return pretrained
+
+
+def _create_open_clip(name: str, pretrained: str, seed: int):
+    import open_clip
+
+    _register_configs()
+    if name not in open_clip.list_models():
+        raise WeightsError(
+            f"unknown image model {name!r}; open_clip ViTs such as ViT-B-16, ViT-L-14, the "
+            f"aliases {', '.join(TIMM_ALIASES)}, timm/<name>, or test-vit"
+        )
+    pretrained = _resolve_pretrained(name, pretrained)
+    if pretrained == "hub":
+        raise WeightsError(f"{name}: give a weights tag ({_tags(name)}), a file, or none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            clip = open_clip.create_model(name, pretrained=None if pretrained == "none" else pretrained)
+        except Exception as e:
+            raise WeightsError(
+                f"cannot load weights {pretrained!r} for {name}: {_first_line(e)}. Tags of "
+                f"{name}: {_tags(name)}. Offline, download them once on a connected machine "
+                "(they land in the hub cache) or pass --pretrained /path/to/checkpoint"
+            ) from e
+    visual = clip.visual
+    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "grid_size"):
+        raise WeightsError(f"{name}: only ViT image towers give a patch-token grid")
+    cfg = visual.preprocess_cfg
+    spec = PixelSpec(
+        size=int(cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+    dim = visual.transformer.width
+    norm = "open_clip last block output, ln_post applied to patch tokens, class token dropped"
+    return visual, spec, tuple(visual.grid_size), dim, _open_clip_tokens, norm, pretrained
+
+
+def _open_clip_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = visual.forward_intermediates(
+        x, indices=1, normalize_intermediates=True, intermediates_only=True, output_fmt="NLC"
+    )
+    return out["image_intermediates"][-1]
+
+
+def _create_timm(name: str, pretrained: str, seed: int):
+    import timm
+
+    arch, kwargs = TIMM_ALIASES.get(name, (name.removeprefix("timm/"), {}))
+    pretrained = _resolve_pretrained(name, pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = timm.create_model(arch, pretrained=pretrained == "hub", num_classes=0, **kwargs)
+            if pretrained not in ("hub", "none"):
+                timm.models.load_checkpoint(model, pretrained, strict=False)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise WeightsError(f"unknown timm model {arch!r}") from e
+            raise WeightsError(
+                f"cannot load weights {pretrained!r} for {arch}: {_first_line(e)}. Offline, "
+                "download them once on a connected machine or pass --pretrained FILE"
+            ) from e
+        except Exception as e:
+            raise WeightsError(f"cannot load weights {pretrained!r} for {arch}: {_first_line(e)}") from e
+    if not hasattr(model, "patch_embed"):
+        raise WeightsError(f"{arch}: only ViT models give a patch-token grid")
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = model.patch_embed.img_size[0]
+    spec = PixelSpec(size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     interpolation=cfg.get("interpolation", "bicubic"))
+    grid = tuple(model.patch_embed.grid_size)
+    prefix = getattr(model, "num_prefix_tokens", 1)
+
+    def tokens(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return m.forward_features(x)[:, prefix:]
+
+    norm = f"timm forward_features (final norm: {type(model.norm).__name__}), prefix tokens dropped"
+    return model, spec, grid, model.embed_dim, tokens, norm, pretrained
+
+
+def _tags(name: str) -> str:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    return ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "") if tags else "none known"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,389 @@
+"""The Zarr layout of a feature cache: create, add an IFM, write, resume, read, inspect.
+
+The only module that imports zarr. docs/STORE.md describes the layout; in short::
+
+    STORE.zarr/                 attrs["advise_cache"]: format, version, dataset, root, classes
+      videos/                   the per-video table, written once when the store is created
+        name path split label fps source_frames probe_error
+      ifm/<key>/                one group per image model; attrs["advise_cache"]: the model,
+        tokens  (F, h, w, D)      weights, pixels, grid, dim, dtype, stride, codec, version
+        offset  (V,)  first row of each video in `tokens` (a multiple of frames_per_shard)
+        frames  (V,)  rows of each video
+        status  (V,)  0 pending, 1 done, 2 failed   (one chunk per video)
+        reason  (V,)  why a video failed            (one chunk per video)
+
+Each video starts on a shard boundary, so every shard belongs to exactly one video: writers
+that own disjoint videos never touch the same object, and a video is rewritten whole when an
+interrupted run resumes. Rows past a video's end are never written and cost no bytes.
+Creation is atomic (built beside the target, then renamed), so processes racing to create
+the same store or IFM group end up agreeing on one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from . import __version__
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+PENDING, DONE, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+# Chosen by measurement (pipelines/bench_extract.py, BENCHMARKS.md): lossless codecs gain
+# little on float tokens and cost read speed, which bounds training.
+CODECS = {
+    "none": None,
+    "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2),
+    "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),
+}
+DEFAULT_CODEC = "none"
+TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe_error")
+
+
+@dataclass(frozen=True)
+class VideoTable:
+    """The per-video table, as numpy arrays indexed by video."""
+
+    name: np.ndarray
+    path: np.ndarray
+    split: np.ndarray
+    label: np.ndarray
+    fps: np.ndarray
+    source_frames: np.ndarray
+    probe_error: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+
+def _meta(node) -> dict:
+    return dict(node.attrs.get("advise_cache", {}))
+
+
+def _atomic_create(target: Path, build) -> bool:
+    """Build a directory next to `target` with `build(tmp)`, then rename it into place.
+    Returns False (and discards ours) when another process got there first."""
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+            return True
+        except OSError:
+            if target.exists():
+                return False
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_store(path: Path, dataset: str, root: str, classes: list[str], table: dict) -> None:
+    """Create a store holding the dataset's video table; no IFM yet. Atomic."""
+    path = Path(path)
+    n = len(table["name"])
+
+    def build(tmp: Path) -> None:
+        g = zarr.open_group(tmp, mode="w", zarr_format=3)
+        g.attrs["advise_cache"] = {
+            "format": FORMAT,
+            "version": __version__,
+            "dataset": dataset,
+            "root": root,
+            "classes": list(classes),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        v = g.create_group("videos")
+        dtypes = {"label": "int32", "fps": "float32", "source_frames": "int64"}
+        for field in TABLE_FIELDS:
+            dtype = dtypes.get(field, str)
+            arr = v.create_array(field, shape=(n,), chunks=(max(n, 1),), dtype=dtype,
+                                 fill_value=0 if field in dtypes else "")
+            if n:
+                arr[:] = np.asarray(table[field], dtype=dtype)
+
+    if not _atomic_create(path, build):
+        log.info("store %s was created by another process", path)
+
+
+class Store:
+    """An open feature cache. `open_store` for reading, `create_store` + `open_store` to fill."""
+
+    def __init__(self, path: Path | str, mode: str = "r"):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path} is not a store (no zarr.json); create it with `advise-cache extract`")
+        self.group = zarr.open_group(self.path, mode=mode, zarr_format=3)
+        self.meta = _meta(self.group)
+        if self.meta.get("format") != FORMAT:
+            raise StoreError(f"{self.path} is not an advise-cache store of format {FORMAT}")
+        self.mode = mode
+        self._table: VideoTable | None = None
+        self._ifms: dict[str, IFMArrays] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]
+
+    @property
+    def videos(self) -> VideoTable:
+        if self._table is None:
+            v = self.group["videos"]
+            self._table = VideoTable(**{f: v[f][:] for f in TABLE_FIELDS})
+        return self._table
+
+    def ifm_keys(self) -> list[str]:
+        if "ifm" not in self.group:
+            return []
+        return sorted(k for k, _ in self.group["ifm"].groups())
+
+    def ifm(self, key: str | None = None) -> "IFMArrays":
+        keys = self.ifm_keys()
+        if key is None:
+            if len(keys) != 1:
+                raise StoreError(
+                    f"{self.path} holds {len(keys)} image models ({', '.join(keys) or 'none'}); pick one with --ifm"
+                )
+            key = keys[0]
+        if key not in keys:
+            raise StoreError(f"{self.path} has no image model {key!r}; it holds: {', '.join(keys) or 'none'}")
+        if key not in self._ifms:
+            self._ifms[key] = IFMArrays(self, key)
+        return self._ifms[key]
+
+    def add_ifm(self, key: str, info: dict, frame_stride: int, frames_per_shard: int,
+                codec: str = DEFAULT_CODEC, dtype: str = "float16") -> "IFMArrays":
+        """Create the IFM's group (atomically) or check that an existing one matches."""
+        if codec not in CODECS:
+            raise StoreError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
+        if dtype not in ("float16", "float32", "bfloat16"):
+            raise StoreError(f"unsupported token dtype {dtype!r}; use float16 or float32")
+        table = self.videos
+        frames = -(-table.source_frames // frame_stride)  # ceil
+        slots = -(-frames // frames_per_shard) * frames_per_shard
+        offset = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype("int64") if len(slots) else slots
+        total = int(slots.sum())
+        h, w = info["grid"]
+        meta = dict(info, dtype=dtype, frame_stride=frame_stride, frames_per_shard=frames_per_shard,
+                    codec=codec, version=__version__)
+        ifm_dir = self.path / "ifm"
+        if "ifm" not in self.group:
+            ifm_dir.mkdir(exist_ok=True)
+            if not (ifm_dir / "zarr.json").exists():
+                zarr.open_group(ifm_dir, mode="a", zarr_format=3)
+
+        def build(tmp: Path) -> None:
+            g = zarr.open_group(tmp, mode="w", zarr_format=3)
+            g.attrs["advise_cache"] = meta
+            g.create_array(
+                "tokens", shape=(total, h, w, info["dim"]), dtype=dtype,
+                chunks=(1, h, w, info["dim"]), shards=(frames_per_shard, h, w, info["dim"]),
+                compressors=CODECS[codec], fill_value=0,
+            )
+            n = len(table)
+            for name, values in (("offset", offset), ("frames", frames)):
+                a = g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0)
+                if n:
+                    a[:] = values
+            g.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING)
+            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="")
+
+        _atomic_create(ifm_dir / key, build)
+        self.group = zarr.open_group(self.path, mode=self.mode, zarr_format=3)
+        arrays = self.ifm(key)
+        keep = ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim", "dtype",
+                "frame_stride", "frames_per_shard", "codec", "normalisation")
+        diff = [k for k in keep if json.dumps(arrays.meta.get(k)) != json.dumps(meta.get(k))]
+        if diff:
+            detail = "; ".join(f"{k}: store {arrays.meta.get(k)!r}, now {meta.get(k)!r}" for k in diff)
+            raise StoreError(
+                f"{self.path} already holds an image model {key!r} made differently ({detail}). "
+                "Resume with the same settings, or pick another --name"
+            )
+        return arrays
+
+    def fingerprint(self, keys: list[str]) -> dict:
+        """What a checkpoint records to tell whether another store has the same features."""
+        out = []
+        for key in keys:
+            m = self.ifm(key).meta
+            out.append({k: m.get(k) for k in ("model", "pretrained", "weights_sha256", "input_size",
+                                               "normalisation", "grid", "dim", "frame_stride")})
+        return {"ifms": keys, "features": out}
+
+
+class IFMArrays:
+    """The arrays of one image model inside a store."""
+
+    def __init__(self, store: Store, key: str):
+        self.store = store
+        self.key = key
+        self.group = store.group["ifm"][key]
+        self.meta = _meta(self.group)
+        self.tokens = self.group["tokens"]
+        self.offset = self.group["offset"][:]
+        self.frames = self.group["frames"][:]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.meta["grid"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def status(self) -> np.ndarray:
+        return self.group["status"][:]
+
+    def reasons(self) -> np.ndarray:
+        return self.group["reason"][:]
+
+    # -- writing ------------------------------------------------------------------------
+    def _shard_paths(self, video: int) -> list[Path]:
+        per = int(self.meta["frames_per_shard"])
+        first = int(self.offset[video]) // per
+        count = -(-int(self.frames[video]) // per)
+        base = self.store.path / "ifm" / self.key / "tokens" / "c"
+        return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
+
+    def clear_video(self, video: int) -> None:
+        """Forget whatever an interrupted run wrote for this video."""
+        for p in self._shard_paths(video):
+            p.unlink(missing_ok=True)
+
+    def write_video(self, video: int, tokens: np.ndarray) -> int:
+        """Write all of a video's rows, make them durable, then mark it done. Returns bytes."""
+        n = int(self.frames[video])
+        if tokens.shape != (n, *self.tokens.shape[1:]):
+            raise StoreError(f"video {video}: got tokens {tokens.shape}, expected {(n, *self.tokens.shape[1:])}")
+        start = int(self.offset[video])
+        per = int(self.meta["frames_per_shard"])
+        tokens = tokens.astype(self.tokens.dtype, copy=False)
+        for lo in range(0, n, per):  # one whole shard per write: each shard written once
+            self.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
+        written = 0
+        for p in self._shard_paths(video):
+            if p.exists():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+                written += p.stat().st_size
+        self.group["status"][video] = DONE
+        return written
+
+    def mark_failed(self, video: int, reason: str) -> None:
+        self.group["reason"][video] = reason[:500]
+        self.group["status"][video] = FAILED
+
+    # -- reading ------------------------------------------------------------------------
+    def read_frames(self, video: int, indices) -> np.ndarray:
+        """Rows `indices` (0-based within the video) of one video: (len, h, w, D)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        n = int(self.frames[video])
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise StoreError(f"video {video} has {n} frames; asked for {rows.min()}..{rows.max()}")
+        base = int(self.offset[video])
+        # Frame-at-a-time reads: zarr's orthogonal indexing into a shard decodes far more
+        # than it needs (measured ~10x slower for 8 scattered frames).
+        return np.stack([self.tokens[base + int(r)] for r in rows]) if rows.size else \
+            np.zeros((0, *self.tokens.shape[1:]), self.tokens.dtype)
+
+    def read_video(self, video: int) -> np.ndarray:
+        base = int(self.offset[video])
+        return self.tokens[base : base + int(self.frames[video])]
+
+    def stored_bytes(self) -> int:
+        root = self.store.path / "ifm" / self.key / "tokens"
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def open_store(path: Path | str, mode: str = "r") -> Store:
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"store {path} does not exist")
+    return Store(path, mode)
+
+
+def summarize(store: Store) -> dict:
+    """The facts `advise-cache info` prints."""
+    table = store.videos
+    out = {
+        "path": str(store.path),
+        "dataset": store.dataset,
+        "classes": len(store.classes),
+        "videos": len(table),
+        "splits": {s: int((table.split == s).sum()) for s in sorted(set(table.split.tolist()))},
+        "ifms": {},
+    }
+    for key in store.ifm_keys():
+        a = store.ifm(key)
+        status = a.status()
+        done = status == DONE
+        reasons = a.reasons()
+        out["ifms"][key] = {
+            "model": a.meta["model"],
+            "pretrained": a.meta["pretrained"],
+            "grid": list(a.grid),
+            "dim": a.dim,
+            "dtype": a.meta["dtype"],
+            "frame_stride": a.meta["frame_stride"],
+            "codec": a.meta["codec"],
+            "done": int(done.sum()),
+            "pending": int((status == PENDING).sum()),
+            "failed": [{"name": str(table.name[i]), "reason": str(reasons[i])}
+                       for i in np.flatnonzero(status == FAILED)],
+            "frames": int(a.frames[done].sum()),
+            "bytes": a.stored_bytes(),
+        }
+    return out
+
+
+def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
+    """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens."""
+    problems = []
+    table = store.videos
+    keys = store.ifm_keys()
+    if not keys:
+        problems.append("no image model has been extracted into this store")
+    for key in keys:
+        a = store.ifm(key)
+        per = int(a.meta["frames_per_shard"])
+        stride = int(a.meta["frame_stride"])
+        status = a.status()
+        h, w = a.grid
+        if a.tokens.shape[1:] != (h, w, a.dim):
+            problems.append(f"{key}: tokens shape {a.tokens.shape} does not match grid {h}x{w} dim {a.dim}")
+        expected = -(-table.source_frames // stride)
+        ends = a.offset + -(-a.frames // per) * per
+        for v in range(len(table)):
+            name = table.name[v]
+            if status[v] == PENDING:
+                problems.append(f"{key}: {name}: not extracted yet")
+            if a.frames[v] != expected[v]:
+                problems.append(f"{key}: {name}: {a.frames[v]} rows, expected {expected[v]}")
+            if a.offset[v] % per or (v and a.offset[v] != ends[v - 1]) or ends[v] > a.tokens.shape[0]:
+                problems.append(f"{key}: {name}: offset {a.offset[v]} is not where its slot starts")
+        if check_values:
+            for v in (progress or iter)(np.flatnonzero(status == DONE)):
+                x = a.read_video(int(v))
+                if not np.isfinite(x).all():
+                    problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
+                elif not np.any(x.reshape(len(x), -1), axis=1).all():
+                    problems.append(f"{key}: {table.name[v]}: some of its frames are missing (all zero)")
+    return problems

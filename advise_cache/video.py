@@ -1,0 +1,159 @@
+"""Decoding video frames and the image model's pixel preprocessing.
+
+The only module that imports decord. Frames are decoded at their native size, resized so
+the short side equals the model's input size, and centre-cropped — the same geometry as
+open_clip's and timm's evaluation transforms. Resizing uses PIL's antialiased
+filters, as open_clip's and timm's own transforms do. The crop stays uint8 (so it travels
+cheaply between processes); `normalize` turns it into the model's input on its device.
+
+Decode workers import only this module (no torch), so they start in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from .errors import DecodeError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# Decode this many frames at a time so a long video never sits in memory at full size.
+_DECODE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """How a model wants its pixels: square input size, interpolation, mean and std."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+def _reader(path: Path):
+    import decord  # imported here so processes that never decode stay light
+
+    decord.logging.set_level(decord.logging.QUIET)
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    try:
+        return decord.VideoReader(str(path), num_threads=1)
+    except Exception as e:  # decord raises RuntimeError or its own DECORDError
+        raise DecodeError(f"{path}: cannot open as video ({_first_line(e)})") from e
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Frame count and rate from the decoder's own index (what `decode_frames` will return)."""
+    vr = _reader(path)
+    n = len(vr)
+    if n == 0:
+        raise DecodeError(f"{path}: no decodable frame")
+    height, width = vr[0].shape[:2] if n else (0, 0)
+    return VideoInfo(frames=n, fps=float(vr.get_avg_fps() or 0.0), height=height, width=width)
+
+
+def strided_count(frames: int, stride: int) -> int:
+    """How many frames `decode_frames(stride=stride)` keeps from a video of `frames`."""
+    return math.ceil(frames / stride)
+
+
+def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
+    """Every `stride`-th frame, resized and centre-cropped to (T, S, S, 3) uint8."""
+    vr = _reader(path)
+    indices = list(range(0, len(vr), stride))
+    if not indices:
+        raise DecodeError(f"{path}: no decodable frame")
+    out = []
+    for start in range(0, len(indices), _DECODE_BATCH):
+        batch = indices[start : start + _DECODE_BATCH]
+        try:
+            frames = vr.get_batch(batch).asnumpy()
+        except Exception as e:
+            raise DecodeError(
+                f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({_first_line(e)})"
+            ) from e
+        out.append(resize_crop(frames, spec))
+    return np.concatenate(out)
+
+
+def resize_crop(frames: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """(T, H, W, 3) uint8 → short side resized to spec.size, centre crop, (T, S, S, 3) uint8."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise DecodeError(f"expected RGB frames (T, H, W, 3), got shape {frames.shape}")
+    _, h, w, _ = frames.shape
+    s = spec.size
+    scale = s / min(h, w)
+    nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+    top, left = (nh - s) // 2, (nw - s) // 2
+    resample = _FILTERS.get(spec.interpolation, Image.BICUBIC)
+    out = np.empty((len(frames), s, s, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame)
+        if (nh, nw) != (h, w):
+            img = img.resize((nw, nh), resample)
+        out[i] = np.asarray(img)[top : top + s, left : left + s]
+    return out
+
+
+_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
+    """(T, S, S, 3) uint8 → (T, 3, S, S) float32 scaled to [0, 1] and standardised."""
+    import torch
+
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# -- entry points for decode worker processes: failures come back as a reason string --------
+def init_worker() -> None:
+    # decord's bundled ffmpeg prints to fd 2; the reason is kept in the store instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
+def probe_or_reason(path: str) -> tuple[int, float, str]:
+    try:
+        info = probe_video(Path(path))
+        return info.frames, info.fps, ""
+    except DecodeError as e:
+        return 0, 0.0, str(e)
+
+
+def decode_or_reason(path: str, spec: PixelSpec, stride: int) -> np.ndarray | str:
+    try:
+        return decode_frames(Path(path), spec, stride)
+    except DecodeError as e:
+        return str(e)
