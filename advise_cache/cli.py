@@ -143,3 +143,7 @@ def verify(store: Annotated[Path, typer.Argument(help="A store made by `extract`
         typer.echo(p)
     typer.echo(f"{len(problems)} problem(s)" if problems else "ok")
     raise typer.Exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    app()

@@ -63,6 +63,10 @@ def _reader(path: Path):
     try:
         return decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # decord raises RuntimeError or its own DECORDError
+        if "cannot find video stream" in str(e):
+            raise DecodeError(
+                f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)"
+            ) from e
         raise DecodeError(f"{path}: cannot open as video ({_first_line(e)})") from e
 
 

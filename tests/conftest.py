@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny generated videos and stores, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+
+TINY = dict(train_per_class=2, test_per_class=1, min_frames=10, max_frames=20)
+
+
+def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", size=(72, 96), fps=25) -> Path:
+    """A small real video of random smooth noise, for tests that need a specific file."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.height, s.width = size
+        s.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 255, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
+            img = np.repeat(np.repeat(img, 8, 0), 8, 1)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, family="both", seed=0, **TINY)
+    return root
+
+
+def extract_config(root: Path, out: Path, **kw):
+    from advise_cache.extract import ExtractConfig
+
+    base = dict(dataset="synthetic", root=root, out=out, model="test-vit", pretrained="none",
+                workers=0, device="cpu", frames_per_shard=8, batch_size=16, progress=False)
+    return ExtractConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(synthetic_root, tmp_path_factory) -> Path:
+    from advise_cache.extract import extract_videos
+
+    out = tmp_path_factory.mktemp("stores") / "synthetic.zarr"
+    summary = extract_videos(extract_config(synthetic_root, out))
+    assert summary.exit_code == 0, summary.failed
+    return out

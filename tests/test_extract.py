@@ -1,0 +1,280 @@
+"""Stage 1 end to end on generated videos with the random-init test-vit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import extract_config, write_video
+from typer.testing import CliRunner
+
+from advise_cache.cli import app
+from advise_cache.errors import AdviseCacheError, StoreError
+from advise_cache.extract import EXIT_SOME_FAILED, extract_videos, parse_shard
+from advise_cache.ifm import create_ifm
+from advise_cache.store import DONE, FAILED, open_store, summarize, verify
+from advise_cache.video import decode_frames
+
+runner = CliRunner()
+CLI = [sys.executable, "-m", "advise_cache.cli"]
+
+
+def all_tokens(path: Path, key: str = "test-vit") -> tuple[np.ndarray, np.ndarray]:
+    a = open_store(path).ifm(key)
+    return a.tokens[:], a.status()
+
+
+def test_stored_tokens_equal_a_direct_forward(synthetic_root, synthetic_store):
+    store = open_store(synthetic_store)
+    a = store.ifm("test-vit")
+    ifm = create_ifm("test-vit", "none", device="cpu")
+    assert a.meta["weights_sha256"] == ifm.weights_sha256
+    assert (a.grid, a.dim, a.meta["dtype"]) == ((4, 4), 64, "float16")
+    for v in range(0, len(store.videos), 5):
+        frames = decode_frames(Path(store.videos.path[v]), ifm.spec)
+        direct = ifm.encode(frames).numpy()
+        stored = a.read_video(v).astype(np.float32)
+        assert stored.shape == direct.shape == (store.videos.source_frames[v], 4, 4, 64)
+        # float16 storage: relative precision 2^-11, so 1e-3 relative plus 1e-3 absolute.
+        np.testing.assert_allclose(stored, direct, rtol=1e-3, atol=1e-3)
+        picked = a.read_frames(v, [0, len(direct) - 1, 3])
+        np.testing.assert_array_equal(picked, a.read_video(v)[[0, len(direct) - 1, 3]])
+
+
+def test_frame_stride_keeps_every_nth_frame(synthetic_root, synthetic_store, tmp_path):
+    out = tmp_path / "s2.zarr"
+    extract_videos(extract_config(synthetic_root, out, frame_stride=3, frames_per_shard=4))
+    full = open_store(synthetic_store).ifm("test-vit")
+    strided = open_store(out).ifm("test-vit")
+    assert strided.meta["frame_stride"] == 3
+    for v in range(3):
+        n = int(full.frames[v])
+        assert strided.frames[v] == -(-n // 3)
+        np.testing.assert_array_equal(strided.read_video(v), full.read_video(v)[::3])
+
+
+def test_store_is_self_describing(synthetic_store):
+    store = open_store(synthetic_store)
+    assert store.dataset == "synthetic"
+    assert len(store.classes) == 8 and all(c.startswith(("appearance_", "temporal_")) for c in store.classes)
+    m = store.ifm("test-vit").meta
+    for key in ("model", "pretrained", "weights_sha256", "input_size", "normalisation", "grid", "dim",
+                "dtype", "frame_stride", "version", "mean", "std", "codec"):
+        assert key in m, key
+    t = store.videos
+    assert set(t.split.tolist()) == {"train", "test"}
+    assert (t.fps > 0).all() and (t.source_frames >= 10).all()
+    a = store.ifm("test-vit")
+    assert (a.offset % 8 == 0).all() and (np.diff(a.offset) >= a.frames[:-1]).all()
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synthetic_store, tmp_path, monkeypatch):
+    from advise_cache import store as store_mod
+
+    out = tmp_path / "resumed.zarr"
+    original = store_mod.IFMArrays.write_video
+    calls = {"n": 0}
+
+    def dying_write(self, video, tokens):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die half-way through writing the fourth video
+            self.tokens[int(self.offset[video])] = tokens[0]
+            raise KeyboardInterrupt
+        return original(self, video, tokens)
+
+    monkeypatch.setattr(store_mod.IFMArrays, "write_video", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        extract_videos(extract_config(synthetic_root, out))
+    _, status = all_tokens(out)
+    assert (status == DONE).sum() == 3
+    monkeypatch.setattr(store_mod.IFMArrays, "write_video", original)
+    summary = extract_videos(extract_config(synthetic_root, out))
+    assert summary.already_done == 3 and summary.done == len(status) - 3
+    a, sa = all_tokens(out)
+    b, sb = all_tokens(synthetic_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def _wait_for_done(path: Path, timeout: float = 120) -> None:
+    status_dir = path / "ifm" / "test-vit" / "status" / "c"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if status_dir.exists() and any(status_dir.iterdir()):
+            return
+        time.sleep(0.05)
+
+
+def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_store, tmp_path):
+    out = tmp_path / "killed.zarr"
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--model",
+            "test-vit", "--pretrained", "none", "--workers", "0", "--frames-per-shard", "8",
+            "--batch-size", "16", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_done(out)
+    proc.send_signal(signal.SIGKILL)  # wherever it is: mid-write, mid-forward, ...
+    proc.wait()
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, sa = all_tokens(out)
+    b, sb = all_tokens(synthetic_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_two_shard_processes_at_once_give_a_complete_store(synthetic_root, synthetic_store, tmp_path):
+    out = tmp_path / "sharded.zarr"
+    procs = [
+        subprocess.Popen([*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out),
+                          "--model", "test-vit", "--pretrained", "none", "--workers", "1",
+                          "--frames-per-shard", "8", "--batch-size", "16", "--device", "cpu",
+                          "--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert verify(open_store(out)) == []
+    a, sa = all_tokens(out)
+    b, sb = all_tokens(synthetic_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def _bad_files(root: Path) -> dict[str, str]:
+    """One class folder of broken files, named by what is wrong; returns name -> reason pattern."""
+    d = root / "broken"
+    d.mkdir(parents=True)
+    (d / "zero_bytes.mp4").write_bytes(b"")
+    (d / "not_a_video.mp4").write_text("just some text, not a video\n" * 50)
+    good = write_video(root / "ok" / "fine.mp4", 12, seed=1)
+    data = good.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    garbage = bytearray(data)
+    garbage[:64] = os.urandom(64)  # header smashed
+    (d / "corrupt.mp4").write_bytes(bytes(garbage))
+    avi = write_video(root / "tmp" / "x.avi", 6, seed=2).read_bytes()
+    (d / "unsupported_codec.avi").write_bytes(avi.replace(b"FMP4", b"QZX9"))  # unknown FourCC
+    shutil.rmtree(root / "tmp")
+    import av
+
+    with av.open(str(d / "no_video_stream.mp4"), "w") as c:  # audio only
+        s = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 2048), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for p in [*s.encode(frame), *s.encode()]:
+            c.mux(p)
+    blank = bytearray(data)  # a sound container whose every frame is blanked out
+    at = data.index(b"mdat")
+    size = int.from_bytes(data[at - 4 : at], "big")
+    blank[at + 4 : at - 4 + size] = bytes(size - 8)
+    (d / "no_frames.mp4").write_bytes(bytes(blank))
+    return {
+        "broken/zero_bytes": "empty file",
+        "broken/not_a_video": "cannot open as video",
+        "broken/truncated": "cannot open|decoding failed",
+        "broken/corrupt": "cannot open|decoding failed",
+        "broken/unsupported_codec": "no decodable video stream",
+        "broken/no_video_stream": "no decodable video stream",
+        "broken/no_frames": "cannot open|decoding failed|no decodable frame",
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_files_are_recorded_as_failed_and_the_run_goes_on(tmp_path, workers):
+    expected = _bad_files(tmp_path / "data")
+    out = tmp_path / "bad.zarr"
+    summary = extract_videos(extract_config(tmp_path / "data", out, dataset="folder", workers=workers))
+    assert summary.exit_code == EXIT_SOME_FAILED
+    assert summary.done == 1
+    failed = {f["name"]: f["reason"] for f in summary.failed}
+    assert set(failed) == set(expected)
+    import re
+
+    for name, pattern in expected.items():
+        assert re.search(pattern, failed[name]), (name, failed[name])
+    store = open_store(out)
+    status = store.ifm("test-vit").status()
+    assert (status == FAILED).sum() == len(expected) and (status == DONE).sum() == 1
+    assert verify(store) == []
+    info = summarize(store)["ifms"]["test-vit"]
+    assert {f["name"] for f in info["failed"]} == set(expected)
+    again = extract_videos(extract_config(tmp_path / "data", out, dataset="folder", workers=workers))
+    assert again.done == 0 and len(again.failed) == len(expected)  # failures stay recorded
+
+
+def test_cli_extract_info_verify(tmp_path):
+    write_video(tmp_path / "data" / "a" / "one.mp4", 9)
+    write_video(tmp_path / "data" / "b" / "two.mp4", 14, seed=3)
+    (tmp_path / "data" / "b" / "bad.mp4").write_bytes(b"")
+    out = tmp_path / "cli.zarr"
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out),
+                            "--model", "test-vit", "--workers", "0", "--device", "cpu"])
+    assert r.exit_code == EXIT_SOME_FAILED, r.output
+    assert "1 failed" in r.output and "FAILED b/bad" in r.output and "kB per frame" in r.output
+    r = runner.invoke(app, ["info", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["videos"] == 3 and info["done"] == 2 and info["frames"] == 23
+    assert info["failed"] == [{"name": "b/bad", "reason": info["failed"][0]["reason"]}]
+    assert (info["model"], info["grid"], info["dim"], info["dtype"]) == ("test-vit", [4, 4], 64, "float16")
+    assert info["bytes"] > 0
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 0 and "ok" in r.output
+    # Break it: drop a shard of a done video; verify must notice.
+    a = open_store(out).ifm("test-vit")
+    a._shard_paths(int(np.flatnonzero(a.status() == DONE)[0]))[0].unlink()
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1 and "missing" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extract", "ucf101", "--root", "/nonexistent/ucf", "--out", "x.zarr"], "does not exist"),
+        (["extract", "nosuchset", "--root", ".", "--out", "x.zarr"], "unknown dataset"),
+        (["extract", "folder", "--root", "{tmp}", "--out", "x.zarr", "--shard", "2/2"], "--shard"),
+        (["info", "/nonexistent/store.zarr"], "does not exist"),
+        (["verify", "{tmp}"], "not a store"),
+    ],
+)
+def test_user_mistakes_get_one_clear_line(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_weights_that_cannot_be_found_are_an_error_not_random(tmp_path):
+    with pytest.raises(AdviseCacheError, match="does not exist"):
+        create_ifm("ViT-B-16", str(tmp_path / "missing.pt"), device="cpu")
+    with pytest.raises(AdviseCacheError, match="no pretrained weights"):
+        create_ifm("test-vit", "openai", device="cpu")
+
+
+def test_a_second_model_lives_beside_the_first(synthetic_root, synthetic_store, tmp_path):
+    out = tmp_path / "two.zarr"
+    shutil.copytree(synthetic_store, out)
+    extract_videos(extract_config(synthetic_root, out, name="test-vit-seed1", seed=1))
+    store = open_store(out)
+    assert store.ifm_keys() == ["test-vit", "test-vit-seed1"]
+    assert store.ifm("test-vit").meta["weights_sha256"] != store.ifm("test-vit-seed1").meta["weights_sha256"]
+    with pytest.raises(StoreError, match="made differently"):  # same key, other weights
+        extract_videos(extract_config(synthetic_root, out, seed=2))
+
+
+def test_parse_shard():
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "a/b", "1"):
+        with pytest.raises(AdviseCacheError):
+            parse_shard(bad)

@@ -1,0 +1,228 @@
+"""Tests for advise_cache.models: shapes, residual wiring, gradients, and the paper's counts.
+
+Run: .venv/bin/python -m pytest tests/test_models.py
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from advise_cache.errors import MismatchError
+from advise_cache.models import (
+    R3D50,
+    SFU,
+    TMM,
+    Bottleneck3D,
+    TMMConfig,
+    count_flops,
+    count_params,
+    create_model,
+    model_stats,
+)
+
+# (label, overrides of TMMConfig.paper(), params in M or None, FLOPs in G) for a clip of
+# 8 × 14 × 14 × 768 tokens and a 4-way (PRP) head.
+PAPER_TABLE = [
+    ("t3-hidden64", dict(hidden=64), 0.94, 1.47),
+    ("t3-hidden256", dict(hidden=256), 1.84, 2.88),
+    ("t3-hidden512", dict(hidden=512), 4.07, 6.37),
+    ("t3-hidden1024", dict(hidden=1024), 12.06, 18.91),
+    ("t3-hidden2048", dict(hidden=2048), 42.21, 66.18),
+    ("t2-blocks1", dict(blocks=1), 1.84, 2.88),
+    ("t2-blocks2", dict(blocks=2), 2.95, 4.62),
+    ("t2-blocks4", dict(blocks=4), 5.18, 8.12),
+    ("t2-blocks6", dict(blocks=6), 7.41, 11.61),
+    ("t2-blocks8", dict(blocks=8), 9.63, 15.11),
+    # Pooling leaves the parameters alone, so they stay those of hidden 2048.
+    ("t2-spatial14", dict(hidden=2048, spatial_pool=14), 42.21, 66.18),
+    ("t2-spatial9", dict(hidden=2048, spatial_pool=9), 42.21, 27.35),
+    ("t2-spatial5", dict(hidden=2048, spatial_pool=5), 42.21, 8.44),
+    ("t2-spatial3", dict(hidden=2048, spatial_pool=3), 42.21, 3.04),
+    ("t2-spatial1", dict(hidden=2048, spatial_pool=1), 42.21, 0.34),
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: threads cost more in contention than they gain.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small(**overrides) -> TMMConfig:
+    base = dict(in_dim=32, hidden=8, out_dim=48, head_hidden=16)
+    return TMMConfig(**{**base, **overrides})
+
+
+def tokens(b=2, d=32, t=4, h=7, w=7) -> torch.Tensor:
+    return torch.randn(b, d, t, h, w)
+
+
+@pytest.mark.parametrize("label,overrides,params_m,flops_g", PAPER_TABLE, ids=lambda v: v)
+def test_paper_tables_within_one_percent(label, overrides, params_m, flops_g):
+    stats = model_stats(TMMConfig.paper(**overrides), num_classes=4)
+    assert stats["params"] == pytest.approx(params_m * 1e6, rel=0.01)
+    assert stats["flops"] == pytest.approx(flops_g * 1e9, rel=0.01)
+
+
+def test_paper_preset_fields():
+    config = TMMConfig.paper(hidden=512)
+    assert (config.in_dim, config.out_dim, config.blocks) == (768, 1024, 1)
+    assert (config.temporal_kernel, config.head, config.hidden) == (1, "linear", 512)
+
+
+@pytest.mark.parametrize(
+    "overrides,grid,dim",
+    [
+        (dict(), (7, 7), 48),
+        (dict(spatial_pool=3), (3, 3), 48),
+        (dict(spatial_pool=1, blocks=3), (1, 1), 48),
+        (dict(channel_pool=8), (7, 7), 48),
+        (dict(tmm="none"), (7, 7), 32),
+        (dict(tmm="none", spatial_pool=5, channel_pool=12), (5, 5), 12),
+        (dict(head="linear", temporal_kernel=1), (7, 7), 48),
+    ],
+)
+def test_output_shapes(overrides, grid, dim):
+    config = small(**overrides)
+    model = create_model(config, num_classes=5)
+    x = tokens()
+    assert model.feature_maps(x).shape == (2, dim, 4, *grid)
+    assert model.features(x).shape == (2, dim)
+    assert model(x).shape == (2, 5)
+    assert config.feature_dim == dim
+
+
+def test_features_are_pooled_feature_maps():
+    model = create_model(small(), num_classes=3).eval()
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), model.feature_maps(x).mean(dim=(2, 3, 4)))
+
+
+def test_sfu_identity_and_averages():
+    x = tokens()
+    assert SFU()(x) is x
+    assert SFU(spatial_pool=7, channel_pool=32)(x) is x
+    torch.testing.assert_close(SFU(spatial_pool=1)(x), x.mean(dim=(3, 4), keepdim=True))
+    torch.testing.assert_close(SFU(channel_pool=1)(x), x.mean(dim=1, keepdim=True))
+    # Channel pooling to 8 of 32 averages groups of 4 neighbouring channels.
+    expected = x.reshape(2, 8, 4, 4, 7, 7).mean(dim=2)
+    torch.testing.assert_close(SFU(channel_pool=8)(x), expected)
+
+
+def test_projection_only_where_dims_differ():
+    tmm = TMM(small(blocks=3))
+    shortcuts = [block.shortcut for block in tmm.blocks]
+    assert isinstance(shortcuts[0], nn.Sequential)  # 32 -> 48
+    assert all(isinstance(s, nn.Identity) for s in shortcuts[1:])  # 48 -> 48
+    same = TMM(small(in_dim=48, blocks=2))
+    assert all(isinstance(block.shortcut, nn.Identity) for block in same.blocks)
+    assert isinstance(Bottleneck3D(16, 4, 16, stride=2).shortcut, nn.Sequential)
+
+
+def test_tmm_none_is_identity_after_sfu():
+    model = create_model(small(tmm="none", spatial_pool=3), num_classes=2)
+    x = tokens()
+    torch.testing.assert_close(model.feature_maps(x), SFU(spatial_pool=3)(x))
+    assert count_params(model.tmm) == 0
+
+
+def test_bottleneck_keeps_time_and_space():
+    block = Bottleneck3D(16, 8, 24, temporal_kernel=3)
+    assert block(torch.randn(1, 16, 5, 6, 6)).shape == (1, 24, 5, 6, 6)
+    assert Bottleneck3D(16, 8, 24, stride=2)(torch.randn(1, 16, 5, 6, 6)).shape == (1, 24, 5, 3, 3)
+
+
+def test_paper_tmm_is_blind_to_frame_order():
+    # With a 1×1×1 first conv no layer spans time, so pooling makes the model a function of
+    # the set of frames; our default temporal kernel of 3 is not.
+    x = tokens()
+    perm = torch.randperm(4)
+    paper = create_model(small(temporal_kernel=1), num_classes=4).eval()
+    ours = create_model(small(), num_classes=4).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(paper(x), paper(x[:, :, perm]))
+        assert not torch.allclose(ours(x), ours(x[:, :, perm]), atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    model = create_model(small(blocks=2, spatial_pool=5), num_classes=4)
+    loss = nn.functional.cross_entropy(model(tokens()), torch.tensor([0, 3]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_reset_head_keeps_tmm():
+    model = create_model(small(), num_classes=4).eval()  # eval: BN stats stay put
+    before = {k: v.clone() for k, v in model.tmm.state_dict().items()}
+    model.reset_head(11)
+    assert model(tokens()).shape == (2, 11)
+    for k, v in model.tmm.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    other = create_model(small(), num_classes=7)
+    other.tmm.load_state_dict(model.tmm.state_dict())
+
+
+def test_r3d50_forward_and_gradients():
+    model = R3D50(num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 8, 64, 64)).shape == (1, 10)
+    model.train()
+    loss = model(torch.randn(2, 3, 1, 32, 32)).logsumexp(dim=1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_r3d50_size_matches_slow_r50():
+    with torch.device("meta"):
+        model = R3D50(num_classes=400)
+    assert count_params(model) == pytest.approx(32.45e6, rel=0.001)
+
+
+def test_counting_conventions():
+    model = create_model(small(head="linear"), num_classes=4).train()
+    macs = count_flops(model, (32, 4, 7, 7))
+    assert count_flops(model, (32, 4, 7, 7), convention="flops") == 2 * macs
+    assert model.training  # restored
+    n_bn = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, nn.BatchNorm3d))
+    assert count_params(model, norm=False) == count_params(model) - n_bn
+    # A linear layer's MACs are in × out.
+    assert count_flops(nn.Linear(10, 3), (10,)) == 30
+    with pytest.raises(MismatchError):
+        count_flops(model, (32, 4, 7, 7), convention="gflops")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(tmm="transformer"),
+        dict(head="attention"),
+        dict(channel_pool=64),
+        dict(temporal_kernel=2),
+        dict(blocks=0),
+        dict(spatial_pool=0),
+    ],
+)
+def test_bad_config_raises(overrides):
+    with pytest.raises(MismatchError):
+        small(**overrides)
+
+
+def test_bad_input_raises():
+    model = create_model(small(spatial_pool=9), num_classes=2)
+    with pytest.raises(MismatchError):
+        model(tokens(d=16))
+    with pytest.raises(MismatchError):
+        model(tokens())  # 9 > 7
+    with pytest.raises(MismatchError):
+        model_stats(small(), 2, clip=(8, 14, 14, 768))
