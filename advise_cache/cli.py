@@ -145,5 +145,138 @@ def verify(store: Annotated[Path, typer.Argument(help="A store made by `extract`
     raise typer.Exit(1 if problems else 0)
 
 
+# -- stage 2 -------------------------------------------------------------------------------
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise AdviseCacheError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def _tmm_config(tmm: str, blocks: int, hidden: int, out_dim: int, temporal_kernel: int,
+                spatial_pool: int, channel_pool: int, head: str, preset: str):
+    from .models import TMMConfig
+
+    kw = dict(tmm=tmm, blocks=blocks, hidden=hidden, out_dim=out_dim, spatial_pool=spatial_pool or None,
+              channel_pool=channel_pool or None)
+    if preset == "paper":
+        return TMMConfig.paper(**kw)
+    if preset != "ours":
+        raise AdviseCacheError(f"--preset must be ours or paper, got {preset!r}")
+    return TMMConfig(**kw, temporal_kernel=temporal_kernel, head=head)
+
+
+Tmm = Annotated[str, typer.Option(help="r3d (ResNet3D bottleneck blocks) or none (average pooling baseline).")]
+Blocks = Annotated[int, typer.Option(help="Bottleneck blocks in the TMM.")]
+Hidden = Annotated[int, typer.Option(help="Bottleneck width.")]
+OutDim = Annotated[int, typer.Option(help="Block output width.")]
+TKernel = Annotated[int, typer.Option(help="Temporal kernel of each block's first conv.")]
+SPool = Annotated[int, typer.Option(help="SFU: pool the h x w grid to S x S (0 keeps it).")]
+CPool = Annotated[int, typer.Option(help="SFU: pool the channels to C (0 keeps them).")]
+Head = Annotated[str, typer.Option(help="mlp (2 FC layers, hidden 1024) or linear.")]
+Preset = Annotated[str, typer.Option(help="ours, or paper (1x1x1 first conv, linear head: the paper's tables).")]
+
+
+def _train_command(task: str):
+    def command(
+        cache: Annotated[Path, typer.Option(help="The store to train from.")],
+        out: Annotated[Path, typer.Option(help="Run folder: config, metrics.jsonl, checkpoint.")],
+        init: Annotated[Optional[Path], typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = None,
+        scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
+        linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = False,
+        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = "",
+        split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+        epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = 20,
+        max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+        batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = 32,
+        lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = 1e-3,
+        warmup_epochs: Annotated[float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")] = 5.0,
+        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-6,
+        label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.05,
+        frames: Annotated[int, typer.Option(help="Frames per clip.")] = 8,
+        stride: Annotated[int, typer.Option(help="Base stride between clip frames (stored frames).")] = 2,
+        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = "1,2,4,8",
+        jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = 0.2,
+        clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = 4,
+        clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = "stride",
+        tmm: Tmm = "r3d", blocks: Blocks = 1, hidden: Hidden = 256, out_dim: OutDim = 1024,
+        temporal_kernel: TKernel = 3, spatial_pool: SPool = 0, channel_pool: CPool = 0,
+        head: Head = "mlp", preset: Preset = "ours",
+        preload: Annotated[bool, typer.Option(help="Hold the split's tokens in RAM.")] = False,
+        save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 1,
+        resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16.")] = "auto",
+        seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = 0,
+        loader_threads: Annotated[int, typer.Option(help="Threads reading clips from the store.")] = 4,
+    ):
+        from .sampling import SamplerConfig
+        from .train import TrainConfig, train
+
+        if task == "classify" and init is None and not scratch and not resume:
+            raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
+        if init is not None and scratch:
+            raise AdviseCacheError("give --init or --scratch, not both")
+        cfg = TrainConfig(
+            cache=cache, out=out, task=task, ifm=tuple(k for k in ifm.split(",") if k), split=split,
+            epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay, label_smoothing=label_smoothing,
+            sampler=SamplerConfig(frames=frames, stride=stride, rates=_ints(rates, "--rates"), jitter=jitter,
+                                  clips_per_video=clips_per_video),
+            clip_mode=clip_mode,
+            tmm=_tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset),
+            init=init, linear_probe=linear_probe, preload=preload, save_every=save_every, resume=resume,
+            device=device, precision=precision, seed=seed, loader_threads=loader_threads,
+        )
+        final = train(cfg)
+        if final:
+            typer.echo(f"{out}: epoch {final['epoch']} step {final['step']}: loss {final['loss']:.4f} "
+                       f"acc {final['acc']:.3f}, {final['clips_per_s']:.1f} clips/s, "
+                       f"waiting for data {100 * final['data_wait_frac']:.1f}% of the time")
+
+    return user_errors(command)
+
+
+app.command("train", help="Pretrain the TMM with Playback Rate Perception, straight from the store.")(
+    _train_command("prp"))
+app.command("finetune", help="Train the TMM and a new head on the store's labels (from --init or --scratch).")(
+    _train_command("classify"))
+
+
+@app.command()
+@user_errors
+def stats(
+    cache: Annotated[Optional[Path], typer.Option(help="Take the clip's grid and dim from this store.")] = None,
+    clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
+    classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = 4,
+    tmm: Tmm = "r3d", blocks: Blocks = 1, hidden: Hidden = 256, out_dim: OutDim = 1024,
+    temporal_kernel: TKernel = 3, spatial_pool: SPool = 0, channel_pool: CPool = 0,
+    head: Head = "mlp", preset: Preset = "ours",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Trainable parameters and forward FLOPs (multiply-accumulates) of the TMM for one clip."""
+    from .models import model_stats
+
+    t, h, w, d = _ints(clip, "--clip") if cache is None else (8, *_store_grid_dim(cache))
+    cfg = _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset)
+    from dataclasses import replace
+
+    cfg = replace(cfg, in_dim=d)
+    s = model_stats(cfg, classes, clip=(t, h, w, d))
+    if json_out:
+        typer.echo(json.dumps({**s, "clip": [t, h, w, d], "preset": preset}))
+    else:
+        typer.echo(f"clip {t}x{h}x{w}x{d} ({preset}): {s['params'] / 1e6:.2f} M trainable parameters, "
+                   f"{s['flops'] / 1e9:.2f} G multiply-accumulates forward")
+
+
+def _store_grid_dim(cache: Path) -> tuple[int, int, int]:
+    from .loader import TokenSource
+    from .store import open_store
+
+    source = TokenSource(open_store(cache))
+    return (*source.grid, source.dim)
+
+
 if __name__ == "__main__":
     app()

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 
-TINY = dict(train_per_class=2, test_per_class=1, min_frames=10, max_frames=20)
+TINY = dict(train_per_class=3, test_per_class=2, min_frames=24, max_frames=40)
 
 
 def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", size=(72, 96), fps=25) -> Path:

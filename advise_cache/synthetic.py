@@ -1,0 +1,325 @@
+"""A small synthetic action-recognition dataset, written as real encoded videos.
+
+    from advise_cache.synthetic import generate_synthetic
+    root = generate_synthetic("/tmp/synth")          # both families, seed 0, ~144 videos
+
+It is the project's embedded default for demos and tests: no dataset can be downloaded
+here, and writing real mpeg4 files means decoding is exercised downstream exactly as on
+UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper:
+
+- appearance (like UCF101): one frame is enough; each class is a distinct coloured shape.
+- temporal (like Diving48): every single frame looks alike; only the order of frames
+  tells the class. Each pair (brighten/darken, grow/shrink) draws its start and end
+  levels from the same ranges and only reverses the ramp, so the marginal distribution
+  of a frame is the same within a pair: averaging per-frame features over time cannot
+  separate the pair, while the temporal derivative can.
+
+Every video is drawn from its own generator seeded by (seed, split, class, index), so it
+is identical run to run and independent of how many other videos are generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from statistics import NormalDist
+
+import av
+import numpy as np
+
+from advise_cache.errors import LayoutError
+
+log = logging.getLogger(__name__)
+
+APPEARANCE_CLASSES: tuple[str, ...] = (
+    "appearance_red_disc",
+    "appearance_green_square",
+    "appearance_blue_triangle",
+    "appearance_yellow_ring",
+)
+TEMPORAL_CLASSES: tuple[str, ...] = (
+    "temporal_brighten",
+    "temporal_darken",
+    "temporal_grow",
+    "temporal_shrink",
+)
+# Class ids for seeding come from this fixed order, so a temporal video is the same
+# whether it was generated with family "temporal" or "both".
+_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES
+_SPLITS = ("train", "test")
+_FAMILIES = {
+    "both": _ALL_CLASSES,
+    "appearance": APPEARANCE_CLASSES,
+    "temporal": TEMPORAL_CLASSES,
+}
+_FPS_CHOICES = (12, 15, 24, 25, 30)
+MARKER = "SYNTHETIC.json"
+# Bump when the pictures change, so an old root is not mistaken for a current one.
+_FORMAT_VERSION = 1
+
+_SHAPE_COLOURS = {
+    "appearance_red_disc": (225.0, 35.0, 35.0),
+    "appearance_green_square": (40.0, 205.0, 60.0),
+    "appearance_blue_triangle": (40.0, 70.0, 235.0),
+    "appearance_yellow_ring": (240.0, 220.0, 40.0),
+}
+_GREY = 190.0  # the temporal object; brighter than any background pixel at gain 1
+# Ranges as fractions of min(width, height) (radii) or as a global gain; a ramp's start
+# and end are drawn from the same pair of ranges in both directions.
+_APPEARANCE_RADIUS = (0.14, 0.24)
+_SMALL_RADIUS = (0.06, 0.11)
+_LARGE_RADIUS = (0.28, 0.36)
+_LOW_GAIN = (0.3, 0.5)
+_HIGH_GAIN = (1.05, 1.3)
+# The standard normal's quantiles at the centres of 256 equal-probability bins.
+_NORMAL_LUT = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
+_QSCALE = 3  # mpeg4 fixed quantiser (2 = best): keeps ramps and noise, small files
+
+
+def generate_synthetic(
+    root: Path | str,
+    family: str = "both",
+    seed: int = 0,
+    *,
+    train_per_class: int = 12,
+    test_per_class: int = 6,
+    min_frames: int = 24,
+    max_frames: int = 64,
+    width: int = 96,
+    height: int = 72,
+) -> Path:
+    """Write `root/{train,test}/<class>/<class>_<nnn>.mp4`, then `root/SYNTHETIC.json`.
+
+    Does nothing if `root` already holds a dataset with the same parameters; raises
+    `LayoutError` if it holds another one or unrelated files.
+    """
+    if family not in _FAMILIES:
+        raise LayoutError(
+            f"unknown synthetic family {family!r}: choose one of {', '.join(_FAMILIES)}"
+        )
+    if seed < 0 or min(train_per_class, test_per_class) < 0 or not 1 <= min_frames <= max_frames:
+        raise ValueError(
+            "need seed >= 0, per-class counts >= 0 and 1 <= min_frames <= max_frames, got "
+            f"seed={seed}, counts=({train_per_class}, {test_per_class}), "
+            f"frames=({min_frames}, {max_frames})"
+        )
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise ValueError(f"width and height must be even and >= 16, got {width}x{height}")
+
+    root = Path(root)
+    classes = _FAMILIES[family]
+    counts = {"train": train_per_class, "test": test_per_class}
+    numbers = dict(
+        seed=seed,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        width=width,
+        height=height,
+    )
+    # Plain ints, so numpy integers neither break json nor the comparison with a marker.
+    params = {
+        "format_version": _FORMAT_VERSION,
+        "family": family,
+        **{key: int(value) for key, value in numbers.items()},
+    }
+    marker = root / MARKER
+    if marker.exists():
+        found = json.loads(marker.read_text())
+        differ = [
+            f"{k}={found.get(k)!r}, asked {v!r}" for k, v in params.items() if found.get(k) != v
+        ]
+        if not differ:
+            log.info("synthetic dataset already at %s", root)
+            return root
+        raise LayoutError(
+            f"{root} already holds a synthetic dataset with other parameters "
+            f"({'; '.join(differ)}); pick another root"
+        )
+
+    expected = {
+        root / split / name / f"{name}_{i:03d}.mp4"
+        for split in _SPLITS
+        for name in classes
+        for i in range(counts[split])
+    }
+    _clear_unfinished(root, expected)
+
+    for split in _SPLITS:
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(counts[split]):
+                rng = np.random.default_rng(
+                    [seed, _SPLITS.index(split), _ALL_CLASSES.index(name), i]
+                )
+                final = root / split / name / f"{name}_{i:03d}.mp4"
+                partial = final.with_name(final.name + ".partial")
+                fps = int(rng.choice(_FPS_CHOICES))
+                _encode(partial, _render(name, rng, min_frames, max_frames, width, height), fps)
+                os.replace(partial, final)  # a killed run never leaves a half .mp4
+
+    info = {
+        **params,
+        "classes": list(classes),
+        "appearance_classes": [c for c in classes if c in APPEARANCE_CLASSES],
+        "temporal_classes": [c for c in classes if c in TEMPORAL_CLASSES],
+        "num_videos": len(expected),
+        "num_videos_per_split": {s: counts[s] * len(classes) for s in _SPLITS},
+    }
+    tmp = marker.with_name(MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
+    log.info("wrote %d synthetic videos to %s", len(expected), root)
+    return root
+
+
+def _clear_unfinished(root: Path, expected: set[Path]) -> None:
+    """Remove what an interrupted run left; refuse a folder holding anything else.
+
+    Without a marker the files already there may come from other parameters, so they
+    are regenerated rather than trusted; only files this module could have written are
+    ever deleted.
+    """
+    if not root.exists():
+        return
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        ours = (
+            (len(rel) == 1 and (rel[0] in _SPLITS or rel[0] == MARKER + ".tmp"))
+            or (len(rel) == 2 and rel[0] in _SPLITS and rel[1] in _ALL_CLASSES)
+            or (
+                len(rel) == 3
+                and rel[0] in _SPLITS
+                and rel[1] in _ALL_CLASSES
+                and rel[2].startswith(rel[1] + "_")
+                and rel[2].endswith((".mp4", ".mp4.partial"))
+            )
+        )
+        if not ours:
+            raise LayoutError(
+                f"{root} is not empty and not a synthetic dataset (found {path}); "
+                "pick another root"
+            )
+    for path in list(root.rglob("*")):
+        if path.is_file() and path not in expected:
+            path.unlink()
+    # A class folder left by a run of another family would read as an empty class.
+    keep = {p.parent for p in expected}
+    for path in list(root.glob("*/*")):
+        if path not in keep:
+            path.rmdir()
+
+
+def _render(
+    name: str, rng: np.random.Generator, min_frames: int, max_frames: int, width: int, height: int
+) -> np.ndarray:
+    """Return the (T, H, W, 3) uint8 frames of one video of class `name`."""
+    n = int(rng.integers(min_frames, max_frames + 1))
+    t = np.arange(n, dtype=np.float32)
+    ramp = t / max(n - 1, 1)  # 0 → 1 over the whole video
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    side = min(width, height)
+
+    # Background: a sum of smooth sinusoids (wavelength 12-48 px) translating with one
+    # random velocity, tinted per channel. Its mean stays in [50, 110] per channel so
+    # the objects stand out, and its distribution is the same for every class.
+    k = 5
+    freq = rng.uniform(1 / 48, 1 / 12, k)
+    angle = rng.uniform(0, 2 * np.pi, k)
+    fx, fy = freq * np.cos(angle), freq * np.sin(angle)
+    speed, heading = rng.uniform(0.3, 1.5), rng.uniform(0, 2 * np.pi)
+    vx, vy = speed * np.cos(heading), speed * np.sin(heading)
+    phase0 = rng.uniform(0, 2 * np.pi, k)
+    weight = rng.uniform(0.5, 1.0, k)
+    # cos(P + wt) = cos P cos wt - sin P sin wt turns all frames into one product.
+    spatial = 2 * np.pi * (fx[:, None] * x.ravel() + fy[:, None] * y.ravel()) + phase0[:, None]
+    omega = -2 * np.pi * (fx * vx + fy * vy)
+    in_time = np.concatenate([np.cos(np.outer(t, omega)), -np.sin(np.outer(t, omega))], axis=1)
+    in_space = np.concatenate([np.cos(spatial), np.sin(spatial)]) * np.tile(weight, 2)[:, None]
+    in_space /= weight.sum()  # the texture lies in [-1, 1]
+    # einsum, not @: a matmul this small is not worth OpenBLAS threads spinning on all cores.
+    texture = np.einsum("tk,kp->tp", in_time.astype(np.float32), in_space.astype(np.float32))
+    texture = texture.reshape(n, height, width)
+    base = rng.uniform(50, 110, 3)
+    amplitude = rng.uniform(15, 30, 3)
+
+    # The object's path: a smooth sinusoid per axis, kept inside the frame.
+    if name in APPEARANCE_CLASSES:
+        radius = np.full(n, rng.uniform(*_APPEARANCE_RADIUS) * side, np.float32)
+    elif name in ("temporal_grow", "temporal_shrink"):
+        small = rng.uniform(*_SMALL_RADIUS) * side
+        large = rng.uniform(*_LARGE_RADIUS) * side
+        start, end = (small, large) if name == "temporal_grow" else (large, small)
+        radius = (start + (end - start) * ramp).astype(np.float32)
+    else:  # brighten / darken: a fixed-size grey disc, drawn from the grow/shrink sizes
+        radius = np.full(n, rng.uniform(_SMALL_RADIUS[0], _LARGE_RADIUS[1]) * side, np.float32)
+    centre = []
+    for dim in (width, height):
+        lo, hi = float(radius.max()), dim - float(radius.max())
+        if hi <= lo:
+            lo = hi = dim / 2
+        rate, phase = rng.uniform(0.04, 0.12), rng.uniform(0, 2 * np.pi)  # rad per frame
+        centre.append(lo + (hi - lo) * (0.5 + 0.5 * np.sin(rate * t + phase)))
+    dx = x[None] - centre[0][:, None, None].astype(np.float32)
+    dy = y[None] - centre[1][:, None, None].astype(np.float32)
+    r = radius[:, None, None]
+
+    # Shapes as signed distances (negative inside), anti-aliased over one pixel.
+    if name == "appearance_green_square" or name == "appearance_blue_triangle":
+        theta = rng.uniform(0, 2 * np.pi)
+        cos, sin = math.cos(theta), math.sin(theta)  # python floats keep arrays float32
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx
+        if name == "appearance_green_square":
+            dist = np.maximum(np.abs(u), np.abs(v)) - 0.8 * r
+        else:  # equilateral, circumradius r: three half-planes at distance r / 2
+            sides = [math.pi / 2 + i * 2 * math.pi / 3 for i in range(3)]
+            dist = np.maximum.reduce([math.cos(a) * u + math.sin(a) * v for a in sides]) - 0.5 * r
+    elif name == "appearance_yellow_ring":
+        dist = np.abs(np.hypot(dx, dy) - 0.72 * r) - 0.28 * r
+    else:
+        dist = np.hypot(dx, dy) - r
+    alpha = np.clip(0.5 - dist, 0.0, 1.0)
+    colour = _SHAPE_COLOURS.get(name, (_GREY, _GREY, _GREY))
+
+    gain = np.ones(n, np.float32)
+    if name in ("temporal_brighten", "temporal_darken"):
+        low, high = rng.uniform(*_LOW_GAIN), rng.uniform(*_HIGH_GAIN)
+        start, end = (low, high) if name == "temporal_brighten" else (high, low)
+        gain = (start + (end - start) * ramp).astype(np.float32)
+    sigma = np.float32(rng.uniform(2.0, 6.0))
+
+    # One channel at a time: numpy is several times slower broadcasting over a last
+    # axis of length 3 than over whole (T, H, W) planes.
+    out = np.empty((n, height, width, 3), np.uint8)
+    for c in range(3):
+        plane = np.float32(base[c]) + np.float32(amplitude[c]) * texture
+        plane += alpha * (np.float32(colour[c]) - plane)
+        plane *= gain[:, None, None]
+        # Sensor-like noise after the gain, so its level never hints at the class.
+        # Gaussian quantiles looked up from random bytes: 4x faster than rng.normal.
+        noise = _NORMAL_LUT[np.frombuffer(rng.bytes(plane.size), np.uint8)]
+        plane += sigma * noise.reshape(plane.shape) + np.float32(0.5)
+        out[..., c] = np.clip(plane, 0, 255)
+    return out
+
+
+def _encode(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Encode RGB frames as mpeg4/yuv420p in an mp4 container at a fixed quantiser."""
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        ctx = stream.codec_context
+        ctx.qscale = True  # fixed quality (ffmpeg's -q:v), not a bit-rate target
+        ctx.global_quality = _QSCALE * 118  # FF_QP2LAMBDA
+        ctx.thread_count = 1  # a single thread keeps the bitstream reproducible
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())

@@ -1,0 +1,183 @@
+"""Tests of the synthetic dataset generator: layout, determinism, the temporal property.
+
+    .venv/bin/python -m pytest tests/test_synthetic.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+
+from advise_cache import synthetic
+from advise_cache.errors import LayoutError
+from advise_cache.synthetic import APPEARANCE_CLASSES, TEMPORAL_CLASSES, generate_synthetic
+
+SMALL = dict(train_per_class=2, test_per_class=1, min_frames=16, max_frames=24, width=64, height=48)
+# Longer videos for the temporal checks, so slopes are tested over the default length range.
+TEMPORAL = dict(
+    train_per_class=8, test_per_class=0, min_frames=16, max_frames=64, width=64, height=48
+)
+
+
+def _decode(path: Path) -> np.ndarray:
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def _videos(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.mp4"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("small") / "synth", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory) -> dict[str, list[np.ndarray]]:
+    root = generate_synthetic(tmp_path_factory.mktemp("temporal"), "temporal", **TEMPORAL)
+    return {
+        name: [_decode(p).astype(np.float32) for p in sorted((root / "train" / name).iterdir())]
+        for name in TEMPORAL_CLASSES
+    }
+
+
+def test_class_names():
+    assert len(APPEARANCE_CLASSES) == 4 and len(TEMPORAL_CLASSES) == 4
+    assert all(c.startswith("appearance_") for c in APPEARANCE_CLASSES)
+    assert set(TEMPORAL_CLASSES) == {
+        "temporal_brighten",
+        "temporal_darken",
+        "temporal_grow",
+        "temporal_shrink",
+    }
+
+
+def test_layout_and_decode(small):
+    info = json.loads((small / "SYNTHETIC.json").read_text())
+    assert info["classes"] == list(APPEARANCE_CLASSES + TEMPORAL_CLASSES)
+    assert info["num_videos"] == 8 * 3
+    assert {k: info[k] for k in SMALL} == SMALL
+    for split, count in (("train", 2), ("test", 1)):
+        for name in info["classes"]:
+            files = sorted((small / split / name).iterdir())
+            assert [f.name for f in files] == [f"{name}_{i:03d}.mp4" for i in range(count)]
+            for f in files:
+                reader = decord.VideoReader(str(f))
+                assert 16 <= len(reader) <= 24
+                assert reader[0].shape == (48, 64, 3)
+                assert round(reader.get_avg_fps()) in (12, 15, 24, 25, 30)
+    assert len(_videos(small)) == info["num_videos"]
+    assert not list(small.rglob("*.partial")) and not list(small.rglob("*.tmp"))
+
+
+def test_same_seed_same_frames_other_seed_differs(small, tmp_path):
+    again = generate_synthetic(tmp_path / "again", **SMALL)
+    other = generate_synthetic(tmp_path / "other", seed=1, **SMALL)
+    differs = 0
+    for a, b, c in zip(_videos(small), _videos(again), _videos(other)):
+        assert a.relative_to(small) == b.relative_to(again) == c.relative_to(other)
+        frames = _decode(a)
+        np.testing.assert_array_equal(frames, _decode(b))
+        third = _decode(c)
+        differs += frames.shape != third.shape or not np.array_equal(frames, third)
+    assert differs == len(_videos(small))
+
+
+def test_a_video_does_not_depend_on_the_others(small, tmp_path):
+    # Fewer videos and one family only: the videos that remain are the same ones.
+    alone = generate_synthetic(tmp_path, "temporal", **{**SMALL, "train_per_class": 1})
+    for name in TEMPORAL_CLASSES:
+        rel = Path("train", name, f"{name}_000.mp4")
+        np.testing.assert_array_equal(_decode(alone / rel), _decode(small / rel))
+
+
+def _slope(values: np.ndarray) -> float:
+    return float(np.polyfit(np.arange(len(values)), values, 1)[0])
+
+
+def _brightness(frames: np.ndarray) -> np.ndarray:
+    return frames.mean(axis=(1, 2, 3))
+
+
+def _size(frames: np.ndarray) -> np.ndarray:
+    # Fraction of pixels in the grey object: it is drawn at 190 (noise sigma <= 6); the
+    # background's per-channel mean is <= 110 with texture amplitude <= 30.
+    return (frames.mean(axis=-1) > 165).mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "up, down, proxy, visible",
+    [
+        ("temporal_brighten", "temporal_darken", _brightness, 8.0),  # grey levels
+        ("temporal_grow", "temporal_shrink", _size, 0.03),  # fraction of the frame
+    ],
+)
+def test_temporal_pair_differs_only_in_order(temporal, up, down, proxy, visible):
+    rising = [proxy(v) for v in temporal[up]]
+    falling = [proxy(v) for v in temporal[down]]
+    # The order tells the class, for every video, and 16 frames show a clear change.
+    assert all(_slope(v) * 15 > visible for v in rising)
+    assert all(_slope(v) * 15 < -visible for v in falling)
+    # A time average does not: start and end levels come from the same ranges, only
+    # reversed, so both classes' time averages estimate one mean. Their difference should
+    # then be ~ N(0, SE) with SE = pooled sd * sqrt(2 / n); 3 SE bounds it (the seed is
+    # fixed, so this never flakes) while a real offset of the pair would exceed it.
+    mean_up = np.array([v.mean() for v in rising])
+    mean_down = np.array([v.mean() for v in falling])
+    pooled = np.sqrt((mean_up.var(ddof=1) + mean_down.var(ddof=1)) / 2)
+    assert abs(mean_up.mean() - mean_down.mean()) < 3 * pooled * np.sqrt(2 / len(mean_up))
+    # And the two classes' time averages interleave rather than separate.
+    assert mean_up.min() < mean_down.max() and mean_down.min() < mean_up.max()
+
+
+def test_marker_is_written_last(small):
+    marker = (small / "SYNTHETIC.json").stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= marker for p in _videos(small))
+
+
+def test_interrupted_run_leaves_no_marker_and_is_redone(tmp_path, monkeypatch):
+    encode, calls = synthetic._encode, []
+
+    def dies_on_third(path, frames, fps):
+        calls.append(path)
+        if len(calls) == 3:
+            path.write_bytes(b"half a video")
+            raise KeyboardInterrupt
+        encode(path, frames, fps)
+
+    monkeypatch.setattr(synthetic, "_encode", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic(tmp_path, "appearance", **SMALL)
+    assert not (tmp_path / "SYNTHETIC.json").exists()
+    assert len(_videos(tmp_path)) == 2  # the half-written one never got its final name
+
+    monkeypatch.setattr(synthetic, "_encode", encode)
+    generate_synthetic(tmp_path, "appearance", **SMALL)
+    assert (tmp_path / "SYNTHETIC.json").exists()
+    assert len(_videos(tmp_path)) == 4 * 3
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_idempotent_and_refuses_other_parameters(small):
+    stamps = {p: p.stat().st_mtime_ns for p in [*_videos(small), small / "SYNTHETIC.json"]}
+    assert generate_synthetic(small, **SMALL) == small
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    with pytest.raises(LayoutError, match="another root"):
+        generate_synthetic(small, seed=3, **SMALL)
+    with pytest.raises(LayoutError, match="another root"):
+        generate_synthetic(small, "temporal", **SMALL)
+
+
+def test_bad_family_and_foreign_folder_raise(tmp_path):
+    with pytest.raises(LayoutError, match="family"):
+        generate_synthetic(tmp_path, "spatial")
+    (tmp_path / "notes.txt").write_text("not ours")
+    with pytest.raises(LayoutError, match="not a synthetic dataset"):
+        generate_synthetic(tmp_path, **SMALL)
+    assert os.listdir(tmp_path) == ["notes.txt"]
