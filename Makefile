@@ -10,8 +10,18 @@ export HF_HUB_OFFLINE ?= 1
 DEMO ?= demo
 DEVICE ?= auto
 SEED ?= 0
+# Ablations: comma-separated stores (default: the synthetic ones, made on first use),
+# epochs of PRP pretraining and of fine-tuning, output folder, settings run at once.
+CACHE ?=
+EPOCHS ?=
+FT_EPOCHS ?=
+ABLATION_OUT ?= runs/ablations
+JOBS ?= 1
+ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $(SEED) \
+	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
+ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm
 
-.PHONY: venv test demo lint clean bench-extract
+.PHONY: venv test demo lint clean bench-extract bench-train bench-efficiency $(addprefix ablation-,$(ABLATIONS))
 
 venv: $(VENV)/.installed
 
@@ -29,6 +39,15 @@ demo: venv
 
 bench-extract: venv
 	$(PY) pipelines/bench_extract.py
+
+bench-train: venv
+	$(PY) pipelines/bench_train.py
+
+bench-efficiency: venv
+	$(PY) pipelines/bench_efficiency.py
+
+$(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
+	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

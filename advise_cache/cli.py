@@ -278,5 +278,82 @@ def _store_grid_dim(cache: Path) -> tuple[int, int, int]:
     return (*source.grid, source.dim)
 
 
+@app.command()
+@user_errors
+def evaluate(
+    cache: Annotated[Path, typer.Option(help="The store to evaluate on.")],
+    checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
+    views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    clip_mode: Annotated[Optional[str], typer.Option(help="stride or segment (default: as trained).")] = None,
+    confusion: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Multi-view top-1/top-5, per-class accuracy and a confusion matrix."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate as run
+
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    png = confusion or run_dir / f"confusion-{split}.png"
+    r = run(cache, checkpoint, views, split, device, clip_mode, png,
+            progress=lambda xs: tqdm(xs, desc="evaluate", unit="batch", disable=json_out))
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
+        return
+    typer.echo(f"{r['videos']} videos of {r['split']}, {r['views']} views: top-1 {100 * r['top1']:.2f}%  "
+               f"top-5 {100 * r['top5']:.2f}%")
+    for c, acc in r["per_class"].items():
+        typer.echo(f"  {c}: {100 * acc:.1f}%")
+    typer.echo(f"confusion matrix: {r['confusion_png']}")
+
+
+@app.command()
+@user_errors
+def visualize(
+    cache: Annotated[Path, typer.Option(help="The store the checkpoints' features come from.")],
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder): the first model row.")],
+    video: Annotated[str, typer.Option(help="Name of the video in the store (as `info` lists them).")],
+    out: Annotated[Path, typer.Option(help="The figure to write (PNG).")],
+    compare: Annotated[Optional[list[Path]], typer.Option(help="More checkpoints, a row each (repeatable).")] = None,
+    video_root: Annotated[Optional[Path], typer.Option(help="Where the dataset root is now, if it moved since extraction.")] = None,
+    frames: Annotated[int, typer.Option(help="Frames of the clip (columns).")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+):
+    """Activation maps (channel-wise L2 norm of the TMM's feature maps) over a video's frames."""
+    from .visualize import visualize as run
+
+    acts = run(cache, [checkpoint, *(compare or [])], video, out, frames, video_root, device)
+    typer.echo(f"{out}: {len(acts.rows)} rows ({', '.join(r.label.splitlines()[0] for r in acts.rows)}) "
+               f"x {len(acts.frames)} frames of {video}")
+
+
+@app.command()
+@user_errors
+def embed(
+    cache: Annotated[Path, typer.Option(help="The store to embed.")],
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder), PRP or fine-tuned.")],
+    out: Annotated[Path, typer.Option(help="The .npz to write: embeddings, names, labels, classes, meta.")],
+    views: Annotated[int, typer.Option(help="Clips per video; their pooled features are averaged.")] = 4,
+    split: Annotated[str, typer.Option(help="Split to embed, or all.")] = "test",
+    clip_mode: Annotated[Optional[str], typer.Option(help="stride or segment (default: as trained).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw a 2-D t-SNE coloured by class (PNG).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+):
+    """One embedding per video (pooled TMM output averaged over views), optionally a t-SNE plot."""
+    from tqdm import tqdm
+
+    from .embed import embed as run, plot_embeddings, save_embeddings
+
+    emb = run(cache, checkpoint, views, split, device, clip_mode,
+              progress=lambda xs: tqdm(xs, desc="embed", unit="batch"))
+    save_embeddings(out, emb)
+    typer.echo(f"{out}: {emb.embeddings.shape[0]} videos x {emb.embeddings.shape[1]} dims")
+    if plot is not None:
+        plot_embeddings(emb, plot)
+        typer.echo(f"t-SNE plot: {plot}")
+
+
 if __name__ == "__main__":
     app()

@@ -9,10 +9,11 @@ UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper:
 
 - appearance (like UCF101): one frame is enough; each class is a distinct coloured shape.
 - temporal (like Diving48): every single frame looks alike; only the order of frames
-  tells the class. Each pair (brighten/darken, grow/shrink) draws its start and end
-  levels from the same ranges and only reverses the ramp, so the marginal distribution
-  of a frame is the same within a pair: averaging per-frame features over time cannot
-  separate the pair, while the temporal derivative can.
+  tells the class. A grey disc's brightness follows one of four profiles over the video:
+  rising, falling, rising then falling, falling then rising. Each profile passes through
+  every level between a low and a high gain at the same speed, so the distribution of a
+  single frame is the same in all four classes: averaging per-frame features over time
+  cannot tell them apart (chance), while the order of frames can.
 
 Every video is drawn from its own generator seeded by (seed, split, class, index), so it
 is identical run to run and independent of how many other videos are generated.
@@ -43,8 +44,8 @@ APPEARANCE_CLASSES: tuple[str, ...] = (
 TEMPORAL_CLASSES: tuple[str, ...] = (
     "temporal_brighten",
     "temporal_darken",
-    "temporal_grow",
-    "temporal_shrink",
+    "temporal_brighten_darken",
+    "temporal_darken_brighten",
 )
 # Class ids for seeding come from this fixed order, so a temporal video is the same
 # whether it was generated with family "temporal" or "both".
@@ -58,7 +59,7 @@ _FAMILIES = {
 _FPS_CHOICES = (12, 15, 24, 25, 30)
 MARKER = "SYNTHETIC.json"
 # Bump when the pictures change, so an old root is not mistaken for a current one.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 _SHAPE_COLOURS = {
     "appearance_red_disc": (225.0, 35.0, 35.0),
@@ -70,8 +71,7 @@ _GREY = 190.0  # the temporal object; brighter than any background pixel at gain
 # Ranges as fractions of min(width, height) (radii) or as a global gain; a ramp's start
 # and end are drawn from the same pair of ranges in both directions.
 _APPEARANCE_RADIUS = (0.14, 0.24)
-_SMALL_RADIUS = (0.06, 0.11)
-_LARGE_RADIUS = (0.28, 0.36)
+_TEMPORAL_RADIUS = (0.15, 0.3)
 _LOW_GAIN = (0.3, 0.5)
 _HIGH_GAIN = (1.05, 1.3)
 # The standard normal's quantiles at the centres of 256 equal-probability bins.
@@ -217,6 +217,17 @@ def _clear_unfinished(root: Path, expected: set[Path]) -> None:
             path.rmdir()
 
 
+# Brightness profiles in [0, 1] over the video's time in [0, 1]. Each is piecewise linear
+# with slope of magnitude 1 or 2 covering [0, 1] evenly, so a frame's level is uniform in
+# [0, 1] whatever the class.
+_PROFILES = {
+    "temporal_brighten": lambda u: u,
+    "temporal_darken": lambda u: 1 - u,
+    "temporal_brighten_darken": lambda u: 1 - np.abs(2 * u - 1),
+    "temporal_darken_brighten": lambda u: np.abs(2 * u - 1),
+}
+
+
 def _render(
     name: str, rng: np.random.Generator, min_frames: int, max_frames: int, width: int, height: int
 ) -> np.ndarray:
@@ -253,13 +264,8 @@ def _render(
     # The object's path: a smooth sinusoid per axis, kept inside the frame.
     if name in APPEARANCE_CLASSES:
         radius = np.full(n, rng.uniform(*_APPEARANCE_RADIUS) * side, np.float32)
-    elif name in ("temporal_grow", "temporal_shrink"):
-        small = rng.uniform(*_SMALL_RADIUS) * side
-        large = rng.uniform(*_LARGE_RADIUS) * side
-        start, end = (small, large) if name == "temporal_grow" else (large, small)
-        radius = (start + (end - start) * ramp).astype(np.float32)
-    else:  # brighten / darken: a fixed-size grey disc, drawn from the grow/shrink sizes
-        radius = np.full(n, rng.uniform(_SMALL_RADIUS[0], _LARGE_RADIUS[1]) * side, np.float32)
+    else:  # temporal: a grey disc of one size, the same distribution in every class
+        radius = np.full(n, rng.uniform(*_TEMPORAL_RADIUS) * side, np.float32)
     centre = []
     for dim in (width, height):
         lo, hi = float(radius.max()), dim - float(radius.max())
@@ -289,10 +295,9 @@ def _render(
     colour = _SHAPE_COLOURS.get(name, (_GREY, _GREY, _GREY))
 
     gain = np.ones(n, np.float32)
-    if name in ("temporal_brighten", "temporal_darken"):
+    if name in TEMPORAL_CLASSES:
         low, high = rng.uniform(*_LOW_GAIN), rng.uniform(*_HIGH_GAIN)
-        start, end = (low, high) if name == "temporal_brighten" else (high, low)
-        gain = (start + (end - start) * ramp).astype(np.float32)
+        gain = (low + (high - low) * _PROFILES[name](ramp)).astype(np.float32)
     sigma = np.float32(rng.uniform(2.0, 6.0))
 
     # One channel at a time: numpy is several times slower broadcasting over a last

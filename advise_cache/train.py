@@ -182,6 +182,8 @@ def prepare(cfg: TrainConfig):
         raise AdviseCacheError(f"task must be one of {TASKS}, got {cfg.task!r}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise AdviseCacheError("--epochs and --batch-size must be >= 1")
+    if not cfg.lr > 0:
+        raise AdviseCacheError(f"--lr must be positive, got {cfg.lr}")
     store = open_store(cfg.cache)
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)

@@ -58,3 +58,35 @@ def synthetic_store(synthetic_root, tmp_path_factory) -> Path:
     summary = extract_videos(extract_config(synthetic_root, out))
     assert summary.exit_code == 0, summary.failed
     return out
+
+
+@pytest.fixture(scope="session")
+def temporal_store(tmp_path_factory) -> Path:
+    """The temporal family alone (like Diving48), with enough videos to learn from."""
+    from advise_cache.extract import extract_videos
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("temporal")
+    generate_synthetic(root, family="temporal", seed=1, train_per_class=8, test_per_class=4,
+                       min_frames=24, max_frames=40)
+    out = tmp_path_factory.mktemp("stores") / "temporal.zarr"
+    summary = extract_videos(extract_config(root, out, dataset="synthetic-temporal"))
+    assert summary.exit_code == 0, summary.failed
+    return out
+
+
+def train_config(cache: Path, out: Path, **kw):
+    """A small, fast training config: a tiny TMM, fixed seed, CPU."""
+    from advise_cache.models import TMMConfig
+    from advise_cache.train import TrainConfig
+
+    tmm = kw.pop("tmm", TMMConfig(hidden=32, out_dim=64, head_hidden=64))
+    base = dict(cache=cache, out=out, epochs=4, batch_size=16, device="cpu", progress=False, tmm=tmm,
+                loader_threads=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def read_metrics(run: Path, kind: str = "step") -> list[dict]:
+    import json
+
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]

@@ -1,0 +1,127 @@
+"""Multi-view evaluation of a fine-tuned TMM on the store's test split.
+
+    advise-cache evaluate --cache ucf101.zarr --checkpoint runs/ft/checkpoint.pt --views 4
+
+For each test video, `views` clips spread evenly over the video go through the model and
+their logits are averaged; top-1, top-5, per-class accuracy and a confusion matrix follow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MismatchError, StoreError
+from .ifm import resolve_device
+from .loader import TokenSource, collate
+from .models import ClipClassifier, TMMConfig, create_model
+from .sampling import multi_view_clips
+from .store import open_store
+from .train import check_features, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClassifier, dict, TokenSource]:
+    """A checkpoint's model, checked against the store it is to be used on."""
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    source = TokenSource(store, meta["fingerprint"]["ifms"] if _has_all(store, meta) else None)
+    check_features(meta, store.fingerprint(source.keys), f"checkpoint {checkpoint}")
+    model = create_model(TMMConfig(**meta["tmm"]), meta["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), meta, source
+
+
+def _has_all(store, meta) -> bool:
+    return set(meta["fingerprint"]["ifms"]) <= set(store.ifm_keys())
+
+
+@torch.no_grad()
+def video_outputs(model: ClipClassifier, source: TokenSource, videos, views: int, frames: int, stride: int,
+                  mode: str, device: torch.device, batch_size: int = 32, what: str = "logits") -> np.ndarray:
+    """Per video, the mean over `views` clips of the logits (or of the pooled `features`)."""
+    fn = model if what == "logits" else model.features
+    out = []
+    for v in videos:
+        clips = multi_view_clips(int(source.frames[v]), frames, stride, views, mode)
+        x = collate([source.clip(int(v), idx) for idx in clips])
+        ys = [fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        out.append(torch.cat(ys).mean(0).numpy())
+    return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate(cache: Path, checkpoint: Path, views: int = 4, split: str = "test", device: str = "auto",
+             mode: str | None = None, confusion_png: Path | None = None, progress=None) -> dict:
+    """Top-1/top-5 and per-class accuracy of a classification checkpoint on a store's split."""
+    if views < 1:
+        raise MismatchError("--views must be >= 1")
+    store = open_store(cache)
+    dev = resolve_device(device)
+    model, meta, source = load_model(checkpoint, store, dev)
+    if meta["task"] != "classify":
+        raise MismatchError(f"{checkpoint} is a {meta['task']} checkpoint; evaluate a fine-tuned one")
+    if meta["num_classes"] != len(store.classes):
+        raise MismatchError(f"{checkpoint} predicts {meta['num_classes']} classes; {cache} has {len(store.classes)}")
+    videos, skipped = source.videos(split)
+    if not len(videos):
+        raise StoreError(f"{cache}: no done video in split {split!r}")
+    labels = store.videos.label[videos]
+    if (labels < 0).any():
+        raise StoreError(f"{cache}: split {split!r} has no labels to evaluate against")
+    sampler = meta["config"]["sampler"]
+    mode = mode or meta["config"]["clip_mode"]
+    iterate = progress or (lambda xs: xs)
+    logits = np.concatenate([
+        video_outputs(model, source, chunk, views, sampler["frames"], sampler["stride"], mode, dev)
+        for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
+    ])
+    classes = store.classes
+    ranked = np.argsort(-logits, axis=1)
+    top1 = ranked[:, 0] == labels
+    top5 = (ranked[:, : min(5, len(classes))] == labels[:, None]).any(axis=1)
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(confusion, (labels, ranked[:, 0]), 1)
+    per_class = {c: float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(classes) if confusion[i].sum()}
+    result = {
+        "top1": float(top1.mean()),
+        "top5": float(top5.mean()),
+        "views": views,
+        "videos": int(len(videos)),
+        "skipped": skipped,
+        "split": split,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "checkpoint": str(checkpoint),
+        "store": str(cache),
+    }
+    if confusion_png is not None:
+        plot_confusion(confusion, classes, Path(confusion_png), f"top-1 {100 * result['top1']:.1f}%")
+        result["confusion_png"] = str(confusion_png)
+    return result
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    size = min(20, 2 + 0.35 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if n <= 60:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,270 @@
+"""Transfer between stores, activation-map figures and clip embeddings, on tiny synthetic stores.
+
+PRP is pretrained on the shared "both"-family store and fine-tuned on a separately generated
+temporal-family store: other root, other videos, same test-vit weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, extract_config
+from PIL import Image
+from typer.testing import CliRunner
+
+from advise_cache.cli import app
+from advise_cache.embed import load_embeddings
+from advise_cache.errors import DecodeError, MismatchError, StoreError
+from advise_cache.extract import extract_videos
+from advise_cache.loader import TokenSource, collate
+from advise_cache.models import TMMConfig, create_model
+from advise_cache.sampling import multi_view_clips
+from advise_cache.store import open_store
+from advise_cache.train import check_features, load_checkpoint
+from advise_cache.visualize import (
+    channel_norm,
+    compute_activations,
+    figure_size,
+    normalise,
+    visualize,
+)
+
+runner = CliRunner()
+TINY_TMM = ["--hidden", "32", "--out-dim", "64", "--device", "cpu", "--loader-threads", "1"]
+VIDEO = "test/temporal_grow/temporal_grow_000"
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def cli(*args: str) -> str:
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def temporal_root(tmp_path_factory) -> Path:
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("temporal")
+    generate_synthetic(root, family="temporal", seed=0, **TINY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def temporal_store(temporal_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tstores") / "temporal.zarr"
+    summary = extract_videos(extract_config(temporal_root, out, dataset="synthetic-temporal"))
+    assert summary.exit_code == 0, summary.failed
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_store, temporal_store, tmp_path_factory) -> dict[str, Path]:
+    """PRP on the "both" store; fine-tunes on the temporal store from it and from scratch."""
+    base = tmp_path_factory.mktemp("runs")
+    out = {name: base / name for name in ("prp", "ft", "scratch")}
+    cli("train", "--cache", synthetic_store, "--out", out["prp"], "--epochs", "1", "--max-steps", "3",
+        "--batch-size", "8", *TINY_TMM)
+    for name, start in (("ft", ["--init", out["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
+        cli("finetune", "--cache", temporal_store, "--out", out[name], *start, "--epochs", "1",
+            "--max-steps", "2", "--batch-size", "4", "--device", "cpu", "--loader-threads", "1")
+    return out
+
+
+def tmm_params(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith("tmm.") and not k.endswith(BN_BUFFERS)}
+
+
+# -- transfer ------------------------------------------------------------------------------
+def test_stores_of_other_roots_with_the_same_ifm_share_features(synthetic_store, temporal_store):
+    a, b = open_store(synthetic_store), open_store(temporal_store)
+    assert a.meta["root"] != b.meta["root"] and a.dataset != b.dataset
+    check_features({"fingerprint": a.fingerprint(["test-vit"])}, b.fingerprint(["test-vit"]), "x")
+
+
+def test_finetune_on_another_store_from_a_pretrained_tmm(runs, temporal_store):
+    meta = load_checkpoint(runs["ft"])["meta"]
+    assert meta["task"] == "classify" and meta["init"] == str(runs["prp"])
+    assert meta["dataset"] == "synthetic-temporal" and meta["num_classes"] == 4
+    assert meta["tmm"] == load_checkpoint(runs["prp"])["meta"]["tmm"]  # the TMM comes from --init
+    assert np.isfinite(meta["metrics"]["loss"])
+
+
+def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path):
+    # At lr 0 AdamW changes nothing (its decay is lr * weight_decay), so the parameters a
+    # fine-tune ends with are the ones it started from; BatchNorm statistics still move.
+    prp = tmm_params(load_checkpoint(runs["prp"])["model"])
+    for name, start in (("init", ["--init", runs["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
+        cli("finetune", "--cache", temporal_store, "--out", tmp_path / name, *start, "--lr", "0",
+            "--epochs", "1", "--max-steps", "1", "--batch-size", "4", "--device", "cpu")
+        ours = tmm_params(load_checkpoint(tmp_path / name)["model"])
+        assert ours.keys() == prp.keys()
+        same = all(torch.equal(ours[k], prp[k]) for k in prp)
+        assert same == (name == "init"), name
+
+
+def test_finetune_refuses_a_store_of_other_weights(runs, temporal_root, tmp_path):
+    other = tmp_path / "seed1.zarr"
+    extract_videos(extract_config(temporal_root, other, dataset="synthetic-temporal", seed=1, shard=(0, 4)))
+    r = runner.invoke(app, ["finetune", "--cache", str(other), "--out", str(tmp_path / "ft"),
+                            "--init", str(runs["prp"]), "--device", "cpu"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    ours = open_store(other).ifm("test-vit").meta["weights_sha256"][:12]
+    theirs = load_checkpoint(runs["prp"])["meta"]["fingerprint"]["features"][0]["weights_sha256"][:12]
+    assert ours != theirs
+    assert f"--init {runs['prp']} was trained on features" in r.output
+    assert f"weights {theirs}" in r.output and f"this store gives test-vit (none, grid [4, 4], dim 64, weights {ours}" in r.output
+    assert not (tmp_path / "ft" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("field, value", [("model", "ViT-B-16"), ("dim", 768), ("grid", [14, 14]),
+                                          ("normalisation", "timm forward_features")])
+def test_other_image_models_are_refused_naming_both_sides(synthetic_store, field, value):
+    ours = open_store(synthetic_store).fingerprint(["test-vit"])
+    theirs = copy.deepcopy(ours)
+    theirs["features"][0][field] = value
+    with pytest.raises(MismatchError) as e:
+        check_features({"fingerprint": theirs}, ours, "--init X")
+    theirs_text, ours_text = str(e.value).split("; this store gives ")
+    assert theirs_text.startswith("--init X was trained on features ") and ours_text.startswith("test-vit (")
+    if field != "normalisation":  # the message does not print the normalisation
+        assert str(value) in theirs_text and str(value) not in ours_text
+
+
+# -- visualize -----------------------------------------------------------------------------
+def test_visualize_draws_one_row_per_model(runs, temporal_store, tmp_path):
+    png = tmp_path / "fig.png"
+    out = cli("visualize", "--cache", temporal_store, "--checkpoint", runs["ft"], "--compare", runs["scratch"],
+              "--video", VIDEO, "--out", png, "--frames", "6", "--device", "cpu")
+    assert "4 rows (ft, scratch, untrained TMM, IFM tokens) x 6 frames" in out
+    with Image.open(png) as im:
+        assert im.size == figure_size(4, 6)  # frames row + 4 model rows, 6 columns
+
+
+def test_activations_are_channel_norms_over_the_same_clip(runs, temporal_store):
+    acts = compute_activations(temporal_store, [runs["ft"], runs["prp"]], VIDEO, frames=5, device="cpu")
+    assert [r.label.splitlines()[0] for r in acts.rows] == ["ft", "prp", "untrained TMM", "IFM tokens"]
+    assert "fine-tuned from prp" in acts.rows[0].label and "PRP-pretrained" in acts.rows[1].label
+    store = open_store(temporal_store)
+    size = store.ifm("test-vit").meta["input_size"]
+    assert acts.frames.shape == (5, size, size, 3) and acts.frames.dtype == np.uint8
+    for row in acts.rows:
+        assert row.maps.shape == (5, size, size)
+        assert row.maps.min() >= 0 and row.maps.max() <= 1 and row.high > row.low
+    # The IFM row: the tokens' own channel-wise L2 norm of exactly this clip.
+    v = int(np.flatnonzero(store.videos.name == VIDEO)[0])
+    tokens = TokenSource(store).clip(v, acts.clip).astype(np.float32)
+    raw = np.linalg.norm(tokens, axis=-1)
+    assert acts.rows[-1].low == pytest.approx(raw.min(), rel=1e-5)
+    assert acts.rows[-1].high == pytest.approx(raw.max(), rel=1e-5)
+    # channel_norm reduces the channel axis of the (C, T, h, w) layout the models use.
+    coarse = normalise(channel_norm(collate([tokens])[0]))
+    np.testing.assert_allclose(coarse, normalise(raw), atol=1e-5)
+
+
+def test_visualize_finds_a_moved_dataset_with_video_root(runs, temporal_root, temporal_store, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(temporal_root, moved)
+    here = compute_activations(temporal_store, [runs["ft"]], VIDEO, frames=4, device="cpu")
+    there = compute_activations(temporal_store, [runs["ft"]], VIDEO, frames=4, video_root=moved, device="cpu")
+    np.testing.assert_array_equal(here.frames, there.frames)
+
+
+def test_visualize_refuses_a_file_that_changed(runs, temporal_root, temporal_store, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(temporal_root, moved)
+    table = open_store(temporal_store).videos
+    n = table.source_frames[table.name == VIDEO][0]
+    other = next(p for p, m in zip(table.path, table.source_frames) if m != n)
+    shutil.copy(moved / Path(str(other)).relative_to(temporal_root), moved / f"{VIDEO}.mp4")
+    with pytest.raises(DecodeError, match="the file changed since extraction"):
+        compute_activations(temporal_store, [runs["ft"]], VIDEO, frames=4, video_root=moved, device="cpu")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown", "has no video named 'nope'"),
+    ("missing", "no such file"),
+    ("corrupt", "cannot open as video"),
+    ("no-checkpoint", "does not exist"),
+])
+def test_visualize_user_mistakes_get_one_clear_line(runs, temporal_root, temporal_store, tmp_path, case, message):
+    args = ["visualize", "--cache", str(temporal_store), "--checkpoint", str(runs["ft"]), "--video", VIDEO,
+            "--out", str(tmp_path / "fig.png"), "--device", "cpu"]
+    if case == "unknown":
+        args[args.index(VIDEO)] = "nope"
+    elif case == "missing":
+        args += ["--video-root", str(tmp_path / "empty")]
+    elif case == "corrupt":
+        moved = tmp_path / "moved"
+        shutil.copytree(temporal_root, moved)
+        (moved / f"{VIDEO}.mp4").write_bytes(b"not a video at all" * 100)
+        args += ["--video-root", str(moved)]
+    else:
+        args += ["--compare", str(tmp_path / "nothing-here")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "fig.png").exists()
+    if case in ("missing", "corrupt"):
+        assert f"cannot read video {VIDEO}" in r.output
+
+
+def test_visualize_api_errors(runs, temporal_store, tmp_path):
+    with pytest.raises(StoreError, match="e.g. test/temporal_grow/temporal_grow_000"):
+        visualize(temporal_store, [runs["ft"]], "temporal_grow_000", tmp_path / "x.png", device="cpu")
+    with pytest.raises(MismatchError):
+        visualize(temporal_store, [runs["ft"]], VIDEO, tmp_path / "x.png", frames=0, device="cpu")
+
+
+# -- embed ---------------------------------------------------------------------------------
+def test_embed_equals_the_pooled_tmm_output(runs, temporal_store, tmp_path):
+    npz, png = tmp_path / "emb.npz", tmp_path / "tsne.png"
+    out = cli("embed", "--cache", temporal_store, "--checkpoint", runs["ft"], "--out", npz, "--views", "3",
+              "--plot", png, "--device", "cpu")
+    store = open_store(temporal_store)
+    test = np.flatnonzero(store.videos.split == "test")
+    emb = load_embeddings(npz)
+    assert emb.embeddings.shape == (len(test), 64) and emb.embeddings.dtype == np.float32
+    assert f"{len(test)} videos x 64 dims" in out
+    assert emb.names.tolist() == [str(n) for n in store.videos.name[test]]
+    assert emb.labels.tolist() == store.videos.label[test].tolist() and emb.classes == store.classes
+    assert emb.meta["views"] == 3 and emb.meta["split"] == "test"
+    with Image.open(png) as im:
+        assert im.size[0] > 100
+    # Directly: the model's pooled features on the same three clips, averaged.
+    ckpt = load_checkpoint(runs["ft"])
+    model = create_model(TMMConfig(**ckpt["meta"]["tmm"]), ckpt["meta"]["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    i = int(np.flatnonzero(emb.names == VIDEO)[0])
+    v = int(test[i])
+    source = TokenSource(store)
+    sampler = ckpt["meta"]["config"]["sampler"]
+    clips = multi_view_clips(int(source.frames[v]), sampler["frames"], sampler["stride"], 3, "stride")
+    with torch.no_grad():
+        direct = model.features(collate([source.clip(v, c) for c in clips])).mean(0).numpy()
+    np.testing.assert_allclose(emb.embeddings[i], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_works_from_a_pretext_checkpoint_and_every_split(runs, synthetic_store, tmp_path):
+    npz = tmp_path / "prp.npz"
+    cli("embed", "--cache", synthetic_store, "--checkpoint", runs["prp"], "--out", npz, "--views", "1",
+        "--split", "all", "--device", "cpu")
+    emb = load_embeddings(npz)
+    assert emb.embeddings.shape == (len(open_store(synthetic_store).videos), 64)
+    assert emb.meta["task"] == "prp"
+
+
+def test_embed_user_mistakes(runs, temporal_store, tmp_path):
+    r = runner.invoke(app, ["embed", "--cache", str(temporal_store), "--checkpoint", str(runs["ft"]),
+                            "--out", str(tmp_path / "e.npz"), "--split", "val", "--device", "cpu"])
+    assert r.exit_code == 2 and "no done video in split 'val'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["embed", "--cache", str(temporal_store), "--checkpoint", str(runs["ft"]),
+                            "--out", str(tmp_path / "e.npz"), "--views", "0"])
+    assert r.exit_code == 2 and "--views" in r.output
