@@ -46,8 +46,9 @@ Without --cache the two synthetic stores (datasets synthetic-appearance and
 synthetic-temporal, `test-vit` tokens: 4 x 4 x 64) are built once under --data and reused
 by every ablation; the ifm ablation adds a second IFM to them, `test-vit-seed1` (test-vit
 with another random init: a stand-in, since no pretrained model can be downloaded here).
-Quick defaults then apply (see --help), so `make ablation-spatial-res` takes minutes on a
-2-core CPU. With --jobs N, N settings run at once, each in a subprocess of this script
+Quick defaults then apply (see --help: fewer epochs, smaller batches, a narrower base TMM
+of hidden 64 and out 256 for the 64-dim tokens), so `make ablation-spatial-res` takes
+minutes on a 2-core CPU. With --jobs N, N settings run at once, each in a subprocess of this script
 (`--run-setting FOLDER`, output in FOLDER/log.txt) with cores/N torch threads.
 """
 
@@ -88,14 +89,19 @@ DESCENDING = {"spatial-res", "channel-dim"}
 ABLATIONS = tuple(SOURCE)
 SYNTHETIC = ("synthetic-appearance", "synthetic-temporal")
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
-# Recipe defaults: quick ones for the synthetic stores (48 train videos each), the trainer's
-# own otherwise. The synthetic values were chosen so that spatial-res runs in minutes.
-QUICK = dict(epochs=6, ft_epochs=8, batch_size=16, ft_batch_size=8, preload=True)
-FULL = dict(epochs=20, ft_epochs=20, batch_size=32, ft_batch_size=32, preload=False)
+# Recipe defaults: quick ones for the synthetic stores (48 train videos of 4 x 4 x 64 tokens
+# each), the trainer's own otherwise. On 2 CPU cores a step of the standard TMM (hidden 256,
+# out 1024) costs about 3x one of hidden 64, out 256 on such tiny grids, so the quick base
+# TMM is that narrower one (tmm-width and tmm-depth still vary it), and spatial-res on both
+# stores takes minutes.
+QUICK = {"epochs": 4, "ft_epochs": 6, "batch_size": 16, "ft_batch_size": 8, "hidden": 64,
+         "out_dim": 256, "preload": True}
+FULL = {"epochs": 20, "ft_epochs": 20, "batch_size": 32, "ft_batch_size": 32, "hidden": 256,
+        "out_dim": 1024, "preload": False}
 CSV_COLUMNS = ("ablation", "dataset", "setting", "x", "store", "ifm", "tmm", "blocks", "hidden",
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "flops", "prp_acc",
-               "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "seconds",
-               "note")
+               "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
+               "seconds", "note")
 
 log = logging.getLogger("ablation")
 
@@ -108,7 +114,19 @@ class StoreInfo:
     keys: tuple[str, ...]  # IFM keys in the store
     grids: dict  # key -> (h, w)
     dims: dict  # key -> D
+    strides: dict  # key -> frame stride at extraction
     frames: int  # frames per clip (the sampler's)
+
+    def check(self, keys: tuple[str, ...]) -> None:
+        """Refuse keys the store lacks, or that cannot be concatenated."""
+        missing = [k for k in keys if k not in self.keys]
+        if missing:
+            raise SystemExit(f"{self.path} has no IFM {', '.join(missing)}; "
+                             f"it holds {', '.join(self.keys)}")
+        if len({self.grids[k] for k in keys}) > 1 or len({self.strides[k] for k in keys}) > 1:
+            raise SystemExit(f"{self.path}: {'+'.join(keys)} cannot be concatenated (grids "
+                             f"{[self.grids[k] for k in keys]}, frame strides "
+                             f"{[self.strides[k] for k in keys]})")
 
 
 @dataclass(frozen=True)
@@ -183,15 +201,13 @@ def channel_values(dim: int) -> tuple[list[int], list[str]]:
 def base_tmm(args, in_dim: int):
     from advise_cache.models import TMMConfig
 
-    kw = dict(in_dim=in_dim, blocks=args.blocks, hidden=args.hidden, out_dim=args.out_dim)
+    kw = {"in_dim": in_dim, "blocks": args.blocks, "hidden": args.hidden, "out_dim": args.out_dim}
     return TMMConfig.paper(**kw) if args.preset == "paper" else TMMConfig(**kw)
 
 
 def default_ifm(info: StoreInfo, wanted: tuple[str, ...], notes: list[str]) -> tuple[str, ...]:
     if wanted:
-        missing = [k for k in wanted if k not in info.keys]
-        if missing:
-            raise SystemExit(f"{info.path} has no IFM {', '.join(missing)}; it holds {', '.join(info.keys)}")
+        info.check(wanted)
         return wanted
     if len(info.keys) > 1:
         notes.append(f"{info.dataset}: the store holds {', '.join(info.keys)}; using {info.keys[0]} "
@@ -235,6 +251,7 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
         notes += [f"{info.dataset}: {n}" for n in why]
     elif name == "temporal":
         for key in args.ifm or info.keys:
+            info.check((key,))
             base = base_tmm(args, info.dims[key])
             add(f"{key} TMM", None, (key,), base)
             add(f"{key} avg-pool", None, (key,), replace(base, tmm="none"),
@@ -242,14 +259,16 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
     elif name == "ifm":
         keys = args.ifm or info.keys
         for key in keys:
+            info.check((key,))
             add(key, None, (key,), base_tmm(args, info.dims[key]))
         for a, b in itertools.combinations(keys, 2):
-            if info.grids[a] != info.grids[b]:
-                notes.append(f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]} and "
-                             f"{info.grids[b]} differ, tokens cannot be concatenated")
+            if info.grids[a] != info.grids[b] or info.strides[a] != info.strides[b]:
+                notes.append(f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]}, "
+                             f"{info.grids[b]} and frame strides {info.strides[a]}, "
+                             f"{info.strides[b]} must match to concatenate tokens")
                 continue
             add(f"{a}+{b}", None, (a, b), base_tmm(args, info.dims[a] + info.dims[b]))
-        if len(keys) < 2:
+        if len(info.keys) < 2:
             notes.append(f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
                          "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
                          "to compare IFMs and their concatenation")
@@ -267,8 +286,10 @@ def describe_store(path: Path) -> StoreInfo:
     keys = tuple(store.ifm_keys())
     if not keys:
         raise SystemExit(f"{path}: no image model extracted into this store yet")
-    return StoreInfo(str(path), store.dataset, keys, {k: tuple(store.ifm(k).grid) for k in keys},
-                     {k: store.ifm(k).dim for k in keys}, SamplerConfig().frames)
+    arrays = {k: store.ifm(k) for k in keys}
+    return StoreInfo(str(path), store.dataset, keys, {k: tuple(a.grid) for k, a in arrays.items()},
+                     {k: a.dim for k, a in arrays.items()},
+                     {k: int(a.meta["frame_stride"]) for k, a in arrays.items()}, SamplerConfig().frames)
 
 
 def _complete(path: Path, key: str) -> bool:
@@ -312,8 +333,8 @@ def label_stores(infos: list[StoreInfo]) -> list[StoreInfo]:
     count = {}
     for info in infos:
         count[info.dataset] = count.get(info.dataset, 0) + 1
-    return [info if count[info.dataset] == 1 else replace(info, dataset=f"{info.dataset} ({Path(info.path).stem})")
-            for info in infos]
+    return [info if count[info.dataset] == 1
+            else replace(info, dataset=f"{info.dataset} ({Path(info.path).stem})") for info in infos]
 
 
 # -- one setting -------------------------------------------------------------------------------
@@ -329,9 +350,9 @@ def run_setting(folder: Path) -> dict:
     tmm = TMMConfig(**s["tmm"])
     t0 = time.perf_counter()
     stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
-    common = dict(cache=Path(s["store"]), ifm=tuple(s["ifm"]), split=r["train_split"], lr=r["lr"],
-                  max_steps=r["max_steps"], tmm=tmm, preload=spec["preload"], resume=True,
-                  device=spec["device"], seed=r["seed"], progress=False)
+    common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"],
+              "lr": r["lr"], "max_steps": r["max_steps"], "tmm": tmm, "preload": spec["preload"],
+              "resume": True, "device": spec["device"], "seed": r["seed"], "progress": False}
     tag = f"[{s['dataset']} | {s['ablation']} {s['label']}]"
     prp = None
     if tmm.tmm != "none":
@@ -343,7 +364,7 @@ def run_setting(folder: Path) -> dict:
             continue
         cfg = TrainConfig(out=folder / name, task="classify", epochs=r["ft_epochs"],
                           batch_size=r["ft_batch_size"], init=init, **common)
-        fts[name] = {**_train_stage(cfg, tag), **_evaluate_stage(cfg, r, spec["device"], tag)}
+        fts[name] = {**_train_stage(cfg, tag), **_evaluate_stage(cfg, r, spec["device"])}
     ft = fts.get("ft", fts["scratch"])
     result = {
         "ablation": s["ablation"],
@@ -352,7 +373,8 @@ def run_setting(folder: Path) -> dict:
         "x": s["x"],
         "store": s["store"],
         "ifm": "+".join(s["ifm"]),
-        **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
+        **{k: s["tmm"][k]
+           for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
         "clip": "x".join(map(str, s["clip"])),
         "params": stats["params"],
         "flops": stats["flops"],
@@ -363,13 +385,15 @@ def run_setting(folder: Path) -> dict:
         "acc_scratch": fts["scratch"]["top1"],
         "delta_acc": ft["top1"] - fts["scratch"]["top1"] if prp else None,
         "ft_steps": ft["step"],
+        "test_videos": ft["videos"],
         "seconds": round(time.perf_counter() - t0, 1),
         "note": s["note"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     _write_json(folder / "result.json", result)
     delta = "" if result["delta_acc"] is None else f", ΔAcc {100 * result['delta_acc']:+.1f}"
-    print(f"{tag} done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} ({result['seconds']:.0f} s)", flush=True)
+    print(f"{tag} done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} ({result['seconds']:.0f} s)",
+          flush=True)
     return result
 
 
@@ -392,15 +416,17 @@ def _train_stage(cfg, tag: str) -> dict:
     return out
 
 
-def _evaluate_stage(cfg, recipe: dict, device: str, tag: str) -> dict:
+def _evaluate_stage(cfg, recipe: dict, device: str) -> dict:
+    """Multi-view top-1 on the test split (eval.json: done once)."""
     from advise_cache.evaluate import evaluate
 
     path = cfg.out / "eval.json"
     if not path.exists():
-        r = evaluate(cfg.cache, cfg.out, views=recipe["views"], split=recipe["test_split"], device=device)
+        r = evaluate(cfg.cache, cfg.out, views=recipe["views"], split=recipe["test_split"],
+                     device=device)
         _write_json(path, {k: v for k, v in r.items() if k != "confusion"})
     r = json.loads(path.read_text())
-    return {"top1": r["top1"], "top5": r["top5"]}
+    return {"top1": r["top1"], "top5": r["top5"], "videos": r["videos"]}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -419,7 +445,7 @@ def run_settings(folders: list[Path], jobs: int) -> list[Path]:
                 run_setting(folder)
             except KeyboardInterrupt:
                 raise
-            except Exception:  # one broken setting should not cost the others
+            except Exception:  # noqa: BLE001 -- one broken setting should not cost the others
                 traceback.print_exc()
                 failed.append(folder)
         return failed
@@ -430,26 +456,26 @@ def run_settings(folders: list[Path], jobs: int) -> list[Path]:
         while pending or running:
             while pending and len(running) < jobs:
                 folder = pending.pop(0)
-                logf = open(folder / "log.txt", "a")
-                proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--run-setting",
-                                         str(folder)], stdout=logf, stderr=subprocess.STDOUT, env=env)
-                running[proc] = (folder, logf)
+                with open(folder / "log.txt", "a") as logf:  # the child keeps its own copy
+                    proc = subprocess.Popen(
+                        [sys.executable, str(Path(__file__).resolve()), "--run-setting", str(folder)],
+                        stdout=logf, stderr=subprocess.STDOUT, env=env)
+                running[proc] = folder
                 print(f"started {folder} (pid {proc.pid}, log {folder / 'log.txt'})", flush=True)
             time.sleep(0.5)
             for proc in [p for p in running if p.poll() is not None]:
-                folder, logf = running.pop(proc)
-                logf.close()
+                folder = running.pop(proc)
                 last = (folder / "log.txt").read_text().strip().splitlines()[-1:] or [""]
                 if proc.returncode != 0:
                     failed.append(folder)
-                    print(f"FAILED {folder} (exit {proc.returncode}); see {folder / 'log.txt'}", flush=True)
+                    print(f"FAILED {folder} (exit {proc.returncode}); see {folder / 'log.txt'}",
+                          flush=True)
                 else:
                     print(last[0], flush=True)
     finally:
-        for proc, (_, logf) in running.items():  # interrupted: stop only our own children
+        for proc in running:  # interrupted: stop only our own children
             proc.terminate()
             proc.wait()
-            logf.close()
     return failed
 
 
@@ -470,8 +496,10 @@ def render(name: str, rows: list[dict], recipe: Recipe, notes: list[str], missin
     base = recipe.base_tmm
     out = [f"## Ablation {name} (the paper's {SOURCE[name]})", "",
            f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}), fine-tuning {recipe.ft_epochs} "
-           f"epochs (batch {recipe.ft_batch_size})" + (f", at most {recipe.max_steps} steps each" if recipe.max_steps else "")
-           + f", lr {recipe.lr:g} at batch 32, seed {recipe.seed}; test top-1 over {recipe.views} views. "
+           f"epochs (batch {recipe.ft_batch_size})"
+           + (f", at most {recipe.max_steps} steps each" if recipe.max_steps else "")
+           + f", lr {recipe.lr:g} at batch 32, seed {recipe.seed}; test top-1 over {recipe.views} "
+           "views. "
            f"Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, out {base['out_dim']} "
            f"({base['preset']} preset). Params and FLOPs (multiply-accumulates) are the model's with "
            "the 4-way PRP head, for one clip.", "",
@@ -482,8 +510,12 @@ def render(name: str, rows: list[dict], recipe: Recipe, notes: list[str], missin
         out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} "
                    f"| {r['flops'] / 1e9:.3g} | {pct(r['prp_acc'])} | {pct(r['acc_ft'])} "
                    f"| {pct(r['acc_scratch'])} | {delta} |")
-    out += ["", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
-            "Acc_scratch (the same fine-tuning from a random TMM)."]
+    out += ["", ("Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
+                 "Acc_scratch (the same fine-tuning from a random TMM).")]
+    for dataset, n in {r["dataset"]: r.get("test_videos") for r in rows}.items():
+        if not n:
+            continue
+        out.append(f"- {dataset}: {n} test videos, so one video is {100 / n:.1f} points of accuracy.")
     out += [f"- {n}" for n in notes + [f"not finished: {m}" for m in missing]
             + sorted({f"{r['setting']}: {r['note']}" for r in rows if r.get("note")})]
     return "\n".join(out) + "\n"
@@ -534,24 +566,24 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("name", choices=ABLATIONS)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablations",
                    help="parent folder; this ablation writes into OUT/<name>/")
-    p.add_argument("--cache", help="comma-separated stores, one per dataset (default: the synthetic ones)")
+    p.add_argument("--cache",
+                   help="comma-separated stores, one per dataset (default: the synthetic ones)")
     p.add_argument("--data", type=Path, default=REPO / "data", help="where the synthetic stores live")
     p.add_argument("--ifm", default="", help="IFM key(s): a,b concatenates them for the SFU/TMM "
                    "ablations; for temporal and ifm, the keys to compare (default: all)")
     p.add_argument("--settings", default="", help="run only these settings (comma-separated labels)")
-    p.add_argument("--epochs", type=int, help=f"PRP epochs (synthetic {QUICK['epochs']}, else {FULL['epochs']})")
-    p.add_argument("--ft-epochs", type=int,
-                   help=f"fine-tuning epochs (synthetic {QUICK['ft_epochs']}, else {FULL['ft_epochs']})")
-    p.add_argument("--batch-size", type=int, help=f"PRP batch (synthetic {QUICK['batch_size']}, else "
-                   f"{FULL['batch_size']})")
-    p.add_argument("--ft-batch-size", type=int, help=f"fine-tuning batch (synthetic {QUICK['ft_batch_size']}, "
-                   f"else {FULL['ft_batch_size']})")
+    p.add_argument("--epochs", type=int, help=f"PRP epochs ({_defaults('epochs')})")
+    p.add_argument("--ft-epochs", type=int, help=f"fine-tuning epochs ({_defaults('ft_epochs')})")
+    p.add_argument("--batch-size", type=int, help=f"PRP batch ({_defaults('batch_size')})")
+    p.add_argument("--ft-batch-size", type=int,
+                   help=f"fine-tuning batch ({_defaults('ft_batch_size')})")
     p.add_argument("--max-steps", type=int, help="stop every training after this many steps")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate at batch 32 (scaled linearly)")
     p.add_argument("--views", type=int, default=4, help="test clips per video")
     p.add_argument("--blocks", type=int, default=1, help="base TMM blocks (tmm-depth varies them)")
-    p.add_argument("--hidden", type=int, default=256, help="base TMM hidden width (tmm-width varies it)")
-    p.add_argument("--out-dim", type=int, default=1024, help="base TMM block output width")
+    p.add_argument("--hidden", type=int,
+                   help=f"base TMM hidden width; tmm-width varies it ({_defaults('hidden')})")
+    p.add_argument("--out-dim", type=int, help=f"base TMM block output width ({_defaults('out_dim')})")
     p.add_argument("--preset", choices=("ours", "paper"), default="ours",
                    help="ours (temporal kernel 3, MLP head) or paper (1x1x1 first conv, linear head)")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction,
@@ -563,7 +595,14 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
+    for key, value in (FULL if args.cache else QUICK).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
+
+
+def _defaults(key: str) -> str:
+    return f"synthetic stores {QUICK[key]}, else {FULL[key]}"
 
 
 def main(argv=None) -> int:
@@ -575,17 +614,13 @@ def main(argv=None) -> int:
         return 0
     args = parse_args(argv)
     _setup_logging()
-    synthetic = not args.cache
-    defaults = QUICK if synthetic else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    stores = (synthetic_stores(args.data, args.name == "ifm") if synthetic
+    stores = (synthetic_stores(args.data, args.name == "ifm") if not args.cache
               else [Path(p) for p in args.cache.split(",") if p])
     infos = label_stores([describe_store(p) for p in stores])
     recipe = Recipe(args.epochs, args.ft_epochs, args.batch_size, args.ft_batch_size, args.lr,
                     args.max_steps, args.views, args.seed, args.train_split, args.test_split,
-                    dict(blocks=args.blocks, hidden=args.hidden, out_dim=args.out_dim, preset=args.preset))
+                    {"blocks": args.blocks, "hidden": args.hidden, "out_dim": args.out_dim,
+                     "preset": args.preset})
     out = args.out / args.name
     check_recipe(out, recipe)
 
@@ -638,7 +673,8 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
     if path.exists():
         theirs = json.loads(path.read_text())
         if theirs != mine:
-            diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
+            diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}"
+                             for k, v in mine.items() if theirs.get(k) != v)
             raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out "
                              "or remove it")
         return
@@ -647,9 +683,19 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # open_clip warns on the root logger about random weights, which are what we asked for.
-    logging.getLogger().handlers[0].addFilter(lambda r: r.name.startswith(("advise_cache", "ablation")))
+    """INFO from the library and this script; nothing else (open_clip warns on the root
+    logger about random weights, which are what the synthetic stores ask for)."""
+    for name in ("advise_cache", "ablation"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(getattr(h, "ablation", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            handler.ablation = True
+            logger.addHandler(handler)
+            logger.propagate = False
+    if not logging.getLogger().handlers:  # a script, not inside a test runner's logging
+        logging.getLogger().setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def temporal_store(tmp_path_factory) -> Path:
     from advise_cache.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("temporal")
-    generate_synthetic(root, family="temporal", seed=1, train_per_class=8, test_per_class=4,
+    generate_synthetic(root, family="temporal", seed=1, train_per_class=12, test_per_class=6,
                        min_frames=24, max_frames=40)
     out = tmp_path_factory.mktemp("stores") / "temporal.zarr"
     summary = extract_videos(extract_config(root, out, dataset="synthetic-temporal"))

@@ -65,7 +65,8 @@ def test_default_preset_is_not_the_papers():
 
 
 def test_human_readable_line():
-    result = runner.invoke(app, ["stats", "--preset", "paper", "--hidden", "2048", "--spatial-pool", "9"])
+    result = runner.invoke(app, ["stats", "--preset", "paper", "--hidden", "2048",
+                                 "--spatial-pool", "9"])
     assert result.exit_code == 0, result.output
     assert "42.22 M trainable parameters" in result.stdout
     assert "27.35 G multiply-accumulates" in result.stdout

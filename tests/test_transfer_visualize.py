@@ -68,11 +68,12 @@ def runs(synthetic_store, temporal_store, tmp_path_factory) -> dict[str, Path]:
     """PRP on the "both" store; fine-tunes on the temporal store from it and from scratch."""
     base = tmp_path_factory.mktemp("runs")
     out = {name: base / name for name in ("prp", "ft", "scratch")}
-    cli("train", "--cache", synthetic_store, "--out", out["prp"], "--epochs", "1", "--max-steps", "3",
+    # Whole epochs, no --max-steps: 24 train videos x 1 clip / 8 = 3 steps; 12 / 4 = 3 steps.
+    cli("train", "--cache", synthetic_store, "--out", out["prp"], "--epochs", "1", "--clips-per-video", "1",
         "--batch-size", "8", *TINY_TMM)
     for name, start in (("ft", ["--init", out["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
         cli("finetune", "--cache", temporal_store, "--out", out[name], *start, "--epochs", "1",
-            "--max-steps", "2", "--batch-size", "4", "--device", "cpu", "--loader-threads", "1")
+            "--batch-size", "4", "--device", "cpu", "--loader-threads", "1")
     return out
 
 
@@ -101,7 +102,7 @@ def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path):
     prp = tmm_params(load_checkpoint(runs["prp"])["model"])
     for name, start in (("init", ["--init", runs["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
         cli("finetune", "--cache", temporal_store, "--out", tmp_path / name, *start, "--lr", "0",
-            "--epochs", "1", "--max-steps", "1", "--batch-size", "4", "--device", "cpu")
+            "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--loader-threads", "1")
         ours = tmm_params(load_checkpoint(tmp_path / name)["model"])
         assert ours.keys() == prp.keys()
         same = all(torch.equal(ours[k], prp[k]) for k in prp)

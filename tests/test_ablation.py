@@ -1,0 +1,123 @@
+"""pipelines/ablation.py: the setting rules, and a tiny spatial-res ablation end to end.
+
+Run: .venv/bin/python -m pytest tests/test_ablation.py
+
+The end-to-end test runs the real driver (PRP, both fine-tunes, evaluation, stats, report)
+on the session's tiny synthetic store, with a tiny TMM and two training steps per stage:
+first two settings at once in subprocesses (--jobs 2), then again (everything skipped),
+then once more after a setting lost its last stage (resumed in-process, only that stage).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "pipelines" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("ablation", None)
+
+
+def test_spatial_settings_follow_the_grid(ablation):
+    assert ablation.spatial_values(14) == ([14, 9, 5, 3, 1], [])
+    values, notes = ablation.spatial_values(4)
+    assert values == [4, 3, 2, 1]
+    assert [n for n in notes if "skipped" in n] == [
+        f"spatial pool {s} does not fit the 4x4 grid: skipped" for s in (14, 9, 5)]
+    assert ablation.spatial_values(16)[0] == [16, 9, 5, 3, 1]
+    assert ablation.spatial_values(7)[0] == [7, 6, 5, 3, 1]
+    assert ablation.spatial_values(1)[0] == [1]
+
+
+def test_channel_settings_keep_the_papers_factors(ablation):
+    assert ablation.channel_values(768) == ([768, 192, 48, 12, 3], [])
+    values, notes = ablation.channel_values(64)
+    assert values == [64, 16, 4, 1]
+    assert "channel pool 768 does not fit 64-dim tokens: skipped" in notes
+    assert ablation.channel_values(1024)[0] == [1024, 256, 64, 16, 4]
+
+
+def test_plans_on_a_one_ifm_store(ablation, synthetic_store):
+    info = ablation.describe_store(synthetic_store)
+    assert (info.keys, info.grids["test-vit"], info.dims["test-vit"]) == (("test-vit",), (4, 4), 64)
+    args = ablation.parse_args(["spatial-res"])
+    labels = {name: [s.label for s in ablation.plan(name, info, args)[0]] for name in ablation.ABLATIONS}
+    assert labels["spatial-res"] == ["4", "3", "2", "1"]
+    assert labels["channel-dim"] == ["64", "16", "4", "1"]
+    assert labels["tmm-depth"] == ["1", "2", "4", "6", "8"]
+    assert labels["tmm-width"] == ["64", "256", "512", "1024", "2048"]
+    assert labels["temporal"] == ["test-vit TMM", "test-vit avg-pool"]
+    assert labels["ifm"] == ["test-vit"]
+    notes = ablation.plan("ifm", info, args)[1]
+    assert any("holds one IFM" in n for n in notes)
+    full, pooled = ablation.plan("spatial-res", info, args)[0][0::3]
+    assert (full.tmm["spatial_pool"], pooled.tmm["spatial_pool"]) == (None, 1)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["spatial-res", "--cache", str(synthetic_store), "--out", str(out), "--device", "cpu",
+            "--epochs", "1", "--ft-epochs", "1", "--max-steps", "2", "--batch-size", "8",
+            "--ft-batch-size", "8", "--hidden", "8", "--out-dim", "16", "--views", "1",
+            "--settings", "4,1"]
+    assert ablation.main([*argv, "--jobs", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "2 settings on 1 store(s); 0 already finished, 2 to run" in first
+    assert "spatial pool 14 does not fit the 4x4 grid: skipped" in first
+
+    folder = out / "spatial-res"
+    rows = read_csv(folder / "results.csv")
+    assert [r["setting"] for r in rows] == ["4", "1"]
+    assert set(ablation.CSV_COLUMNS) <= set(rows[0])
+    for r in rows:
+        assert r["dataset"] == "synthetic"
+        assert 0.0 <= float(r["acc_ft"]) <= 1.0 and 0.0 <= float(r["acc_scratch"]) <= 1.0
+        assert float(r["delta_acc"]) == pytest.approx(float(r["acc_ft"]) - float(r["acc_scratch"]))
+        assert int(r["prp_steps"]) == 2 and int(r["ft_steps"]) == 2
+        assert int(r["params"]) > 0
+    assert rows[0]["params"] == rows[1]["params"]  # pooling adds no weights ...
+    assert int(rows[1]["flops"]) < int(rows[0]["flops"])  # ... and saves compute
+    md = (folder / "results.md").read_text()
+    assert "| dataset | setting | clip | params (M) | FLOPs (G) |" in md
+    assert md.count("| synthetic |") == 2
+    assert (folder / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = sorted(folder.glob("synthetic/*/result.json"))
+    assert len(results) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.suffix in (".json", ".pt")}
+
+    # Again: nothing to do, nothing rewritten but the report.
+    assert ablation.main(argv) == 0
+    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A setting killed before its last evaluation: only that evaluation runs again.
+    setting = folder / "synthetic" / "1"
+    for name in ("result.json", "scratch/eval.json"):
+        (setting / name).unlink()
+    assert ablation.main(argv) == 0
+    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert (setting / "result.json").exists()
+    for name in ("prp/checkpoint.pt", "ft/checkpoint.pt", "scratch/checkpoint.pt", "ft/eval.json"):
+        assert (setting / name).stat().st_mtime_ns == stamps[setting / name]
+    assert len(read_csv(folder / "results.csv")) == 2
+
+    # Another recipe into the same folder is refused rather than mixed in.
+    with pytest.raises(SystemExit, match="another recipe"):
+        ablation.main([*argv[:-2], "--settings", "4", "--epochs", "2"])
