@@ -68,7 +68,7 @@ def extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
     dtype: Annotated[str, typer.Option(help="Stored token dtype: float16 or float32.")] = "float16",
-    codec: Annotated[str, typer.Option(help="Compression: none, lz4, zstd (see BENCHMARKS.md).")] = "none",
+    codec: Annotated[Optional[str], typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
     frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = 64,
     shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based).")] = "0/1",
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = 0,
@@ -76,11 +76,12 @@ def extract(
 ):
     """Decode every video, run the frozen image model once per frame, store the patch tokens."""
     from .extract import ExtractConfig, extract_videos, parse_shard, summary_dict
+    from .store import DEFAULT_CODEC
 
     cfg = ExtractConfig(
         dataset=dataset, root=root, out=out, split=split, model=model, pretrained=pretrained,
         name=name, frame_stride=frame_stride, batch_size=batch_size, workers=workers,
-        device=device, precision=precision, dtype=dtype, codec=codec,
+        device=device, precision=precision, dtype=dtype, codec=codec or DEFAULT_CODEC,
         frames_per_shard=frames_per_shard, shard=parse_shard(shard), seed=seed,
     )
     summary = extract_videos(cfg)

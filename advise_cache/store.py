@@ -46,8 +46,8 @@ STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 # little on float tokens and cost read speed, which bounds training.
 CODECS = {
     "none": None,
-    "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2),
-    "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2),
+    "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),  # typesize from dtype
+    "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
 }
 DEFAULT_CODEC = "none"
 TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe_error")
@@ -173,7 +173,7 @@ class Store:
         """Create the IFM's group (atomically) or check that an existing one matches."""
         if codec not in CODECS:
             raise StoreError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
-        if dtype not in ("float16", "float32", "bfloat16"):
+        if dtype not in ("float16", "float32"):
             raise StoreError(f"unsupported token dtype {dtype!r}; use float16 or float32")
         table = self.videos
         frames = -(-table.source_frames // frame_stride)  # ceil
@@ -209,7 +209,7 @@ class Store:
         self.group = zarr.open_group(self.path, mode=self.mode, zarr_format=3)
         arrays = self.ifm(key)
         keep = ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim", "dtype",
-                "frame_stride", "frames_per_shard", "codec", "normalisation")
+                "frame_stride", "frames_per_shard", "codec", "normalisation", "precision")
         diff = [k for k in keep if json.dumps(arrays.meta.get(k)) != json.dumps(meta.get(k))]
         if diff:
             detail = "; ".join(f"{k}: store {arrays.meta.get(k)!r}, now {meta.get(k)!r}" for k in diff)
@@ -282,8 +282,14 @@ class IFMArrays:
         written = 0
         for p in self._shard_paths(video):
             if p.exists():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
+                # zarr writes a shard to a temporary file and renames it into folders it
+                # may have just made: make the data and every new folder entry durable.
+                for target in (p, *p.parents[:4]):
+                    fd = os.open(target, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 written += p.stat().st_size
         self.group["status"][video] = DONE
         return written

@@ -96,14 +96,25 @@ class CodecRow:
 
 
 # -- the video set ---------------------------------------------------------------------------
-def make_videos(root: Path, frames: int, width: int, height: int, seed: int) -> list[tuple[Path, int]]:
+def make_videos(
+    root: Path, frames: int, width: int, height: int, seed: int
+) -> list[tuple[Path, int]]:
     """Enough synthetic videos for `frames`, interleaved by class, with their frame counts."""
     from advise_cache.synthetic import generate_synthetic
     from advise_cache.video import probe_video
 
     per_class = math.ceil(1.2 * frames / (sum(VIDEO_FRAMES) / 2) / 8)  # 8 classes, 20% margin
-    generate_synthetic(root, family="both", seed=seed, train_per_class=per_class, test_per_class=0,
-                       min_frames=VIDEO_FRAMES[0], max_frames=VIDEO_FRAMES[1], width=width, height=height)
+    generate_synthetic(
+        root,
+        family="both",
+        seed=seed,
+        train_per_class=per_class,
+        test_per_class=0,
+        min_frames=VIDEO_FRAMES[0],
+        max_frames=VIDEO_FRAMES[1],
+        width=width,
+        height=height,
+    )
     paths = sorted(root.glob("train/*/*.mp4"), key=lambda p: (p.stem[-3:], p.parent.name))
     return [(p, probe_video(p).frames) for p in paths]
 
@@ -167,7 +178,9 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def time_ifm(ifm, clips: list[np.ndarray], batch_size: int) -> tuple[float, float, list[np.ndarray]]:
+def time_ifm(
+    ifm, clips: list[np.ndarray], batch_size: int
+) -> tuple[float, float, list[np.ndarray]]:
     """Seconds and cores used by the model alone on pre-decoded crops, batched per video as
     `extract` does."""
     import torch
@@ -175,10 +188,12 @@ def time_ifm(ifm, clips: list[np.ndarray], batch_size: int) -> tuple[float, floa
     ifm.encode(clips[0][:batch_size])  # first call: allocations, kernel choice, lazy init
     t0, c0 = time.perf_counter(), cpu_seconds()
     tokens = [
-        np.concatenate([
-            ifm.encode(clip[i : i + batch_size]).to("cpu", torch.float32).numpy()
-            for i in range(0, len(clip), batch_size)
-        ])
+        np.concatenate(
+            [
+                ifm.encode(clip[i : i + batch_size]).to("cpu", torch.float32).numpy()
+                for i in range(0, len(clip), batch_size)
+            ]
+        )
         for clip in clips
     ]
     seconds = time.perf_counter() - t0
@@ -225,16 +240,25 @@ def bench_model(model: str, device: str, videos, work: Path, args):
     frames = sum(n for _, n in videos)
     ifm = create_ifm(model, "none", device, "auto", args.seed)
     cfg = ExtractConfig(
-        dataset="manifest", root=write_manifest(work / "sets" / tag / "manifest.csv", videos),
-        out=work / "stores" / f"{tag}.zarr", model=model, pretrained="none", workers=args.workers,
-        device=device, batch_size=args.batch_size, seed=args.seed, progress=False,
+        dataset="manifest",
+        root=write_manifest(work / "sets" / tag / "manifest.csv", videos),
+        out=work / "stores" / f"{tag}.zarr",
+        model=model,
+        pretrained="none",
+        workers=args.workers,
+        device=device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
     )
     best = Row(model, device, ifm.precision, len(videos), frames, 0.0, 0.0, 0.0, float("nan"), 0.0)
     first_tokens, t0 = None, time.perf_counter()
     for rounds in range(1, args.repeats + 1):
         dec_s, clips = time_decode(paths, ifm.spec, args.workers)
         if sum(len(c) for c in clips) != frames:
-            raise RuntimeError(f"decoded {sum(len(c) for c in clips)} frames, the probe said {frames}")
+            raise RuntimeError(
+                f"decoded {sum(len(c) for c in clips)} frames, the probe said {frames}"
+            )
         ifm_s, ifm_cores, tokens = time_ifm(ifm, clips, args.batch_size)
         del clips
         if first_tokens is None:  # the codec test needs only `codec_frames` of them
@@ -243,8 +267,11 @@ def bench_model(model: str, device: str, videos, work: Path, args):
             torch.cuda.empty_cache()
         shutil.rmtree(cfg.out, ignore_errors=True)
         summary, steady, full_cores = time_full(cfg)
-        say(f"[{tag}] round {rounds}: {frames} frames; decode {frames / dec_s:.1f}, ifm "
-            f"{frames / ifm_s:.1f}, full {summary.frames / summary.seconds:.1f}, steady {steady:.1f} frames/s")
+        say(
+            f"[{tag}] round {rounds}: {frames} frames; decode {frames / dec_s:.1f}, ifm "
+            f"{frames / ifm_s:.1f}, full {summary.frames / summary.seconds:.1f}, "
+            f"steady {steady:.1f} frames/s"
+        )
         best.decode_fps = max(best.decode_fps, frames / dec_s)
         if frames / ifm_s > best.ifm_fps:
             best.ifm_fps, best.ifm_cores = frames / ifm_s, ifm_cores
@@ -263,8 +290,9 @@ def bench_model(model: str, device: str, videos, work: Path, args):
 
 
 # -- codecs ----------------------------------------------------------------------------------
-def bench_codecs(model: str, tokens: list[np.ndarray], info: dict, work: Path, frames: int,
-                 reads: int, seed: int) -> list[CodecRow]:
+def bench_codecs(
+    model: str, tokens: list[np.ndarray], info: dict, work: Path, frames: int, reads: int, seed: int
+) -> list[CodecRow]:
     """Write the same tokens with every codec into a store; time writing and random reads."""
     import zarr
 
@@ -278,13 +306,20 @@ def bench_codecs(model: str, tokens: list[np.ndarray], info: dict, work: Path, f
         total += len(clip)
         i += 1
     n = len(clips)
-    table = {"name": [f"v{v:05d}" for v in range(n)], "path": [""] * n, "split": ["train"] * n,
-             "label": [0] * n, "fps": [25.0] * n, "source_frames": [len(c) for c in clips],
-             "probe_error": [""] * n}
+    table = {
+        "name": [f"v{v:05d}" for v in range(n)],
+        "path": [""] * n,
+        "split": ["train"] * n,
+        "label": [0] * n,
+        "fps": [25.0] * n,
+        "source_frames": [len(c) for c in clips],
+        "probe_error": [""] * n,
+    }
     rng = np.random.default_rng(seed)
     starts = np.cumsum([0] + [len(c) for c in clips])
-    picks = rng.integers(0, total, reads)
-    picks = [(int(v), int(r - starts[v])) for r, v in zip(picks, np.searchsorted(starts, picks, "right") - 1)]
+    draws = rng.integers(0, total, reads)  # uniform over frames, like a clip sampler
+    videos = np.searchsorted(starts, draws, "right") - 1
+    picks = [(int(v), int(r - starts[v])) for r, v in zip(draws, videos, strict=True)]
     raw = clips[0][0].nbytes
     key = ifm_key(model)
     rows = []
@@ -316,8 +351,18 @@ def bench_codecs(model: str, tokens: list[np.ndarray], info: dict, work: Path, f
         if not np.array_equal(reader.read_frames(v, [r])[0], clips[v][r]):
             raise RuntimeError(f"codec {codec}: a frame read back differs from the one written")
         say(f"[{key}] codec {codec}: {stored / total / 1e3:.1f} kB/frame, write {write_s:.2f} s")
-        rows.append(CodecRow(model, codec, total, raw, stored / total, total * raw / write_s / 1e6,
-                             reads / zarr_s, reads / store_s))
+        rows.append(
+            CodecRow(
+                model,
+                codec,
+                total,
+                raw,
+                stored / total,
+                total * raw / write_s / 1e6,
+                reads / zarr_s,
+                reads / store_s,
+            )
+        )
         shutil.rmtree(path, ignore_errors=True)
     return rows
 
@@ -326,18 +371,28 @@ def bench_codecs(model: str, tokens: list[np.ndarray], info: dict, work: Path, f
 def describe_machine(work: Path, devices: list[str]) -> dict[str, str]:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor() or "unknown")
-    mem = next((line.split()[1] for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), "0")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _lines("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem = next(
+        (line.split()[1] for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), "0"
+    )
     gpus = [torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda")]
-    versions = ", ".join(f"{p} {_version(p)}" for p in ("zarr", "numcodecs", "decord", "open_clip_torch"))
+    versions = ", ".join(
+        f"{p} {_version(p)}" for p in ("zarr", "numcodecs", "decord", "open_clip_torch")
+    )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
-               f"{int(mem) / 2**20:.0f} GiB",
+        f"{int(mem) / 2**20:.0f} GiB",
         "GPU": ", ".join(sorted(set(gpus))) or "none used",
         "software": f"Python {platform.python_version()}, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads), {versions}",
+        f"({torch.get_num_threads()} threads), {versions}",
         "store folder": f"{work} ({_filesystem(work)})",
         "code": _commit(),
         "load average at start": _loadavg(),
@@ -362,20 +417,41 @@ def _filesystem(path: Path) -> str:
     best, kind = "", "unknown filesystem"
     for line in _lines("/proc/mounts"):
         parts = line.split()
-        if len(parts) > 2 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+        if (
+            len(parts) > 2
+            and str(path.resolve()).startswith(parts[1])
+            and len(parts[1]) > len(best)
+        ):
             best, kind = parts[1], parts[2]
     return kind
 
 
 def _commit() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "advise_cache"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            # no optional locks: never refresh the index under other people's git commands
+            [
+                "git",
+                "--no-optional-locks",
+                "-C",
+                str(REPO),
+                "status",
+                "--porcelain",
+                "advise_cache",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"{head}" + (" with uncommitted changes in advise_cache/" if dirty else "")
+    return head + (" with uncommitted changes in advise_cache/" if dirty else "")
 
 
 def _loadavg() -> str:
@@ -394,55 +470,129 @@ def pct(x: float) -> str:
     return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a"
 
 
+def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
+    """A markdown table: the first `left` columns aligned left, numbers to the right."""
+    rule = ["---" if i < left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(map(str, line)) + " |" for line in (header, rule, *rows)]
+
+
 def render(machine: dict, rows: list[Row], codec_rows: list[CodecRow], args, command: str) -> str:
     from advise_cache.store import DEFAULT_CODEC
 
-    out = ["## Extraction (pipelines/bench_extract.py)", "",
-           f"Written by `{command}`; rerun it to replace this section.", "",
-           "| machine | |", "| --- | --- |"]
-    out += [f"| {k} | {v} |" for k, v in machine.items()]
-    out += ["", f"Frames/s of each stage on the same generated videos ({args.width}x{args.height} mpeg4, "
-            f"{VIDEO_FRAMES[0]}-{VIDEO_FRAMES[1]} frames each), batch {args.batch_size}, "
-            f"{args.workers} decode processes, random weights, codec {DEFAULT_CODEC}, float16 tokens. "
-            "Each round runs the three steps one after the other; each column is the best of the "
-            "rounds, the least disturbed on a shared machine.", "",
-            f"| model | device | videos / frames | rounds | decode alone ({args.workers} proc.) | IFM alone "
-            "| full, end to end | full, steady | steady / IFM | end to end / IFM | stored kB/frame "
-            "| cores used, IFM / full |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        out.append(f"| {r.model} | {r.device} {r.precision} | {r.videos} / {r.frames} | {r.rounds} "
-                   f"| {fmt(r.decode_fps)} "
-                   f"| {fmt(r.ifm_fps)} | {fmt(r.full_fps)} | {fmt(r.steady_fps)} "
-                   f"| {pct(r.steady_fps / r.ifm_fps)} | {pct(r.full_fps / r.ifm_fps)} "
-                   f"| {r.bytes_per_frame / 1e3:.1f} | {r.ifm_cores:.1f} / {r.full_cores:.1f} |")
-    out += ["", "End to end is `frames / ExtractSummary.seconds`: it includes building the model, "
-            "probing the videos and starting the decode processes, a fixed cost that a real "
-            "dataset (UCF101: 2.5 M frames) spreads thin. Steady counts from the first video "
-            f"stored to the last; the target is steady ≥ {pct(TARGET)} of IFM alone. Cores used is "
-            "CPU seconds per second of this process and its decode workers: below the core count "
-            "when other work shared the machine.", ""]
-    out += [f"- {line}" for line in diagnose(rows, args.workers)]
-
-    out += ["", f"Token codecs: the tokens of each model above, written with every codec of "
-            "`store.CODECS` through the store (`add_ifm` + `write_video`: one-frame chunks, "
-            "64-frame shards, fsync), then random single frames read back: through plain zarr "
-            "(`tokens[row]`), and through `IFMArrays.read_frames`, what training calls (store.py "
-            "reads uncompressed shards itself, two `pread`s a frame, and compressed ones through "
-            "zarr).", "",
-            "| tokens | codec | frames | raw kB/frame | stored kB/frame | ratio | write MB/s "
-            "| read frames/s, zarr `a[i]` | read frames/s, `read_frames` |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for c in codec_rows:
-        out.append(f"| {c.model} | {c.codec} | {c.frames} | {c.raw_per_frame / 1e3:.1f} "
-                   f"| {c.stored_per_frame / 1e3:.1f} | {c.raw_per_frame / c.stored_per_frame:.2f} "
-                   f"| {fmt(c.write_mb_s)} | {fmt(c.zarr_fps)} | {fmt(c.store_fps)} |")
-    out += ["", "Write MB/s counts raw (uncompressed) token bytes. Reads hit the page cache (the "
-            "shards were just written), so they measure the CPU cost per frame, not the disk; on a "
-            "disk or network store, stored kB/frame over its bandwidth bounds reads as well. "
-            "Random weights: real CLIP weights may compress differently; measure on real "
-            "tokens before changing the default.", ""]
-    out += [f"- {line}" for line in codec_notes(codec_rows, DEFAULT_CODEC)]
+    stages = (
+        f"Frames/s of each stage on the same generated videos ({args.width}x{args.height} "
+        f"mpeg4, {VIDEO_FRAMES[0]}-{VIDEO_FRAMES[1]} frames each), batch {args.batch_size}, "
+        f"{args.workers} decode processes, random weights, codec {DEFAULT_CODEC}, float16 tokens. "
+        "Each round runs the three steps one after the other; each column is the best round's, "
+        "the least disturbed on a shared machine."
+    )
+    reading = (
+        "End to end is `frames / ExtractSummary.seconds`: it includes building the model, "
+        "probing the videos and starting the decode processes, a fixed cost that a real dataset "
+        "(UCF101: 2.5 M frames) spreads thin. Steady counts from the first video stored to the "
+        f"last; the target is steady ≥ {pct(TARGET)} of IFM alone. Cores used is CPU seconds per "
+        "second of this process and its decode workers: below the core count when other work "
+        "shared the machine."
+    )
+    codecs = (
+        "Token codecs: the tokens of each model above, written with every codec of "
+        "`store.CODECS` through the store (`add_ifm` + `write_video`: one-frame chunks, 64-frame "
+        "shards, fsync), then random single frames read back: through plain zarr "
+        "(`tokens[row]`), and through `IFMArrays.read_frames`, what training calls (store.py "
+        "reads uncompressed shards itself, two `pread`s a frame, and compressed ones through zarr)."
+    )
+    caveats = (
+        "Write MB/s counts raw (uncompressed) token bytes. Reads hit the page cache (the shards "
+        "were just written), so they measure the CPU cost per frame, not the disk; on a disk or "
+        "network store, stored kB/frame over its bandwidth bounds reads as well. Random weights: "
+        "real CLIP weights may compress differently; measure on real tokens before changing the "
+        "default."
+    )
+    stage_rows = [
+        [
+            r.model,
+            f"{r.device} {r.precision}",
+            f"{r.videos} / {r.frames}",
+            r.rounds,
+            fmt(r.decode_fps),
+            fmt(r.ifm_fps),
+            fmt(r.full_fps),
+            fmt(r.steady_fps),
+            pct(r.steady_fps / r.ifm_fps),
+            pct(r.full_fps / r.ifm_fps),
+            f"{r.bytes_per_frame / 1e3:.1f}",
+            f"{r.ifm_cores:.1f} / {r.full_cores:.1f}",
+        ]
+        for r in rows
+    ]
+    codec_table = [
+        [
+            c.model,
+            c.codec,
+            c.frames,
+            f"{c.raw_per_frame / 1e3:.1f}",
+            f"{c.stored_per_frame / 1e3:.1f}",
+            f"{c.raw_per_frame / c.stored_per_frame:.2f}",
+            fmt(c.write_mb_s),
+            fmt(c.zarr_fps),
+            fmt(c.store_fps),
+        ]
+        for c in codec_rows
+    ]
+    out = [
+        "## Extraction (pipelines/bench_extract.py)",
+        "",
+        f"Written by `{command}`; rerun it to replace this section.",
+        "",
+        *table(["machine", ""], [list(kv) for kv in machine.items()], left=2),
+        "",
+        stages,
+        "",
+        *table(
+            [
+                "model",
+                "device",
+                "videos / frames",
+                "rounds",
+                f"decode alone ({args.workers} proc.)",
+                "IFM alone",
+                "full, end to end",
+                "full, steady",
+                "steady / IFM",
+                "end to end / IFM",
+                "stored kB/frame",
+                "cores used, IFM / full",
+            ],
+            stage_rows,
+            left=3,
+        ),
+        "",
+        reading,
+        "",
+        *[f"- {line}" for line in diagnose(rows, args.workers)],
+        "",
+        codecs,
+        "",
+        *table(
+            [
+                "tokens",
+                "codec",
+                "frames",
+                "raw kB/frame",
+                "stored kB/frame",
+                "ratio",
+                "write MB/s",
+                "read frames/s, zarr `a[i]`",
+                "read frames/s, `read_frames`",
+            ],
+            codec_table,
+            left=2,
+        ),
+        "",
+        caveats,
+        "",
+        *[f"- {line}" for line in codec_notes(codec_rows, DEFAULT_CODEC)],
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -468,23 +618,31 @@ def diagnose(rows: list[Row], workers: int) -> list[str]:
             continue
         text += ", meets the target." if ratio >= TARGET else ", misses the target."
         if r.device == "cpu":
-            text += (f" On the CPU decoding cannot hide behind the model, it takes its share of the "
-                     f"same cores: with decoding alone at {fmt(r.decode_fps)} frames/s and the model "
-                     f"at {fmt(r.ifm_fps)}, the run can reach at most {pct(best)}")
+            text += (
+                " On the CPU decoding cannot hide behind the model, it takes its share of the "
+                f"same cores: with decoding alone at {fmt(r.decode_fps)} frames/s and the model "
+                f"at {fmt(r.ifm_fps)}, the run can reach at most {pct(best)}"
+            )
         else:
-            text += (f" Decoding alone gives {fmt(r.decode_fps)} frames/s for the model's "
-                     f"{fmt(r.ifm_fps)}: the run can reach at most {pct(best)}")
+            text += (
+                f" Decoding alone gives {fmt(r.decode_fps)} frames/s for the model's "
+                f"{fmt(r.ifm_fps)}: the run can reach at most {pct(best)}"
+            )
         text += f", and reached {pct(ratio / best)} of that."
         if ratio < TARGET and best >= TARGET:
-            text += (f" The stages would allow the target: the loss is contention. IFM alone had "
-                     f"{r.ifm_cores:.1f} cores' worth of CPU time, the full run {r.full_cores:.1f}, "
-                     f"with decode processes, the writer thread and the model's threads (and any "
-                     f"other load on the machine) on {len(os.sched_getaffinity(0))} cores; the "
-                     f"model's threads meet at every operation, so one of them losing its core "
-                     f"stalls the others.")
+            text += (
+                " The stages would allow the target: the loss is contention. IFM alone had "
+                f"{r.ifm_cores:.1f} cores' worth of CPU time, the full run {r.full_cores:.1f}, "
+                "with decode processes, the writer thread and the model's threads (and any "
+                f"other load on the machine) on {len(os.sched_getaffinity(0))} cores; the "
+                "model's threads meet at every operation, so one of them losing its core "
+                "stalls the others."
+            )
         elif ratio < TARGET:
-            text += (" Decoding bounds it: only more cores for decoding, or cheaper decoding "
-                     "(smaller source videos, a faster resize), lift it.")
+            text += (
+                " Decoding bounds it: only more cores for decoding, or cheaper decoding "
+                "(smaller source videos, a faster resize), lift it."
+            )
         lines.append(text)
     return lines
 
@@ -496,9 +654,12 @@ def codec_notes(rows: list[CodecRow], default: str) -> list[str]:
         base = mine.get("none")
         if base is None:
             continue
-        parts = [f"{c} saves {pct(1 - r.stored_per_frame / base.stored_per_frame)} of the bytes and "
-                 f"reads through `read_frames` at {r.store_fps / base.store_fps:.2f}x the speed of none"
-                 for c, r in mine.items() if c != "none"]
+        parts = [
+            f"{c} saves {pct(1 - r.stored_per_frame / base.stored_per_frame)} of the bytes and "
+            f"reads through `read_frames` at {r.store_fps / base.store_fps:.2f}x the speed of none"
+            for c, r in mine.items()
+            if c != "none"
+        ]
         lines.append(f"{model} tokens: " + "; ".join(parts) + f" (default: {default}).")
     return lines
 
@@ -530,24 +691,43 @@ def say(message: str) -> None:
 
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", default="test-vit,ViT-B-16", help="comma-separated image models")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cpu,cuda; auto: cpu, and cuda when present")
-    p.add_argument("--frames", type=int, help="frames per model and device (default: test-vit "
-                   f"{DEFAULT_FRAMES['cpu']['test-vit']} and others {DEFAULT_OTHER['cpu']} on the CPU, "
-                   f"{DEFAULT_OTHER['cuda']} on CUDA)")
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cpu,cuda; auto: cpu, and cuda when present"
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        help="frames per model and device (default: test-vit "
+        f"{DEFAULT_FRAMES['cpu']['test-vit']} and others {DEFAULT_OTHER['cpu']} on the CPU, "
+        f"{DEFAULT_OTHER['cuda']} on CUDA)",
+    )
     p.add_argument("--workers", type=int, help="decode processes (default: ExtractConfig's)")
     p.add_argument("--batch-size", type=int, help="frames per forward (default: ExtractConfig's)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds per model at most; the best is kept")
-    p.add_argument("--max-seconds", type=float, default=60,
-                   help="start no further round of a model after this many seconds on it")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="rounds per model at most; the best is kept"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60,
+        help="start no further round of a model after this many seconds on it",
+    )
     p.add_argument("--width", type=int, default=320, help="width of the generated videos")
     p.add_argument("--height", type=int, default=240, help="height of the generated videos")
-    p.add_argument("--codec-frames", type=int, default=512, help="frames per codec test (tokens cycled)")
-    p.add_argument("--codec-reads", type=int, default=400, help="random frame reads per codec and reader")
+    p.add_argument(
+        "--codec-frames", type=int, default=512, help="frames per codec test (tokens cycled)"
+    )
+    p.add_argument(
+        "--codec-reads", type=int, default=400, help="random frame reads per codec and reader"
+    )
     p.add_argument("--workdir", type=Path, help="keep videos here (default: a temporary folder)")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the markdown file to update")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "BENCHMARKS.md", help="the markdown file to update"
+    )
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -555,9 +735,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = " ".join(["python", "pipelines/bench_extract.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(
+        ["python", "pipelines/bench_extract.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.ERROR)  # open_clip warns on the root logger about random weights
+    # open_clip warns on the root logger about random weights; this is known and recorded.
+    logging.basicConfig(level=logging.ERROR)
     import torch
 
     from advise_cache.extract import ExtractConfig
@@ -577,8 +760,13 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_extract-"))
     try:
         t0 = time.perf_counter()
-        videos = make_videos(work / "videos", max(n for _, _, n in plan), args.width, args.height, args.seed)
-        say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in {time.perf_counter() - t0:.0f} s")
+        videos = make_videos(
+            work / "videos", max(n for _, _, n in plan), args.width, args.height, args.seed
+        )
+        say(
+            f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready "
+            f"in {time.perf_counter() - t0:.0f} s"
+        )
         machine = describe_machine(work, devices)
         rows, codec_rows, done = [], [], set()
         for model, device, frames in plan:
@@ -586,8 +774,9 @@ def main(argv=None) -> int:
             rows.append(row)
             if model not in done:  # codecs do not depend on the device that made the tokens
                 done.add(model)
-                codec_rows += bench_codecs(model, tokens, info, work, args.codec_frames,
-                                           args.codec_reads, args.seed)
+                codec_rows += bench_codecs(
+                    model, tokens, info, work, args.codec_frames, args.codec_reads, args.seed
+                )
         machine["load average at end"] = _loadavg()
     finally:
         if args.workdir is None:
