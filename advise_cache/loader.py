@@ -108,22 +108,25 @@ class ClipLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def put(item) -> bool:
+            """Hand an item over unless the consumer has stopped; never blocks for good."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             with ThreadPoolExecutor(self.threads) as pool:
                 try:
                     for batch in self.batches:
-                        item = self._read(pool, batch)
-                        while not stop.is_set():
-                            try:
-                                q.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if stop.is_set():
+                        if not put(self._read(pool, batch)):
                             return
-                    q.put(None)
+                    put(None)
                 except BaseException as e:  # handed to the consumer
-                    q.put(e)
+                    put(e)
 
         thread = threading.Thread(target=produce, name="clip-loader", daemon=True)
         thread.start()

@@ -294,9 +294,8 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.linear_probe:
             model.tmm.eval()  # frozen: BatchNorm statistics stay those of the checkpoint
         sums = np.zeros(3)  # loss, correct, clips
-        t_epoch = time.perf_counter()
+        t_epoch = t0 = time.perf_counter()
         for x, y in loader:
-            t0 = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = _schedule(step, total, warmup, base_lr)
             for group in opt.param_groups:
@@ -315,7 +314,7 @@ def train(cfg: TrainConfig) -> dict:
             acc = (logits.argmax(1) == y).float().mean().item()
             loss_v, acc_v = _mean_across([loss.item(), acc], d)
             sums += (loss_v * len(y), acc_v * len(y), len(y))
-            dt = time.perf_counter() - t0
+            dt, t0 = time.perf_counter() - t0, time.perf_counter()  # waiting for data included
             if d.main:
                 _append(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "loss": loss_v,
                                        "acc": acc_v, "lr": lr, "clips_per_s": world_batch / dt})

@@ -132,3 +132,23 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 13))
     epochs = read_metrics(run, "epoch")
     assert [e["clips"] for e in epochs] == [96, 96]
+
+
+def test_loader_stops_cleanly_when_the_consumer_stops_early(synthetic_store):
+    import threading
+    import time
+
+    source = TokenSource(open_store(synthetic_store))
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos], SamplerConfig(), seed=0, epoch=0)[:32]
+
+    def consume() -> None:
+        for i, _ in enumerate(ClipLoader(source, plan, batch_size=8, prefetch=2)):
+            if i == 1:
+                time.sleep(0.5)  # the producer fills the queue and waits to hand over its end
+                break
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "ClipLoader did not stop after its consumer did"
