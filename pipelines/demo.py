@@ -94,11 +94,13 @@ def main(argv=None) -> None:
     print(table)
     print()
     t, a = results["temporal"], results["appearance"]
-    print(f"Top-1 on the test split, {args.views} views, chance {100 / 4:.0f}%. On the temporal family every frame "
-          f"looks alike, so average pooling over time stays near chance ({100 * t['avgpool']:.0f}%) while the TMM "
-          f"reaches {100 * t['ft_prp']:.0f}%; on the appearance family pooling does "
-          f"{'as well' if a['avgpool'] >= a['ft_prp'] - 0.05 else 'nearly as well' if a['avgpool'] >= a['ft_prp'] - 0.15 else 'worse'}"
-          f" ({100 * a['avgpool']:.0f}% vs {100 * a['ft_prp']:.0f}%) — the paper's Table 5 pattern.")
+    print(f"Top-1 on the test split ({args.views} views; chance 25%). Temporal family: every frame looks "
+          f"alike, so average pooling over time gets {100 * t['avgpool']:.0f}% while the TMM gets "
+          f"{100 * t['ft_prp']:.0f}% — the paper's Table 5 effect (Diving48: 74% vs 23%). Appearance family: "
+          f"pooling gets {100 * a['avgpool']:.0f}% vs {100 * a['ft_prp']:.0f}%; with {args.model} tokens "
+          f"{'(random weights) ' if args.model == 'test-vit' else ''}a spatial average keeps "
+          f"{'little' if a['avgpool'] < a['ft_prp'] - 0.15 else 'most'} of a small object's look. "
+          f"ΔAcc is PRP pretraining's gain over a random TMM on this small dataset.")
     print(f"({time.perf_counter() - t0:.0f} s; runs and stores in {args.out}/)")
 
 
