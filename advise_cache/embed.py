@@ -76,7 +76,8 @@ def save_embeddings(path: Path, emb: Embeddings) -> None:
 
 def load_embeddings(path: Path) -> Embeddings:
     with np.load(path, allow_pickle=False) as z:
-        return Embeddings(z["embeddings"], z["names"], z["labels"], z["classes"].tolist(), json.loads(str(z["meta"])))
+        return Embeddings(z["embeddings"], z["names"], z["labels"], z["classes"].tolist(),
+                          json.loads(str(z["meta"])))
 
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -85,11 +86,15 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
         raise AdviseCacheError(f"a t-SNE plot needs at least 3 videos, got {len(x)}")
     try:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
     except ImportError as e:
         raise AdviseCacheError("--plot needs scikit-learn (pip install scikit-learn)") from e
     perplexity = float(min(30.0, (len(x) - 1) / 3))  # must stay below N; ~N/3 keeps small sets stable
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    return tsne.fit_transform(np.asarray(x, np.float64)).astype(np.float32)
+    # One OpenMP thread: the layout is reproducible, and beside torch's own thread pool more
+    # threads were measured 10-20x slower on a busy 2-core machine (spinning, not working).
+    with threadpool_limits(1):
+        return tsne.fit_transform(np.asarray(x, np.float64)).astype(np.float32)
 
 
 def plot_embeddings(emb: Embeddings, path: Path, seed: int = 0) -> np.ndarray:

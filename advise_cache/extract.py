@@ -149,7 +149,7 @@ def _ensure_store(cfg: ExtractConfig, pool) -> None:
         "source_frames": [p[0] for p in probes],
         "probe_error": [p[2] for p in probes],
     }
-    create_store(cfg.out, index.dataset, str(Path(cfg.root).resolve()), index.classes, table)
+    create_store(cfg.out, index.dataset, str(Path(cfg.root).absolute()), index.classes, table)
 
 
 def extract_videos(cfg: ExtractConfig) -> ExtractSummary:

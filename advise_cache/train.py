@@ -150,14 +150,22 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+# What makes two stores' features the same space. Frame stride and how the weights were
+# named (a tag or a file) do not: the weights' checksum identifies them.
+FEATURE_KEYS = ("model", "weights_sha256", "input_size", "grid", "dim", "normalisation")
+
+
 def check_features(ckpt_meta: dict, fingerprint: dict, what: str) -> None:
-    """A checkpoint fits a store when its features are the same: IFM, weights, grid, dim."""
+    """A checkpoint fits a store when its features are the same: IFM, weights, grid, dim,
+    normalisation — whatever the dataset."""
     theirs, ours = ckpt_meta["fingerprint"]["features"], fingerprint["features"]
-    if theirs != ours:
+    differs = sorted({k for a, b in zip(theirs, ours) for k in FEATURE_KEYS if a.get(k) != b.get(k)})
+    if len(theirs) != len(ours) or differs:
         def show(fs):
             return " + ".join(f"{f['model']} ({f['pretrained']}, grid {f['grid']}, dim {f['dim']}, "
                               f"weights {str(f['weights_sha256'])[:12]})" for f in fs)
-        raise MismatchError(f"{what} was trained on features {show(theirs)}; this store gives {show(ours)}")
+        detail = f" (differs in: {', '.join(differs)})" if differs else ""
+        raise MismatchError(f"{what} was trained on features {show(theirs)}; this store gives {show(ours)}{detail}")
 
 
 # -- the loop ------------------------------------------------------------------------------

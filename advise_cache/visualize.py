@@ -1,7 +1,7 @@
 """Where a temporal module responds: activation maps over a video's frames (the paper's Figure 7).
 
     advise-cache visualize --cache synth.zarr --checkpoint runs/ft-prp --compare runs/ft-scratch \
-        --video temporal_grow_000 --out activation.png
+        --video test/temporal_brighten_darken/temporal_brighten_darken_000 --out activation.png
 
 The clip's tokens come from the store; the frames under them are decoded again from the
 video file (with the IFM's own resize and centre crop, so a token cell lies over the pixels
@@ -15,6 +15,7 @@ the IFM's own tokens (their channel-wise L2 norm: what every TMM starts from).
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .errors import DecodeError, MismatchError, StoreError
 from .evaluate import load_model
@@ -128,7 +130,8 @@ def _row(label: str, raw: np.ndarray, size: int) -> ActivationRow:
     return ActivationRow(label, upsample(normalise(raw), size), float(raw.min()), float(raw.max()))
 
 
-def _describe(checkpoint: Path, meta: dict, model: ClipClassifier, x: torch.Tensor, classes: list[str]) -> str:
+def _describe(checkpoint: Path, meta: dict, model: ClipClassifier, x: torch.Tensor,
+              classes: list[str]) -> str:
     path = Path(checkpoint)
     name = path.name if path.is_dir() else path.parent.name
     cfg = meta.get("config", {})
@@ -165,7 +168,7 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
     v = find_video(store, video)
     dev = resolve_device(device)
     loaded = [load_model(c, store, dev) for c in checkpoints]
-    first_model, first_meta, source = loaded[0]
+    _, first_meta, source = loaded[0]
     if not source.done[v]:
         raise StoreError(f"video {video} is not extracted in {cache} (status: not done)")
     n = int(source.frames[v])
@@ -188,7 +191,8 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
         torch.manual_seed(seed)
         untrained = create_model(TMMConfig(**first_meta["tmm"]), first_meta["num_classes"])
     untrained.to(dev).eval()
-    rows.append(_row(f"untrained TMM\n(same config, seed {seed})", channel_norm(untrained.feature_maps(x)[0]), size))
+    raw = channel_norm(untrained.feature_maps(x)[0])
+    rows.append(_row(f"untrained TMM\n(same config, seed {seed})", raw, size))
     ifm_name = " + ".join(store.ifm(k).meta["model"] for k in source.keys)
     rows.append(_row(f"IFM tokens\n({ifm_name})", channel_norm(x[0]), size))
     stride = int(store.ifm(key).meta["frame_stride"])
@@ -196,15 +200,25 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
 
 
 # -- the figure ----------------------------------------------------------------------------
-CELL = 1.25  # inches per frame
-LABEL = 1.9  # inches for the row labels on the left
-BAR = 0.7  # inches for the colour bar on the right
-TITLE = 0.75  # inches for the title on top
+# The grid is composed in pixels and placed unresampled (`figimage`): frames enlarged by a
+# whole factor with nearest neighbours stay exact, and the PNG stays small.
+LABEL, BAR, TITLE, BOTTOM, GAP = 200, 70, 64, 6, 3  # pixels
+TARGET_CELL = 128  # pixels per frame, approximately
 
 
-def figure_size(rows: int, cols: int, dpi: int = 100) -> tuple[int, int]:
-    """Pixel (width, height) of the figure for `rows` model rows (plus the frames row)."""
-    return round((LABEL + cols * CELL + BAR) * dpi), round((TITLE + (rows + 1) * CELL) * dpi)
+def cell_pixels(size: int) -> int:
+    """The frame cell's side: the crop enlarged or reduced by a whole factor, near TARGET_CELL."""
+    if size >= TARGET_CELL:
+        return size // max(1, round(size / TARGET_CELL))
+    return size * max(1, round(TARGET_CELL / size))
+
+
+def figure_size(rows: int, cols: int, size: int) -> tuple[int, int]:
+    """Pixel (width, height) of the figure: `rows` model rows under the frames row, `cols`
+    frames, crops of `size` pixels."""
+    cell = cell_pixels(size)
+    return (LABEL + cols * cell + (cols - 1) * GAP + BAR,
+            TITLE + (rows + 1) * cell + rows * GAP + BOTTOM)
 
 
 def _raw_range(row: ActivationRow) -> str:
@@ -214,42 +228,66 @@ def _raw_range(row: ActivationRow) -> str:
     return text + (f" (spread {100 * spread:.2g}%)" if spread < 0.05 else "")
 
 
-def plot_activations(acts: Activations, out: Path, dpi: int = 100, cmap: str = "jet") -> tuple[int, int]:
-    """Draw the grid (frames on top, then one row per model) to `out`; returns its pixel size."""
+def compose_grid(acts: Activations, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """The cells as one (H, W, 3) uint8 image: frames on top, each row's map blended over them."""
+    import matplotlib
+
+    colours = matplotlib.colormaps[cmap]
+    size = acts.frames.shape[1]
+    cell = cell_pixels(size)
+    resample = Image.NEAREST if cell >= size else Image.BOX
+    cols, nrows = len(acts.frames), len(acts.rows) + 1
+    canvas = np.full((nrows * cell + (nrows - 1) * GAP, cols * cell + (cols - 1) * GAP, 3), 255, np.uint8)
+    for r in range(nrows):
+        for c in range(cols):
+            img = acts.frames[c].astype(np.float32)
+            if r:
+                heat = colours(acts.rows[r - 1].maps[c])[..., :3] * 255
+                img = (1 - alpha) * img + alpha * heat
+            img = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+            img = np.asarray(img.resize((cell, cell), resample))
+            y, x = r * (cell + GAP), c * (cell + GAP)
+            canvas[y : y + cell, x : x + cell] = img
+    return canvas
+
+
+def plot_activations(acts: Activations, out: Path, cmap: str = "jet", dpi: int = 100) -> tuple[int, int]:
+    """Draw the grid with its labels to `out` (PNG); returns the image's pixel (width, height)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cols, nrows = len(acts.frames), len(acts.rows) + 1
-    width, height = figure_size(len(acts.rows), cols, dpi)
+    size = acts.frames.shape[1]
+    cell = cell_pixels(size)
+    width, height = figure_size(len(acts.rows), cols, size)
     fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    grid = fig.add_gridspec(nrows, cols, left=LABEL * dpi / width, right=1 - BAR * dpi / width,
-                            top=1 - TITLE * dpi / height, bottom=0.02, wspace=0.03, hspace=0.05)
-    image = None
+    fig.figimage(compose_grid(acts, cmap), LABEL, BOTTOM, origin="upper")
+
+    def text(x: float, y: float, s: str, **kw) -> None:  # pixel coordinates, origin bottom-left
+        fig.text(x / width, y / height, s, **kw)
+
+    top = height - TITLE  # the grid's top edge
+    text(width / 2, height - 6, f"{acts.video}: activation = {ACTIVATION},\n"
+         "min-max normalised per row over the clip", ha="center", va="top", fontsize=9)
+    for c in range(cols):
+        text(LABEL + c * (cell + GAP) + cell / 2, top + 3, f"frame {acts.source_frames[c]}",
+             ha="center", va="bottom", fontsize=8)
     for r in range(nrows):
-        for c in range(cols):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(acts.frames[c])
-            if r:
-                image = ax.imshow(acts.rows[r - 1].maps[c], cmap=cmap, alpha=0.5, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"frame {acts.source_frames[c]}", fontsize=8)
-            if c == 0:
-                row = acts.rows[r - 1] if r else None
-                text = "frames" if row is None else f"{row.label}\n{_raw_range(row)}"
-                ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=7, labelpad=6)
-    fig.suptitle(f"{acts.video}: activation = {ACTIVATION},\nmin-max normalised per row over the clip",
-                 fontsize=9, y=1 - 0.08 * TITLE * dpi / height)
-    if image is not None:
-        bar = fig.add_axes((1 - 0.6 * BAR * dpi / width, 0.1, 0.12 * BAR * dpi / width, 0.6))
-        fig.colorbar(image, cax=bar).ax.tick_params(labelsize=7)
+        row = acts.rows[r - 1] if r else None
+        label = "frames" if row is None else f"{row.label}\n{_raw_range(row)}"
+        text(LABEL - 8, top - r * (cell + GAP) - cell / 2, label, ha="right", va="center", fontsize=7)
+    bar = fig.add_axes(((width - BAR + 12) / width, 0.15, 12 / width, 0.6))
+    fig.colorbar(matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap), cax=bar)
+    bar.tick_params(labelsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    with Image.open(buf) as im:  # RGB and an optimised deflate: about 10% smaller, lossless
+        im.convert("RGB").save(out, format="png", optimize=True)
     return width, height
 
 
