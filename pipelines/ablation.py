@@ -48,7 +48,8 @@ by every ablation; the ifm ablation adds a second IFM to them, `test-vit-seed1` 
 with another random init: a stand-in, since no pretrained model can be downloaded here).
 Quick defaults then apply (see --help: fewer epochs, smaller batches, a narrower base TMM
 of hidden 64 and out 256 for the 64-dim tokens), so `make ablation-spatial-res` takes
-minutes on a 2-core CPU. With --jobs N, N settings run at once, each in a subprocess of this script
+minutes on a 2-core CPU (measured on a shared one: 6.5 min from nothing, the stores' ~2
+min included, under a load of 6; 2 min with the stores built, under a load of 2). With --jobs N, N settings run at once, each in a subprocess of this script
 (`--run-setting FOLDER`, output in FOLDER/log.txt) with cores/N torch threads.
 """
 
@@ -102,8 +103,6 @@ CSV_COLUMNS = ("ablation", "dataset", "setting", "x", "store", "ifm", "tmm", "bl
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "flops", "prp_acc",
                "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
                "seconds", "note")
-
-log = logging.getLogger("ablation")
 
 
 # -- what to run -------------------------------------------------------------------------------
@@ -316,8 +315,8 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
             for key, seed in jobs:
                 if _complete(out, key):
                     continue
-                print(f"building {out} ({key}): generating the videos and extracting tokens, once",
-                      flush=True)
+                print(f"building {out} ({key}): extracting tokens, once (the videos are "
+                      f"generated first where {data / dataset} has none)", flush=True)
                 summary = extract_videos(ExtractConfig(
                     dataset=dataset, root=data / dataset, out=out, model="test-vit", pretrained="none",
                     name=key, seed=seed, workers=0, device="cpu", progress=False))
@@ -405,12 +404,15 @@ def _train_stage(cfg, tag: str) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
+    what = "PRP" if cfg.task == "prp" else ("fine-tune" if cfg.init else "fine-tune from scratch")
+    if (cfg.out / "checkpoint.json").exists():
+        step = json.loads((cfg.out / "checkpoint.json").read_text())["step"]
+        print(f"{tag} {what}: resuming from its checkpoint at step {step}", flush=True)
     train(cfg)  # resume=True: continues from the checkpoint of a killed run, if any
     meta = json.loads((cfg.out / "checkpoint.json").read_text())
     out = {"step": meta["step"], "acc": float(meta["metrics"].get("acc", math.nan)),
            "loss": float(meta["metrics"].get("loss", math.nan))}
     _write_json(done, out)
-    what = "PRP" if cfg.task == "prp" else ("fine-tune" if cfg.init else "fine-tune from scratch")
     print(f"{tag} {what}: {out['step']} steps, train acc {100 * out['acc']:.1f}% "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
@@ -683,11 +685,12 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
 
 
 def _setup_logging() -> None:
-    """INFO from the library and this script; nothing else (open_clip warns on the root
-    logger about random weights, which are what the synthetic stores ask for)."""
-    for name in ("advise_cache", "ablation"):
+    """The library's warnings; nothing else (this script prints its own progress, and
+    open_clip warns on the root logger about random weights, which the synthetic stores
+    ask for)."""
+    for name in ("advise_cache",):
         logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.WARNING)
         if not any(getattr(h, "ablation", False) for h in logger.handlers):
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

@@ -1,6 +1,6 @@
 """Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50.
 
-    .venv/bin/python pipelines/bench_efficiency.py            # or `make bench-efficiency`
+    .venv/bin/python pipelines/bench_efficiency.py    # make bench-efficiency; ~15 min on 2 CPU cores
     .venv/bin/python pipelines/bench_efficiency.py --device cuda --batch-size 32 --iters 20
     .venv/bin/python pipelines/bench_efficiency.py --configs cached-B16,r3d50 --no-write
 
@@ -21,10 +21,14 @@ Video decoding is left out of the online and R3D-50 configurations (their pixels
 once and reused), which favours them: the ratios are a lower bound on what the cache saves.
 The TMM is the library's default (`TMMConfig()`: one block, hidden 256, temporal kernel 3,
 MLP head) with the 4-way PRP head. Each configuration runs in a fresh subprocess, one after
-the other in one run: on the CPU its peak memory is the process's peak RSS minus its RSS
-once torch and the library were imported (the weights, activations, gradients, optimizer
-state and batches it adds); on CUDA it is `torch.cuda.max_memory_allocated`. The time is
-the median over the timed iterations, after warm-up. FLOPs are multiply-accumulates (the
+the other in one run, for --rounds rounds; its time is the median over its timed iterations
+after warm-up, in its best round (the least disturbed on a shared machine). On
+CUDA its memory is `torch.cuda.max_memory_allocated`. On the CPU a second fresh process
+measures it (warm-up and one iteration): peak RSS minus the RSS once torch and the library
+were imported, with glibc told to unmap every block of 64 KiB or more when it is freed, so
+that the peak follows live tensors rather than what the allocator caches (with the default
+allocator, the small cached runs' peaks are mostly allocator cache and thread arenas, and
+differ from run to run by more than the batch's tensors). FLOPs are multiply-accumulates (the
 paper's convention): `count_flops` for the TMM and R3D-50, torch's FlopCounterMode for the
 ViTs (attention included). The table is printed and written into BENCHMARKS.md between the
 bench_efficiency markers; the rest of that file is left alone.
@@ -66,6 +70,11 @@ TOKENS = {"ViT-B-16": (14, 768), "ViT-L-14": (16, 1024)}
 SIZE = 224
 RATES = 4  # PRP classes
 PAPER = {"time": 3.4, "memory": 8.2}  # R3D-50 over AdViSe in the paper's Table 6
+# For the CPU memory run: glibc serves every block of 64 KiB or more with its own mmap and
+# unmaps it on free, with few arenas, so resident memory follows the live tensors instead of
+# what the allocator keeps cached; peak RSS then measures the peak of live memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2",
+              "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 # -- one configuration (runs in its own process) ---------------------------------------------
@@ -297,8 +306,7 @@ def gb(x: float) -> str:
 
 def render(machine: dict, rows: list[dict], args, command: str) -> str:
     cuda = any(r["device"].startswith("cuda") for r in rows)
-    marginal = all("memory_per_clip" in r for r in rows)
-    mem_what = "peak GPU memory allocated" if cuda else "peak RSS added"
+    mem_what = "peak GPU memory allocated" if cuda else "peak memory added"
     out = ["## Training efficiency, the paper's Table 6 (pipelines/bench_efficiency.py)", "",
            f"Written by `{command}`; rerun it to replace this section.", "",
            "| machine | |", "| --- | --- |"]
@@ -307,30 +315,33 @@ def render(machine: dict, rows: list[dict], args, command: str) -> str:
                  f"{args.batch_size} clips of {args.frames} frames at {SIZE} x {SIZE}; {args.warmup} "
                  f"warm-up iteration(s), then the median of the timed ones (at least {args.iters}, more "
                  f"until {args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. "
-                 "Each configuration in a fresh process"
-                 + (", then again at batch 1 for the memory per further clip." if marginal else ".")),
+                 f"Each configuration in a fresh process, {args.rounds} round(s) of all of them in "
+                 "turn, the best round kept" + ("." if cuda else "; memory in another process (below).")),
             "",
             ("| configuration | image model | trainable params (M) | forward GMACs per clip "
-             f"(IFM + model) | {mem_what} (GB) |" + (" per further clip (MB) |" if marginal else "")
-             + " s / iteration | iterations timed |"),
-            "| --- | --- | ---: | ---: | ---: |" + (" ---: |" if marginal else "") + " ---: | ---: |"]
+             f"(IFM + model) | {mem_what} (GB) | s / iteration | every round's s / iteration |"),
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         flops = (f"{r['flops'] / 1e9:.1f} ({r['flops_ifm'] / 1e9:.1f} + {r['flops_model'] / 1e9:.2f})"
                  if r["flops_ifm"] else f"{r['flops'] / 1e9:.2f}")
-        per = f" {r['memory_per_clip'] / 1e6:.0f} |" if marginal else ""
         out.append(f"| {r['method']} | {r['ifm'] or '—'} | {r['params'] / 1e6:.2f} | {flops} "
-                   f"| {gb(r['memory'])} |{per} {r['seconds']:.3f} | {r['iters']} |")
+                   f"| {gb(r['memory'])} | {r['seconds']:.3f} "
+                   f"| {', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed) |")
     out += ["", ("GMACs: multiply-accumulates, 10^9 (the paper's \"FLOPs\"). Pixels are made once "
                  "and reused: decoding, which the online and end-to-end runs would also pay every "
                  "step, is left out, so the ratios below understate what the cache saves.")]
     if not cuda:
-        out += [("Peak RSS added: the process's peak resident memory minus its resident memory "
-                 "after importing torch and the library: weights (the frozen IFM's fp32 weights "
-                 "too, online), activations, gradients, optimizer state, batches, and fixed costs "
-                 "such as allocator arenas and oneDNN workspaces, which dominate at a small batch. "
-                 "Per further clip: (memory at the batch - memory at batch 1) / (batch - 1), "
-                 "free of those fixed costs. Each process held "
-                 f"{gb(statistics.mean(r['baseline_rss'] for r in rows))} GB after its imports.")]
+        baseline = statistics.mean(r["baseline_rss"] for r in rows)
+        out += [("Peak memory added: in a second fresh process per configuration (warm-up and one "
+                 "iteration), the peak resident memory minus the resident memory once torch and "
+                 f"the library were imported ({gb(baseline)} GB). There glibc maps every block of "
+                 "64 KiB or more on its own and unmaps it when freed (MALLOC_MMAP_THRESHOLD_=65536, "
+                 "MALLOC_ARENA_MAX=2), so the peak follows live tensors, not the allocator's "
+                 "cache: weights (the frozen IFM's fp32 weights too, online), activations, "
+                 "gradients, optimizer state, batches, plus a small fixed cost (threads, library "
+                 "workspaces). With the default allocator (the timing process) the same figures "
+                 "are: " + ", ".join(f"{r['config']} {gb(r['memory_timing_run'])}" for r in rows)
+                 + " GB.")]
     out += [""] + [f"- {line}" for line in ratios(rows)]
     return "\n".join(out) + "\n"
 
@@ -341,11 +352,8 @@ def ratios(rows: list[dict]) -> list[str]:
     lines = []
 
     def compare(a: dict, b: dict) -> str:
-        text = (f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, "
+        return (f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, "
                 f"{a['memory'] / b['memory']:.1f}x the memory")
-        if "memory_per_clip" in a and "memory_per_clip" in b and b["memory_per_clip"] > 0:
-            text += f" ({a['memory_per_clip'] / b['memory_per_clip']:.1f}x per further clip)"
-        return text
 
     for ifm, tag in (("ViT-B-16", "B16"), ("ViT-L-14", "L14")):
         cached, online = by.get(f"cached-{tag}"), by.get(f"online-{tag}")
@@ -377,21 +385,21 @@ def write_section(path: Path, section: str) -> None:
     os.replace(tmp, path)
 
 
-def run_one(name: str, args, extra: list[str]) -> dict:
+def run_one(name: str, args, extra: list[str], what: str, env: dict | None = None) -> dict:
     """Measure one configuration in a fresh process (its own peak memory, nothing shared)."""
     forward = []
     for key in ("device", "batch_size", "frames", "warmup", "iters", "min_time", "max_iters",
                 "threads", "seed"):
         forward += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    say(f"[{name}] batch {args.batch_size}: starting in a fresh process")
+    say(f"[{name}] {what} run: starting in a fresh process")
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--one", name, *forward, *extra],
-        stdout=subprocess.PIPE, text=True, check=False)
+        stdout=subprocess.PIPE, text=True, check=False, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"[{name}] failed with exit status {done.returncode}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    say(f"[{name}] batch {args.batch_size}: {row['seconds']:.3f} s/iteration, "
-        f"{gb(row['memory'])} GB, {row['params'] / 1e6:.2f} M params")
+    say(f"[{name}] {what} run: {row['seconds']:.3f} s/iteration, {gb(row['memory'])} GB added, "
+        f"{row['params'] / 1e6:.2f} M params")
     return row
 
 
@@ -413,14 +421,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-time", type=float, default=20.0,
                    help="time more iterations until this many seconds")
     p.add_argument("--max-iters", type=int, default=30, help="timed iterations, at most")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="timing runs of every configuration, interleaved; the best is kept")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     p.add_argument("--store-videos", type=int, default=4, help="videos in each generated store")
     p.add_argument("--store-frames", type=int, default=48,
                    help="frames per video in each generated store")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md",
                    help="the markdown file to update")
-    p.add_argument("--no-marginal", action="store_true",
-                   help="skip the second run at batch 1 (memory per further clip)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--save-json", type=Path, help="also write the raw measurements here")
     p.add_argument("--seed", type=int, default=0)
@@ -447,27 +455,39 @@ def main(argv=None) -> int:
     command = " ".join(["python", "pipelines/bench_efficiency.py", *given])
     machine = describe_machine(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench_efficiency-"))
-    rows = []
+    rows: dict[str, dict] = {}
     try:
+        extra = {}
         for name in configs:
-            extra = []
+            extra[name] = []
             if name.startswith("cached"):
                 ifm_name = CONFIGS[name][1]
                 store = work / f"{ifm_name}.zarr"
                 if not store.exists():
                     make_store(store, ifm_name, args.store_videos, args.store_frames, args.seed)
-                extra = ["--store", str(store)]
-            row = run_one(name, args, extra)
-            if args.batch_size > 1 and not args.no_marginal:
-                # Memory at batch 1 too: what each further clip costs, free of fixed costs.
-                one = run_one(name, argparse.Namespace(**{**vars(args), "batch_size": 1, "iters": 1,
-                                                           "min_time": 0.0, "max_iters": 1}), extra)
-                row["memory_1"] = one["memory"]
-                row["memory_per_clip"] = (row["memory"] - one["memory"]) / (args.batch_size - 1)
-            rows.append(row)
+                extra[name] = ["--store", str(store)]
+        # Rounds of every configuration in turn; each keeps its best round, the one least
+        # disturbed by whatever else shares the machine.
+        for _ in range(args.rounds):
+            for name in configs:
+                row = run_one(name, args, extra[name], "time")
+                best = rows.get(name)
+                row["rounds"] = [*(best["rounds"] if best else []), row["seconds"]]
+                if best is None or row["seconds"] < best["seconds"]:
+                    rows[name] = row
+                else:
+                    best["rounds"] = row["rounds"]
+        if not args.device.startswith("cuda"):
+            short = argparse.Namespace(**{**vars(args), "iters": 1, "min_time": 0.0, "max_iters": 1})
+            for name in configs:
+                mem = run_one(name, short, extra[name], "memory", MALLOC_ENV)
+                row = rows[name]
+                row["memory_timing_run"], row["memory"] = row["memory"], mem["memory"]
+                row["baseline_rss"] = mem["baseline_rss"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine["load average at end"] = _loadavg()
+    rows = [rows[name] for name in configs]
     text = render(machine, rows, args, command)
     print(text)
     if args.save_json:
