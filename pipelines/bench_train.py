@@ -703,10 +703,8 @@ def diagnose(results, q, flops, args) -> list[str]:
                  "in RAM here, so (a) measures the loader's CPU cost, not a disk; at UCF101 scale "
                  f"(~0.75 TB) a batch of {bs} clips reads {bs * CLIP_FRAMES * 301 / 1e3:.0f} MB "
                  "and the disk's bandwidth joins the bound.")
-    lines.append("(a) runs its one epoch to the end rather than stopping it with `max_steps`: "
-                 "`ClipLoader` hangs when its consumer stops with exactly `prefetch` batches "
-                 "left and the producer has queued them (it blocks on `q.put(None)`, which never "
-                 "checks `stop`), and `train.train --max-steps` can stop there.")
+    lines.append("(a) runs its one epoch to the end, so the timed steps are whole-epoch steps "
+                 "of `train.train` rather than a run cut short by `max_steps`.")
     return lines
 
 
