@@ -49,15 +49,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmd import loadavg, read_lines, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_efficiency:start -->", "<!-- bench_efficiency:end -->"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured numbers. Each section is written by the script named in its heading, between\n"
-    "its own `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; rerunning a script\n"
-    "replaces its section and leaves the rest of this file alone.\n"
-)
 # name: (method, image model or None); the IFMs' token geometry at 224 px: (grid, dim).
 CONFIGS = {
     "online-B16": ("AdViSe online (IFM every step)", "ViT-B-16"),
@@ -262,9 +256,9 @@ def make_store(path: Path, ifm_name: str, videos: int, frames: int, seed: int) -
 def describe_machine(device: str) -> dict[str, str]:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in read_lines("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor() or "unknown")
-    mem = next((line.split()[1] for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), "0")
+    mem = next((line.split()[1] for line in read_lines("/proc/meminfo") if line.startswith("MemTotal")), "0")
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none used"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -273,15 +267,8 @@ def describe_machine(device: str) -> dict[str, str]:
         "GPU": gpu,
         "software": f"Python {platform.python_version()}, torch {torch.__version__}",
         "code": _commit(),
-        "load average at start": _loadavg(),
+        "load average at start": loadavg(),
     }
-
-
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def _commit() -> str:
@@ -293,11 +280,6 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" with uncommitted changes in advise_cache/" if dirty else "")
-
-
-def _loadavg() -> str:
-    text = _lines("/proc/loadavg")
-    return " ".join(text[0].split()[:3]) if text else "unknown"
 
 
 def gb(x: float) -> str:
@@ -367,22 +349,6 @@ def ratios(rows: list[dict]) -> list[str]:
             lines.append(f"AdViSe online vs from the cache ({ifm}): {compare(online, cached)}, "
                          f"{online['flops'] / cached['flops']:.0f}x the forward MACs.")
     return lines
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between our markers (or append them at the end); leave the rest alone."""
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    text = path.read_text() if path.exists() else HEADER
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif START in text or END in text:
-        raise SystemExit(f"{path}: the bench_efficiency markers are damaged; fix them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".efficiency.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_one(name: str, args, extra: list[str], what: str, env: dict | None = None) -> dict:
@@ -486,14 +452,14 @@ def main(argv=None) -> int:
                 row["baseline_rss"] = mem["baseline_rss"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    machine["load average at end"] = _loadavg()
+    machine["load average at end"] = loadavg()
     rows = [rows[name] for name in configs]
     text = render(machine, rows, args, command)
     print(text)
     if args.save_json:
         args.save_json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, "bench_efficiency", text)
         say(f"wrote the bench_efficiency section of {args.out}")
     return 0
 

@@ -44,20 +44,13 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from itertools import repeat
 from pathlib import Path
 
 import numpy as np
+from benchmd import loadavg, package_version, read_lines, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_extract:start -->", "<!-- bench_extract:end -->"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured numbers. Each section is written by the script named in its heading, between\n"
-    "its own `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; rerunning a script\n"
-    "replaces its section and leaves the rest of this file alone.\n"
-)
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several
 # Frames per model when --frames is not given: ViT-B-16 runs about 1 frame/s in fp32 on
 # 2 CPU cores, test-vit thousands; on a GPU every step should last seconds.
@@ -374,17 +367,17 @@ def describe_machine(work: Path, devices: list[str]) -> dict[str, str]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
-            for line in _lines("/proc/cpuinfo")
+            for line in read_lines("/proc/cpuinfo")
             if line.startswith("model name")
         ),
         platform.processor() or "unknown",
     )
     mem = next(
-        (line.split()[1] for line in _lines("/proc/meminfo") if line.startswith("MemTotal")), "0"
+        (line.split()[1] for line in read_lines("/proc/meminfo") if line.startswith("MemTotal")), "0"
     )
     gpus = [torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda")]
     versions = ", ".join(
-        f"{p} {_version(p)}" for p in ("zarr", "numcodecs", "decord", "open_clip_torch")
+        f"{p} {package_version(p)}" for p in ("zarr", "numcodecs", "decord", "open_clip_torch")
     )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -395,27 +388,13 @@ def describe_machine(work: Path, devices: list[str]) -> dict[str, str]:
         f"({torch.get_num_threads()} threads), {versions}",
         "store folder": f"{work} ({_filesystem(work)})",
         "code": _commit(),
-        "load average at start": _loadavg(),
+        "load average at start": loadavg(),
     }
-
-
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 def _filesystem(path: Path) -> str:
     best, kind = "", "unknown filesystem"
-    for line in _lines("/proc/mounts"):
+    for line in read_lines("/proc/mounts"):
         parts = line.split()
         if (
             len(parts) > 2
@@ -452,11 +431,6 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" with uncommitted changes in advise_cache/" if dirty else "")
-
-
-def _loadavg() -> str:
-    text = _lines("/proc/loadavg")
-    return " ".join(text[0].split()[:3]) if text else "unknown"
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -664,22 +638,6 @@ def codec_notes(rows: list[CodecRow], default: str) -> list[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between our markers (or append it); leave the rest of the file alone."""
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    text = path.read_text() if path.exists() else HEADER
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif START in text or END in text:
-        raise SystemExit(f"{path}: the bench_extract markers are damaged; fix them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def default_frames(model: str, device: str) -> int:
     kind = "cpu" if device == "cpu" else "cuda"
     return DEFAULT_FRAMES.get(kind, {}).get(model, DEFAULT_OTHER[kind])
@@ -777,14 +735,14 @@ def main(argv=None) -> int:
                 codec_rows += bench_codecs(
                     model, tokens, info, work, args.codec_frames, args.codec_reads, args.seed
                 )
-        machine["load average at end"] = _loadavg()
+        machine["load average at end"] = loadavg()
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     text = render(machine, rows, codec_rows, args, command)
     print(text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, "bench_extract", text)
         say(f"wrote the bench_extract section of {args.out}")
     return 0
 

@@ -47,13 +47,12 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from benchmd import package_version, read_lines, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
 RESULT = "BENCH_TRAIN_RESULT "  # prefix of the one stdout line a worker answers with
 MODEL = "ViT-B-16"
 CLIP_FRAMES = 8  # SamplerConfig's default; checked against it in the workers
@@ -483,16 +482,16 @@ def tmm_gflop_per_clip() -> tuple[float, int]:
 def machine(device: str) -> dict[str, str]:
     import torch
 
-    cpuinfo = _read("/proc/cpuinfo")
+    cpuinfo = read_lines("/proc/cpuinfo")
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
                platform.processor() or "unknown CPU")
-    mem = next((int(ln.split()[1]) for ln in _read("/proc/meminfo")
+    mem = next((int(ln.split()[1]) for ln in read_lines("/proc/meminfo")
                 if ln.startswith("MemTotal")), 0)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = "none used"
     if device.startswith("cuda"):
         gpu = torch.cuda.get_device_name(torch.device(device))
-    packages = ", ".join(f"{p} {_version(p)}" for p in ("zarr", "decord", "open_clip_torch"))
+    packages = ", ".join(f"{p} {package_version(p)}" for p in ("zarr", "decord", "open_clip_torch"))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{cpu}, {os.cpu_count()} cores ({usable} usable), {mem / 2**20:.0f} GiB RAM",
@@ -503,22 +502,8 @@ def machine(device: str) -> dict[str, str]:
     }
 
 
-def _read(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def _load() -> str:
-    lines = _read("/proc/loadavg")
+    lines = read_lines("/proc/loadavg")
     return lines[0].split()[0] if lines else "unknown"
 
 
@@ -708,27 +693,6 @@ def diagnose(results, q, flops, args) -> list[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace what lies between our markers, or append them; leave everything else alone."""
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = ("# Benchmarks\n\nMeasured numbers. Each section belongs to the script its "
-                "heading names and lies between that script's markers; rerunning a script "
-                "rewrites its own section only.\n")
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif START in text or END in text:
-        raise SystemExit(f"{path}: the bench_train markers are damaged; mend them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -798,7 +762,7 @@ def main(argv=None) -> int:
     text = render(info, results, tmm_gflop_per_clip(), args, command)
     print(text)
     if not args.no_write:
-        write_section(args.out, text)
+        write_section(args.out, "bench_train", text)
         say(f"wrote the bench_train section of {args.out}")
     return 0
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from conftest import extract_config, write_video
 from typer.testing import CliRunner
 

@@ -1,0 +1,55 @@
+"""What the benchmark scripts share: machine facts and their sections of BENCHMARKS.md.
+
+Each script owns the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
+`write_section` replaces only that, so the scripts can run in any order.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+HEADER = (
+    "# Benchmarks\n\n"
+    "Measured numbers. Each section is written by the script named in its heading, between\n"
+    "its own `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; rerunning a script\n"
+    "replaces its section and leaves the rest of this file alone.\n"
+)
+
+
+def read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def package_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    text = read_lines("/proc/loadavg")
+    return " ".join(text[0].split()[:3]) if text else "unknown"
+
+
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace the text between NAME's markers (or append them); leave the rest alone."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else HEADER
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif start in text or end in text:
+        raise SystemExit(f"{path}: the {name} markers are damaged; mend them by hand")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
