@@ -181,23 +181,53 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     return summary
 
 
-def _run(cfg, ifm, arrays, table, todo, pool, summary) -> None:
-    writes: queue.Queue = queue.Queue(maxsize=2)
-    errors: list[BaseException] = []
+class _Writer:
+    """A thread that stores each video's tokens and marks it done, a couple of videos behind
+    the model. Its first error is raised in the main thread at the next hand-over."""
 
-    def writer() -> None:
-        while (item := writes.get()) is not None:
+    def __init__(self, arrays, summary: ExtractSummary):
+        self.arrays, self.summary = arrays, summary
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
             video, tokens = item
             try:
-                summary.bytes += arrays.write_video(video, tokens)
-                summary.done += 1
-                summary.frames += len(tokens)
-            except BaseException as e:  # surfaced in the main thread
-                errors.append(e)
+                self.summary.bytes += self.arrays.write_video(video, tokens)
+            except BaseException as e:
+                self.error = e
                 return
+            self.summary.done += 1
+            self.summary.frames += len(tokens)
 
-    thread = threading.Thread(target=writer, name="store-writer", daemon=True)
-    thread.start()
+    def put(self, item) -> None:
+        """Queue a video for writing; raise the writer's error instead of waiting on a dead
+        thread."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Let the writer finish what it was handed, then stop it."""
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.thread.join()
+
+
+def _run(cfg, ifm, arrays, table, todo, pool, summary) -> None:
+    writer = _Writer(arrays, summary)
     bar = tqdm(total=len(todo), desc=f"extract {summary.ifm}", unit="video", disable=not cfg.progress)
     pending: dict[Future, int] = {}
     ahead = max(2, 2 * cfg.workers)  # decoded videos waiting for the model
@@ -210,18 +240,17 @@ def _run(cfg, ifm, arrays, table, todo, pool, summary) -> None:
             arrays.clear_video(v)
             pending[pool.submit(decode_or_reason, str(table.path[v]), ifm.spec, cfg.frame_stride)] = v
             if len(pending) >= ahead:
-                _drain(cfg, ifm, arrays, table, pending, writes, errors, summary, bar)
+                _drain(cfg, ifm, arrays, table, pending, writer, summary, bar)
         while pending:
-            _drain(cfg, ifm, arrays, table, pending, writes, errors, summary, bar)
+            _drain(cfg, ifm, arrays, table, pending, writer, summary, bar)
     finally:
-        writes.put(None)
-        thread.join()
+        writer.close()
         bar.close()
-    if errors:
-        raise errors[0]
+    if writer.error is not None:
+        raise writer.error
 
 
-def _drain(cfg, ifm, arrays, table, pending, writes, errors, summary, bar) -> None:
+def _drain(cfg, ifm, arrays, table, pending, writer, summary, bar) -> None:
     done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
     for fut in done:
         v = pending.pop(fut)
@@ -235,9 +264,7 @@ def _drain(cfg, ifm, arrays, table, pending, writes, errors, summary, bar) -> No
                 ifm.encode(result[i : i + cfg.batch_size]).to("cpu", torch.float32).numpy()
                 for i in range(0, len(result), cfg.batch_size)
             ])
-            if errors:
-                raise errors[0]
-            writes.put((v, tokens))
+            writer.put((v, tokens))
             elapsed = bar.format_dict["elapsed"] or 1e-9
             bar.set_postfix_str(f"{summary.frames / elapsed:.1f} frames/s", refresh=False)
         bar.update()

@@ -38,7 +38,7 @@ class TokenSource:
         grids = {a.grid for a in self.arrays}
         if len(grids) != 1:
             raise MismatchError(
-                f"cannot concatenate IFMs with different grids: "
+                "cannot concatenate IFMs with different grids: "
                 + ", ".join(f"{a.key} {a.grid}" for a in self.arrays)
             )
         frames = [a.frames for a in self.arrays]
