@@ -261,6 +261,7 @@ def train(cfg: TrainConfig) -> dict:
         "world": d.world,
     }
     step = 0
+    resumed_metrics: dict = {}
     metrics_path = cfg.out / "metrics.jsonl"
     if cfg.resume and (cfg.out / CHECKPOINT).exists():
         ckpt = load_checkpoint(cfg.out)
@@ -270,6 +271,7 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
+        resumed_metrics = ckpt["meta"].get("metrics", {})
         _truncate_metrics(metrics_path, step)
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
@@ -292,7 +294,7 @@ def train(cfg: TrainConfig) -> dict:
     last_step = min(total, cfg.max_steps or total)
     bar = tqdm(total=last_step, initial=step, desc=f"{cfg.task} {cfg.out.name}", unit="step",
                disable=not (cfg.progress and d.main))
-    final: dict = {}
+    final = resumed_metrics  # what a finished run returns when asked to resume
     epoch = step // steps_per_epoch
     while step < last_step:
         skip = step - epoch * steps_per_epoch

@@ -67,6 +67,9 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_run(synthetic_store, tmp
     assert len(a) == 18 and a == b
     sa, sb = load_checkpoint(full)["model"], load_checkpoint(cut)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # Resuming a finished run trains nothing and reports where it ended.
+    again = train(train_config(synthetic_store, cut, epochs=3, resume=True))
+    assert again["step"] == 18 and len(read_metrics(cut)) == 18
 
 
 def test_errors_before_any_training(synthetic_store, tmp_path):
