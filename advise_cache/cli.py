@@ -258,7 +258,10 @@ def stats(
     """Trainable parameters and forward FLOPs (multiply-accumulates) of the TMM for one clip."""
     from .models import model_stats
 
-    t, h, w, d = _ints(clip, "--clip") if cache is None else (8, *_store_grid_dim(cache))
+    dims = _ints(clip, "--clip") if cache is None else (8, *_store_grid_dim(cache))
+    if len(dims) != 4:
+        raise AdviseCacheError(f"--clip: expected T,h,w,D (four integers), got {clip!r}")
+    t, h, w, d = dims
     cfg = _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset)
     from dataclasses import replace
 

@@ -219,6 +219,9 @@ def train(cfg: TrainConfig) -> dict:
         device = torch.device("cuda", d.local_rank)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
+    if tmm_cfg.spatial_pool and tmm_cfg.spatial_pool > min(source.grid):
+        raise MismatchError(f"--spatial-pool {tmm_cfg.spatial_pool} is larger than the store's "
+                            f"{source.grid[0]}x{source.grid[1]} token grid")
 
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:

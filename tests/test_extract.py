@@ -244,6 +244,8 @@ def test_cli_extract_info_verify(tmp_path):
         (["extract", "folder", "--root", "{tmp}", "--out", "x.zarr", "--shard", "2/2"], "--shard"),
         (["info", "/nonexistent/store.zarr"], "does not exist"),
         (["verify", "{tmp}"], "not a store"),
+        (["stats", "--clip", "8,14"], "four integers"),
+        (["train", "--cache", "/nonexistent.zarr", "--out", "{tmp}/run"], "does not exist"),
     ],
 )
 def test_user_mistakes_get_one_clear_line(tmp_path, args, message):

@@ -77,6 +77,8 @@ def test_errors_before_any_training(synthetic_store, tmp_path):
         train(train_config(synthetic_store, tmp_path / "a", split="val"))
     with pytest.raises(AdviseCacheError, match="fewer than --batch-size"):
         train(train_config(synthetic_store, tmp_path / "b", batch_size=4096))
+    with pytest.raises(MismatchError, match="larger than the store's 4x4 token grid"):
+        train(train_config(synthetic_store, tmp_path / "e", tmm=TMMConfig(spatial_pool=9, hidden=8, out_dim=8)))
     with pytest.raises(StoreError, match="no image model 'nope'"):
         train(train_config(synthetic_store, tmp_path / "c", ifm=("nope",)))
     train(train_config(synthetic_store, tmp_path / "d", max_steps=2))
