@@ -28,3 +28,9 @@ class StoreError(AdviseCacheError):
 
 class MismatchError(AdviseCacheError):
     """A checkpoint, a flag or a store does not fit another one."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries' messages run long), or its type."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 from .video import PixelSpec, normalize
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _create_open_clip(name: str, pretrained: str, seed: int):
             clip = open_clip.create_model(name, pretrained=None if pretrained == "none" else pretrained)
         except Exception as e:
             raise WeightsError(
-                f"cannot load weights {pretrained!r} for {name}: {_first_line(e)}. Tags of "
+                f"cannot load weights {pretrained!r} for {name}: {first_line(e)}. Tags of "
                 f"{name}: {_tags(name)}. Offline, download them once on a connected machine "
                 "(they land in the hub cache) or pass --pretrained /path/to/checkpoint"
             ) from e
@@ -223,11 +223,11 @@ def _create_timm(name: str, pretrained: str, seed: int):
             if "Unknown model" in str(e):
                 raise WeightsError(f"unknown timm model {arch!r}") from e
             raise WeightsError(
-                f"cannot load weights {pretrained!r} for {arch}: {_first_line(e)}. Offline, "
+                f"cannot load weights {pretrained!r} for {arch}: {first_line(e)}. Offline, "
                 "download them once on a connected machine or pass --pretrained FILE"
             ) from e
         except Exception as e:
-            raise WeightsError(f"cannot load weights {pretrained!r} for {arch}: {_first_line(e)}") from e
+            raise WeightsError(f"cannot load weights {pretrained!r} for {arch}: {first_line(e)}") from e
     if not hasattr(model, "patch_embed"):
         raise WeightsError(f"{arch}: only ViT models give a patch-token grid")
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -249,8 +249,3 @@ def _tags(name: str) -> str:
 
     tags = open_clip.list_pretrained_tags_by_model(name)
     return ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "") if tags else "none known"
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

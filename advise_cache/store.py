@@ -256,12 +256,16 @@ class IFMArrays:
     def reasons(self) -> np.ndarray:
         return self.group["reason"][:]
 
+    @property
+    def _token_dir(self) -> Path:
+        return self.store.path / "ifm" / self.key / "tokens"
+
     # -- writing ------------------------------------------------------------------------
     def _shard_paths(self, video: int) -> list[Path]:
         per = int(self.meta["frames_per_shard"])
         first = int(self.offset[video]) // per
         count = -(-int(self.frames[video]) // per)
-        base = self.store.path / "ifm" / self.key / "tokens" / "c"
+        base = self._token_dir / "c"
         return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
 
     def clear_video(self, video: int) -> None:
@@ -322,7 +326,7 @@ class IFMArrays:
         shape = self.tokens.shape[1:]
         dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
         out = np.zeros((len(rows), *shape), dtype)
-        base = self.store.path / "ifm" / self.key / "tokens" / "c"
+        base = self._token_dir / "c"
         index_bytes = 16 * per + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
         for i, row in enumerate(rows.tolist()):
             shard, inner = divmod(row, per)
@@ -346,8 +350,7 @@ class IFMArrays:
         return self.tokens[base : base + int(self.frames[video])]
 
     def stored_bytes(self) -> int:
-        root = self.store.path / "ifm" / self.key / "tokens"
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
 
 
 _EMPTY = np.uint64(2**64 - 1)  # the sharding index's marker of an absent chunk

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .errors import DecodeError
+from .errors import DecodeError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -67,12 +67,8 @@ def _reader(path: Path):
             raise DecodeError(
                 f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)"
             ) from e
-        raise DecodeError(f"{path}: cannot open as video ({_first_line(e)})") from e
+        raise DecodeError(f"{path}: cannot open as video ({first_line(e, 200)})") from e
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def probe_video(path: Path) -> VideoInfo:
@@ -103,7 +99,7 @@ def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
             frames = vr.get_batch(batch).asnumpy()
         except Exception as e:
             raise DecodeError(
-                f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({_first_line(e)})"
+                f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({first_line(e, 200)})"
             ) from e
         out.append(resize_crop(frames, spec))
     return np.concatenate(out)
