@@ -21,7 +21,8 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm
 
-.PHONY: venv test demo lint clean bench-extract bench-train bench-efficiency $(addprefix ablation-,$(ABLATIONS))
+.PHONY: venv test demo lint clean bench-extract bench-train bench-loader bench-efficiency bench-gpu \
+	$(addprefix ablation-,$(ABLATIONS))
 
 venv: $(VENV)/.installed
 
@@ -43,8 +44,18 @@ bench-extract: venv
 bench-train: venv
 	$(PY) pipelines/bench_train.py
 
+bench-loader: venv
+	$(PY) pipelines/bench_loader.py
+
 bench-efficiency: venv
 	$(PY) pipelines/bench_efficiency.py
+
+# Every GPU figure in one go, written into BENCHMARKS.md. For a CUDA machine that has torch but
+# no package registry (no venv is made): run ../shared/device/fetch-wheels.sh where pip works,
+# carry .whl, start with the install line it prints, then `make bench-gpu`.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON) pipelines/bench_loader.py --device cuda
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)

@@ -203,13 +203,16 @@ def _train_command(task: str):
         tmm: Tmm = "r3d", blocks: Blocks = 1, hidden: Hidden = 256, out_dim: OutDim = 1024,
         temporal_kernel: TKernel = 3, spatial_pool: SPool = 0, channel_pool: CPool = 0,
         head: Head = "mlp", preset: Preset = "ours",
-        preload: Annotated[bool, typer.Option(help="Hold the split's tokens in RAM.")] = False,
+        preload: Annotated[str, typer.Option(help="Hold the videos this process samples resident: none, ram "
+                                             "(pinned on CUDA) or gpu (on the device, when they fit).")] = "none",
         save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 1,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16.")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")] = "auto",
         seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = 0,
         loader_threads: Annotated[int, typer.Option(help="Threads reading clips from the store.")] = 4,
+        log_every: Annotated[int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")] = 50,
+        compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     ):
         from .sampling import SamplerConfig
         from .train import TrainConfig, train
@@ -228,6 +231,7 @@ def _train_command(task: str):
             tmm=_tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset),
             init=init, linear_probe=linear_probe, preload=preload, save_every=save_every, resume=resume,
             device=device, precision=precision, seed=seed, loader_threads=loader_threads,
+            log_every=log_every, compile=compile,
         )
         final = train(cfg)
         if final:

@@ -1,18 +1,25 @@
-"""Batches of cached tokens for sampled clips: read exactly the frames a batch needs.
+"""Batches of cached tokens for sampled clips: one copy per byte, layout changes on the device.
 
-    loader = ClipLoader(source, plan, batch_size=32)
-    for x, y in loader:  # x: (B, D, T, h, w) float32, y: (B,) int64
-        ...
+    loader = ClipLoader(source, plan, batch_size=32, device=torch.device("cuda"))
+    for x, y in loader:  # x: (B, D, T, h, w) in the stored dtype, on the device; y: (B,) int64
+        x = x.float()    # the cast (and anything else) happens where x lives
 
-`TokenSource` reads clips from one or several IFMs of a store (several are concatenated
-along channels) and can preload the videos a run needs into RAM (`preload=True`). The
-loader reads batches in a background thread, with a small thread pool per batch, so the
-model does not wait on local storage; it records how long the consumer did wait.
+A batch is filled in place: every frame of every clip is read (`preadv`, see shards.py)
+straight into its slot of a preallocated (B, T, h, w, D) buffer, the stored layout, by a
+small thread pool. Permuted to (B, D, T, h, w) that buffer is already a channels_last_3d view,
+so nothing on the host converts layout or dtype. On CUDA the buffers are pinned and the copy
+to the device runs asynchronously on a side stream while the model works on the previous
+batch; a ring of buffers lets reading run `prefetch` batches ahead.
+
+`TokenSource` reads clips from one or several IFMs of a store; several are concatenated along
+channels (on the device, from one buffer per IFM). `preload` keeps the videos a run samples
+resident: in RAM (pinned on CUDA), or on the GPU, where a batch is gathered without the host.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,8 +35,12 @@ from .store import DONE, Store
 log = logging.getLogger(__name__)
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
 class TokenSource:
-    """Clips of tokens from one or more IFMs of a store, as (T, h, w, D_total) arrays."""
+    """Clips of tokens from one or more IFMs of a store, read into caller buffers."""
 
     def __init__(self, store: Store, keys: list[str] | None = None):
         self.store = store
@@ -45,11 +56,18 @@ class TokenSource:
         if any(not np.array_equal(frames[0], f) for f in frames[1:]):
             raise MismatchError("cannot concatenate IFMs extracted with different frame strides")
         self.grid = self.arrays[0].grid
-        self.dim = sum(a.dim for a in self.arrays)
+        self.dims = [a.dim for a in self.arrays]
+        self.dim = sum(self.dims)
         self.frames = frames[0]
+        dtypes = {np.dtype(a.tokens.dtype).newbyteorder("=") for a in self.arrays}
+        if len(dtypes) != 1:
+            raise MismatchError(f"cannot concatenate IFMs stored as {', '.join(map(str, dtypes))}")
+        self.dtype = dtypes.pop()
         status = np.stack([a.status() for a in self.arrays])
         self.done = (status == DONE).all(axis=0)
-        self._cache: dict[int, np.ndarray] = {}
+        self._readers = [a.shard_reader() for a in self.arrays]  # None: compressed, via zarr
+        self.resident: list[torch.Tensor] | None = None  # per IFM, (rows, h, w, D_k)
+        self._resident_start: np.ndarray | None = None  # per video, its first resident row (-1: none)
 
     def videos(self, split: str | None = None) -> tuple[np.ndarray, int]:
         """Indices of usable (done in every IFM) videos of a split, and how many were skipped."""
@@ -58,80 +76,206 @@ class TokenSource:
         usable = np.flatnonzero(in_split & self.done & (self.frames > 0))
         return usable, int(in_split.sum()) - len(usable)
 
-    def preload(self, videos) -> int:
-        """Keep these videos' tokens in RAM; returns the bytes held."""
-        for v in videos:
-            v = int(v)
-            if v not in self._cache:
-                parts = [a.read_video(v) for a in self.arrays]
-                self._cache[v] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
-        return sum(x.nbytes for x in self._cache.values())
+    # -- resident copies ------------------------------------------------------------------
+    def preload(self, videos, device: torch.device | str | None = None, on_device: bool = False) -> int:
+        """Keep these videos' tokens resident: in RAM (pinned when `device` is CUDA) or, with
+        `on_device`, in the memory of `device` (a GPU). Returns the bytes held."""
+        return self._preload(videos, torch.device(device or "cpu"), on_device)
+
+    def _preload(self, videos, device: torch.device, on_device: bool) -> int:
+        videos = np.unique(np.asarray(videos, np.int64))
+        counts = self.frames[videos].astype(np.int64)
+        total = int(counts.sum())
+        need = total * int(np.prod(self.grid)) * self.dim * self.dtype.itemsize
+        free = _free_bytes(device if on_device else torch.device("cpu"))
+        if free is not None and need > 0.9 * free:
+            where = "GPU" if on_device else "RAM"
+            raise StoreError(f"--preload needs {need / 1e9:.1f} GB of {where}; only {free / 1e9:.1f} GB "
+                             "are free. Train without --preload (the loader reads from the store)")
+        start = np.full(len(self.frames), -1, np.int64)
+        start[videos] = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(videos) else []
+        pin = device.type == "cuda" and not on_device
+        resident = []
+        for a, reader, d in zip(self.arrays, self._readers, self.dims):
+            host = torch.empty((total, *self.grid, d), dtype=_torch_dtype(self.dtype), pin_memory=pin)
+            view = host.numpy()
+            for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
+                rows = int(a.offset[v]) + np.arange(n)
+                _read_rows(a, reader, rows, view[s : s + n])
+            resident.append(host.to(device) if on_device else host)
+        self.resident, self._resident_start = resident, start
+        return need
+
+    # -- reading ----------------------------------------------------------------------------
+    def rows(self, k: int, videos: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """(B, T) rows of IFM k's token array for clips (videos[b], indices[b])."""
+        if self.resident is not None:
+            start = self._resident_start[videos]
+            if (start < 0).any():
+                raise StoreError(f"video {int(videos[start < 0][0])} was not preloaded")
+            return start[:, None] + indices
+        return self.arrays[k].offset[videos][:, None] + indices
+
+    def fill(self, videos: np.ndarray, indices: np.ndarray, outs: list[np.ndarray],
+             pool: ThreadPoolExecutor | None = None, tasks: int = 1) -> None:
+        """Write clip b's frames into outs[k][b] (one (B, T, h, w, D_k) buffer per IFM)."""
+        for k, (a, reader, out) in enumerate(zip(self.arrays, self._readers, outs)):
+            rows = self.rows(k, videos, indices).reshape(-1)
+            flat = out.reshape(len(rows), *out.shape[2:])
+            if self.resident is not None:
+                np.take(self.resident[k].numpy(), rows, axis=0, out=flat)
+            else:
+                _read_rows(a, reader, rows, flat, pool, tasks)
 
     def clip(self, video: int, indices: np.ndarray) -> np.ndarray:
         """(T, h, w, D) tokens of one clip, in the stored dtype."""
-        cached = self._cache.get(video)
-        if cached is not None:
-            return cached[indices]
-        parts = [a.read_frames(video, indices) for a in self.arrays]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        indices = np.asarray(indices, np.int64)
+        _check_indices(self.frames, np.array([video]), indices[None])
+        outs = [np.empty((1, len(indices), *self.grid, d), self.dtype) for d in self.dims]
+        if self.resident is not None and self.resident[0].device.type != "cpu":
+            rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None]).reshape(-1))
+            for out, r in zip(outs, self.resident):
+                out[0] = r[rows.to(r.device)].cpu().numpy()
+        else:
+            self.fill(np.array([video]), indices[None], outs)
+        return outs[0][0] if len(outs) == 1 else np.concatenate([o[0] for o in outs], axis=-1)
+
+
+def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:
+    if reader is not None:
+        reader.read_into(rows, out, pool, tasks)
+    else:  # compressed shards: zarr decodes, one frame at a time (its orthogonal indexing
+        for i, r in enumerate(rows.tolist()):  # decodes far more than a few scattered frames)
+            out[i] = array.tokens[r]
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_indices(frames: np.ndarray, videos: np.ndarray, indices: np.ndarray) -> None:
+    n = frames[videos][:, None]
+    bad = (indices < 0) | (indices >= n)
+    if bad.any():
+        b = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise StoreError(f"video {int(videos[b])} has {int(n[b, 0])} frames; a clip asks for "
+                         f"{indices[b].tolist()}")
 
 
 def collate(clips: list[np.ndarray]) -> torch.Tensor:
-    """(T, h, w, D) clips → (B, D, T, h, w) float32, the layout the TMM convolves."""
+    """(T, h, w, D) clips → (B, D, T, h, w) float32, for the few places that score single clips."""
     x = torch.from_numpy(np.stack(clips))
     return x.permute(0, 4, 1, 2, 3).float().contiguous()
 
 
 class ClipLoader:
-    """Iterates (x, y) batches for a plan of clip requests, reading ahead in the background."""
+    """Iterates (x, y) batches for a plan of clip requests, reading ahead in the background.
+
+    x is (B, D, T, h, w) in the stored dtype, a channels_last_3d view of the stored layout, on
+    `device`; y is (B,) int64. On the CPU, x shares memory with one of the loader's buffers and
+    stays valid until the next batch is asked for (copy it to keep it longer).
+    """
 
     def __init__(self, source: TokenSource, plan: list[ClipRequest], batch_size: int,
-                 prefetch: int = 2, threads: int = 4, skip_batches: int = 0, drop_last: bool = True):
+                 prefetch: int = 2, threads: int = 4, skip_batches: int = 0, drop_last: bool = True,
+                 device: torch.device | str | None = None):
         if batch_size < 1:
             raise StoreError("batch size must be >= 1")
         self.source = source
+        self.batch_size = batch_size
         n = len(plan) // batch_size * batch_size if drop_last else len(plan)
         self.batches = [plan[i : i + batch_size] for i in range(0, n, batch_size)][skip_batches:]
+        lengths = {len(r.indices) for r in plan}
+        if len(lengths) > 1:
+            raise StoreError(f"clips of one plan must have equal lengths, got {sorted(lengths)}")
+        self.frames = lengths.pop() if lengths else 0
+        self._arrays = [(np.array([r.video for r in b], np.int64),
+                         np.stack([np.asarray(r.indices, np.int64) for r in b]),
+                         np.array([r.label for r in b], np.int64)) for b in self.batches]
+        for videos, indices, _ in self._arrays:  # a bad plan fails here, not mid-epoch
+            _check_indices(source.frames, videos, indices)
         self.prefetch = max(1, prefetch)
         self.threads = max(1, threads)
+        self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.wait_seconds = 0.0  # time the consumer spent blocked on data
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _read(self, pool: ThreadPoolExecutor, batch: list[ClipRequest]):
-        clips = list(pool.map(lambda r: self.source.clip(r.video, r.indices), batch))
-        y = torch.tensor([r.label for r in batch], dtype=torch.long)
-        return collate(clips), y
+    def _buffers(self, rows: int) -> list[torch.Tensor]:
+        pin = self.device.type == "cuda"
+        return [torch.empty((rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.dtype),
+                            pin_memory=pin) for d in self.source.dims]
 
     def __iter__(self):
+        src, dev = self.source, self.device
+        cuda = dev.type == "cuda"
+        on_device = src.resident is not None and src.resident[0].device.type == "cuda"
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        free: queue.Queue = queue.Queue()  # host buffers ready to be filled, with the event of their last copy
+        if not on_device:
+            for _ in range(self.prefetch + 1):  # prefetch waiting, one in the consumer's hands
+                free.put((self._buffers(self.batch_size), None))
         stop = threading.Event()
+        side = torch.cuda.Stream(dev) if cuda else None
 
-        def put(item) -> bool:
+        def handed(item, target: queue.Queue = q) -> bool:
             """Hand an item over unless the consumer has stopped; never blocks for good."""
             while not stop.is_set():
                 try:
-                    q.put(item, timeout=0.1)
+                    target.put(item, timeout=0.1)
                     return True
                 except queue.Full:
                     continue
             return False
 
+        def take_free():
+            while not stop.is_set():
+                try:
+                    return free.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return None
+
         def produce() -> None:
+            if cuda:
+                torch.cuda.set_device(dev)  # the current device is per thread
             with ThreadPoolExecutor(self.threads) as pool:
                 try:
-                    for batch in self.batches:
-                        if not put(self._read(pool, batch)):
+                    for videos, indices, labels in self._arrays:
+                        if on_device:
+                            item = self._gather_on_device(videos, indices, labels, side)
+                        else:
+                            got = take_free()
+                            if got is None:
+                                return
+                            bufs, event = got
+                            if event is not None:
+                                event.synchronize()  # its last copy to the device has finished
+                            used = [b[: len(videos)] for b in bufs]  # a short last batch uses a part
+                            src.fill(videos, indices, [u.numpy() for u in used], pool, self.threads)
+                            item = self._deliver(used, bufs, labels, side, free)
+                        if not handed(item):
                             return
-                    put(None)
+                    handed(None)
                 except BaseException as e:  # handed to the consumer
-                    put(e)
+                    handed(e)
 
         thread = threading.Thread(target=produce, name="clip-loader", daemon=True)
         thread.start()
+        held = None  # host buffers the consumer is using (CPU): back to the ring on the next ask
         try:
             while True:
+                if held is not None:
+                    free.put((held, None))
+                    held = None
                 t0 = time.perf_counter()
                 item = q.get()
                 self.wait_seconds += time.perf_counter() - t0
@@ -139,7 +283,46 @@ class ClipLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                x, y, event, held = item
+                if event is not None:  # the side stream's copy, ordered before the model's use
+                    stream = torch.cuda.current_stream(dev)
+                    stream.wait_event(event)
+                    x.record_stream(stream)
+                    y.record_stream(stream)
+                yield x.permute(0, 4, 1, 2, 3), y
         finally:
             stop.set()
             thread.join()
+
+    def _deliver(self, used: list[torch.Tensor], bufs: list[torch.Tensor], labels: np.ndarray, side,
+                 free: queue.Queue):
+        """(x, y, event, buffers the consumer holds) for a filled host batch `used` (views of `bufs`)."""
+        y = torch.from_numpy(labels)
+        if side is None:  # CPU: the consumer reads the buffer itself
+            if len(used) == 1:
+                return used[0], y, None, bufs
+            x = torch.cat(used, dim=-1)
+            free.put((bufs, None))
+            return x, y, None, None
+        with torch.cuda.stream(side):
+            parts = [b.to(self.device, non_blocking=True) for b in used]
+            y = y.pin_memory().to(self.device, non_blocking=True)
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            event = torch.cuda.Event()
+            event.record(side)
+        free.put((bufs, event))  # refilled once this copy has finished
+        return x, y, event, None
+
+    def _gather_on_device(self, videos, indices, labels, side):
+        src = self.source
+        with torch.cuda.stream(side):
+            parts = []
+            for k, r in enumerate(src.resident):
+                rows = torch.from_numpy(src.rows(k, videos, indices).reshape(-1)).pin_memory()
+                rows = rows.to(r.device, non_blocking=True)
+                parts.append(r.index_select(0, rows).view(len(videos), self.frames, *r.shape[1:]))
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            y = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(side)
+        return x, y, event, None

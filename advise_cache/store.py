@@ -36,6 +36,7 @@ import zarr.codecs
 
 from . import __version__
 from .errors import StoreError
+from .shards import ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ class IFMArrays:
         self.offset = self.group["offset"][:]
         self.frames = self.group["frames"][:]
         self._direct = _plain_shards(self.tokens)
+        self._reader: ShardReader | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -318,31 +320,18 @@ class IFMArrays:
         # needs (measured ~10x slower for 8 scattered frames).
         return np.stack([self.tokens[base + int(r)] for r in rows])
 
-    def _read_direct(self, rows: np.ndarray) -> np.ndarray:
-        """Uncompressed shards read with two small preads per frame (the shard's index entry,
-        then the frame), following the Zarr v3 sharding spec. Training reads a few scattered
-        frames per clip; zarr's per-call overhead (~2 ms) would otherwise bound it."""
-        per = int(self.meta["frames_per_shard"])
-        shape = self.tokens.shape[1:]
+    def shard_reader(self) -> ShardReader | None:
+        """A reader of this array's shard files (None when they are compressed: read via zarr)."""
+        if not self._direct:
+            return None
         dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
-        out = np.zeros((len(rows), *shape), dtype)
-        base = self._token_dir / "c"
-        index_bytes = 16 * per + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
-        for i, row in enumerate(rows.tolist()):
-            shard, inner = divmod(row, per)
-            try:
-                fd = os.open(base / str(shard) / "0" / "0" / "0", os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # an absent shard reads as the fill value, as in zarr
-            try:
-                size = os.fstat(fd).st_size
-                entry = os.pread(fd, 16, size - index_bytes + 16 * inner)
-                offset, nbytes = np.frombuffer(entry, "<u8")
-                if offset != _EMPTY:
-                    buf = os.pread(fd, int(nbytes), int(offset))
-                    out[i] = np.frombuffer(buf, dtype).reshape(shape)
-            finally:
-                os.close(fd)
+        return ShardReader(self._token_dir, int(self.meta["frames_per_shard"]), self.tokens.shape[1:], dtype)
+
+    def _read_direct(self, rows: np.ndarray) -> np.ndarray:
+        if self._reader is None:
+            self._reader = self.shard_reader()
+        out = np.empty((len(rows), *self.tokens.shape[1:]), self._reader.dtype)
+        self._reader.read_into(rows, out)
         return out
 
     def read_video(self, video: int) -> np.ndarray:
@@ -353,12 +342,9 @@ class IFMArrays:
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
 
 
-_EMPTY = np.uint64(2**64 - 1)  # the sharding index's marker of an absent chunk
-
-
 def _plain_shards(array) -> bool:
     """True when the token array is a local, uncompressed, little-endian sharded array with
-    its index at the end: the layout `_read_direct` understands."""
+    its index at the end: the layout `ShardReader` understands."""
     codecs = array.metadata.to_dict()["codecs"]
     if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
         return False

@@ -64,14 +64,20 @@ class TrainConfig:
     tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
     init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)
     linear_probe: bool = False  # train the head only
-    preload: bool = False  # hold the split's tokens in RAM
+    preload: str = "none"  # "ram" (pinned on CUDA) or "gpu": hold the sampled videos' tokens resident
     save_every: int = 1  # epochs between checkpoints (and one at the end)
     resume: bool = False
     device: str = "auto"
-    precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU
+    precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU; fp16 uses a GradScaler
     seed: int = 0
     loader_threads: int = 4
+    log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
+    compile: bool = False  # torch.compile the model
     progress: bool = True
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRELOAD = ("none", "ram", "gpu")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
@@ -101,6 +107,12 @@ class Dist:
         return self.rank == 0
 
 
+def backend_spec(device_type: str) -> str:
+    """The process group's backends: NCCL for CUDA tensors, and gloo beside it so that CPU
+    tensors and object collectives (errors, plans) work in a CUDA run too."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
 def init_distributed(device: str) -> Dist:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -109,18 +121,35 @@ def init_distributed(device: str) -> Dist:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = resolve_device(device).type == "cuda"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
+        if cuda:
+            torch.cuda.set_device(local)
+            dist.init_process_group(backend_spec("cuda"), device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group(backend_spec("cpu"))
     return Dist(dist.get_rank(), dist.get_world_size(), local)
 
 
-def _mean_across(values: list[float], d: Dist) -> list[float]:
+def all_ranks_agree(d: Dist, error: AdviseCacheError | None) -> None:
+    """Raise on every rank the first error any rank found, so that a user error seen by one
+    rank (a run folder already in use, say) ends the run everywhere instead of a hang."""
     if d.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return (t / d.world).tolist()
+        if error is not None:
+            raise error
+        return
+    found: list = [None] * d.world
+    dist.all_gather_object(found, None if error is None else (type(error).__name__, str(error)))
+    first = next((f for f in found if f is not None), None)
+    if first is not None:
+        if error is not None:
+            raise error
+        raise AdviseCacheError(first[1])
+
+
+def sum_across(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over ranks, where it lives (NCCL for CUDA tensors, gloo for CPU ones)."""
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -177,11 +206,24 @@ def _schedule(step: int, total: int, warmup: int, base_lr: float) -> float:
 
 
 def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: Dist):
+    """This rank's clips of one epoch. With --preload on several ranks, each rank samples only
+    its own share of the videos (so it holds only those), cut to the count every rank has."""
+    seed, rank, world = cfg.seed, d.rank, d.world
+    if cfg.preload != "none" and d.world > 1:
+        per_video = cfg.sampler.clips_per_video if cfg.task == "prp" else 1
+        keep = len(videos) // d.world * per_video
+        videos, labels = videos[d.rank :: d.world], labels[d.rank :: d.world]
+        seed = int(np.random.SeedSequence([cfg.seed, d.rank]).generate_state(1)[0])
+        rank, world = 0, 1
+    else:
+        keep = None
     lengths = source.frames[videos]
     if cfg.task == "prp":
-        return prp_epoch(videos, lengths, cfg.sampler, cfg.seed, epoch, d.rank, d.world)
-    return classification_epoch(videos, lengths, labels, cfg.seed, epoch, cfg.sampler.frames,
-                                cfg.sampler.stride, cfg.clip_mode, d.rank, d.world)
+        plan = prp_epoch(videos, lengths, cfg.sampler, seed, epoch, rank, world)
+    else:
+        plan = classification_epoch(videos, lengths, labels, seed, epoch, cfg.sampler.frames,
+                                    cfg.sampler.stride, cfg.clip_mode, rank, world)
+    return plan[:keep]
 
 
 def prepare(cfg: TrainConfig):
@@ -192,6 +234,12 @@ def prepare(cfg: TrainConfig):
         raise AdviseCacheError("--epochs and --batch-size must be >= 1")
     if not cfg.lr > 0:
         raise AdviseCacheError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.precision not in PRECISIONS:
+        raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.preload not in PRELOAD:
+        raise AdviseCacheError(f"--preload must be one of {', '.join(PRELOAD)}, got {cfg.preload!r}")
+    if cfg.log_every < 1:
+        raise AdviseCacheError(f"--log-every must be >= 1, got {cfg.log_every}")
     store = open_store(cfg.cache)
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
@@ -210,142 +258,224 @@ def prepare(cfg: TrainConfig):
     return store, source, videos, skipped, labels, num_classes, fingerprint
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) one training; returns the final metrics."""
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0, autocast_dtype: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch on the model's device. Returns (loss, logits), detached
+    and still on the device: nothing here waits for the GPU."""
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
+
+
+def train(cfg: TrainConfig, on_step=None) -> dict:
+    """Run (or resume) one training; returns the final metrics. `on_step(step, loss)`, if given,
+    is called after every optimisation step with the loss still on the device (for timing)."""
     d = init_distributed(cfg.device)
+    try:
+        return _train(cfg, d, on_step)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _setup(cfg: TrainConfig, d: Dist) -> dict:
+    """Everything that could stop a run, checked before any training: returns its pieces."""
     store, source, videos, skipped, labels, num_classes, fingerprint = prepare(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
+    if cfg.preload == "gpu" and device.type != "cuda":
+        raise AdviseCacheError("--preload gpu needs a CUDA device; use --preload ram")
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if precision == "fp16" and device.type != "cuda":
+        raise AdviseCacheError("--precision fp16 needs a CUDA device; use fp32 or bf16")
     tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
     if tmm_cfg.spatial_pool and tmm_cfg.spatial_pool > min(source.grid):
         raise MismatchError(f"--spatial-pool {tmm_cfg.spatial_pool} is larger than the store's "
                             f"{source.grid[0]}x{source.grid[1]} token grid")
-
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:
         check_features(init["meta"], fingerprint, f"--init {cfg.init}")
         tmm_cfg = TMMConfig(**init["meta"]["tmm"])
-    torch.manual_seed(cfg.seed)
-    model = create_model(tmm_cfg, num_classes)
-    if init is not None:
-        tmm_state = {k[4:]: v for k, v in init["model"].items() if k.startswith("tmm.")}
-        model.tmm.load_state_dict(tmm_state)
-    if cfg.linear_probe:
-        model.tmm.requires_grad_(False)
-    model.to(device)
-
-    cfg.out.mkdir(parents=True, exist_ok=True)
     plan0 = _plan(cfg, source, videos, labels, 0, d)
     steps_per_epoch = len(plan0) // cfg.batch_size
     if steps_per_epoch == 0:
         raise AdviseCacheError(f"{len(plan0)} clips per epoch per process is fewer than --batch-size "
                                f"{cfg.batch_size}; lower it")
+    ckpt = None
+    if cfg.resume and (cfg.out / CHECKPOINT).exists():
+        ckpt = load_checkpoint(cfg.out)
+        check_features(ckpt["meta"], fingerprint, f"the checkpoint in {cfg.out}")
+        if ckpt["meta"]["tmm"] != asdict(tmm_cfg) or ckpt["meta"]["task"] != cfg.task:
+            raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
+    elif d.main and (cfg.out / CHECKPOINT).exists():
+        raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
+    return dict(store=store, source=source, videos=videos, skipped=skipped, labels=labels,
+                num_classes=num_classes, fingerprint=fingerprint, device=device, precision=precision,
+                tmm_cfg=tmm_cfg, init=init, plan0=plan0, steps_per_epoch=steps_per_epoch, ckpt=ckpt)
+
+
+def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
+    error, s = None, None
+    try:
+        s = _setup(cfg, d)
+    except AdviseCacheError as e:
+        error = e
+    all_ranks_agree(d, error)  # one rank's user error ends every rank, with its message
+    store, source, videos, labels, device = s["store"], s["source"], s["videos"], s["labels"], s["device"]
+    tmm_cfg, init, steps_per_epoch, precision = s["tmm_cfg"], s["init"], s["steps_per_epoch"], s["precision"]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    # On CUDA the TMM runs channels_last_3d, the layout the store's (B, T, h, w, D) already has.
+    layout = torch.channels_last_3d if cuda else torch.contiguous_format
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(tmm_cfg, s["num_classes"])
+    if init is not None:
+        tmm_state = {k[4:]: v for k, v in init["model"].items() if k.startswith("tmm.")}
+        model.tmm.load_state_dict(tmm_state)
+    if cfg.linear_probe:
+        model.tmm.requires_grad_(False)
+    model.to(device, memory_format=layout)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
     total = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
     world_batch = cfg.batch_size * d.world
     base_lr = cfg.lr * world_batch / 32
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    input_dtype = autocast_dtype or torch.float32
 
     meta = {
         "version": __version__,
         "task": cfg.task,
         "config": config_to_dict(cfg),
         "tmm": asdict(tmm_cfg),
-        "num_classes": num_classes,
+        "num_classes": s["num_classes"],
         "classes": store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
-        "fingerprint": fingerprint,
+        "fingerprint": s["fingerprint"],
         "store": str(Path(cfg.cache).resolve()),
         "dataset": store.dataset,
         "init": str(cfg.init) if cfg.init else None,
         "trainable_params": count_params(model),
         "world": d.world,
+        "precision": precision,
     }
     step = 0
-    resumed_metrics: dict = {}
+    final: dict = {}  # what a finished run returns when asked to resume
     metrics_path = cfg.out / "metrics.jsonl"
-    if cfg.resume and (cfg.out / CHECKPOINT).exists():
-        ckpt = load_checkpoint(cfg.out)
-        check_features(ckpt["meta"], fingerprint, f"the checkpoint in {cfg.out}")
-        if ckpt["meta"]["tmm"] != meta["tmm"] or ckpt["meta"]["task"] != cfg.task:
-            raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
+    if s["ckpt"] is not None:
+        ckpt = s["ckpt"]
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["step"])
-        resumed_metrics = ckpt["meta"].get("metrics", {})
-        _truncate_metrics(metrics_path, step)
+        final = ckpt["meta"].get("metrics", {})
+        if d.main:
+            _truncate_metrics(metrics_path, step)
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
-        if (cfg.out / CHECKPOINT).exists():
-            raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
         metrics_path.write_text("")
         (cfg.out / "config.json").write_text(json.dumps(meta, indent=2))
 
-    if cfg.preload:
-        held = source.preload(videos)
-        log.info("preloaded %d videos (%.1f MB)", len(videos), held / 1e6)
+    if cfg.preload != "none":
+        mine = videos[d.rank :: d.world] if d.world > 1 else videos  # the videos _plan gives this rank
+        held = source.preload(mine, device, on_device=cfg.preload == "gpu")
+        log.info("preloaded %d videos (%.1f GB) into %s", len(mine), held / 1e9, cfg.preload)
     train_model = model
     if d.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if skipped and d.main:
-        log.warning("skipping %d video(s) of split %r that are not done in the store", skipped, cfg.split)
+            model, device_ids=[device.index] if cuda else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    if s["skipped"] and d.main:
+        log.warning("skipping %d video(s) of split %r that are not done in the store", s["skipped"], cfg.split)
 
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     last_step = min(total, cfg.max_steps or total)
     bar = tqdm(total=last_step, initial=step, desc=f"{cfg.task} {cfg.out.name}", unit="step",
                disable=not (cfg.progress and d.main))
-    final = resumed_metrics  # what a finished run returns when asked to resume
     epoch = step // steps_per_epoch
     while step < last_step:
         skip = step - epoch * steps_per_epoch
-        plan = plan0 if epoch == 0 else _plan(cfg, source, videos, labels, epoch, d)
-        loader = ClipLoader(source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip)
+        plan = s["plan0"] if epoch == 0 else _plan(cfg, source, videos, labels, epoch, d)
+        loader = ClipLoader(source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip,
+                            device=device)
         model.train()
         if cfg.linear_probe:
             model.tmm.eval()  # frozen: BatchNorm statistics stay those of the checkpoint
-        sums = np.zeros(3)  # loss, correct, clips
-        t_epoch = t0 = time.perf_counter()
+        # Loss and correct clips summed on the device; the host reads them every log_every steps.
+        window = torch.zeros(2, device=device, dtype=torch.float64)
+        sums = np.zeros(3)
+        t_epoch = t_window = time.perf_counter()
+        window_steps = 0
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, dtype=input_dtype, memory_format=layout, non_blocking=True)
             lr = _schedule(step, total, warmup, base_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step}; stopped. The last good checkpoint is "
-                    f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits = train_step(train_model, opt, x, y, cfg.label_smoothing, autocast_dtype, scaler)
+            window[0] += loss * len(y)
+            window[1] += (logits.argmax(1) == y).sum()
             step += 1
-            acc = (logits.argmax(1) == y).float().mean().item()
-            loss_v, acc_v = _mean_across([loss.item(), acc], d)
-            sums += (loss_v * len(y), acc_v * len(y), len(y))
-            dt, t0 = time.perf_counter() - t0, time.perf_counter()  # waiting for data included
-            if d.main:
-                _append(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "loss": loss_v,
-                                       "acc": acc_v, "lr": lr, "clips_per_s": world_batch / dt})
-            bar.update()
-            bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
+            window_steps += 1
+            if on_step is not None:
+                on_step(step, loss)
+            end = step >= last_step or step % steps_per_epoch == 0
+            if end or step % cfg.log_every == 0:
+                loss_sum, correct = sum_across(window, d).tolist()  # the host waits here only
+                window.zero_()
+                clips = window_steps * world_batch
+                loss_v, acc_v = loss_sum / clips, correct / clips
+                if not math.isfinite(loss_v):
+                    raise TrainingDiverged(
+                        f"loss became {loss_v} at step {step}; stopped. The last good checkpoint is "
+                        f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
+                sums += (loss_sum, correct, clips)
+                dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
+                if d.main:
+                    _append(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "loss": loss_v,
+                                           "acc": acc_v, "lr": lr, "clips_per_s": clips / dt})
+                bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
+                bar.update(window_steps)
+                window_steps = 0
             if step >= last_step:
                 break
         seconds = time.perf_counter() - t_epoch
         final = {"kind": "epoch", "epoch": epoch, "step": step, "loss": sums[0] / max(sums[2], 1),
-                 "acc": sums[1] / max(sums[2], 1), "clips": int(sums[2]) * d.world,
-                 "clips_per_s": sums[2] * d.world / seconds, "data_wait_frac": loader.wait_seconds / seconds,
+                 "acc": sums[1] / max(sums[2], 1), "clips": int(sums[2]),
+                 "clips_per_s": sums[2] / seconds, "data_wait_frac": loader.wait_seconds / seconds,
                  "seconds": seconds}
         if d.main:
             _append(metrics_path, final)
         epoch_done = step % steps_per_epoch == 0
-        if d.main and ((epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step):
-            save_checkpoint(cfg.out, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "step": step, "epoch": epoch}, {**meta, "step": step, "metrics": final})
+        if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
+            if not _finite_weights(model):
+                raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. The last good "
+                                       f"checkpoint is {cfg.out / CHECKPOINT}")
+            if d.main:
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch}
+                if scaler is not None:
+                    state["scaler"] = scaler.state_dict()
+                save_checkpoint(cfg.out, state, {**meta, "step": step, "metrics": final})
         if epoch_done:
             epoch += 1
     bar.close()

@@ -350,7 +350,7 @@ def run_setting(folder: Path) -> dict:
     t0 = time.perf_counter()
     stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
     common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"],
-              "lr": r["lr"], "max_steps": r["max_steps"], "tmm": tmm, "preload": spec["preload"],
+              "lr": r["lr"], "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
               "resume": True, "device": spec["device"], "seed": r["seed"], "progress": False}
     tag = f"[{s['dataset']} | {s['ablation']} {s['label']}]"
     prp = None

@@ -153,11 +153,12 @@ def measure(name: str, args) -> dict:
             while len(plan) < need:
                 plan += prp_epoch(videos, source.frames[videos], sampler, args.seed, epoch)
                 epoch += 1
-            loader = ClipLoader(source, plan[:need], b)
+            loader = ClipLoader(source, plan[:need], b, device=device)
+            compute = torch.bfloat16 if cuda else torch.float32  # as train.train casts, on the device
 
             def batches():
                 for x, y in loader:
-                    yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    yield x.to(device, compute, non_blocking=True), y
 
     params = count_params(model)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -10,9 +10,9 @@ One TMM (`TMMConfig(in_dim=768)`: 1 block, hidden 256, out 1024, temporal kernel
 4 PRP classes), one batch size, and in one run:
 
 - (a) cached: `train.train` itself on a store of ViT-B-16 tokens, PRP clips from `prp_epoch`
-  read by its `TokenSource`/`ClipLoader` (background prefetch), forward, backward, AdamW. Two
-  read-only hooks time it: a wrapper around `train._append` notes when each step's metrics
-  line is written, and a `ClipLoader` subclass notes the loader's cumulative wait per batch.
+  read by its `TokenSource`/`ClipLoader` (background prefetch), forward, backward, AdamW,
+  timed through `train.train`'s public `on_step` hook; the loader's wait is the epoch's
+  `data_wait_frac` that `train.train` reports.
 - (b) in memory: the same training step (the body of `train.train`'s loop, copied here) on a
   resident tensor (B, 768, 8, 14, 14): the ceiling for (a).
 - (c) online, as the paper's code trains: decode each clip's 8 frames from its video (decord,
@@ -128,10 +128,9 @@ def rss_mb() -> float:
 def build_tmm(device, seed: int):
     """The TMM, optimizer and step of `train.train`, with its recipe's defaults."""
     import torch
-    import torch.nn.functional as F
 
     from advise_cache.models import TMMConfig, create_model
-    from advise_cache.train import TrainConfig
+    from advise_cache.train import TrainConfig, train_step
 
     recipe = TrainConfig(cache=Path(), out=Path())
     torch.manual_seed(seed)
@@ -141,17 +140,12 @@ def build_tmm(device, seed: int):
     autocast = torch.bfloat16 if device.type == "cuda" else None  # train.train's "auto" precision
 
     def step(x, y, batch_size: int) -> float:
-        # The body of train.train's loop, less its metrics file.
+        # train.train's own step, and the host reads that its metrics need.
         for group in opt.param_groups:
             group["lr"] = recipe.lr * batch_size / 32
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        loss, logits = train_step(model, opt, x, y, recipe.label_smoothing, autocast)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
         (logits.argmax(1) == y).float().mean().item()
         return loss.item()
 
@@ -177,7 +171,7 @@ def prp_plan(source, clips: int, seed: int):
 
 # -- (a) cached: train.train itself ----------------------------------------------------------
 def timed_train(spec: dict, between=None) -> dict:
-    """Run `train.train` on the store; time its steps from its metrics lines. `between()`, if
+    """Run `train.train` on the store; time its steps through its `on_step` hook. `between()`, if
     given, runs after every step, outside the clock."""
     import torch
 
@@ -198,40 +192,33 @@ def timed_train(spec: dict, between=None) -> dict:
     cfg = TrainConfig(cache=Path(spec["store"]), out=out, task="prp", epochs=1, batch_size=b,
                       device=spec["device"], seed=spec["seed"], progress=False,
                       sampler=SamplerConfig(clips_per_video=per_video))
-    ends: list[float] = []  # when each step's metrics line was written
+    ends: list[float] = []  # when each step ended
     resumes: list[float] = []  # when the loop got back control after it
-    waits: list[float] = []
     peak: list[float] = []
-    append, loader_cls = train_mod._append, train_mod.ClipLoader
 
-    def timed_append(path, record):
-        append(path, record)
-        if record.get("kind") == "step":
-            ends.append(time.perf_counter())
-            if len(ends) == warm + steps:
-                peak.append(peak_rss_mb())
-            if between is not None:
-                between()
-            resumes.append(time.perf_counter())
+    def on_step(step, loss):  # train.train's public hook: called after every step
+        if torch.device(spec["device"]).type == "cuda":
+            torch.cuda.synchronize()
+        ends.append(time.perf_counter())
+        if len(ends) == warm + steps:
+            peak.append(peak_rss_mb())
+        if between is not None:
+            between()
+        resumes.append(time.perf_counter())
 
-    class TimedLoader(loader_cls):
-        def __iter__(self):
-            for item in super().__iter__():
-                waits.append(self.wait_seconds)  # cumulative, up to this batch
-                yield item
-
-    train_mod._append, train_mod.ClipLoader = timed_append, TimedLoader
     try:
-        train_mod.train(cfg)
+        final = train_mod.train(cfg, on_step=on_step)
     finally:
-        train_mod._append, train_mod.ClipLoader = append, loader_cls
         shutil.rmtree(out, ignore_errors=True)
     if len(ends) < warm + steps:
         raise SystemExit(f"train.train ran {len(ends)} steps, expected {warm + steps}")
     timed = range(warm, warm + steps)
-    return {"clips": steps * b, "seconds": sum(ends[k] - resumes[k - 1] for k in timed),
+    seconds = sum(ends[k] - resumes[k - 1] for k in timed)
+    # The loader's wait is counted per epoch by train.train; its share of the timed steps is
+    # taken as its share of the whole epoch.
+    return {"clips": steps * b, "seconds": seconds,
             "peak_rss_mb": peak[0], "cuda_peak_mb": cuda_peak_mb(torch.device(spec["device"])),
-            "wait_s": waits[warm + steps - 1] - waits[warm - 1],
+            "wait_s": final["data_wait_frac"] * seconds,
             "loader_threads": cfg.loader_threads}
 
 

@@ -82,7 +82,7 @@ def train_config(cache: Path, out: Path, **kw):
 
     tmm = kw.pop("tmm", TMMConfig(hidden=32, out_dim=64, head_hidden=64))
     base = dict(cache=cache, out=out, epochs=4, batch_size=16, device="cpu", progress=False, tmm=tmm,
-                loader_threads=2)
+                loader_threads=2, log_every=1)
     return TrainConfig(**{**base, **kw})
 
 

@@ -17,7 +17,7 @@ from advise_cache.loader import ClipLoader, TokenSource
 from advise_cache.models import TMMConfig
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import open_store
-from advise_cache.train import TrainingDiverged, load_checkpoint, train
+from advise_cache.train import TrainingDiverged, backend_spec, load_checkpoint, sum_across, train
 
 
 def test_loader_returns_exactly_the_stored_tokens(synthetic_store):
@@ -27,18 +27,23 @@ def test_loader_returns_exactly_the_stored_tokens(synthetic_store):
     assert skipped == 0 and len(videos) == 24
     plan = prp_epoch(videos, source.frames[videos], SamplerConfig(), seed=3, epoch=0)
     loader = ClipLoader(source, plan, batch_size=8)
-    batches = list(loader)
-    assert len(batches) == len(plan) // 8
-    for (x, y), requests in zip(batches, loader.batches):
-        assert x.shape == (8, 64, 8, 4, 4) and x.dtype == torch.float32
+    seen = []
+    for x, y in loader:  # each batch is checked before the next is asked for (buffers are reused)
+        assert x.shape == (8, 64, 8, 4, 4) and x.dtype == torch.float16
+        assert x.is_contiguous(memory_format=torch.channels_last_3d)  # the stored layout, no host copy
+        seen.append((x.permute(0, 2, 3, 4, 1).numpy().copy(), y.numpy().copy()))
+    assert len(seen) == len(plan) // 8 == len(loader.batches)
+    for (x, y), requests in zip(seen, loader.batches):
         for b, r in enumerate(requests):
-            expected = store.ifm().read_video(r.video)[r.indices]  # (T, h, w, D)
-            np.testing.assert_array_equal(x[b].permute(1, 2, 3, 0).numpy(), expected.astype(np.float32))
+            expected = store.ifm().read_video(r.video)[r.indices]  # (T, h, w, D) through zarr
+            assert x[b].tobytes() == expected.astype(np.float16).tobytes()  # bit-equal
             assert y[b] == r.label
-    # Preloaded tokens are the same tokens.
+    # Preloaded tokens are the same tokens, whichever way they are read.
     source.preload(videos)
     r = plan[0]
     np.testing.assert_array_equal(source.clip(r.video, r.indices), store.ifm().read_video(r.video)[r.indices])
+    x, _ = next(iter(ClipLoader(source, plan, batch_size=8)))
+    assert x.permute(0, 2, 3, 4, 1).numpy().tobytes() == seen[0][0].tobytes()
 
 
 def test_prp_loss_falls_and_accuracy_ends_well_above_chance(synthetic_store, tmp_path):
@@ -124,16 +129,21 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "advise_cache.cli", "train", "--cache", str(synthetic_store), "--out", str(run),
            "--epochs", "2", "--batch-size", "8", "--hidden", "32", "--out-dim", "64", "--device", "cpu",
-           "--loader-threads", "1"]
+           "--loader-threads", "1", "--log-every", "4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     meta = load_checkpoint(run)["meta"]
     assert meta["world"] == 2
     steps = read_metrics(run)
-    # 24 videos x 4 clips = 96 clips an epoch, split over 2 ranks of batch 8: 6 steps an epoch.
-    assert [r["step"] for r in steps] == list(range(1, 13))
+    # 24 videos x 4 clips = 96 clips an epoch, split over 2 ranks of batch 8: 6 steps an epoch,
+    # a metrics line every 4 steps and at each epoch's end.
+    assert [r["step"] for r in steps] == [4, 6, 8, 12]
     epochs = read_metrics(run, "epoch")
     assert [e["clips"] for e in epochs] == [96, 96]
+    # A user error that only rank 0 sees (the folder holds a run) ends both ranks with its message.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "exitcode  : 2" in again.stderr, again.stderr[-3000:]
+    assert again.stderr.count("already holds a run; pass --resume") == 2, again.stderr[-3000:]
 
 
 def test_loader_stops_cleanly_when_the_consumer_stops_early(synthetic_store):
@@ -154,3 +164,54 @@ def test_loader_stops_cleanly_when_the_consumer_stops_early(synthetic_store):
     t.start()
     t.join(timeout=30)
     assert not t.is_alive(), "ClipLoader did not stop after its consumer did"
+
+
+@pytest.mark.parametrize("spec, serves_cpu", [("cuda:gloo", False),
+                                              (backend_spec("cuda").replace("nccl", "gloo"), True)])
+def test_metric_reductions_need_a_group_with_a_cpu_backend(tmp_path, spec, serves_cpu):
+    """The old trainer all-reduced CPU tensors on an NCCL-only group and failed on its first
+    step. A group without a CPU backend reproduces that failure here; the group init_distributed
+    makes for CUDA (NCCL, swapped for gloo on this GPU-less machine) serves CPU tensors and the
+    object collectives that share errors between ranks, beside the device's own tensors."""
+    import torch.distributed as dist
+
+    from advise_cache.train import Dist, all_ranks_agree
+
+    dist.init_process_group(spec, init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        d = Dist(rank=0, world=2)  # world > 1 takes the collective paths; the group has one rank
+        if serves_cpu:
+            assert sum_across(torch.tensor([1.5, 2.0], dtype=torch.float64), d).tolist() == [1.5, 2.0]
+            all_ranks_agree(Dist(rank=0, world=1), None)
+        else:
+            with pytest.raises(RuntimeError, match="No backend type associated with device type cpu"):
+                sum_across(torch.tensor([1.5, 2.0], dtype=torch.float64), d)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_training_flags_are_checked_before_any_work(synthetic_store, tmp_path):
+    with pytest.raises(AdviseCacheError, match="--precision must be one of"):
+        train(train_config(synthetic_store, tmp_path / "a", precision="fp8"))
+    with pytest.raises(AdviseCacheError, match="--precision fp16 needs a CUDA device"):
+        train(train_config(synthetic_store, tmp_path / "b", precision="fp16"))
+    with pytest.raises(AdviseCacheError, match="--preload gpu needs a CUDA device"):
+        train(train_config(synthetic_store, tmp_path / "c", preload="gpu"))
+    with pytest.raises(AdviseCacheError, match="--preload must be one of"):
+        train(train_config(synthetic_store, tmp_path / "d", preload="disk"))
+    assert not any((tmp_path / n / "checkpoint.pt").exists() for n in "abcd")
+
+
+def test_preloaded_run_trains_like_a_run_from_the_store(synthetic_store, tmp_path):
+    a = train(train_config(synthetic_store, tmp_path / "store", epochs=2))
+    b = train(train_config(synthetic_store, tmp_path / "ram", epochs=2, preload="ram"))
+    assert [r["loss"] for r in read_metrics(tmp_path / "store")] == [r["loss"] for r in read_metrics(tmp_path / "ram")]
+    assert a["loss"] == b["loss"]
+
+
+def test_train_step_hook_sees_every_step_and_lines_follow_log_every(synthetic_store, tmp_path):
+    seen = []
+    train(train_config(synthetic_store, tmp_path / "run", epochs=2, log_every=4),
+          on_step=lambda step, loss: seen.append((step, loss.device.type)))
+    assert seen == [(i, "cpu") for i in range(1, 13)]  # 6 steps an epoch
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [4, 6, 8, 12]

@@ -1,0 +1,135 @@
+"""The training data path: batches bit-equal to the store for every kind of store, in plan
+order; shard files read straight, and refused when they are damaged."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import extract_config
+
+from advise_cache.errors import StoreError
+from advise_cache.extract import extract_videos
+from advise_cache.loader import ClipLoader, TokenSource
+from advise_cache.sampling import SamplerConfig, classification_epoch, prp_epoch
+from advise_cache.store import open_store
+
+
+@pytest.fixture(scope="module")
+def lz4_store(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lz4") / "lz4.zarr"
+    assert extract_videos(extract_config(synthetic_root, out, codec="lz4")).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ifm_store(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "two.zarr"
+    assert extract_videos(extract_config(synthetic_root, out)).exit_code == 0
+    assert extract_videos(extract_config(synthetic_root, out, name="second", seed=1)).exit_code == 0
+    return out
+
+
+def _batches(loader):
+    """Every batch, copied as it comes (the loader reuses its buffers)."""
+    return [(x.permute(0, 2, 3, 4, 1).numpy().copy(), y.numpy().copy()) for x, y in loader]
+
+
+def _expected(store, keys, r):
+    """The clip's tokens through zarr, IFMs concatenated along channels."""
+    parts = [store.ifm(k).tokens[int(store.ifm(k).offset[r.video]) + r.indices] for k in keys]
+    return np.concatenate(parts, axis=-1)
+
+
+@pytest.mark.parametrize("kind", ["plain", "lz4", "two-ifm"])
+def test_batches_are_the_stored_tokens_in_plan_order(kind, synthetic_store, lz4_store, two_ifm_store):
+    path = {"plain": synthetic_store, "lz4": lz4_store, "two-ifm": two_ifm_store}[kind]
+    store = open_store(path)
+    keys = store.ifm_keys() if kind == "two-ifm" else None
+    source = TokenSource(store, keys)
+    assert (source.arrays[0].shard_reader() is None) == (kind == "lz4")  # lz4 goes through zarr
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos], SamplerConfig(rates=(1, -2, 4)), seed=5, epoch=1)
+    loader = ClipLoader(source, plan, batch_size=5, threads=3, prefetch=3)
+    got = _batches(loader)
+    assert len(got) == len(plan) // 5
+    dim = 128 if kind == "two-ifm" else 64
+    for i, (x, y) in enumerate(got):
+        assert x.shape == (5, 8, 4, 4, dim) and x.dtype == np.float16
+        for b in range(5):
+            r = plan[5 * i + b]
+            assert x[b].tobytes() == _expected(store, source.keys, r).tobytes()
+            assert y[b] == r.label
+
+
+def test_classification_batches_and_short_last_batch(synthetic_store):
+    store = open_store(synthetic_store)
+    source = TokenSource(store)
+    videos, _ = source.videos("test")
+    labels = store.videos.label[videos]
+    plan = classification_epoch(videos, source.frames[videos], labels, seed=0, epoch=0, mode="segment")
+    got = _batches(ClipLoader(source, plan, batch_size=7, drop_last=False))
+    assert [len(y) for _, y in got] == [7] * (len(plan) // 7) + ([len(plan) % 7] if len(plan) % 7 else [])
+    flat = [(x[b], y[b]) for x, y in got for b in range(len(y))]
+    for (x, y), r in zip(flat, plan):
+        assert x.tobytes() == _expected(store, source.keys, r).tobytes() and y == r.label
+
+
+def test_a_plan_outside_a_video_is_refused_before_reading(synthetic_store):
+    source = TokenSource(open_store(synthetic_store))
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos] + 50, SamplerConfig(), seed=0, epoch=0)
+    with pytest.raises(StoreError, match=r"video \d+ has \d+ frames; a clip asks for"):
+        ClipLoader(source, plan, batch_size=4)
+
+
+def _copy(store_path, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(store_path, out)
+    return out
+
+
+def _first_shard(path):
+    return path / "ifm" / "test-vit" / "tokens" / "c" / "0" / "0" / "0" / "0"
+
+
+def test_a_damaged_shard_index_is_refused_not_read(synthetic_store, tmp_path):
+    path = _copy(synthetic_store, tmp_path)
+    shard = _first_shard(path)
+    data = bytearray(shard.read_bytes())
+    index_at = len(data) - (16 * 8 + 4)  # 8 frames per shard in the test stores
+    # Point chunk 0 at chunk 1's bytes: without the crc32c check this serves the wrong frame.
+    data[index_at : index_at + 8] = data[index_at + 16 : index_at + 24]
+    shard.write_bytes(bytes(data))
+    source = TokenSource(open_store(path))
+    with pytest.raises(StoreError, match="fails its crc32c check"):
+        source.clip(0, np.arange(4))
+
+
+def test_a_missing_or_truncated_shard_is_an_error_not_zeros(synthetic_store, tmp_path):
+    path = _copy(synthetic_store, tmp_path)
+    shard = _first_shard(path)
+    os.truncate(shard, 100)
+    with pytest.raises(StoreError, match="is truncated"):
+        TokenSource(open_store(path)).clip(0, np.arange(4))
+    shard.unlink()
+    with pytest.raises(StoreError, match="is missing"):
+        TokenSource(open_store(path)).clip(0, np.arange(4))
+
+
+def test_open_shards_stay_bounded(synthetic_store):
+    source = TokenSource(open_store(synthetic_store))
+    reader = source._readers[0]
+    reader.max_open = 2
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos], SamplerConfig(), seed=0, epoch=0)
+    assert len(list(ClipLoader(source, plan, batch_size=8))) == len(plan) // 8
+    assert len(reader._open) == 2  # the two most recently used shards stay open, no more
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    reader.close()
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds - 2
+
