@@ -1,0 +1,20 @@
+"""The loader benchmark runs (one tiny round), so that a rename in the library cannot break it
+silently; its figures come from `make bench-loader`, never from a test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(PIPELINES))
+    import bench_loader
+
+    assert bench_loader.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| ceiling: minimal preadv reader |" in out and "| `ClipLoader` (this commit) |" in out
+    assert "loader / ceiling:" in out
+    sys.modules.pop("bench_loader", None)
