@@ -63,6 +63,12 @@ class TokenSource:
         if len(dtypes) != 1:
             raise MismatchError(f"cannot concatenate IFMs stored as {', '.join(map(str, dtypes))}")
         self.dtype = dtypes.pop()
+        for a in self.arrays:  # a damaged offset table would train on another video's tokens
+            per = int(a.meta["frames_per_shard"])
+            slots = -(-a.frames // per) * per
+            if len(slots) and not np.array_equal(a.offset, np.concatenate([[0], np.cumsum(slots)[:-1]])):
+                raise StoreError(f"{store.path}: the offset table of {a.key} is damaged "
+                                 "(`advise-cache verify` lists the videos affected)")
         status = np.stack([a.status() for a in self.arrays])
         self.done = (status == DONE).all(axis=0)
         self._readers = [a.shard_reader() for a in self.arrays]  # None: compressed, via zarr

@@ -133,3 +133,12 @@ def test_open_shards_stay_bounded(synthetic_store):
     if fds is not None:
         assert len(os.listdir("/proc/self/fd")) == fds - 2
 
+
+
+def test_a_damaged_offset_table_is_refused(synthetic_store, tmp_path):
+    path = _copy(synthetic_store, tmp_path)
+    store = open_store(path, mode="r+")
+    offsets = store.ifm().group["offset"]
+    offsets[1] = offsets[2]  # video 1 would read video 2's tokens
+    with pytest.raises(StoreError, match="offset table of test-vit is damaged"):
+        TokenSource(open_store(path))

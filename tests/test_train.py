@@ -140,6 +140,14 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
     assert [r["step"] for r in steps] == [4, 6, 8, 12]
     epochs = read_metrics(run, "epoch")
     assert [e["clips"] for e in epochs] == [96, 96]
+    # --preload: each rank samples (and holds) only its half of the videos; as many clips an epoch.
+    pre = tmp_path / "ddp-preload"
+    cmd_pre = [*cmd[: cmd.index("train")], "--verbose", "train", *cmd[cmd.index("train") + 1 : cmd.index("--out") + 1],
+               str(pre), *cmd[cmd.index("--out") + 2 :], "--preload", "ram"]
+    done = subprocess.run(cmd_pre, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [e["clips"] for e in read_metrics(pre, "epoch")] == [96, 96]
+    assert "preloaded 12 videos" in done.stderr
     # A user error that only rank 0 sees (the folder holds a run) ends both ranks with its message.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "exitcode  : 2" in again.stderr, again.stderr[-3000:]
