@@ -54,8 +54,10 @@ bench-efficiency: venv
 # no package registry (no venv is made): run ../shared/device/fetch-wheels.sh where pip works,
 # carry .whl, start with the install line it prints, then `make bench-gpu`.
 GPU_PYTHON ?= python3
+GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
 bench-gpu:
-	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON) pipelines/bench_loader.py --device cuda
+	$(GPU_RUN) pipelines/bench_loader.py --device cuda
+	$(GPU_RUN) pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)

@@ -460,8 +460,9 @@ def main(argv=None) -> int:
     if args.save_json:
         args.save_json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     if not args.no_write:
-        write_section(args.out, "bench_efficiency", text)
-        say(f"wrote the bench_efficiency section of {args.out}")
+        name = "bench_efficiency_gpu" if args.device.startswith("cuda") else "bench_efficiency"  # both kept
+        write_section(args.out, name, text)
+        say(f"wrote the {name} section of {args.out}")
     return 0
 
 
