@@ -226,14 +226,39 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
     return plan[:keep]
 
 
+def _check_flags(cfg: TrainConfig) -> None:
+    """Every number a user passes, checked before any work: one clear line instead of a
+    traceback (or a run that silently does something else)."""
+    def finite(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            bound = f"> {lo}" if lo_open else f">= {lo}"
+            raise AdviseCacheError(f"{name} must be a finite number {bound}"
+                                   + (f" and <= {hi}" if math.isfinite(hi) else "") + f", got {value}")
+    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
+                        ("--save-every", cfg.save_every), ("--loader-threads", cfg.loader_threads),
+                        ("--log-every", cfg.log_every)):
+        if value < 1:
+            raise AdviseCacheError(f"{name} must be >= 1, got {value}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
+    if cfg.seed < 0:
+        raise AdviseCacheError(f"--seed must be >= 0, got {cfg.seed}")
+    finite("--lr", cfg.lr, 0.0, lo_open=True)
+    finite("--warmup-epochs", cfg.warmup_epochs, 0.0)
+    finite("--weight-decay", cfg.weight_decay, 0.0, 10.0)
+    finite("--label-smoothing", cfg.label_smoothing, 0.0, 1.0, lo_open=False)
+    if cfg.label_smoothing >= 1.0:
+        raise AdviseCacheError(f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
+    if cfg.task == "prp" and len(set(cfg.sampler.rates)) != len(cfg.sampler.rates):
+        raise AdviseCacheError(f"--rates must differ from each other, got {','.join(map(str, cfg.sampler.rates))}")
+
+
 def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
     if cfg.task not in TASKS:
         raise AdviseCacheError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise AdviseCacheError("--epochs and --batch-size must be >= 1")
-    if not cfg.lr > 0:
-        raise AdviseCacheError(f"--lr must be positive, got {cfg.lr}")
+    _check_flags(cfg)
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.preload not in PRELOAD:
@@ -493,6 +518,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past the checkpoint a resumed run starts from."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a kill or a full disk: nothing after it counts
+            break
+        if record.get("step", 0) <= step:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))

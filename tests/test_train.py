@@ -223,3 +223,29 @@ def test_train_step_hook_sees_every_step_and_lines_follow_log_every(synthetic_st
           on_step=lambda step, loss: seen.append((step, loss.device.type)))
     assert seen == [(i, "cpu") for i in range(1, 13)]  # 6 steps an epoch
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [4, 6, 8, 12]
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"save_every": 0}, "--save-every must be >= 1"),
+    ({"max_steps": 0}, "--max-steps must be >= 1"),
+    ({"lr": float("nan")}, "--lr must be a finite number > 0"),
+    ({"warmup_epochs": float("inf")}, "--warmup-epochs must be a finite number"),
+    ({"weight_decay": -1.0}, "--weight-decay must be a finite number >= 0"),
+    ({"label_smoothing": 1.0}, "--label-smoothing must be < 1"),
+    ({"seed": -3}, "--seed must be >= 0"),
+    ({"sampler": SamplerConfig(rates=(1, 1))}, "--rates must differ"),
+])
+def test_nonsense_flags_are_refused_before_any_work(synthetic_store, tmp_path, flags, message):
+    with pytest.raises(AdviseCacheError, match=message):
+        train(train_config(synthetic_store, tmp_path / "run", **flags))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_torn_last_metrics_line_does_not_stop_a_resume(synthetic_store, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(synthetic_store, run, epochs=2, max_steps=6))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "step": 7, "lo')  # what a kill mid-write leaves
+    final = train(train_config(synthetic_store, run, epochs=2, resume=True))
+    assert final["step"] == 12
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 13))
