@@ -207,6 +207,7 @@ def _train_command(task: str):
                                              "(pinned on CUDA) or gpu (on the device, when they fit).")] = "none",
         save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 1,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+        override: Annotated[bool, typer.Option(help="With --resume: accept changed optimisation flags.")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
         precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")] = "auto",
         seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = 0,
@@ -230,10 +231,16 @@ def _train_command(task: str):
             clip_mode=clip_mode,
             tmm=_tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset),
             init=init, linear_probe=linear_probe, preload=preload, save_every=save_every, resume=resume,
+            override=override,
             device=device, precision=precision, seed=seed, loader_threads=loader_threads,
             log_every=log_every, compile=compile,
         )
-        final = train(cfg)
+        try:
+            final = train(cfg)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; add --resume to the same command to continue {out} from its last "
+                       "checkpoint", err=True)
+            raise typer.Exit(130) from None
         if final:
             typer.echo(f"{out}: epoch {final['epoch']} step {final['step']}: loss {final['loss']:.4f} "
                        f"acc {final['acc']:.3f}, {final['clips_per_s']:.1f} clips/s, "

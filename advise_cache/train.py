@@ -67,6 +67,7 @@ class TrainConfig:
     preload: str = "none"  # "ram" (pinned on CUDA) or "gpu": hold the sampled videos' tokens resident
     save_every: int = 1  # epochs between checkpoints (and one at the end)
     resume: bool = False
+    override: bool = False  # with resume: accept changed optimisation settings
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU; fp16 uses a GradScaler
     seed: int = 0
@@ -302,6 +303,17 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return loss.detach(), logits.detach()
 
 
+# What makes a resumed run the same run: its optimisation and sampling. Device, threads,
+# preloading and logging may change between the two halves.
+RECIPE_KEYS = ("split", "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "label_smoothing",
+               "sampler", "clip_mode", "linear_probe", "seed", "ifm", "init")
+
+
+def _changed_recipe(before: dict, now: dict) -> str:
+    return "; ".join(f"--{k.replace('_', '-')} {before.get(k)!r} then, {now.get(k)!r} now"
+                     for k in RECIPE_KEYS if before.get(k) != now.get(k))
+
+
 def _finite_weights(model: torch.nn.Module) -> bool:
     return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
@@ -347,6 +359,10 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
         check_features(ckpt["meta"], fingerprint, f"the checkpoint in {cfg.out}")
         if ckpt["meta"]["tmm"] != asdict(tmm_cfg) or ckpt["meta"]["task"] != cfg.task:
             raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
+        changed = _changed_recipe(ckpt["meta"]["config"], config_to_dict(cfg))
+        if changed and not cfg.override:
+            raise MismatchError(f"{cfg.out} was started with other settings ({changed}); resume with the same "
+                                "flags, or pass --override to continue with the new ones")
     elif d.main and (cfg.out / CHECKPOINT).exists():
         raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
     return dict(store=store, source=source, videos=videos, skipped=skipped, labels=labels,

@@ -118,7 +118,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
     train(train_config(synthetic_store, run, epochs=2, max_steps=6))
     before = load_checkpoint(run)
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; stopped"):
-        train(train_config(synthetic_store, run, epochs=2, resume=True, lr=1e38))
+        train(train_config(synthetic_store, run, epochs=2, resume=True, lr=1e38, override=True))
     after = load_checkpoint(run)
     assert after["step"] == before["step"] == 6
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
@@ -249,3 +249,15 @@ def test_a_torn_last_metrics_line_does_not_stop_a_resume(synthetic_store, tmp_pa
     final = train(train_config(synthetic_store, run, epochs=2, resume=True))
     assert final["step"] == 12
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 13))
+
+
+def test_resume_with_other_optimisation_flags_needs_override(synthetic_store, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(synthetic_store, run, epochs=2, max_steps=3))
+    for flags in ({"lr": 5e-3}, {"batch_size": 8}, {"seed": 1}, {"epochs": 3}):
+        with pytest.raises(MismatchError, match="was started with other settings .* pass --override"):
+            train(train_config(synthetic_store, run, resume=True, **{"epochs": 2, **flags}))
+    final = train(train_config(synthetic_store, run, resume=True, epochs=2, lr=5e-3, override=True))
+    assert final["step"] == 12
+    # Threads, logging and preloading are not part of the recipe.
+    train(train_config(synthetic_store, run, resume=True, epochs=2, lr=5e-3, loader_threads=1, log_every=7))
