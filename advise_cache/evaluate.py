@@ -20,7 +20,7 @@ from .loader import TokenSource, collate
 from .models import ClipClassifier, TMMConfig, create_model
 from .sampling import multi_view_clips
 from .store import open_store
-from .train import check_features, load_checkpoint
+from .train import check_classes, check_features, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def evaluate(cache: Path, checkpoint: Path, views: int = 4, split: str = "test",
         raise MismatchError(f"{checkpoint} is a {meta['task']} checkpoint; evaluate a fine-tuned one")
     if meta["num_classes"] != len(store.classes):
         raise MismatchError(f"{checkpoint} predicts {meta['num_classes']} classes; {cache} has {len(store.classes)}")
+    check_classes(meta, store.classes, f"{checkpoint}", str(cache))
     videos, skipped = source.videos(split)
     if not len(videos):
         raise StoreError(f"{cache}: no done video in split {split!r}")

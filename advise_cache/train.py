@@ -198,6 +198,16 @@ def check_features(ckpt_meta: dict, fingerprint: dict, what: str) -> None:
         raise MismatchError(f"{what} was trained on features {show(theirs)}; this store gives {show(ours)}{detail}")
 
 
+def check_classes(meta: dict, classes: list[str], what: str, where: str) -> None:
+    """A classifier's outputs mean the class names it was trained with, in their order."""
+    theirs = list(meta.get("classes") or [])
+    if theirs and theirs != list(classes):
+        i = next((i for i, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))
+        got = lambda xs: repr(xs[i]) if i < len(xs) else "nothing"  # noqa: E731
+        raise MismatchError(f"{what} was trained for other classes than {where} holds (class {i}: "
+                            f"{got(theirs)} there, {got(classes)} here)")
+
+
 # -- the loop ------------------------------------------------------------------------------
 def _schedule(step: int, total: int, warmup: int, base_lr: float) -> float:
     if step < warmup:
@@ -359,6 +369,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
         check_features(ckpt["meta"], fingerprint, f"the checkpoint in {cfg.out}")
         if ckpt["meta"]["tmm"] != asdict(tmm_cfg) or ckpt["meta"]["task"] != cfg.task:
             raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
+        if cfg.task == "classify":
+            check_classes(ckpt["meta"], store.classes, f"the run in {cfg.out}", str(cfg.cache))
         changed = _changed_recipe(ckpt["meta"]["config"], config_to_dict(cfg))
         if changed and not cfg.override:
             raise MismatchError(f"{cfg.out} was started with other settings ({changed}); resume with the same "

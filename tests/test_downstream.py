@@ -90,6 +90,12 @@ def test_evaluate_refuses_what_does_not_fit(synthetic_store, temporal_store, tem
         evaluate(temporal_store, pre, device="cpu")
     with pytest.raises(StoreError, match="no done video in split 'val'"):
         evaluate(temporal_store, temporal_runs["tmm"], split="val", device="cpu")
+    # Same features, same number of classes, other class names (another dataset's labels).
+    ckpt = load_checkpoint(temporal_runs["tmm"])
+    ckpt["meta"]["classes"] = ckpt["meta"]["classes"][::-1]
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(MismatchError, match="trained for other classes than .* \\(class 0: "):
+        evaluate(temporal_store, tmp_path / "other.pt", device="cpu")
 
 
 def test_unlabelled_store_cannot_be_finetuned(tmp_path):
