@@ -154,15 +154,20 @@ def sum_across(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 
 # -- checkpoints ---------------------------------------------------------------------------
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_checkpoint(out: Path, state: dict, meta: dict) -> None:
-    """Write checkpoint.pt and checkpoint.json atomically (a kill never leaves a torn file)."""
-    for name, write in ((CHECKPOINT, lambda p: torch.save({**state, "meta": meta}, p)),
-                        ("checkpoint.json", lambda p: p.write_text(json.dumps(meta, indent=2)))):
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
+    """Write checkpoint.pt, then checkpoint.json, each atomically (a kill never leaves a torn
+    file). The .pt holds the metadata too and is what runs read; a kill between the two leaves
+    an older checkpoint.json, which the next `load_checkpoint` rewrites."""
+    _write_atomic(out / CHECKPOINT, lambda p: torch.save({**state, "meta": meta}, p))
+    _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -177,6 +182,14 @@ def load_checkpoint(path: Path) -> dict:
         raise MismatchError(f"{path} is not a readable checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise MismatchError(f"{path} is not an advise-cache checkpoint")
+    side = path.with_name("checkpoint.json")
+    if path.name == CHECKPOINT and os.access(path.parent, os.W_OK):
+        try:
+            stale = json.loads(side.read_text()) != json.loads(json.dumps(ckpt["meta"]))
+        except (OSError, ValueError):
+            stale = True
+        if stale:  # left behind by a kill between the two writes of save_checkpoint
+            _write_atomic(side, lambda p: p.write_text(json.dumps(ckpt["meta"], indent=2)))
     return ckpt
 
 

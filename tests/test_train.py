@@ -261,3 +261,13 @@ def test_resume_with_other_optimisation_flags_needs_override(synthetic_store, tm
     assert final["step"] == 12
     # Threads, logging and preloading are not part of the recipe.
     train(train_config(synthetic_store, run, resume=True, epochs=2, lr=5e-3, loader_threads=1, log_every=7))
+
+
+def test_a_stale_checkpoint_json_is_rewritten_from_the_checkpoint(synthetic_store, tmp_path):
+    run = tmp_path / "run"
+    train(train_config(synthetic_store, run, epochs=2, max_steps=3))
+    first = (run / "checkpoint.json").read_text()
+    train(train_config(synthetic_store, run, epochs=2, resume=True))
+    (run / "checkpoint.json").write_text(first)  # a kill between the .pt and the .json
+    assert load_checkpoint(run)["step"] == 12
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 12
