@@ -167,6 +167,9 @@ class _Request:
 # UCF101: UCF101.rar unpacks to UCF-101/<Class>/v_*.avi; the splits zip to ucfTrainTestlist/.
 # mmaction2 renames UCF-101 to videos/ and unzips the lists into annotations/.
 _UCF_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
+_HMDB_URL = "http://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"
+_DIVING_URL = "http://www.svcl.ucsd.edu/projects/resound/dataset.html"
+_SSV2_URL = "https://developer.qualcomm.com/software/ai-datasets/something-something"
 
 
 def _load_ucf101(req: _Request) -> DatasetIndex:
@@ -216,7 +219,7 @@ def _load_hmdb51(req: _Request) -> DatasetIndex:
         if split_files:
             break
     if not split_files:
-        _missing_file(req, dirs, [f"<class>{suffix}"], "the official splits, test_train_splits.rar",
+        _missing_file(req, dirs, [f"<class>{suffix}"], f"the official splits ({_HMDB_URL})",
                       pattern=f"*{suffix}")
     # Classes in sorted class-name order, as torchvision and mmaction2 number them: the
     # split files sort differently ("climb_stairs_test..." before "climb_test...").
@@ -257,7 +260,7 @@ def _load_diving48(req: _Request) -> DatasetIndex:
 
     listed = []
     for part in ("train", "test"):
-        split_file = _find_file(req, dirs, [f"Diving48_V2_{part}.json"], "the official V2 annotations")
+        split_file = _find_file(req, dirs, [f"Diving48_V2_{part}.json"], f"the official V2 annotations ({_DIVING_URL})")
         files.append(split_file)
         for entry in _read_json(req, split_file):
             vid, label = _fields(req, split_file, entry, "vid_name", "label")
@@ -285,7 +288,7 @@ def _load_ssv2(req: _Request) -> DatasetIndex:
     """Something-Something v2; its validation set is the evaluation set, split "test"."""
     _check_split(req, allowed=(1,))
     dirs = req.annotation_dirs("labels", "label", "annotations")
-    what = "the label map of the official annotations (labels.zip)"
+    what = f"the label map of the official annotations ({_SSV2_URL})"
     labels_file = _find_file(req, dirs, list(_SSV2_NAMES["labels"]), what)
     try:
         label_map = {k: int(v) for k, v in _read_json(req, labels_file).items()}
@@ -300,7 +303,7 @@ def _load_ssv2(req: _Request) -> DatasetIndex:
     files = [labels_file]
     roles = [("train", "train"), ("validation", "test")] + ([("test", "holdout")] if req.holdout else [])
     for role, part in roles:
-        split_file = _find_file(req, [folder], list(_SSV2_NAMES[role]), "the official annotations")
+        split_file = _find_file(req, [folder], list(_SSV2_NAMES[role]), f"the official annotations ({_SSV2_URL})")
         files.append(split_file)
         for entry in _read_json(req, split_file):
             if part == "holdout":  # test.json lists ids only
