@@ -94,7 +94,7 @@ class DatasetIndex:
 
 
 def default_root(dataset: str) -> Path:
-    """Where a dataset is read from without `--root`: $ADVISE_DATA/<dataset>, else data/<dataset>."""
+    """The root read without `--root`: $ADVISE_DATA/<dataset>, else data/<dataset>."""
     return Path(os.environ.get(DATA_ENV) or "data") / dataset.lower()
 
 
@@ -199,8 +199,7 @@ def _load_ucf101(req: _Request) -> DatasetIndex:
             if "/" not in rel or class_name.lower() not in lookup:
                 _bad_line(req, list_file, lineno, '"<Class>/<video>.avi", a class of classInd.txt')
             listed.append((rel, lookup[class_name.lower()], part))
-    videos = _pick_video_dir(req, ["UCF-101", "videos", "."], [r for r, _, _ in listed])
-    candidates = [VideoRecord(rel.rsplit(".", 1)[0], videos / rel, lab, part) for rel, lab, part in listed]
+    videos, candidates = _listed_records(req, listed, ["UCF-101", "videos", "."])
     return _finish(req, classes, candidates, f"videos in {videos}/<Class>/", files)
 
 
@@ -236,8 +235,7 @@ def _load_hmdb51(req: _Request) -> DatasetIndex:
                 _bad_line(req, split_file, lineno, '"<video>.avi 0|1|2"')
             if parts[1] in tags:
                 listed.append((f"{class_name}/{parts[0]}", label, tags[parts[1]]))
-    videos = _pick_video_dir(req, ["videos", "hmdb51_org", "."], [r for r, _, _ in listed])
-    candidates = [VideoRecord(rel.rsplit(".", 1)[0], videos / rel, lab, part) for rel, lab, part in listed]
+    videos, candidates = _listed_records(req, listed, ["videos", "hmdb51_org", "."])
     return _finish(req, classes, candidates, f"videos in {videos}/<class>/", split_files)
 
 
@@ -249,7 +247,8 @@ def _load_diving48(req: _Request) -> DatasetIndex:
     _check_split(req, allowed=(1,))
     dirs = req.annotation_dirs("annotations")
     files = []
-    vocab_file = next((d / "Diving48_vocab.json" for d in dirs if (d / "Diving48_vocab.json").is_file()), None)
+    vocabs = [d / "Diving48_vocab.json" for d in dirs if (d / "Diving48_vocab.json").is_file()]
+    vocab_file = vocabs[0] if vocabs else None
     if vocab_file is not None:
         # Each entry is the dive's four attributes, e.g. ["Back", "15som", "05Twis", "FREE"].
         vocab = _read_json(req, vocab_file)
@@ -260,7 +259,8 @@ def _load_diving48(req: _Request) -> DatasetIndex:
 
     listed = []
     for part in ("train", "test"):
-        split_file = _find_file(req, dirs, [f"Diving48_V2_{part}.json"], f"the official V2 annotations ({_DIVING_URL})")
+        what = f"the official V2 annotations ({_DIVING_URL})"
+        split_file = _find_file(req, dirs, [f"Diving48_V2_{part}.json"], what)
         files.append(split_file)
         for entry in _read_json(req, split_file):
             vid, label = _fields(req, split_file, entry, "vid_name", "label")
@@ -268,8 +268,7 @@ def _load_diving48(req: _Request) -> DatasetIndex:
                 req.fail(f"{split_file} gives {vid!r} the label {label!r}; "
                          f"expected an integer in [0, {len(classes)})")
             listed.append((f"{vid}.mp4", label, part))
-    videos = _pick_video_dir(req, ["rgb", "videos", "."], [r for r, _, _ in listed])
-    candidates = [VideoRecord(rel[:-4], videos / rel, lab, part) for rel, lab, part in listed]
+    videos, candidates = _listed_records(req, listed, ["rgb", "videos", "."])
     return _finish(req, classes, candidates, f"<vid_name>.mp4 videos in {videos}/", files)
 
 
@@ -301,9 +300,11 @@ def _load_ssv2(req: _Request) -> DatasetIndex:
     folder = labels_file.parent
     listed = []
     files = [labels_file]
-    roles = [("train", "train"), ("validation", "test")] + ([("test", "holdout")] if req.holdout else [])
+    roles = [("train", "train"), ("validation", "test")]
+    roles += [("test", "holdout")] if req.holdout else []
     for role, part in roles:
-        split_file = _find_file(req, [folder], list(_SSV2_NAMES[role]), f"the official annotations ({_SSV2_URL})")
+        what = f"the official annotations ({_SSV2_URL})"
+        split_file = _find_file(req, [folder], list(_SSV2_NAMES[role]), what)
         files.append(split_file)
         for entry in _read_json(req, split_file):
             if part == "holdout":  # test.json lists ids only
@@ -317,8 +318,8 @@ def _load_ssv2(req: _Request) -> DatasetIndex:
                 req.fail(f"{split_file} gives video {vid} the template {template!r}, "
                          f"which {labels_file} does not list")
             listed.append((f"{vid}.webm", label_map[key], part))
-    videos = _pick_video_dir(req, ["20bn-something-something-v2", "videos", "."], [r for r, _, _ in listed])
-    candidates = [VideoRecord(rel[:-5], videos / rel, lab, part) for rel, lab, part in listed]
+    subdirs = ["20bn-something-something-v2", "videos", "."]
+    videos, candidates = _listed_records(req, listed, subdirs)
     return _finish(req, classes, candidates, f"<id>.webm videos in {videos}/", files)
 
 
@@ -346,12 +347,13 @@ def _load_kinetics400(req: _Request) -> DatasetIndex:
     parts = {"train": "train", "val": "test"} | ({"test": "holdout"} if req.holdout else {})
     header = ("label", "youtube_id", "time_start", "time_end", "split")
     dirs = req.annotation_dirs("annotations", "kinetics400")
-    train_csv = _find_file(req, dirs, list(_KINETICS_CSV["train"]), f"the annotations ({_KINETICS_URL})")
+    what = f"the annotations ({_KINETICS_URL})"
+    train_csv = _find_file(req, dirs, list(_KINETICS_CSV["train"]), what)
     folder = train_csv.parent
     files, tables = [], {}
     for role in parts:
         path = train_csv if role == "train" else _find_file(
-            req, [folder], list(_KINETICS_CSV[role]), f"the annotations ({_KINETICS_URL})"
+            req, [folder], list(_KINETICS_CSV[role]), what
         )
         files.append(path)
         tables[role] = (path, _read_csv(req, path, header, header[1:4]))
@@ -435,7 +437,10 @@ def _load_folder(req: _Request) -> DatasetIndex:
         loose = [p for p in folder.iterdir() if _is_video(p)]
         if loose:
             log.warning(
-                "%s: ignoring %d videos outside a class folder in %s", req.dataset, len(loose), folder
+                "%s: ignoring %d videos outside a class folder in %s",
+                req.dataset,
+                len(loose),
+                folder,
             )
     kinds = ", ".join(VIDEO_EXTENSIONS)
     return _finish(req, classes, candidates, f"video files ({kinds}) in {expected}", [])
@@ -544,6 +549,17 @@ def _nearby(req: _Request, patterns: Sequence[str]) -> list[Path]:
             elif entry.is_file() and any(path.match(p) for p in patterns) and path not in found:
                 found.append(path)
     return found
+
+
+def _listed_records(
+    req: _Request, listed: Sequence[tuple[str, int, str]], subdirs: Sequence[str]
+) -> tuple[Path, list[VideoRecord]]:
+    """Records for (relative path, label, split) triples, under the first of root/<subdir>
+    that holds the most of them; a record's name is its relative path minus the extension."""
+    videos = _pick_video_dir(req, subdirs, [rel for rel, _, _ in listed])
+    records = [VideoRecord(rel.rsplit(".", 1)[0], videos / rel, label, part)
+               for rel, label, part in listed]
+    return videos, records
 
 
 def _pick_video_dir(req: _Request, subdirs: Sequence[str], rels: Sequence[str]) -> Path:
