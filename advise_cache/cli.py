@@ -152,6 +152,8 @@ def info(
     typer.echo(f"{s['path']}: dataset {s['dataset']} split {s['split']}, {s['videos']} videos "
                f"({', '.join(f'{k} {v}' for k, v in s['splits'].items())}), {s['classes']} classes")
     typer.echo(f"  from {s['root']}" + _annotation_text(s["annotations"]))
+    if s["format"] < 2:
+        typer.echo(f"  store format {s['format']}: text columns only zarr-python reads (docs/STORE.md)")
     if s["missing"]:
         shown = ", ".join(s["missing"][:5]) + (f" and {len(s['missing']) - 5} more (--json lists all)"
                                               if len(s["missing"]) > 5 else "")

@@ -132,7 +132,8 @@ def _ensure_store(cfg: ExtractConfig, pool) -> None:
     names = [r.name for r in index.records]
     if (cfg.out / "zarr.json").exists():
         store = open_store(cfg.out)
-        if store.videos.name.tolist() != names or store.dataset != index.dataset:
+        splits = [r.split for r in index.records]
+        if (store.videos.name.tolist(), store.videos.split.tolist(), store.dataset) != (names, splits, index.dataset):
             raise StoreError(
                 f"{cfg.out} was built from another video list ({store.dataset} split {store.source['split']},"
                 f" {len(store.videos)} videos; now {index.dataset} split {index.official_split}, {len(names)}"

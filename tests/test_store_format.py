@@ -103,6 +103,15 @@ def test_a_new_store_records_where_its_videos_came_from(tmp_path):
     assert verify(store, check_values=False) == ["no image model has been extracted into this store"]
 
 
+def test_verify_checks_the_table(tmp_path):
+    table = _table()
+    table["name"][2] = table["name"][0]
+    table["label"][1] = 7
+    create_store(tmp_path / "s.zarr", "folder", "/d", ["a", "b"], table)
+    problems = verify(open_store(tmp_path / "s.zarr"), check_values=False)
+    assert problems[:2] == ["videos/name: names are not unique", "videos/label: 1 labels outside [-1, 2)"]
+
+
 def test_a_format_1_store_is_still_read(tmp_path):
     """Format 1 (advise-cache 0.1.0) kept its text columns as zarr-python strings."""
     path = tmp_path / "old.zarr"
