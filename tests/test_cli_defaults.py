@@ -4,6 +4,7 @@ videos reported with the default logging, counted, recorded and shown by `info`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,20 @@ LISTED = {  # class -> (train videos, test videos); two of them never downloaded
     "Bowling": (["v_Bowling_g02_c01", "v_Bowling_g03_c01"], ["v_Bowling_g01_c01"]),
 }
 GONE = {"Archery/v_Archery_g03_c01", "Bowling/v_Bowling_g01_c01"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_logging_only():
+    """This module tests the CLI's own logging set-up; in-process runs of other tests
+    (pipelines/ablation.py) leave a handler on the advise_cache logger, bound to a capture
+    stream that is closed by now, and stop propagation. Set them aside meanwhile."""
+    logger = logging.getLogger("advise_cache")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers.clear()
+    logger.propagate, logger.level = True, logging.NOTSET
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
 
 
 @pytest.fixture(scope="module")
