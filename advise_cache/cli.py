@@ -70,6 +70,7 @@ def _setup_logging(verbose: bool) -> None:
     handler.filters.clear()
     handler.addFilter(lambda r: r.levelno >= (ours if r.name.split(".")[0] == "advise_cache" else others))
     root.setLevel(min(ours, others))
+    logging.getLogger("huggingface_hub").setLevel(others)  # it has a stderr handler of its own
 
 
 @app.callback()

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_video
 from typer.testing import CliRunner
 
-from advise_cache.cli import app, default_run_dir
+from advise_cache.cli import _setup_logging, app, default_run_dir
 from advise_cache.store import open_store
 
 runner = CliRunner()
@@ -128,3 +128,26 @@ def test_default_run_folders_do_not_collide():
     assert default_run_dir(Path("ucf101.zarr"), "classify", scratch=True) == Path("runs/ucf101-scratch")
     assert default_run_dir(Path("ucf101.zarr"), "classify", scratch=True, tmm="none") == Path(
         "runs/ucf101-scratch-avg")
+
+
+def test_logging_shows_our_warnings_and_only_errors_of_other_libraries(capsys):
+    ours, theirs = logging.getLogger("advise_cache.datasets"), logging.getLogger("somelib")
+    try:
+        _setup_logging(verbose=False)
+        assert logging.getLogger("huggingface_hub").level == logging.ERROR
+        ours.info("probing")
+        ours.warning("3 listed videos are missing")
+        theirs.warning("no weights in the cache")
+        theirs.error("hub unreachable")
+        assert capsys.readouterr().err.splitlines() == [
+            "WARNING advise_cache.datasets: 3 listed videos are missing",
+            "ERROR somelib: hub unreachable",
+        ]
+        _setup_logging(verbose=True)
+        ours.debug("details")
+        theirs.info("chatter")
+        assert capsys.readouterr().err.splitlines() == [
+            "DEBUG advise_cache.datasets: details", "INFO somelib: chatter"]
+    finally:  # the levels the next tests expect
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("huggingface_hub").setLevel(logging.WARNING)

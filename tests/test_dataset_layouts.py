@@ -96,6 +96,17 @@ def test_videos_in_the_wrong_folder_says_where_they_are(tmp_path):
     assert f"the videos are in {root}/UCF101/UCF-101-videos, not in {root}" in str(e.value)
 
 
+def test_a_missing_split_file_names_what_it_sees_instead(tmp_path):
+    root = tmp_path / "hmdb51"
+    touch(root / "split_info.txt")
+    touch(root / "annotations" / "readme.txt")
+    with pytest.raises(LayoutError) as e:
+        load_dataset("hmdb51", root)
+    assert str(e.value).startswith(f"hmdb51: expected <class>_test_split1.txt (the official splits "
+                                   f"(http://serre-lab.clps.brown.edu/")
+    assert f"nothing of that name within {root}; nearby it sees split_info.txt, readme.txt" in str(e.value)
+
+
 # --- hmdb51 ------------------------------------------------------------------------------
 
 
