@@ -607,6 +607,10 @@ def _finish(
             shared = _shared_tail(found[0], example)  # file name, class folder, ...
             hint = (f"found {found[0]}: the videos are in {found[0].parents[shared - 1]}, not in "
                     f"{example.parents[shared - 1]}; {hint}")
+        elif archives := [p for p in _nearby(req, ["*.rar", "*.zip", "*.tar", "*.tar.gz", "*.tgz"])
+                          if p.is_relative_to(req.root)]:
+            names = ", ".join(p.name for p in archives[:3])
+            hint = f"found the archives {names}: unpack them first; {hint}"
         req.fail(f"none of the {len(missing)} listed videos exists; expected {expected}, "
                  f"e.g. {example} ({hint})")
     missing_names = sorted(r.name for r in missing)

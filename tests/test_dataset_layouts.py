@@ -131,6 +131,15 @@ def test_hmdb51_classes_in_sorted_class_name_order(tmp_path, layout):
     assert index.official_split == 2 and len(index.annotations) == 4
 
 
+def test_hmdb51_class_archives_left_packed_are_named(tmp_path):
+    root = tmp_path / "hmdb51"
+    crlf(root / "testTrainMulti_7030_splits" / "wave_test_split1.txt", ["w1.avi 1", "w2.avi 2"])
+    touch(root / "hmdb51_org" / "wave.rar")
+    with pytest.raises(LayoutError, match="none of the 2 listed videos exists; .*found the archives "
+                                          "wave.rar: unpack them first"):
+        load_dataset("hmdb51", root)
+
+
 # --- diving48 ----------------------------------------------------------------------------
 
 
