@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,23 +43,50 @@ def user_errors(fn):
     return wrapper
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    """advise_cache's warnings (missing videos, failed decodes) reach stderr by default;
+    other libraries only at ERROR (open_clip and huggingface_hub are chatty about missing
+    weights). --verbose shows everything from DEBUG. Safe to call again."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    ours = logging.DEBUG if verbose else logging.WARNING
+    others = logging.DEBUG if verbose else logging.ERROR
+    handler.filters.clear()
+    handler.addFilter(lambda r: r.levelno >= (ours if r.name.split(".")[0] == "advise_cache" else others))
+    root.setLevel(min(ours, others))
+    logging.getLogger("huggingface_hub").setLevel(others)  # it has a stderr handler of its own
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False):
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # open_clip and huggingface_hub are chatty about missing weights
-        for name in ("root", "huggingface_hub", "timm"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        logging.getLogger().handlers[0].addFilter(lambda r: r.name.startswith("advise_cache"))
+    _setup_logging(verbose)
 
 
 @app.command()
 @user_errors
 def extract(
     dataset: Annotated[str, typer.Argument(help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]")],
-    root: Annotated[Path, typer.Option(help="Dataset root (the official layout; for synthetic, where to generate it).")],
-    out: Annotated[Path, typer.Option(help="The Zarr store to create or continue.")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder.")] = None,
     split: Annotated[int, typer.Option(help="Official split number (1-3) where the dataset has several.")] = 1,
+    annotations: Annotated[Optional[Path], typer.Option(help="Folder of the split/label files when they are not under --root.")] = None,
+    holdout: Annotated[bool, typer.Option(help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'.")] = False,
     model: Annotated[str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")] = "ViT-B-16",
     pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = "auto",
     name: Annotated[Optional[str], typer.Option(help="Key of this model in the store (default: from --model).")] = None,
@@ -74,12 +102,17 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
-    """Decode every video, run the frozen image model once per frame, store the patch tokens."""
+    """Decode every video, run the frozen image model once per frame, store the patch tokens.
+
+    Dataset layouts (as downloaded, mmaction2's, torchvision's): docs/DATASETS.md.
+    """
+    from .datasets import default_root
     from .extract import ExtractConfig, extract_videos, parse_shard, summary_dict
     from .store import DEFAULT_CODEC
 
     cfg = ExtractConfig(
-        dataset=dataset, root=root, out=out, split=split, model=model, pretrained=pretrained,
+        dataset=dataset, root=root or default_root(dataset), out=out or Path(f"{dataset.lower()}.zarr"),
+        split=split, annotations=annotations, holdout=holdout, model=model, pretrained=pretrained,
         name=name, frame_stride=frame_stride, batch_size=batch_size, workers=workers,
         device=device, precision=precision, dtype=dtype, codec=codec or DEFAULT_CODEC,
         frames_per_shard=frames_per_shard, shard=parse_shard(shard), seed=seed,
@@ -117,8 +150,15 @@ def info(
         }
         typer.echo(json.dumps({**flat, **s}, indent=2))
         return
-    typer.echo(f"{s['path']}: dataset {s['dataset']}, {s['videos']} videos "
+    typer.echo(f"{s['path']}: dataset {s['dataset']} split {s['split']}, {s['videos']} videos "
                f"({', '.join(f'{k} {v}' for k, v in s['splits'].items())}), {s['classes']} classes")
+    typer.echo(f"  from {s['root']}" + _annotation_text(s["annotations"]))
+    if s["format"] < 2:
+        typer.echo(f"  store format {s['format']}: text columns only zarr-python reads (docs/STORE.md)")
+    if s["missing"]:
+        shown = ", ".join(s["missing"][:5]) + (f" and {len(s['missing']) - 5} more (--json lists all)"
+                                              if len(s["missing"]) > 5 else "")
+        typer.echo(f"  {len(s['missing'])} listed videos missing on disk, not extracted: {shown}")
     for key, m in s["ifms"].items():
         per = m["bytes"] / m["frames"] / 1e3 if m["frames"] else 0
         typer.echo(f"  {key}: {m['model']} ({m['pretrained']}) grid {m['grid'][0]}x{m['grid'][1]} dim {m['dim']} "
@@ -129,6 +169,14 @@ def info(
             typer.echo(f"    failed {f['name']}: {f['reason']}")
     if not s["ifms"]:
         typer.echo("  no image model extracted yet")
+
+
+def _annotation_text(files: list[str]) -> str:
+    """'; annotations a.txt, b.txt in DIR' for each folder of annotation files."""
+    by_dir: dict[str, list[str]] = {}
+    for f in files:
+        by_dir.setdefault(str(Path(f).parent), []).append(Path(f).name)
+    return "".join(f"; annotations {', '.join(names)} in {d}" for d, names in by_dir.items())
 
 
 @app.command()
@@ -178,10 +226,17 @@ Head = Annotated[str, typer.Option(help="mlp (2 FC layers, hidden 1024) or linea
 Preset = Annotated[str, typer.Option(help="ours, or paper (1x1x1 first conv, linear head: the paper's tables).")]
 
 
+def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r3d") -> Path:
+    """Where a run goes without --out: runs/<store name>-prp, -ft or -scratch, plus -avg for
+    the average-pooling baseline, so the README's stage-2 commands do not collide."""
+    kind = "prp" if task == "prp" else "scratch" if scratch else "ft"
+    return Path("runs") / f"{Path(cache).stem}-{kind}{'-avg' if tmm == 'none' else ''}"
+
+
 def _train_command(task: str):
     def command(
         cache: Annotated[Path, typer.Option(help="The store to train from.")],
-        out: Annotated[Path, typer.Option(help="Run folder: config, metrics.jsonl, checkpoint.")],
+        out: Annotated[Optional[Path], typer.Option(help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none.")] = None,
         init: Annotated[Optional[Path], typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = None,
         scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
         linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = False,
@@ -222,6 +277,9 @@ def _train_command(task: str):
             raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
         if init is not None and scratch:
             raise AdviseCacheError("give --init or --scratch, not both")
+        if out is None:
+            out = default_run_dir(cache, task, scratch, tmm)
+            typer.echo(f"run folder: {out}")
         cfg = TrainConfig(
             cache=cache, out=out, task=task, ifm=tuple(k for k in ifm.split(",") if k), split=split,
             epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,

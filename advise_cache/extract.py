@@ -42,6 +42,8 @@ class ExtractConfig:
     root: Path
     out: Path
     split: int = 1
+    annotations: Path | None = None  # folder of the split/label files, when not in root
+    holdout: bool = False  # also the unlabelled test set (Kinetics test.csv, SSv2 test.json)
     model: str = "ViT-B-16"
     pretrained: str = "auto"
     name: str | None = None  # the IFM's key in the store; default derived from the model
@@ -66,6 +68,7 @@ class ExtractSummary:
     done: int = 0  # done in this run
     already_done: int = 0
     failed: list[dict] = field(default_factory=list)
+    missing: int = 0  # videos the split files list but the disk lacks (named in the store)
     frames: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -80,7 +83,8 @@ class ExtractSummary:
         out = [
             f"store {self.store}  ifm {self.ifm}",
             f"videos: {self.done} extracted, {self.already_done} already done, {len(self.failed)} failed"
-            f" (of {self.videos})",
+            f" (of {self.videos})" + (f"; {self.missing} listed videos missing on disk (`advise-cache info`"
+                                      " names them)" if self.missing else ""),
             f"frames: {self.frames} in {self.seconds:.1f} s ({fps:.1f} frames/s)",
             f"bytes: {self.bytes / 1e6:.1f} MB ({per / 1e3:.1f} kB per frame)",
         ]
@@ -124,14 +128,16 @@ def _pool(workers: int):
 
 # -- main side -----------------------------------------------------------------------------
 def _ensure_store(cfg: ExtractConfig, pool) -> None:
-    index = load_dataset(cfg.dataset, cfg.root, cfg.split)
+    index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     names = [r.name for r in index.records]
     if (cfg.out / "zarr.json").exists():
         store = open_store(cfg.out)
-        if store.videos.name.tolist() != names or store.dataset != index.dataset:
+        splits = [r.split for r in index.records]
+        if (store.videos.name.tolist(), store.videos.split.tolist(), store.dataset) != (names, splits, index.dataset):
             raise StoreError(
-                f"{cfg.out} was built from another video list ({store.dataset}, {len(store.videos)} videos;"
-                f" now {index.dataset}, {len(names)} videos). Use a new --out"
+                f"{cfg.out} was built from another video list ({store.dataset} split {store.source['split']},"
+                f" {len(store.videos)} videos; now {index.dataset} split {index.official_split}, {len(names)}"
+                " videos). Use a new --out"
             )
         return
     if cfg.out.exists() and any(cfg.out.iterdir()):
@@ -149,7 +155,7 @@ def _ensure_store(cfg: ExtractConfig, pool) -> None:
         "source_frames": [p[0] for p in probes],
         "probe_error": [p[2] for p in probes],
     }
-    create_store(cfg.out, index.dataset, str(Path(cfg.root).absolute()), index.classes, table)
+    create_store(cfg.out, index.dataset, str(index.root), index.classes, table, index.source())
 
 
 def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
@@ -168,7 +174,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         table = store.videos
         mine = np.arange(len(table))[k::n]
         status = arrays.status()
-        summary = ExtractSummary(str(cfg.out), key, len(mine))
+        summary = ExtractSummary(str(cfg.out), key, len(mine), missing=len(store.source["missing"]))
         summary.already_done = int((status[mine] != PENDING).sum())
         todo = [int(v) for v in mine if status[v] == PENDING]
         summary.failed = [{"name": str(table.name[v]), "reason": str(arrays.reasons()[v])}

@@ -2,9 +2,11 @@
 
 The only module that imports zarr. docs/STORE.md describes the layout; in short::
 
-    STORE.zarr/                 attrs["advise_cache"]: format, version, dataset, root, classes
-      videos/                   the per-video table, written once when the store is created
-        name path split label fps source_frames probe_error
+    STORE.zarr/                 attrs["advise_cache"]: format, version, dataset, root, classes,
+      videos/                     split, annotations, missing; consolidated metadata
+        name_end name_utf8 path_end path_utf8    text as UTF-8 bytes + end offsets
+        split probe_error                        codes; attrs["categories"] are the names
+        label fps source_frames                  the per-video table, written at creation
       ifm/<key>/                one group per image model; attrs["advise_cache"]: the model,
         tokens  (F, h, w, D)      weights, pixels, grid, dim, dtype, stride, codec, version
         offset  (V,)  first row of each video in `tokens` (a multiple of frames_per_shard)
@@ -17,6 +19,10 @@ that own disjoint videos never touch the same object, and a video is rewritten w
 interrupted run resumes. Rows past a video's end are never written and cost no bytes.
 Creation is atomic (built beside the target, then renamed), so processes racing to create
 the same store or IFM group end up agreeing on one.
+
+Every array is core Zarr v3 (numbers only, `dimension_names` set), so xarray, tensorstore
+and other readers need no zarr-python extension; `videos_table` reads format 1 stores too,
+whose text columns are zarr-python strings.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +48,8 @@ from .shards import ShardReader
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: text columns as bytes or codes, dimension names, consolidated metadata
+READABLE_FORMATS = (1, 2)
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 # Chosen by measurement (pipelines/bench_extract.py, BENCHMARKS.md): lossless codecs gain
@@ -52,6 +61,9 @@ CODECS = {
 }
 DEFAULT_CODEC = "none"
 TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe_error")
+_NUMBERS = {"label": "int32", "fps": "float32", "source_frames": "int64"}
+_CATEGORICAL = ("split", "probe_error")  # few distinct values: int32 codes + names
+_TEXT = ("name", "path")  # one value per video: UTF-8 bytes + end offsets
 
 
 @dataclass(frozen=True)
@@ -92,9 +104,14 @@ def _atomic_create(target: Path, build) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def create_store(path: Path, dataset: str, root: str, classes: list[str], table: dict) -> None:
-    """Create a store holding the dataset's video table; no IFM yet. Atomic."""
+def create_store(path: Path, dataset: str, root: str, classes: list[str], table: dict,
+                 source: dict | None = None) -> None:
+    """Create a store holding the dataset's video table; no IFM yet. Atomic.
+
+    `source` says where the video list came from (`DatasetIndex.source()`): the official
+    split number, the annotation files read, and the listed videos missing on disk."""
     path = Path(path)
+    source = source or {}
     n = len(table["name"])
 
     def build(tmp: Path) -> None:
@@ -105,19 +122,81 @@ def create_store(path: Path, dataset: str, root: str, classes: list[str], table:
             "dataset": dataset,
             "root": root,
             "classes": list(classes),
+            "split": source.get("split", 1),
+            "annotations": [str(a) for a in source.get("annotations", [])],
+            "missing": [str(m) for m in source.get("missing", [])],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         v = g.create_group("videos")
-        dtypes = {"label": "int32", "fps": "float32", "source_frames": "int64"}
-        for field in TABLE_FIELDS:
-            dtype = dtypes.get(field, str)
-            arr = v.create_array(field, shape=(n,), chunks=(max(n, 1),), dtype=dtype,
-                                 fill_value=0 if field in dtypes else "")
-            if n:
-                arr[:] = np.asarray(table[field], dtype=dtype)
+        for field, dtype in _NUMBERS.items():
+            _column(v, field, np.asarray(table[field], dtype=dtype).reshape(n), ("video",))
+        for field in _CATEGORICAL:
+            values = [str(x) for x in table[field]]
+            categories = sorted(set(values))
+            lookup = {c: i for i, c in enumerate(categories)}
+            codes = np.array([lookup[x] for x in values], dtype="int32").reshape(n)
+            _column(v, field, codes, ("video",), {"categories": categories})
+        for field in _TEXT:
+            encoded = [str(x).encode("utf-8") for x in table[field]]
+            ends = np.cumsum([len(b) for b in encoded], dtype="int64").reshape(n)
+            data = np.frombuffer(b"".join(encoded), dtype="uint8")
+            _column(v, f"{field}_end", ends, ("video",),
+                    {"text": f"{field}_utf8", "encoding": "utf-8"})
+            _column(v, f"{field}_utf8", data, (f"{field}_byte",))
+        _consolidate(tmp)
 
     if not _atomic_create(path, build):
         log.info("store %s was created by another process", path)
+
+
+def _column(group, name: str, values: np.ndarray, dims: tuple[str, ...], attrs: dict | None = None):
+    """A one-chunk array holding `values`, with its dimension names."""
+    arr = group.create_array(name, shape=values.shape, chunks=(max(len(values), 1),),
+                             dtype=values.dtype, fill_value=0, dimension_names=dims,
+                             attributes=attrs or {})
+    if len(values):
+        arr[:] = values
+    return arr
+
+
+def _open_group(path: Path, mode: str):
+    """The group as it is on disk: never through consolidated metadata, which is for other
+    readers and is stale while an IFM group is being added."""
+    return zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
+
+
+def _consolidate(path: Path) -> None:
+    """Write consolidated metadata (zarr-python's, outside the v3 spec) into the root
+    zarr.json for readers that use it (xarray). Waits out IFM groups being built beside
+    their target so that none of them is recorded."""
+    building = lambda: any((path / "ifm").glob(".*.tmp-*"))  # noqa: E731
+    for _ in range(200):
+        if not building():
+            break
+        time.sleep(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not part of the Zarr format 3 specification"
+        zarr.consolidate_metadata(zarr.storage.LocalStore(path), zarr_format=3)
+
+
+def _read_table(group, fmt: int) -> VideoTable:
+    """The video table of a store of format `fmt`, text columns as numpy StringDType."""
+    v = group["videos"]
+    if fmt == 1:  # zarr-python string arrays
+        return VideoTable(**{f: v[f][:] for f in TABLE_FIELDS})
+    strings = np.dtypes.StringDType()
+    cols = {f: v[f][:] for f in _NUMBERS}
+    for f in _CATEGORICAL:
+        names = np.array(v[f].attrs["categories"], dtype=strings)
+        codes = v[f][:]
+        cols[f] = names[codes] if len(codes) else np.array([], dtype=strings)
+    for f in _TEXT:
+        ends = v[f"{f}_end"][:]
+        data = v[f"{f}_utf8"][:].tobytes()
+        starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+        cols[f] = np.array([data[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())],
+                           dtype=strings)
+    return VideoTable(**cols)
 
 
 class Store:
@@ -127,10 +206,20 @@ class Store:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path} is not a store (no zarr.json); create it with `advise-cache extract`")
-        self.group = zarr.open_group(self.path, mode=mode, zarr_format=3)
+        self.group = _open_group(self.path, mode)
         self.meta = _meta(self.group)
-        if self.meta.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not an advise-cache store of format {FORMAT}")
+        fmt = self.meta.get("format")
+        if not isinstance(fmt, int) or "classes" not in self.meta:
+            raise StoreError(f"{self.path} is a Zarr group but not an advise-cache store "
+                             "(no advise_cache attributes)")
+        if fmt not in READABLE_FORMATS:
+            made = self.meta.get("version", "?")
+            raise StoreError(
+                f"{self.path} has store format {fmt} (made by advise-cache {made}); this advise-cache "
+                f"{__version__} reads formats {', '.join(map(str, READABLE_FORMATS))}: "
+                + ("upgrade advise-cache" if fmt > FORMAT else "extract it again")
+            )
+        self.format = fmt
         self.mode = mode
         self._table: VideoTable | None = None
         self._ifms: dict[str, IFMArrays] = {}
@@ -146,9 +235,15 @@ class Store:
     @property
     def videos(self) -> VideoTable:
         if self._table is None:
-            v = self.group["videos"]
-            self._table = VideoTable(**{f: v[f][:] for f in TABLE_FIELDS})
+            self._table = _read_table(self.group, self.format)
         return self._table
+
+    @property
+    def source(self) -> dict:
+        """Where the video list came from: official split, annotation files, missing videos
+        (format 1 stores did not record them: split 1, none, none)."""
+        return {"split": self.meta.get("split", 1), "annotations": list(self.meta.get("annotations", [])),
+                "missing": list(self.meta.get("missing", []))}
 
     def ifm_keys(self) -> list[str]:
         if "ifm" not in self.group:
@@ -196,18 +291,22 @@ class Store:
             g.create_array(
                 "tokens", shape=(total, h, w, info["dim"]), dtype=dtype,
                 chunks=(1, h, w, info["dim"]), shards=(frames_per_shard, h, w, info["dim"]),
-                compressors=CODECS[codec], fill_value=0,
+                compressors=CODECS[codec], fill_value=0, dimension_names=("row", "y", "x", "channel"),
             )
             n = len(table)
             for name, values in (("offset", offset), ("frames", frames)):
-                a = g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0)
+                a = g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0,
+                                   dimension_names=("video",))
                 if n:
                     a[:] = values
-            g.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING)
-            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="")
+            g.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING,
+                           dimension_names=("video",))
+            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="",
+                           dimension_names=("video",))
 
         _atomic_create(ifm_dir / key, build)
-        self.group = zarr.open_group(self.path, mode=self.mode, zarr_format=3)
+        _consolidate(self.path)
+        self.group = _open_group(self.path, self.mode)
         arrays = self.ifm(key)
         keep = ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim", "dtype",
                 "frame_stride", "frames_per_shard", "codec", "normalisation", "precision")
@@ -365,12 +464,18 @@ def open_store(path: Path | str, mode: str = "r") -> Store:
 def summarize(store: Store) -> dict:
     """The facts `advise-cache info` prints."""
     table = store.videos
+    source = store.source
     out = {
         "path": str(store.path),
+        "format": store.format,
         "dataset": store.dataset,
+        "root": store.meta.get("root"),
+        "split": source["split"],
+        "annotations": source["annotations"],
         "classes": len(store.classes),
         "videos": len(table),
         "splits": {s: int((table.split == s).sum()) for s in sorted(set(table.split.tolist()))},
+        "missing": source["missing"],
         "ifms": {},
     }
     for key in store.ifm_keys():
@@ -398,7 +503,7 @@ def summarize(store: Store) -> dict:
 
 def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
     """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens."""
-    problems = []
+    problems = _table_problems(store)
     table = store.videos
     keys = store.ifm_keys()
     if not keys:
@@ -428,4 +533,31 @@ def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():
                     problems.append(f"{key}: {table.name[v]}: some of its frames are missing (all zero)")
+    return problems
+
+
+def _table_problems(store: Store) -> list[str]:
+    """The video table's own consistency: one row per video everywhere, unique names, labels
+    within the classes, codes within their categories."""
+    problems = []
+    v = store.group["videos"]
+    n = len(store.videos)
+    if store.format >= 2:
+        for f in (*_NUMBERS, *_CATEGORICAL, *(f"{t}_end" for t in _TEXT)):
+            if v[f].shape != (n,):
+                problems.append(f"videos/{f}: shape {v[f].shape}, expected ({n},)")
+        for f in _CATEGORICAL:
+            codes = v[f][:]
+            if len(codes) and (codes.min() < 0 or codes.max() >= len(v[f].attrs["categories"])):
+                problems.append(f"videos/{f}: codes outside its {len(v[f].attrs['categories'])} categories")
+        for t in _TEXT:
+            ends = v[f"{t}_end"][:]
+            if (np.diff(ends) < 0).any() or (len(ends) and ends[-1] != v[f"{t}_utf8"].shape[0]):
+                problems.append(f"videos/{t}_end: offsets do not cover videos/{t}_utf8")
+    table = store.videos
+    if len(set(table.name.tolist())) != n:
+        problems.append("videos/name: names are not unique")
+    bad = (table.label < -1) | (table.label >= len(store.classes))
+    if bad.any():
+        problems.append(f"videos/label: {int(bad.sum())} labels outside [-1, {len(store.classes)})")
     return problems
