@@ -295,8 +295,9 @@ def _cached_or_reachable(name: str, tag: str, sources: tuple[list[tuple[str, str
         torch_hub = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
         if os.path.isfile(torch_hub):
             return False
-    host = urlparse(endpoint if hub else url).hostname or ""
-    if offline or not _reachable(host):
+    server = urlparse(endpoint if hub else url)
+    host = server.hostname or ""
+    if offline or not _reachable(host, server.port or (80 if server.scheme == "http" else 443)):
         why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
         what = f"the pretrained weights of {name}" if tag == "hub" else f"the weights {tag!r} of {name}"
         raise WeightsError(
@@ -307,13 +308,13 @@ def _cached_or_reachable(name: str, tag: str, sources: tuple[list[tuple[str, str
     return False
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to host:443 opens within `timeout` (name lookup included)."""
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` (name lookup included)."""
     result: list[bool] = []
 
     def attempt() -> None:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             result.append(True)
         except OSError:
             result.append(False)

@@ -282,3 +282,71 @@ def test_parse_shard():
     for bad in ("4/4", "a/b", "1"):
         with pytest.raises(AdviseCacheError):
             parse_shard(bad)
+
+
+def test_missing_weights_fail_fast_before_any_store(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    write_video(tmp_path / "data" / "a" / "one.mp4", 6)
+    out = tmp_path / "never.zarr"
+    args = ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out), "--model", "ViT-B-16",
+            "--pretrained", "openai", "--device", "cpu", "--workers", "0"]
+    # Not in the cache and the hub unreachable (a closed local port stands for no network):
+    # one line at once, where the hub's retries used to take about a minute after creating
+    # the store.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output
+    assert "--pretrained PATH" in lines[0] and "--pretrained none" in lines[0] and "127.0.0.1" in lines[0]
+    assert not out.exists()
+    # HF_HUB_OFFLINE set: the same, without even trying the network.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "HF_HUB_OFFLINE" in r.output and not out.exists()
+
+
+def test_resolve_launch_takes_torchrun_ranks(monkeypatch):
+    from advise_cache.extract import resolve_launch
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert resolve_launch((1, 2), "cpu") == ((1, 2), "cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_launch((0, 1), "cpu") == ((1, 3), "cpu")
+    assert resolve_launch((1, 2), "cpu") == ((4, 6), "cpu")  # --shard composes: part 1*3+1 of 2*3
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(AdviseCacheError, match="WORLD_SIZE"):
+        resolve_launch((0, 1), "cpu")
+
+
+def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synthetic_store, tmp_path):
+    """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK set; no process
+    group: extraction needs no collective) fill one store."""
+    out = tmp_path / "ranks.zarr"
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--model", "test-vit",
+            "--pretrained", "none", "--workers", "0", "--frames-per-shard", "8", "--batch-size", "16",
+            "--device", "cpu", "--json"]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    parts = []
+    for p in procs:
+        stdout, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        parts.append(json.loads(stdout))
+    assert sorted(tuple(s["shard"]) for s in parts) == [(0, 2), (1, 2)]
+    n = len(open_store(out).videos)
+    assert sum(s["done"] for s in parts) == n and {s["videos"] for s in parts} == {n // 2, n - n // 2}
+    assert verify(open_store(out)) == []
+    a, sa = all_tokens(out)
+    b, sb = all_tokens(synthetic_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
