@@ -418,7 +418,7 @@ class _ModelLoop:
     """Fills fixed-size batches of crops across video boundaries, runs the model, and copies
     the tokens (cast to the stored dtype on the device) into per-shard host buffers. On CUDA
     the copies are asynchronous into pinned memory: a batch's shards go to the writer only
-    after the next batch has been launched, so the GPU is never waited on while it has work."""
+    once two later batches have been queued, so the GPU always has work while the host waits."""
 
     def __init__(self, ifm, batch: int, arrays, writer_put):
         self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
@@ -430,6 +430,9 @@ class _ModelLoop:
         self.staged = [None, None]  # CUDA events: when each staging buffer may be refilled
         self.cur, self.fill, self.pieces = 0, 0, []
         self.inflight: deque = deque()
+        # Batches queued on the GPU before the oldest is waited on: while the host fills the
+        # next batch the GPU still has one to run. The CPU runs each batch before returning.
+        self.depth = 2 if self.cuda else 0
         self.open: dict[tuple[int, int], _Shard] = {}
         self.spare: list[torch.Tensor] = []  # shard buffers back from the writer
         self.spare_lock = threading.Lock()
@@ -492,7 +495,7 @@ class _ModelLoop:
             done.record()
         self.inflight.append((done, complete))
         self.cur, self.fill, self.pieces = 1 - self.cur, 0, []
-        while len(self.inflight) > 1:  # the previous batch: its copies are long finished
+        while len(self.inflight) > self.depth:  # older batches: their copies are done or nearly
             self._hand_over()
 
     def _hand_over(self) -> None:

@@ -174,19 +174,30 @@ def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, ...]) -
     each chunk of crops into a free slot of the shared ring `shm_name` (slots, chunk, S, S, 3)
     and reports ("frames", video, first row, n, slot), then ("done", video) or
     ("failed", video, reason). Crops never travel through a pipe: only slot numbers do."""
+    import queue
     from multiprocessing import shared_memory
 
     init_worker()
+    parent = os.getppid()
+
+    def get(q):
+        while True:  # a parent killed outright (SIGKILL) must not leave us waiting forever
+            try:
+                return q.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    raise SystemExit(0) from None
+
     shm = shared_memory.SharedMemory(name=shm_name)
     try:
         ring = np.ndarray(shape, np.uint8, buffer=shm.buf)
-        while (task := tasks.get()) is not None:
+        while (task := get(tasks)) is not None:
             video, path, spec, stride, expected = task
             slot = -1
 
             def take():
                 nonlocal slot
-                slot = free.get()
+                slot = get(free)
                 return ring[slot]
 
             try:
