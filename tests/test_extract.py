@@ -350,3 +350,38 @@ def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synt
     b, sb = all_tokens(synthetic_store)
     np.testing.assert_array_equal(sa, sb)
     np.testing.assert_array_equal(a, b)
+
+
+def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
+    """`write_shard` writes plain shards itself (no fill-value scans, one fsync per file): the
+    files must be exactly what zarr writes, partial last shards included."""
+    from advise_cache.store import create_store
+
+    lengths = [5, 8, 13]
+    table = {"name": [f"v{i}" for i in range(3)], "path": [""] * 3, "split": ["train"] * 3, "label": [0] * 3,
+             "fps": [25.0] * 3, "source_frames": lengths, "probe_error": [""] * 3}
+    info = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
+            "normalisation": "n", "precision": "fp32"}
+    rng = np.random.default_rng(0)
+    tokens = [rng.standard_normal((n, 2, 3, 4)).astype(np.float16) for n in lengths]
+    for how in ("zarr", "direct"):
+        create_store(tmp_path / how, "t", "r", ["a"], table)
+        a = open_store(tmp_path / how, mode="a").add_ifm("k", info, 1, 4)
+        for v, t in enumerate(tokens):
+            if how == "zarr":
+                a.tokens[int(a.offset[v]) : int(a.offset[v]) + len(t)] = t
+            else:
+                assert a.shards_of(v) == -(-len(t) // 4)
+                a.write_video(v, t)
+    files = {how: sorted(p for p in (tmp_path / how / "ifm" / "k" / "tokens" / "c").rglob("*") if p.is_file())
+             for how in ("zarr", "direct")}
+    assert len(files["direct"]) == sum(-(-n // 4) for n in lengths) == len(files["zarr"])
+    for z, d in zip(files["zarr"], files["direct"], strict=True):
+        assert z.relative_to(tmp_path / "zarr") == d.relative_to(tmp_path / "direct")
+        assert z.read_bytes() == d.read_bytes()
+    b = open_store(tmp_path / "direct").ifm("k")
+    assert (b.status() == DONE).all()
+    for v, t in enumerate(tokens):
+        np.testing.assert_array_equal(b.read_video(v), t)
+    with pytest.raises(StoreError, match="expected"):
+        b.write_shard(2, 3, tokens[2][:4])  # the last shard of 13 rows holds 1
