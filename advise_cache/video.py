@@ -11,6 +11,7 @@ Decode workers import only this module (no torch), so they start in well under a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -142,9 +143,19 @@ def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     import torch
 
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _stats(spec, x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(spec: PixelSpec, device) -> tuple:
+    """Mean and std as (1, 3, 1, 1) tensors on the device, made once: building them per batch
+    is a blocking host-to-device copy, which would wait for every batch queued before it."""
+    import torch
+
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1).to(device)
+    return mean, std
 
 
 # -- entry points for decode worker processes: failures come back as a reason string --------
