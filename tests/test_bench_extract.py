@@ -24,4 +24,7 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
                   and "x |" in line)
     new, old, raw = (float(c.strip().replace(",", "")) for c in writer.strip("|").split("|")[4:7])
     assert new > 0 and old > 0 and raw > 0
+    error = next(line for line in text.splitlines() if line.startswith("| test-vit | 32 |"))
+    rel_l2, cos_mean = (float(c) for c in error.strip("|").split("|")[2:4])
+    assert 0 < rel_l2 < 0.1 and 0.99 < cos_mean <= 1.0  # bf16 differs from fp32, slightly
     assert capsys.readouterr().out.strip().startswith("## Extraction")
