@@ -91,14 +91,15 @@ def extract(
     pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = "auto",
     name: Annotated[Optional[str], typer.Option(help="Key of this model in the store (default: from --model).")] = None,
     frame_stride: Annotated[int, typer.Option(help="Keep every N-th frame.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Frames per model forward.")] = 64,
-    workers: Annotated[int, typer.Option(help="Decode processes (0: decode in the main process).")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = None,
+    writers: Annotated[int, typer.Option(help="Threads writing shards.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
     dtype: Annotated[str, typer.Option(help="Stored token dtype: float16 or float32.")] = "float16",
     codec: Annotated[Optional[str], typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
     frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = 64,
-    shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based).")] = "0/1",
+    shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "0/1",
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
@@ -113,7 +114,7 @@ def extract(
     cfg = ExtractConfig(
         dataset=dataset, root=root or default_root(dataset), out=out or Path(f"{dataset.lower()}.zarr"),
         split=split, annotations=annotations, holdout=holdout, model=model, pretrained=pretrained,
-        name=name, frame_stride=frame_stride, batch_size=batch_size, workers=workers,
+        name=name, frame_stride=frame_stride, batch_size=batch_size, workers=workers, writers=writers,
         device=device, precision=precision, dtype=dtype, codec=codec or DEFAULT_CODEC,
         frames_per_shard=frames_per_shard, shard=parse_shard(shard), seed=seed,
     )

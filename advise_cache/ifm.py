@@ -18,10 +18,15 @@ recorded). A tag or file that cannot be loaded is an error, never a silent rando
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -60,16 +65,17 @@ class IFM:
     _tokens: object = None  # callable(backbone, x) -> (N, L, D) patch tokens
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 crops → (N, h, w, D) float32 tokens on `self.device`."""
+    def encode(self, frames: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, S, S, 3) uint8 crops → (N, h, w, D) tokens on `self.device`, cast to `dtype`
+        there (so only the stored bytes cross back to the host)."""
         if isinstance(frames, np.ndarray):
             frames = torch.from_numpy(frames)
         x = normalize(frames.to(self.device, non_blocking=True), self.spec)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=compute, enabled=compute is not None):
             tokens = self._tokens(self.backbone, x)
         h, w = self.grid
-        return tokens.float().reshape(len(x), h, w, self.dim)
+        return tokens.to(dtype).reshape(len(x), h, w, self.dim)
 
     def info(self) -> dict:
         """What a store records about the model that produced its tokens."""
@@ -176,7 +182,12 @@ def _create_open_clip(name: str, pretrained: str, seed: int):
     pretrained = _resolve_pretrained(name, pretrained)
     if pretrained == "hub":
         raise WeightsError(f"{name}: give a weights tag ({_tags(name)}), a file, or none")
-    with torch.random.fork_rng(devices=[]):
+    offline = False
+    if pretrained != "none" and not Path(pretrained).is_file():
+        from open_clip.pretrained import get_pretrained_cfg
+
+        offline = _cached_or_reachable(name, pretrained, _open_clip_sources(get_pretrained_cfg(name, pretrained)))
+    with torch.random.fork_rng(devices=[]), _hub_offline(offline):
         torch.manual_seed(seed)
         try:
             clip = open_clip.create_model(name, pretrained=None if pretrained == "none" else pretrained)
@@ -213,7 +224,14 @@ def _create_timm(name: str, pretrained: str, seed: int):
 
     arch, kwargs = TIMM_ALIASES.get(name, (name.removeprefix("timm/"), {}))
     pretrained = _resolve_pretrained(name, pretrained)
-    with torch.random.fork_rng(devices=[]):
+    offline = False
+    if pretrained == "hub":
+        cfg = timm.models.get_pretrained_cfg(arch)
+        if cfg is not None:  # an unknown name is reported by create_model below
+            files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+            hub = [(cfg.hf_hub_id, f) for f in files] if cfg.hf_hub_id else []
+            offline = _cached_or_reachable(name, "hub", (hub, cfg.url or ""))
+    with torch.random.fork_rng(devices=[]), _hub_offline(offline):
         torch.manual_seed(seed)
         try:
             model = timm.create_model(arch, pretrained=pretrained == "hub", num_classes=0, **kwargs)
@@ -242,6 +260,85 @@ def _create_timm(name: str, pretrained: str, seed: int):
 
     norm = f"timm forward_features (final norm: {type(model.norm).__name__}), prefix tokens dropped"
     return model, spec, grid, model.embed_dim, tokens, norm, pretrained
+
+
+# -- weights that are not on this machine: one fast, clear error instead of a minute of retries
+def _open_clip_sources(cfg: dict) -> tuple[list[tuple[str, str]], str]:
+    """Where open_clip would fetch a tag's weights from: hub (repo, file) pairs and a URL."""
+    hub = []
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        stem = filename.rsplit(".", 1)[0]
+        hub = [(repo, stem + ".safetensors"), (repo, filename)]
+    return hub, cfg.get("url", "")
+
+
+def _cached_or_reachable(name: str, tag: str, sources: tuple[list[tuple[str, str]], str]) -> bool:
+    """True when the weights are already on this machine (load them without asking the
+    network); False when they must be downloaded and the server answers. Raises when neither:
+    offline, the hub's retries would otherwise take about a minute to say the same."""
+    hub, url = sources
+    if not hub and not url:
+        return False  # a tag open_clip does not know: it says so itself
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for repo, f in hub):
+            return True
+        endpoint, offline = constants.ENDPOINT, constants.HF_HUB_OFFLINE
+    except ImportError:
+        endpoint, offline = "https://huggingface.co", False
+    if url and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+        return False  # open_clip finds its own download cache without the network
+    if url and not hub:
+        torch_hub = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        if os.path.isfile(torch_hub):
+            return False
+    server = urlparse(endpoint if hub else url)
+    host = server.hostname or ""
+    if offline or not _reachable(host, server.port or (80 if server.scheme == "http" else 443)):
+        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+        what = f"the pretrained weights of {name}" if tag == "hub" else f"the weights {tag!r} of {name}"
+        raise WeightsError(
+            f"{what} are not on this machine and {why}: pass --pretrained PATH "
+            "(a checkpoint file), or --pretrained none (random weights), or download them once on a "
+            "connected machine (they land in the hub cache)"
+        )
+    return False
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` (name lookup included)."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool):
+    """Keep huggingface_hub off the network while loading weights already in its cache."""
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _tags(name: str) -> str:

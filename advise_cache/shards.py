@@ -28,6 +28,16 @@ from .errors import StoreError
 EMPTY = 2**64 - 1  # the sharding index's marker of an absent chunk (reads as the fill value, 0)
 
 
+def shard_index(rows: int, per: int, chunk_bytes: int) -> bytes:
+    """The index that ends a shard whose first `rows` one-frame chunks are stored back to back,
+    the rest absent: what the store's writer appends, and what `ShardReader` checks."""
+    index = np.full((per, 2), EMPTY, "<u8")
+    index[:rows, 0] = np.arange(rows, dtype="<u8") * chunk_bytes
+    index[:rows, 1] = chunk_bytes
+    raw = index.tobytes()
+    return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+
+
 def _default_max_open() -> int:
     try:
         import resource

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 import warnings
@@ -44,7 +45,7 @@ import zarr.codecs
 
 from . import __version__
 from .errors import StoreError
-from .shards import ShardReader
+from .shards import ShardReader, shard_index
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,8 @@ class IFMArrays:
         self.frames = self.group["frames"][:]
         self._direct = _plain_shards(self.tokens)
         self._reader: ShardReader | None = None
+        self._status_lock = threading.Lock()  # status/reason writes come from several threads
+        self._token_dir_synced = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -369,39 +372,71 @@ class IFMArrays:
         base = self._token_dir / "c"
         return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
 
+    def shards_of(self, video: int) -> int:
+        """How many shards hold this video's rows."""
+        return -(-int(self.frames[video]) // int(self.meta["frames_per_shard"]))
+
     def clear_video(self, video: int) -> None:
         """Forget whatever an interrupted run wrote for this video."""
         for p in self._shard_paths(video):
             p.unlink(missing_ok=True)
+
+    def write_shard(self, video: int, index: int, tokens: np.ndarray) -> int:
+        """Write the `index`-th shard of a video (its rows index*per onwards) and make the file
+        and the folders made for it durable; returns the file's size. Shards are independent
+        files, so threads may write different shards at once. A crash mid-write leaves a
+        partial file only in a video not marked done, which `clear_video` removes on resume."""
+        per = int(self.meta["frames_per_shard"])
+        n = int(self.frames[video])
+        rows = min(per, n - index * per)
+        if not 0 <= index < self.shards_of(video) or tokens.shape != (rows, *self.tokens.shape[1:]):
+            raise StoreError(f"video {video} shard {index}: got tokens {tokens.shape}, "
+                             f"expected {(rows, *self.tokens.shape[1:])}")
+        path = self._shard_paths(video)[index]
+        if self._direct:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, [memoryview(data).cast("B"), shard_index(rows, per, data[0].nbytes)])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            # Every chunk holds data: skip zarr's comparison of each chunk with the fill value.
+            start = int(self.offset[video]) + index * per
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self.tokens[start : start + rows] = tokens.astype(self.tokens.dtype, copy=False)
+            _fsync(path)
+        for folder in path.parents[:3]:  # c/<shard>/0/0, c/<shard>/0, c/<shard>: this shard's own
+            _fsync(folder)
+        return path.stat().st_size
+
+    def finish_video(self, video: int) -> None:
+        """Mark a video done once all its shards are written: the folder listing the shards
+        is made durable once per video (and the token folder once), then the status."""
+        if not self._token_dir_synced:
+            _fsync(self._token_dir)
+            self._token_dir_synced = True
+        _fsync(self._token_dir / "c")
+        with self._status_lock:
+            self.group["status"][video] = DONE
 
     def write_video(self, video: int, tokens: np.ndarray) -> int:
         """Write all of a video's rows, make them durable, then mark it done. Returns bytes."""
         n = int(self.frames[video])
         if tokens.shape != (n, *self.tokens.shape[1:]):
             raise StoreError(f"video {video}: got tokens {tokens.shape}, expected {(n, *self.tokens.shape[1:])}")
-        start = int(self.offset[video])
         per = int(self.meta["frames_per_shard"])
         tokens = tokens.astype(self.tokens.dtype, copy=False)
-        for lo in range(0, n, per):  # one whole shard per write: each shard written once
-            self.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
-        written = 0
-        for p in self._shard_paths(video):
-            if p.exists():
-                # zarr writes a shard to a temporary file and renames it into folders it
-                # may have just made: make the data and every new folder entry durable.
-                for target in (p, *p.parents[:4]):
-                    fd = os.open(target, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                written += p.stat().st_size
-        self.group["status"][video] = DONE
+        written = sum(self.write_shard(video, k, tokens[k * per : (k + 1) * per]) for k in range(self.shards_of(video)))
+        self.finish_video(video)
         return written
 
     def mark_failed(self, video: int, reason: str) -> None:
-        self.group["reason"][video] = reason[:500]
-        self.group["status"][video] = FAILED
+        with self._status_lock:
+            self.group["reason"][video] = reason[:500]
+            self.group["status"][video] = FAILED
 
     # -- reading ------------------------------------------------------------------------
     def read_frames(self, video: int, indices) -> np.ndarray:
@@ -439,6 +474,21 @@ class IFMArrays:
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
+
+
+def _write_all(fd: int, buffers: list) -> None:
+    for buf in buffers:
+        view = memoryview(buf)
+        while view.nbytes:
+            view = view[os.write(fd, view) :]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _plain_shards(array) -> bool:

@@ -11,6 +11,7 @@ Decode workers import only this module (no torch), so they start in well under a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -88,25 +89,34 @@ def strided_count(frames: int, stride: int) -> int:
 
 def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
     """Every `stride`-th frame, resized and centre-cropped to (T, S, S, 3) uint8."""
+    return np.concatenate([crops for _, crops in iter_crops(path, spec, stride)])
+
+
+def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | None = None,
+               chunk: int = _DECODE_BATCH, out=None):
+    """Decode a video `chunk` frames at a time: yields (first row, (n, S, S, 3) uint8 crops).
+    `out()`, when given, returns the buffer each chunk's crops are written into (a slot of
+    shared memory). `expected` rows, when given, are checked before anything is decoded."""
     vr = _reader(path)
     indices = list(range(0, len(vr), stride))
     if not indices:
         raise DecodeError(f"{path}: no decodable frame")
-    out = []
-    for start in range(0, len(indices), _DECODE_BATCH):
-        batch = indices[start : start + _DECODE_BATCH]
+    if expected is not None and len(indices) != expected:
+        raise DecodeError(f"{path}: decoder sees {len(indices)} frames, the store expects {expected}")
+    for start in range(0, len(indices), chunk):
+        batch = indices[start : start + chunk]
         try:
             frames = vr.get_batch(batch).asnumpy()
         except Exception as e:
             raise DecodeError(
                 f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({first_line(e, 200)})"
             ) from e
-        out.append(resize_crop(frames, spec))
-    return np.concatenate(out)
+        yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
 
 
-def resize_crop(frames: np.ndarray, spec: PixelSpec) -> np.ndarray:
-    """(T, H, W, 3) uint8 → short side resized to spec.size, centre crop, (T, S, S, 3) uint8."""
+def resize_crop(frames: np.ndarray, spec: PixelSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 → short side resized to spec.size, centre crop, (T, S, S, 3) uint8
+    (into `out` when given)."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise DecodeError(f"expected RGB frames (T, H, W, 3), got shape {frames.shape}")
     _, h, w, _ = frames.shape
@@ -115,7 +125,8 @@ def resize_crop(frames: np.ndarray, spec: PixelSpec) -> np.ndarray:
     nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
     top, left = (nh - s) // 2, (nw - s) // 2
     resample = _FILTERS.get(spec.interpolation, Image.BICUBIC)
-    out = np.empty((len(frames), s, s, 3), np.uint8)
+    if out is None:
+        out = np.empty((len(frames), s, s, 3), np.uint8)
     for i, frame in enumerate(frames):
         img = Image.fromarray(frame)
         if (nh, nw) != (h, w):
@@ -132,9 +143,19 @@ def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     import torch
 
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _stats(spec, x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(spec: PixelSpec, device) -> tuple:
+    """Mean and std as (1, 3, 1, 1) tensors on the device, made once: building them per batch
+    is a blocking host-to-device copy, which would wait for every batch queued before it."""
+    import torch
+
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1).to(device)
+    return mean, std
 
 
 # -- entry points for decode worker processes: failures come back as a reason string --------
@@ -157,3 +178,51 @@ def decode_or_reason(path: str, spec: PixelSpec, stride: int) -> np.ndarray | st
         return decode_frames(Path(path), spec, stride)
     except DecodeError as e:
         return str(e)
+
+
+def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, ...]) -> None:
+    """A decode process: takes (video, path, spec, stride, expected) tasks until None, writes
+    each chunk of crops into a free slot of the shared ring `shm_name` (slots, chunk, S, S, 3)
+    and reports ("frames", video, first row, n, slot), then ("done", video) or
+    ("failed", video, reason). Crops never travel through a pipe: only slot numbers do."""
+    import queue
+    from multiprocessing import shared_memory
+
+    init_worker()
+    parent = os.getppid()
+
+    def get(q):
+        while True:  # a parent killed outright (SIGKILL) must not leave us waiting forever
+            try:
+                return q.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    raise SystemExit(0) from None
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        ring = np.ndarray(shape, np.uint8, buffer=shm.buf)
+        while (task := get(tasks)) is not None:
+            video, path, spec, stride, expected = task
+            slot = -1
+
+            def take():
+                nonlocal slot
+                slot = get(free)
+                return ring[slot]
+
+            try:
+                for start, crops in iter_crops(Path(path), spec, stride, expected, shape[1], take):
+                    results.put(("frames", video, start, len(crops), slot))
+                    slot = -1  # the parent owns it now
+                results.put(("done", video))
+            except DecodeError as e:
+                if slot >= 0:
+                    free.put(slot)  # a slot taken for a chunk that failed goes back
+                results.put(("failed", video, str(e)))
+            except Exception as e:  # a bug, not a bad file: the parent stops the run
+                results.put(("error", video, f"{type(e).__name__}: {first_line(e)}"))
+                return
+        del ring
+    finally:
+        shm.close()

@@ -80,24 +80,27 @@ def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synt
     from advise_cache import store as store_mod
 
     out = tmp_path / "resumed.zarr"
-    original = store_mod.IFMArrays.write_video
+    original = store_mod.IFMArrays.write_shard
     calls = {"n": 0}
 
-    def dying_write(self, video, tokens):
+    def dying_write(self, video, index, tokens):
         calls["n"] += 1
-        if calls["n"] == 4:  # die half-way through writing the fourth video
-            self.tokens[int(self.offset[video])] = tokens[0]
+        if calls["n"] == 12:  # die half-way through writing a shard, a few videos in
+            path = self._shard_paths(video)[index]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tokens.tobytes()[:1000])
             raise KeyboardInterrupt
-        return original(self, video, tokens)
+        return original(self, video, index, tokens)
 
-    monkeypatch.setattr(store_mod.IFMArrays, "write_video", dying_write)
+    monkeypatch.setattr(store_mod.IFMArrays, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
         extract_videos(extract_config(synthetic_root, out))
-    _, status = all_tokens(out)
-    assert (status == DONE).sum() == 3
-    monkeypatch.setattr(store_mod.IFMArrays, "write_video", original)
+    status = open_store(out).ifm("test-vit").status()
+    done_before = int((status == DONE).sum())
+    assert 0 < done_before < len(status)
+    monkeypatch.setattr(store_mod.IFMArrays, "write_shard", original)
     summary = extract_videos(extract_config(synthetic_root, out))
-    assert summary.already_done == 3 and summary.done == len(status) - 3
+    assert summary.already_done == done_before and summary.done == len(status) - done_before
     a, sa = all_tokens(out)
     b, sb = all_tokens(synthetic_store)
     np.testing.assert_array_equal(sa, sb)
@@ -279,3 +282,106 @@ def test_parse_shard():
     for bad in ("4/4", "a/b", "1"):
         with pytest.raises(AdviseCacheError):
             parse_shard(bad)
+
+
+def test_missing_weights_fail_fast_before_any_store(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    write_video(tmp_path / "data" / "a" / "one.mp4", 6)
+    out = tmp_path / "never.zarr"
+    args = ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out), "--model", "ViT-B-16",
+            "--pretrained", "openai", "--device", "cpu", "--workers", "0"]
+    # Not in the cache and the hub unreachable (a closed local port stands for no network):
+    # one line at once, where the hub's retries used to take about a minute after creating
+    # the store.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output
+    assert "--pretrained PATH" in lines[0] and "--pretrained none" in lines[0] and "127.0.0.1" in lines[0]
+    assert not out.exists()
+    # HF_HUB_OFFLINE set: the same, without even trying the network.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "HF_HUB_OFFLINE" in r.output and not out.exists()
+
+
+def test_resolve_launch_takes_torchrun_ranks(monkeypatch):
+    from advise_cache.extract import resolve_launch
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert resolve_launch((1, 2), "cpu") == ((1, 2), "cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_launch((0, 1), "cpu") == ((1, 3), "cpu")
+    assert resolve_launch((1, 2), "cpu") == ((4, 6), "cpu")  # --shard composes: part 1*3+1 of 2*3
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(AdviseCacheError, match="WORLD_SIZE"):
+        resolve_launch((0, 1), "cpu")
+
+
+def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synthetic_store, tmp_path):
+    """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK set; no process
+    group: extraction needs no collective) fill one store."""
+    out = tmp_path / "ranks.zarr"
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--model", "test-vit",
+            "--pretrained", "none", "--workers", "0", "--frames-per-shard", "8", "--batch-size", "16",
+            "--device", "cpu", "--json"]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    parts = []
+    for p in procs:
+        stdout, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        parts.append(json.loads(stdout))
+    assert sorted(tuple(s["shard"]) for s in parts) == [(0, 2), (1, 2)]
+    n = len(open_store(out).videos)
+    assert sum(s["done"] for s in parts) == n and {s["videos"] for s in parts} == {n // 2, n - n // 2}
+    assert verify(open_store(out)) == []
+    a, sa = all_tokens(out)
+    b, sb = all_tokens(synthetic_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
+    """`write_shard` writes plain shards itself (no fill-value scans, one fsync per file): the
+    files must be exactly what zarr writes, partial last shards included."""
+    from advise_cache.store import create_store
+
+    lengths = [5, 8, 13]
+    table = {"name": [f"v{i}" for i in range(3)], "path": [""] * 3, "split": ["train"] * 3, "label": [0] * 3,
+             "fps": [25.0] * 3, "source_frames": lengths, "probe_error": [""] * 3}
+    info = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
+            "normalisation": "n", "precision": "fp32"}
+    rng = np.random.default_rng(0)
+    tokens = [rng.standard_normal((n, 2, 3, 4)).astype(np.float16) for n in lengths]
+    for how in ("zarr", "direct"):
+        create_store(tmp_path / how, "t", "r", ["a"], table)
+        a = open_store(tmp_path / how, mode="a").add_ifm("k", info, 1, 4)
+        for v, t in enumerate(tokens):
+            if how == "zarr":
+                a.tokens[int(a.offset[v]) : int(a.offset[v]) + len(t)] = t
+            else:
+                assert a.shards_of(v) == -(-len(t) // 4)
+                a.write_video(v, t)
+    files = {how: sorted(p for p in (tmp_path / how / "ifm" / "k" / "tokens" / "c").rglob("*") if p.is_file())
+             for how in ("zarr", "direct")}
+    assert len(files["direct"]) == sum(-(-n // 4) for n in lengths) == len(files["zarr"])
+    for z, d in zip(files["zarr"], files["direct"], strict=True):
+        assert z.relative_to(tmp_path / "zarr") == d.relative_to(tmp_path / "direct")
+        assert z.read_bytes() == d.read_bytes()
+    b = open_store(tmp_path / "direct").ifm("k")
+    assert (b.status() == DONE).all()
+    for v, t in enumerate(tokens):
+        np.testing.assert_array_equal(b.read_video(v), t)
+    with pytest.raises(StoreError, match="expected"):
+        b.write_shard(2, 3, tokens[2][:4])  # the last shard of 13 rows holds 1

@@ -106,7 +106,7 @@ def test_store_with_no_done_video_is_refused(synthetic_root, tmp_path, monkeypat
     from advise_cache import store as store_mod
 
     out = tmp_path / "empty.zarr"
-    monkeypatch.setattr(store_mod.IFMArrays, "write_video", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(store_mod.IFMArrays, "write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         extract_videos(extract_config(synthetic_root, out))
     with pytest.raises(StoreError, match="no done video"):

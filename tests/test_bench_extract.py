@@ -1,0 +1,30 @@
+"""The extraction benchmark's CPU path, as a smoke run (the GPU mode runs the same code)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+
+
+def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
+    import bench_extract
+
+    out = tmp_path / "BENCH.md"
+    assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--writer-frames", "128",
+                               "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "<!-- bench_extract:start -->" in text and "## Extraction (pipelines/bench_extract.py)" in text
+    stage = next(line for line in text.splitlines() if line.startswith("| test-vit | cpu fp32"))
+    cells = [c.strip() for c in stage.strip("|").split("|")]
+    decode, ifm, full = (float(c.replace(",", "")) for c in cells[6:9])
+    assert decode > 0 and ifm > 0 and full > 0
+    writer = next(line for line in text.splitlines() if line.startswith("| test-vit | ") and " / " in line
+                  and "x |" in line)
+    new, old, raw = (float(c.strip().replace(",", "")) for c in writer.strip("|").split("|")[4:7])
+    assert new > 0 and old > 0 and raw > 0
+    error = next(line for line in text.splitlines() if line.startswith("| test-vit | 32 |"))
+    rel_l2, cos_mean = (float(c) for c in error.strip("|").split("|")[2:4])
+    assert 0 < rel_l2 < 0.1 and 0.99 < cos_mean <= 1.0  # bf16 differs from fp32, slightly
+    assert capsys.readouterr().out.strip().startswith("## Extraction")
