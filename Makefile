@@ -50,13 +50,16 @@ bench-loader: venv
 bench-efficiency: venv
 	$(PY) pipelines/bench_efficiency.py
 
-# Every GPU figure in one go, written into BENCHMARKS.md. For a CUDA machine that has torch but
-# no package registry (no venv is made): run ../shared/device/fetch-wheels.sh where pip works,
-# carry .whl, start with the install line it prints, then `make bench-gpu`.
+# Every GPU figure in one go, each written into its own section of BENCHMARKS.md: the loader
+# and training from the cache vs a GPU-resident batch, extraction vs the image model alone (and
+# bf16 vs fp32 tokens), the paper's Table 6. For a CUDA machine that has torch but no package
+# registry (no venv is made): run `../shared/device/fetch-wheels.sh av` where pip works, carry
+# .whl, start with the install line it prints, then `make bench-gpu`.
 GPU_PYTHON ?= python3
 GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
 bench-gpu:
 	$(GPU_RUN) pipelines/bench_loader.py --device cuda
+	$(GPU_RUN) pipelines/bench_extract.py --device cuda
 	$(GPU_RUN) pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv

@@ -381,7 +381,7 @@ def bench_writer(model: str, info: dict, work: Path, frames: int, threads: int, 
     import torch
 
     from advise_cache.extract import ExtractSummary, _Shard, _Writer, ifm_key
-    from advise_cache.store import _shard_index
+    from advise_cache.shards import shard_index
 
     rng = np.random.default_rng(seed)
     lengths = []
@@ -433,7 +433,7 @@ def bench_writer(model: str, info: dict, work: Path, frames: int, threads: int, 
         blobs = []
         for v, k in shards:
             data = tokens16[v][k * per : (k + 1) * per].numpy()
-            blobs.append((data, _shard_index(len(data), per, data[0].nbytes)))
+            blobs.append((data, shard_index(len(data), per, data[0].nbytes)))
 
         def put(i: int) -> None:
             data, index = blobs[i]
