@@ -325,7 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default: 32 (cpu), 128 (cuda)")
     p.add_argument("--threads", type=int, default=None, help="default: 4 (cpu), the cores (cuda)")
     p.add_argument("--clips", type=int, default=None, help="clips read by each reader per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=200, help="timed training steps (cuda)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-baseline", action="store_true", help=f"skip the loader at {BASELINE}")
@@ -358,8 +358,12 @@ def main(argv=None) -> int:
     plan_file = args.work / "plan.npz"
     rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
     for rnd in range(args.rounds):
-        rate["ceiling"].append(ceiling(store_path, plan, args.batch_size, args.threads))
-        rate["loader"].append(loader_now(source, plan, args.batch_size, args.threads))
+        order = ("ceiling", "loader") if rnd % 2 == 0 else ("loader", "ceiling")  # neither always first
+        for name in order:
+            if name == "ceiling":
+                rate["ceiling"].append(ceiling(store_path, plan, args.batch_size, args.threads))
+            else:
+                rate["loader"].append(loader_now(source, plan, args.batch_size, args.threads))
         if package is not None:  # the old loader is slow: an eighth of the plan is plenty
             base_plan = plan[: max(2 * WARMUP_BATCHES, len(plan) // 8 // args.batch_size) * args.batch_size]
             np.savez(plan_file, video=np.array([r.video for r in base_plan]),
