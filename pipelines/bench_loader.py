@@ -7,8 +7,8 @@
 A store of ViT-B-16-shaped tokens (14 x 14 x 768 float16 a frame, random values written
 through the store API: no image model needed) is made once in data/bench_loader/ and read
 from the page cache (the script reads it whole first). One PRP plan (`prp_epoch`, 8 frames a
-clip) is read, in rounds that alternate the readers so that a shared machine's load falls on
-all of them alike, by:
+clip) is read, in rounds that alternate the readers (and which goes first) so that a shared
+machine's load falls on all of them alike, by:
 
 - ceiling: the least a reader must do: every shard opened and its index read beforehand
   (untimed), then a thread pool that `preadv`s each frame of a batch into its slot of one
