@@ -179,7 +179,8 @@ def render(results: dict, seeds: list[int]) -> str:
         cells = []
         for key in COLUMNS:
             m, sd = mean_sd([100 * r[key] for r in per_seed])
-            cells.append(f"{m:+.1f} ± {sd:.1f}" if key == "delta" else f"{m:.1f} ± {sd:.1f}")
+            text = f"{m:+.1f}" if key == "delta" else f"{m:.1f}"
+            cells.append(f"{text} ± {sd:.1f}" if len(seeds) > 1 else text)
         rows.append(f"| synthetic-{family} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
