@@ -5,7 +5,8 @@
 
 It is the project's embedded default for demos and tests: no dataset can be downloaded
 here, and writing real mpeg4 files means decoding is exercised downstream exactly as on
-UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper:
+UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper, a third
+is made for PRP:
 
 - appearance (like UCF101): one frame is enough; each class is a distinct coloured shape.
 - temporal (like Diving48): every single frame looks alike; only the order of frames
