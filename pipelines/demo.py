@@ -111,6 +111,9 @@ def random_model(tmm, in_dim: int, seed: int):
 
 # -- one family --------------------------------------------------------------------------------
 def build_store(family: str, args) -> Path:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core, as in run_seed
     from advise_cache.extract import ExtractConfig, extract_videos
     from advise_cache.synthetic import generate_synthetic
 
@@ -218,11 +221,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    for family in families:
-        print(f"[{family}] videos and store", flush=True)
-        build_store(family, args)
+    print(f"videos and stores: {', '.join(families)}", flush=True)
     tasks = [(f, s) for f in families for s in seeds]
-    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+    with ProcessPoolExecutor(args.jobs) as pool:
+        list(pool.map(build_store, families, [args] * len(families)))
         outs = list(pool.map(run_seed, *zip(*tasks), [args] * len(tasks)))
     results = {f: [r for (g, _), r in zip(tasks, outs) if g == f] for f in families}
     table = render(results, seeds)
