@@ -47,6 +47,7 @@ _SYNTHETIC_FAMILIES = {
     "synthetic": "both",
     "synthetic-appearance": "appearance",
     "synthetic-temporal": "temporal",
+    "synthetic-motion": "motion",
 }
 # Folders that archivers add beside the data: never a class or a split.
 _IGNORED_FOLDERS = ("__MACOSX",)

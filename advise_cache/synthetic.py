@@ -5,7 +5,8 @@
 
 It is the project's embedded default for demos and tests: no dataset can be downloaded
 here, and writing real mpeg4 files means decoding is exercised downstream exactly as on
-UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper:
+UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper, a third
+is made for PRP:
 
 - appearance (like UCF101): one frame is enough; each class is a distinct coloured shape.
 - temporal (like Diving48): every single frame looks alike; only the order of frames
@@ -14,6 +15,17 @@ UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper:
   every level between a low and a high gain at the same speed, so the distribution of a
   single frame is the same in all four classes: averaging per-frame features over time
   cannot tell them apart (chance), while the order of frames can.
+- motion (made to show what PRP pretraining and spatial resolution are for): a small
+  disc of random colour and size moves in a straight line, bouncing off the edges of the
+  centre square (what the image model's centre crop keeps), over a still background. The
+  four classes differ only in its speed, 1, 2, 4 or 8 times a base speed (each video
+  jittered by up to ±15%), the same ratios as PRP's playback rates: perceiving the rate
+  a clip plays at is perceiving this speed. The disc covers 2-5% of the frame and nothing
+  else moves (the background is still and its noise faint), so a spatial average of the
+  tokens keeps little of where it is.
+
+These families are a sanity check of the implementation (does PRP teach the TMM what it
+should, does pooling destroy what it should), not evidence about real videos.
 
 Every video is drawn from its own generator seeded by (seed, split, class, index), so it
 is identical run to run and independent of how many other videos are generated.
@@ -47,14 +59,22 @@ TEMPORAL_CLASSES: tuple[str, ...] = (
     "temporal_brighten_darken",
     "temporal_darken_brighten",
 )
+MOTION_CLASSES: tuple[str, ...] = (
+    "motion_speed_1",
+    "motion_speed_2",
+    "motion_speed_4",
+    "motion_speed_8",
+)
 # Class ids for seeding come from this fixed order, so a temporal video is the same
-# whether it was generated with family "temporal" or "both".
-_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES
+# whether it was generated with family "temporal" or "both" (motion comes last, so adding
+# it changed no earlier video).
+_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES + MOTION_CLASSES
 _SPLITS = ("train", "test")
 _FAMILIES = {
-    "both": _ALL_CLASSES,
+    "both": APPEARANCE_CLASSES + TEMPORAL_CLASSES,
     "appearance": APPEARANCE_CLASSES,
     "temporal": TEMPORAL_CLASSES,
+    "motion": MOTION_CLASSES,
 }
 _FPS_CHOICES = (12, 15, 24, 25, 30)
 MARKER = "SYNTHETIC.json"
@@ -72,6 +92,9 @@ _GREY = 190.0  # the temporal object; brighter than any background pixel at gain
 # and end are drawn from the same pair of ranges in both directions.
 _APPEARANCE_RADIUS = (0.14, 0.24)
 _TEMPORAL_RADIUS = (0.15, 0.3)
+_MOTION_RADIUS = (0.08, 0.12)
+_MOTION_BASE_SPEED = 0.01  # fraction of min(width, height) per frame at speed 1
+_MOTION_JITTER = 0.15
 _LOW_GAIN = (0.3, 0.5)
 _HIGH_GAIN = (1.05, 1.3)
 # The standard normal's quantiles at the centres of 256 equal-probability bins.
@@ -167,6 +190,7 @@ def generate_synthetic(
         "classes": list(classes),
         "appearance_classes": [c for c in classes if c in APPEARANCE_CLASSES],
         "temporal_classes": [c for c in classes if c in TEMPORAL_CLASSES],
+        "motion_classes": [c for c in classes if c in MOTION_CLASSES],
         "num_videos": len(expected),
         "num_videos_per_split": {s: counts[s] * len(classes) for s in _SPLITS},
     }
@@ -246,6 +270,8 @@ def _render(
     angle = rng.uniform(0, 2 * np.pi, k)
     fx, fy = freq * np.cos(angle), freq * np.sin(angle)
     speed, heading = rng.uniform(0.3, 1.5), rng.uniform(0, 2 * np.pi)
+    if name in MOTION_CLASSES:
+        speed = 0.0  # nothing but the object moves: its speed is the class
     vx, vy = speed * np.cos(heading), speed * np.sin(heading)
     phase0 = rng.uniform(0, 2 * np.pi, k)
     weight = rng.uniform(0.5, 1.0, k)
@@ -264,15 +290,20 @@ def _render(
     # The object's path: a smooth sinusoid per axis, kept inside the frame.
     if name in APPEARANCE_CLASSES:
         radius = np.full(n, rng.uniform(*_APPEARANCE_RADIUS) * side, np.float32)
+    elif name in MOTION_CLASSES:
+        radius = np.full(n, rng.uniform(*_MOTION_RADIUS) * side, np.float32)
     else:  # temporal: a grey disc of one size, the same distribution in every class
         radius = np.full(n, rng.uniform(*_TEMPORAL_RADIUS) * side, np.float32)
-    centre = []
-    for dim in (width, height):
-        lo, hi = float(radius.max()), dim - float(radius.max())
-        if hi <= lo:
-            lo = hi = dim / 2
-        rate, phase = rng.uniform(0.04, 0.12), rng.uniform(0, 2 * np.pi)  # rad per frame
-        centre.append(lo + (hi - lo) * (0.5 + 0.5 * np.sin(rate * t + phase)))
+    if name in MOTION_CLASSES:
+        centre = _bouncing_path(name, rng, t, float(radius[0]), width, height)
+    else:
+        centre = []
+        for dim in (width, height):
+            lo, hi = float(radius.max()), dim - float(radius.max())
+            if hi <= lo:
+                lo = hi = dim / 2
+            rate, phase = rng.uniform(0.04, 0.12), rng.uniform(0, 2 * np.pi)  # rad per frame
+            centre.append(lo + (hi - lo) * (0.5 + 0.5 * np.sin(rate * t + phase)))
     dx = x[None] - centre[0][:, None, None].astype(np.float32)
     dy = y[None] - centre[1][:, None, None].astype(np.float32)
     r = radius[:, None, None]
@@ -293,12 +324,16 @@ def _render(
         dist = np.hypot(dx, dy) - r
     alpha = np.clip(0.5 - dist, 0.0, 1.0)
     colour = _SHAPE_COLOURS.get(name, (_GREY, _GREY, _GREY))
+    if name in MOTION_CLASSES:  # any light colour: only the speed tells the class
+        colour = tuple(rng.uniform(150, 250, 3))
 
     gain = np.ones(n, np.float32)
     if name in TEMPORAL_CLASSES:
         low, high = rng.uniform(*_LOW_GAIN), rng.uniform(*_HIGH_GAIN)
         gain = (low + (high - low) * _PROFILES[name](ramp)).astype(np.float32)
     sigma = np.float32(rng.uniform(2.0, 6.0))
+    if name in MOTION_CLASSES:
+        sigma = np.float32(rng.uniform(1.0, 2.0))  # fainter: frame-to-frame noise would mask slow motion
 
     # One channel at a time: numpy is several times slower broadcasting over a last
     # axis of length 3 than over whole (T, H, W) planes.
@@ -313,6 +348,25 @@ def _render(
         plane += sigma * noise.reshape(plane.shape) + np.float32(0.5)
         out[..., c] = np.clip(plane, 0, 255)
     return out
+
+
+def _bouncing_path(
+    name: str, rng: np.random.Generator, t: np.ndarray, radius: float, width: int, height: int
+) -> list[np.ndarray]:
+    """Centre (x, y) per frame of a disc moving straight at the class's speed, reflected
+    off the edges of the centre square (the part the image model's centre crop keeps)."""
+    side = min(width, height)
+    factor = int(name.rsplit("_", 1)[1])
+    speed = _MOTION_BASE_SPEED * side * factor * rng.uniform(1 - _MOTION_JITTER, 1 + _MOTION_JITTER)
+    heading = rng.uniform(0, 2 * np.pi)
+    centre = []
+    for dim, velocity in ((width, speed * math.cos(heading)), (height, speed * math.sin(heading))):
+        lo = (dim - side) / 2 + radius
+        span = max(side - 2 * radius, 1.0)
+        # A straight line folded into [lo, lo + span]: a triangle wave of period 2 * span.
+        q = np.mod(rng.uniform(0, span) + velocity * t, 2 * span)
+        centre.append((lo + np.where(q < span, q, 2 * span - q)).astype(np.float32))
+    return centre
 
 
 def _encode(path: Path, frames: np.ndarray, fps: int) -> None:

@@ -42,14 +42,16 @@ Settings that do not fit a store are skipped with a note and replaced by their a
 - temporal with `tmm none` has nothing to pretrain (no TMM weights transfer), so only the
   fine-tune from scratch runs: its accuracy is Acc_ft and ΔAcc is left empty.
 
-Without --cache the two synthetic stores (datasets synthetic-appearance and
-synthetic-temporal, `test-vit` tokens: 4 x 4 x 64) are built once under --data and reused
-by every ablation; the ifm ablation adds a second IFM to them, `test-vit-seed1` (test-vit
-with another random init: a stand-in, since no pretrained model can be downloaded here).
-Quick defaults then apply (see --help: fewer epochs, smaller batches, a narrower base TMM
-of hidden 64 and out 256 for the 64-dim tokens), so `make ablation-spatial-res` takes
-minutes on a 2-core CPU (measured on a shared one: 6.5 min from nothing, the stores' ~2
-min included, under a load of 6; 2 min with the stores built, under a load of 2). With --jobs N, N settings run at once, each in a subprocess of this script
+Without --cache the three synthetic stores (datasets synthetic-appearance, synthetic-temporal
+and synthetic-motion, the demo's sizes, `test-vit` tokens: 4 x 4 x 64) are built once under
+--data and reused by every ablation; the ifm ablation adds a second IFM to them,
+`test-vit-seed1` (test-vit with another random init: a stand-in, since no pretrained model
+can be downloaded here). Synthetic defaults then apply (see --help): the demo's PRP recipe
+(20 epochs of 8 clips per video at lr 2e-3, long enough for PRP to learn on these stores), a
+narrower base TMM of hidden 64 and out 256 for the 64-dim tokens, and three seeds, so that
+differences can be told from the seed spread. Each setting of each seed then takes 40-80 s
+on one core of a shared 2-core CPU: `--settings 4,1` (the two ends of spatial-res) runs 18
+of them. With --jobs N, N settings run at once, each in a subprocess of this script
 (`--run-setting FOLDER`, output in FOLDER/log.txt) with cores/N torch threads.
 """
 
@@ -88,18 +90,21 @@ AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)",
 LOG_X = {"channel-dim", "tmm-width"}
 DESCENDING = {"spatial-res", "channel-dim"}
 ABLATIONS = tuple(SOURCE)
-SYNTHETIC = ("synthetic-appearance", "synthetic-temporal")
+SYNTHETIC = ("synthetic-appearance", "synthetic-temporal", "synthetic-motion")
+# Videos per class (train, test) of the synthetic stores: the demo's sizes (pipelines/demo.py).
+SYNTHETIC_SIZES = {"synthetic-appearance": (12, 6), "synthetic-temporal": (12, 6),
+                   "synthetic-motion": (12, 12)}
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
 # Recipe defaults: quick ones for the synthetic stores (48 train videos of 4 x 4 x 64 tokens
 # each), the trainer's own otherwise. On 2 CPU cores a step of the standard TMM (hidden 256,
 # out 1024) costs about 3x one of hidden 64, out 256 on such tiny grids, so the quick base
 # TMM is that narrower one (tmm-width and tmm-depth still vary it), and spatial-res on both
 # stores takes minutes.
-QUICK = {"epochs": 4, "ft_epochs": 6, "batch_size": 16, "ft_batch_size": 8, "hidden": 64,
-         "out_dim": 256, "preload": True}
+QUICK = {"epochs": 20, "ft_epochs": 20, "batch_size": 16, "ft_batch_size": 8, "hidden": 64,
+         "out_dim": 256, "preload": True, "prp_clips": 8, "lr": 2e-3, "seeds": 3}
 FULL = {"epochs": 20, "ft_epochs": 20, "batch_size": 32, "ft_batch_size": 32, "hidden": 256,
-        "out_dim": 1024, "preload": False}
-CSV_COLUMNS = ("ablation", "dataset", "setting", "x", "store", "ifm", "tmm", "blocks", "hidden",
+        "out_dim": 1024, "preload": False, "prp_clips": 4, "lr": 1e-3, "seeds": 1}
+CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "tmm", "blocks", "hidden",
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "flops", "prp_acc",
                "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
                "seconds", "note")
@@ -139,10 +144,13 @@ class Setting:
     tmm: dict  # TMMConfig fields, in_dim included
     clip: tuple[int, int, int, int]  # (T, h, w, D) for the stats
     note: str = ""
+    seed: int = 0
+    seeds: int = 1  # how many seeds the ablation runs: one keeps the seed out of the folder
 
     @property
     def folder(self) -> str:
-        return f"{slug(self.dataset)}/{slug(self.label)}"
+        where = f"{slug(self.dataset)}/{slug(self.label)}"
+        return where if self.seeds == 1 else f"{slug(self.dataset)}/seed{self.seed}/{slug(self.label)}"
 
 
 @dataclass(frozen=True)
@@ -156,10 +164,11 @@ class Recipe:
     lr: float
     max_steps: int | None
     views: int
-    seed: int
+    seeds: tuple[int, ...]
     train_split: str
     test_split: str
     base_tmm: dict = field(default_factory=dict)  # blocks, hidden, out_dim, preset
+    prp_clips: int = 4  # PRP clips per video per epoch
 
 
 def slug(text: str) -> str:
@@ -222,8 +231,9 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
 
     def add(label, x, keys, tmm, note=""):
         (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
-        settings.append(Setting(name, info.dataset, info.path, str(label), x, tuple(keys),
-                                asdict(tmm), (t, h, w, dim), note))
+        for seed in args.seeds:
+            settings.append(Setting(name, info.dataset, info.path, str(label), x, tuple(keys),
+                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds)))
 
     if name in PAPER:
         keys = default_ifm(info, args.ifm, notes)
@@ -304,6 +314,7 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
     """The two synthetic stores under `data` (built on first use; a lock keeps concurrent
     ablations from extracting the same store twice)."""
     from advise_cache.extract import ExtractConfig, extract_videos
+    from advise_cache.synthetic import generate_synthetic
 
     data.mkdir(parents=True, exist_ok=True)
     stores = []
@@ -317,6 +328,9 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
                     continue
                 print(f"building {out} ({key}): extracting tokens, once (the videos are "
                       f"generated first where {data / dataset} has none)", flush=True)
+                train_n, test_n = SYNTHETIC_SIZES[dataset]
+                generate_synthetic(data / dataset, dataset.split("-", 1)[1], 0, train_per_class=train_n,
+                                   test_per_class=test_n)
                 summary = extract_videos(ExtractConfig(
                     dataset=dataset, root=data / dataset, out=out, model="test-vit", pretrained="none",
                     name=key, seed=seed, workers=0, device="cpu", progress=False))
@@ -351,12 +365,16 @@ def run_setting(folder: Path) -> dict:
     stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
     common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"],
               "lr": r["lr"], "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
-              "resume": True, "device": spec["device"], "seed": r["seed"], "progress": False}
-    tag = f"[{s['dataset']} | {s['ablation']} {s['label']}]"
+              "resume": True, "device": spec["device"], "seed": s["seed"], "progress": False,
+              "loader_threads": 1 if spec["preload"] else 4}
+    tag = f"[{s['dataset']} | {s['ablation']} {s['label']}"
+    tag += f" | seed {s['seed']}]" if s.get("seeds", 1) > 1 else "]"
     prp = None
     if tmm.tmm != "none":
         prp = _train_stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"],
-                                       batch_size=r["batch_size"], **common), tag)
+                                       batch_size=r["batch_size"],
+                                       sampler=SamplerConfig(clips_per_video=r.get("prp_clips", 4)),
+                                       **common), tag)
     fts = {}
     for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None)):
         if name == "ft" and prp is None:
@@ -369,6 +387,7 @@ def run_setting(folder: Path) -> dict:
         "ablation": s["ablation"],
         "dataset": s["dataset"],
         "setting": s["label"],
+        "seed": s["seed"],
         "x": s["x"],
         "store": s["store"],
         "ifm": "+".join(s["ifm"]),
@@ -494,26 +513,87 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_COLUMNS})
 
 
+METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc")
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (dataset, setting): the first seed's row with each metric replaced by its
+    mean over seeds, `<metric>_sd` its sample standard deviation and `seeds` how many."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["setting"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0], seeds=len(group))
+        for key in METRICS:
+            row[key], row[f"{key}_sd"] = _mean_sd([r.get(key) for r in group])
+        out.append(row)
+    return out
+
+
+def pooling_costs(rows: list[dict]) -> dict:
+    """spatial-res: per dataset, Acc_ft on the full grid minus Acc_ft pooled to 1, paired by
+    seed; (mean, sd, seeds)."""
+    costs = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset and r["x"] is not None]
+        if not mine:
+            continue
+        full, smallest = max(r["x"] for r in mine), min(r["x"] for r in mine)
+        by_seed = {}
+        for r in mine:
+            by_seed.setdefault(r.get("seed", 0), {})[r["x"]] = r["acc_ft"]
+        diffs = [v[full] - v[smallest] for v in by_seed.values() if full in v and smallest in v]
+        if diffs and full != smallest:
+            costs[dataset] = (*_mean_sd(diffs), len(diffs), full, smallest)
+    return costs
+
+
 def render(name: str, rows: list[dict], recipe: Recipe, notes: list[str], missing: list[str]) -> str:
     base = recipe.base_tmm
+    seeds = recipe.seeds
+    several = len(seeds) > 1
+
+    def cell(r, key, signed=False):
+        m = r[key]
+        if m is None or (isinstance(m, float) and math.isnan(m)):
+            return "—"
+        text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
+        sd = r.get(f"{key}_sd")
+        return f"{text} ± {100 * sd:.1f}" if several and sd is not None else text
+
     out = [f"## Ablation {name} (the paper's {SOURCE[name]})", "",
-           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}), fine-tuning {recipe.ft_epochs} "
-           f"epochs (batch {recipe.ft_batch_size})"
+           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
+           f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size})"
            + (f", at most {recipe.max_steps} steps each" if recipe.max_steps else "")
-           + f", lr {recipe.lr:g} at batch 32, seed {recipe.seed}; test top-1 over {recipe.views} "
-           "views. "
+           + f", lr {recipe.lr:g} at batch 32, seed{'s' if several else ''} "
+           f"{', '.join(map(str, seeds))}; test top-1 over {recipe.views} views"
+           + ("; accuracies are mean ± sample standard deviation over the seeds" if several else "")
+           + ". "
            f"Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, out {base['out_dim']} "
            f"({base['preset']} preset). Params and FLOPs (multiply-accumulates) are the model's with "
            "the 4-way PRP head, for one clip.", "",
            "| dataset | setting | clip | params (M) | FLOPs (G) | PRP acc | Acc_ft | Acc_scratch | ΔAcc |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        delta = "—" if r["delta_acc"] is None else f"{100 * r['delta_acc']:+.1f}"
+    for r in aggregate(rows):
         out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} "
-                   f"| {r['flops'] / 1e9:.3g} | {pct(r['prp_acc'])} | {pct(r['acc_ft'])} "
-                   f"| {pct(r['acc_scratch'])} | {delta} |")
+                   f"| {r['flops'] / 1e9:.3g} | {cell(r, 'prp_acc')} | {cell(r, 'acc_ft')} "
+                   f"| {cell(r, 'acc_scratch')} | {cell(r, 'delta_acc', signed=True)} |")
     out += ["", ("Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
                  "Acc_scratch (the same fine-tuning from a random TMM).")]
+    if name == "spatial-res":
+        for dataset, (m, sd, n, full, small) in pooling_costs(rows).items():
+            out.append(f"- {dataset}: pooling the grid from {full:g} to {small:g} costs "
+                       f"{100 * m:+.1f} ± {100 * sd:.1f} points of Acc_ft (paired by seed, {n} seed(s)).")
     for dataset, n in {r["dataset"]: r.get("test_videos") for r in rows}.items():
         if not n:
             continue
@@ -529,6 +609,7 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = aggregate(rows)
     numeric = all(r["x"] is not None for r in rows)
     labels = list(dict.fromkeys(r["setting"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -538,7 +619,9 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
         xs = [r["x"] if numeric else labels.index(r["setting"]) for r in mine]
         for ax, key in zip(axes, ("acc_ft", "delta_acc")):
             ys = [math.nan if r[key] is None else 100 * r[key] for r in mine]
-            ax.plot(xs, ys, marker="o", label=dataset)
+            err = [0.0 if r.get(f"{key}_sd") is None else 100 * r[f"{key}_sd"] for r in mine]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=dataset)
+    seeds = max(r["seeds"] for r in rows)
     for ax, what in zip(axes, ("Acc_ft (%)", "ΔAcc = Acc_ft − Acc_scratch (points)")):
         ax.set_ylabel(what)
         ax.set_xlabel(AXIS[name])
@@ -555,7 +638,8 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
             ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[0].legend()
-    fig.suptitle(f"{name} (the paper's {SOURCE[name]})")
+    fig.suptitle(f"{name} (the paper's {SOURCE[name]})"
+                 + (f": mean ± sample sd over {seeds} seeds" if seeds > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -580,7 +664,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--ft-batch-size", type=int,
                    help=f"fine-tuning batch ({_defaults('ft_batch_size')})")
     p.add_argument("--max-steps", type=int, help="stop every training after this many steps")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate at batch 32 (scaled linearly)")
+    p.add_argument("--lr", type=float, help=f"learning rate at batch 32, scaled linearly ({_defaults('lr')})")
+    p.add_argument("--prp-clips", type=int, help=f"PRP clips per video per epoch ({_defaults('prp_clips')})")
     p.add_argument("--views", type=int, default=4, help="test clips per video")
     p.add_argument("--blocks", type=int, default=1, help="base TMM blocks (tmm-depth varies them)")
     p.add_argument("--hidden", type=int,
@@ -594,12 +679,17 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--test-split", default="test")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--jobs", type=int, default=1, help="settings run at once (subprocesses)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, help="how many seeds (seed, seed + 1, ...): every setting runs "
+                   f"once per seed; tables and plots show mean and spread ({_defaults('seeds')})")
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
     for key, value in (FULL if args.cache else QUICK).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.seeds < 1 or args.seed < 0:
+        raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
+    args.seeds = tuple(range(args.seed, args.seed + args.seeds))
     return args
 
 
@@ -620,9 +710,9 @@ def main(argv=None) -> int:
               else [Path(p) for p in args.cache.split(",") if p])
     infos = label_stores([describe_store(p) for p in stores])
     recipe = Recipe(args.epochs, args.ft_epochs, args.batch_size, args.ft_batch_size, args.lr,
-                    args.max_steps, args.views, args.seed, args.train_split, args.test_split,
+                    args.max_steps, args.views, args.seeds, args.train_split, args.test_split,
                     {"blocks": args.blocks, "hidden": args.hidden, "out_dim": args.out_dim,
-                     "preset": args.preset})
+                     "preset": args.preset}, args.prp_clips)
     out = args.out / args.name
     check_recipe(out, recipe)
 

@@ -15,7 +15,12 @@ import pytest
 
 from advise_cache import synthetic
 from advise_cache.errors import LayoutError
-from advise_cache.synthetic import APPEARANCE_CLASSES, TEMPORAL_CLASSES, generate_synthetic
+from advise_cache.synthetic import (
+    APPEARANCE_CLASSES,
+    MOTION_CLASSES,
+    TEMPORAL_CLASSES,
+    generate_synthetic,
+)
 
 SMALL = dict(train_per_class=2, test_per_class=1, min_frames=16, max_frames=24, width=64, height=48)
 # Longer videos for the temporal checks, so slopes are tested over the default length range.
@@ -187,3 +192,33 @@ def test_bad_family_and_foreign_folder_raise(tmp_path):
     with pytest.raises(LayoutError, match="not a synthetic dataset"):
         generate_synthetic(tmp_path, **SMALL)
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def _disc_centres(frames: np.ndarray) -> np.ndarray:
+    """Per frame, the centroid of the pixels brighter than any background can be."""
+    mask = frames.min(axis=3) > 150
+    ys, xs = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+    count = mask.sum(axis=(1, 2))
+    assert (count > 0).all()
+    return np.stack([(mask * xs).sum(axis=(1, 2)) / count, (mask * ys).sum(axis=(1, 2)) / count], 1)
+
+
+def test_motion_classes_differ_in_speed_only(tmp_path):
+    root = generate_synthetic(tmp_path, "motion", **{**SMALL, "train_per_class": 3, "test_per_class": 0})
+    speeds = {}
+    for name in MOTION_CLASSES:
+        for path in sorted((root / "train" / name).iterdir()):
+            frames = _decode(path)
+            # Speed in pixels per frame: the median step (a bounce only shortens one step).
+            speeds.setdefault(name, []).append(
+                float(np.median(np.linalg.norm(np.diff(_disc_centres(frames), axis=0), axis=1))))
+            # The background stands still: away from the disc, frames differ by noise only.
+            still = (frames.min(axis=3) < 140).all(axis=0)
+            assert np.abs(np.diff(frames.astype(np.float32), axis=0))[:, still].mean() < 8
+    side = min(SMALL["width"], SMALL["height"])
+    for name in MOTION_CLASSES:
+        factor = int(name.rsplit("_", 1)[1])
+        expected = synthetic._MOTION_BASE_SPEED * side * factor
+        # Within the ±15% jitter, plus a pixel of centroid error from the codec and the noise.
+        for s in speeds[name]:
+            assert abs(s - expected) <= 0.15 * expected + 0.4, (name, s, expected)

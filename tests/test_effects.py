@@ -1,0 +1,162 @@
+"""The paper's effects on the synthetic families: PRP teaches the TMM something a broken pretext
+task does not, and pooling the grid to 1 takes a motion task to chance but not an appearance task.
+
+    .venv/bin/python -m pytest tests/test_effects.py
+
+Both are measured as pipelines/demo.py measures them: a linear probe (logistic regression on
+the frozen TMM's pooled features, fitted on the train split, scored on the test split), on
+stores smaller than the demo's and with a shorter PRP so that CI can afford them (about a
+minute for the file on 2 idle cores). The seed is fixed, so the tests never flake; at this
+size the PRP margin is small (README, "make demo", has the effects at the demo's size and
+over three seeds). MARGIN was fixed before the first run; the thresholds of the pooling test
+were set after seeing seed 0's numbers, from what chance allows on 32 test videos.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import advise_cache.train as train_module
+from advise_cache.evaluate import load_model
+from advise_cache.models import TMMConfig
+from advise_cache.sampling import ClipRequest, SamplerConfig
+from advise_cache.store import open_store
+from advise_cache.train import TrainConfig, train
+
+from conftest import extract_config
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = dict(train_per_class=10, test_per_class=8, min_frames=24, max_frames=48)
+TMM = TMMConfig(hidden=64, out_dim=256, head_hidden=256)
+SEED = 0
+# A pretext task that taught nothing leaves the probe within a few test videos of a random
+# TMM (32 test videos: one is 3.1 points); PRP must beat the random TMM by more than that.
+MARGIN = 0.15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny 4 x 4 x 64 clips: one thread is faster than two fighting, and far faster when the
+    # cores are shared (the demo runs its processes the same way).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", REPO / "pipelines" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("demo", None)
+
+
+def _store(tmp_path_factory, family: str) -> Path:
+    from advise_cache.extract import extract_videos
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp(family)
+    generate_synthetic(root, family, SEED, **SIZE)
+    out = tmp_path_factory.mktemp("stores") / f"{family}.zarr"
+    summary = extract_videos(extract_config(root, out, dataset=f"synthetic-{family}"))
+    assert summary.exit_code == 0, summary.failed
+    return out
+
+
+@pytest.fixture(scope="module")
+def motion_store(tmp_path_factory) -> Path:
+    return _store(tmp_path_factory, "motion")
+
+
+@pytest.fixture(scope="module")
+def appearance_store(tmp_path_factory) -> Path:
+    return _store(tmp_path_factory, "appearance")
+
+
+def pretrain(store: Path, out: Path, spatial_pool: int | None = None) -> Path:
+    """PRP as the demo runs it (full recipe: rates 1, 2, 4, 8, jitter 0.2), shortened."""
+    cfg = TrainConfig(cache=store, out=out, task="prp", epochs=15, batch_size=16, lr=1e-2, warmup_epochs=1,
+                      tmm=replace(TMM, spatial_pool=spatial_pool), sampler=SamplerConfig(clips_per_video=8),
+                      device="cpu", seed=SEED, preload="ram", loader_threads=1, progress=False)
+    train(cfg)
+    return out
+
+
+def probe(demo, store: Path, run: Path, mode: str) -> float:
+    model, _, _ = load_model(run, open_store(store), torch.device("cpu"))
+    return demo.probe_accuracy(model, store, mode)
+
+
+@pytest.fixture(scope="module")
+def motion_prp(motion_store, tmp_path_factory) -> Path:
+    return pretrain(motion_store, tmp_path_factory.mktemp("prp") / "motion")
+
+
+def test_prp_probe_beats_random_and_shuffled_pretext(demo, motion_store, motion_prp, tmp_path, monkeypatch):
+    real = train_module.prp_epoch
+
+    def shuffled_labels(*args, **kwargs):
+        # The same clips, their rate labels permuted: nothing left to learn from the clip.
+        plan = real(*args, **kwargs)
+        rng = np.random.default_rng([7, kwargs.get("epoch", args[4] if len(args) > 4 else 0)])
+        labels = rng.permutation([c.label for c in plan])
+        return [ClipRequest(c.video, c.indices, int(y)) for c, y in zip(plan, labels)]
+
+    monkeypatch.setattr(train_module, "prp_epoch", shuffled_labels)
+    broken = pretrain(motion_store, tmp_path / "shuffled")
+    monkeypatch.setattr(train_module, "prp_epoch", real)
+
+    in_dim = open_store(motion_store).ifm().dim
+    acc_prp = probe(demo, motion_store, motion_prp, "stride")
+    acc_broken = probe(demo, motion_store, broken, "stride")
+    acc_random = demo.probe_accuracy(demo.random_model(TMM, in_dim, SEED), motion_store, "stride")
+    print(f"linear probe on motion: PRP {acc_prp:.3f}, shuffled PRP {acc_broken:.3f}, "
+          f"random {acc_random:.3f}")
+    assert acc_prp - acc_random > MARGIN
+    assert acc_broken - acc_random < MARGIN
+
+
+def test_pooling_the_grid_to_1_takes_motion_to_chance_but_not_appearance(demo, motion_store, motion_prp,
+                                                                         appearance_store, tmp_path):
+    """Finding 1 as far as test-vit tokens allow it (README, "Ablations"): pooled to 1 x 1, the
+    motion family falls to chance while the appearance family stays far above it. In absolute
+    points appearance loses about as much: a random ViT's average over the grid dilutes a
+    shape's look as it dilutes a disc's position (CLIP's tokens would keep the look)."""
+    acc = {}
+    for family, store, full in (("motion", motion_store, motion_prp), ("appearance", appearance_store, None)):
+        full = full or pretrain(store, tmp_path / f"{family}-full")
+        pooled = pretrain(store, tmp_path / f"{family}-pool1", spatial_pool=1)
+        acc[family] = [probe(demo, store, run, "stride") for run in (full, pooled)]
+        print(f"{family}: probe {acc[family][0]:.3f} on the 4x4 grid, {acc[family][1]:.3f} pooled to 1x1")
+    chance = 0.25
+    # 32 test videos: a probe at chance has a standard deviation of 7.7 points.
+    assert acc["motion"][1] < chance + 0.1  # no speed left once the position is gone
+    assert acc["appearance"][1] > chance + 0.2  # the look survives, in part
+    lost = {f: (a[0] - a[1]) / (a[0] - chance) for f, a in acc.items()}  # share of the gain over chance
+    assert lost["motion"] > lost["appearance"]
+
+
+def test_probe_and_table_on_known_numbers(demo):
+    # The probe reads a class signal that is there, and none from labels that carry none.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    y_train, y_test = np.repeat(np.arange(4), 20), np.repeat(np.arange(4), 10)
+    x_train = centres[y_train] + 0.5 * rng.normal(size=(80, 16))
+    x_test = centres[y_test] + 0.5 * rng.normal(size=(40, 16))
+    assert demo.fit_probe(x_train, y_train, x_test, y_test) == 1.0
+    noise = rng.normal(size=(80, 16)), rng.normal(size=(40, 16))
+    assert demo.fit_probe(noise[0], y_train, noise[1], y_test) < 0.45
+    # Mean and sample standard deviation over seeds, ΔAcc signed.
+    row = dict(ft_prp=0.5, delta=-0.1, probe_prp=0.5, probe_random=0.25, avgpool=0.25)
+    table = demo.render({"motion": [row, {**row, "ft_prp": 0.7, "delta": 0.1}]}, [0, 1])
+    assert "| synthetic-motion | 60.0 ± 14.1 | +0.0 ± 14.1 | 50.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 |" in table
