@@ -1,0 +1,185 @@
+"""Nothing lost, nothing read wrong (issue 15): overlapping writers, kills, corrupt input and
+damaged stores end in a correct store or one clear line, never in silently wrong tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract_config, write_video
+from typer.testing import CliRunner
+
+from advise_cache.cli import app
+from advise_cache.errors import StoreError
+from advise_cache.extract import extract_videos
+from advise_cache.store import DONE, PENDING, create_store, open_store, verify
+
+runner = CliRunner()
+CLI = [sys.executable, "-m", "advise_cache.cli"]
+INFO = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
+        "normalisation": "n", "precision": "fp32"}
+
+
+def small_store(path: Path, lengths=(5, 8, 13)):
+    """A store with one IFM group and no model behind it: for the store's own rules."""
+    n = len(lengths)
+    table = {"name": [f"v{i}" for i in range(n)], "path": [""] * n, "split": ["train"] * n, "label": [0] * n,
+             "fps": [25.0] * n, "source_frames": list(lengths), "probe_error": [""] * n}
+    create_store(path, "t", "r", ["a"], table)
+    a = open_store(path, mode="a").add_ifm("k", INFO, 1, 4)
+    rng = np.random.default_rng(0)
+    return a, [rng.standard_normal((m, 2, 3, 4)).astype(np.float16) for m in lengths]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    for i, frames in enumerate((7, 10, 12, 9)):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", frames, seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-stores") / "tiny.zarr"
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.exit_code == 0 and summary.done == 4, summary.failed
+    return out
+
+
+def tokens_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    a = open_store(path).ifm("test-vit")
+    return a.tokens[:], a.status()
+
+
+# -- 1. ownership of videos -----------------------------------------------------------------
+_HOLD = """
+import sys, time
+from advise_cache.store import open_store
+a = open_store(sys.argv[1], mode="a").ifm("k")
+print(a.claim([0]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_keeps_other_writers_out_and_dies_with_its_process(tmp_path):
+    a, tokens = small_store(tmp_path / "s.zarr")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "s.zarr")], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "[0]"
+        assert a.claim([0, 1, 2]) == [1, 2]  # video 0 belongs to the other process
+        with pytest.raises(StoreError, match="another process"):
+            a.write_shard(0, 0, tokens[0][:4])
+        with pytest.raises(StoreError, match="another process"):
+            a.clear_video(0)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert a.claim([0]) == [0]  # the kernel dropped the dead process's claim: no stale lock
+    a.write_video(0, tokens[0])
+    assert a.status()[0] == DONE
+
+
+def test_a_writer_with_a_stale_view_never_touches_a_done_video(tmp_path):
+    """The defect: a second writer read `status` before the first marked the video done,
+    then cleared it. Claims are checked against the status read under the claim."""
+    first, tokens = small_store(tmp_path / "s.zarr")
+    second = open_store(tmp_path / "s.zarr", mode="a").ifm("k")
+    stale = second.status()
+    assert (stale == PENDING).all()
+    for v, t in enumerate(tokens):
+        first.write_video(v, t)
+    files = sorted(p for p in (tmp_path / "s.zarr" / "ifm" / "k" / "tokens").rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    assert second.claim(np.flatnonzero(stale == PENDING)) == []  # nothing pending any more
+    for v in range(len(tokens)):
+        with pytest.raises(StoreError, match="done"):
+            second.clear_video(v)
+        with pytest.raises(StoreError, match="done"):
+            second.write_shard(v, 0, tokens[v][:4])
+        with pytest.raises(StoreError, match="done"):
+            second.mark_failed(v, "no")
+    assert {p: p.read_bytes() for p in files} == before
+    assert verify(open_store(tmp_path / "s.zarr")) == []
+
+
+def test_extract_with_a_stale_status_leaves_done_videos_alone(tiny_root, tiny_store, tmp_path, monkeypatch):
+    from advise_cache import store as store_mod
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, out)
+    shards = sorted(p for p in (out / "ifm" / "test-vit" / "tokens").rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    real_status = store_mod.IFMArrays.status
+    monkeypatch.setattr(store_mod.IFMArrays, "status",  # another process finished them after we looked
+                        lambda self: np.full(len(self.frames), PENDING, "int8"))
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    monkeypatch.setattr(store_mod.IFMArrays, "status", real_status)
+    assert summary.done == 0 and not summary.failed
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # not one shard rewritten or removed
+    a, sa = tokens_of(out)
+    b, sb = tokens_of(tiny_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root, tiny_store, tmp_path):
+    """Two writers of the same videos (overlapping --shard specs), one SIGKILLed part-way:
+    here the other runs in a thread of this process (one torch import less)."""
+    import threading
+
+    out = tmp_path / "overlap.zarr"
+    cfg = extract_config(tiny_root, out, dataset="folder", frames_per_shard=4, batch_size=4)
+    killed = subprocess.Popen([*CLI, "extract", "folder", "--root", str(tiny_root), "--out", str(out), "--model",
+                               "test-vit", "--pretrained", "none", "--workers", "0", "--frames-per-shard", "4",
+                               "--batch-size", "4", "--device", "cpu"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    status_dir = out / "ifm" / "test-vit" / "status" / "c"
+    try:
+        while killed.poll() is None and not (status_dir.exists() and any(status_dir.iterdir())):
+            time.sleep(0.02)  # the other process is writing its first videos
+        legit = threading.Thread(target=lambda: results.update(s=extract_videos(cfg)))
+        legit.start()
+        time.sleep(0.2)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    legit.join()
+    assert results["s"].exit_code == 0
+    again = extract_videos(cfg)  # finishes whatever the killed one held
+    assert again.exit_code == 0
+    assert verify(open_store(out)) == []
+    a, sa = tokens_of(out)
+    b, sb = tokens_of(tiny_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_extract_repairs_a_done_video_whose_shard_is_damaged(tiny_root, tiny_store, tmp_path, damage):
+    out = tmp_path / "damaged.zarr"
+    shutil.copytree(tiny_store, out)
+    store = open_store(out)
+    name = str(store.videos.name[2])
+    shard = store.ifm("test-vit")._shard_paths(2)[1]
+    if damage == "delete":
+        shard.unlink()
+    else:
+        os.truncate(shard, shard.stat().st_size // 2)
+    problems = verify(open_store(out), check_values=False)  # found from file sizes alone
+    assert len(problems) == 1 and name in problems[0] and ("missing" in problems[0] or "bytes" in problems[0])
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.done == 1 and summary.already_done == 3
+    assert verify(open_store(out)) == []
+    a, _ = tokens_of(out)
+    b, _ = tokens_of(tiny_store)
+    np.testing.assert_array_equal(a, b)
