@@ -72,14 +72,26 @@ def _reader(path: Path):
 
 
 
+def _decoding(path: Path, what: str, fn):
+    """`fn()`, with any error of the decoder (decord raises its own DECORDError, or
+    RuntimeError) turned into this video's DecodeError: one bad file never stops a run."""
+    try:
+        return fn()
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"{path}: {what} ({first_line(e, 200)})") from e
+
+
 def probe_video(path: Path) -> VideoInfo:
     """Frame count and rate from the decoder's own index (what `decode_frames` will return)."""
     vr = _reader(path)
-    n = len(vr)
+    n = _decoding(path, "cannot read its frame index", lambda: len(vr))
     if n == 0:
         raise DecodeError(f"{path}: no decodable frame")
-    height, width = vr[0].shape[:2] if n else (0, 0)
-    return VideoInfo(frames=n, fps=float(vr.get_avg_fps() or 0.0), height=height, width=width)
+    height, width = _decoding(path, "decoding failed at frame 0", lambda: vr[0].shape[:2])
+    fps = _decoding(path, "cannot read its frame rate", lambda: float(vr.get_avg_fps() or 0.0))
+    return VideoInfo(frames=n, fps=fps, height=height, width=width)
 
 
 def strided_count(frames: int, stride: int) -> int:
@@ -98,19 +110,15 @@ def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | Non
     `out()`, when given, returns the buffer each chunk's crops are written into (a slot of
     shared memory). `expected` rows, when given, are checked before anything is decoded."""
     vr = _reader(path)
-    indices = list(range(0, len(vr), stride))
+    indices = list(range(0, _decoding(path, "cannot read its frame index", lambda: len(vr)), stride))
     if not indices:
         raise DecodeError(f"{path}: no decodable frame")
     if expected is not None and len(indices) != expected:
         raise DecodeError(f"{path}: decoder sees {len(indices)} frames, the store expects {expected}")
     for start in range(0, len(indices), chunk):
         batch = indices[start : start + chunk]
-        try:
-            frames = vr.get_batch(batch).asnumpy()
-        except Exception as e:
-            raise DecodeError(
-                f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({first_line(e, 200)})"
-            ) from e
+        frames = _decoding(path, f"decoding failed at frames {batch[0]}-{batch[-1]}",
+                           lambda: vr.get_batch(batch).asnumpy())
         yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
 
 

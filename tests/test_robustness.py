@@ -183,3 +183,30 @@ def test_extract_repairs_a_done_video_whose_shard_is_damaged(tiny_root, tiny_sto
     a, _ = tokens_of(out)
     b, _ = tokens_of(tiny_store)
     np.testing.assert_array_equal(a, b)
+
+
+# -- 2. every decoder error is one video's failure --------------------------------------------
+def _corrupt_first_frame(good: Path, out: Path) -> Path:
+    """A valid container whose first frame's compressed bytes are overwritten: it opens and
+    has an index, but decord raises its own DECORDError on decoding frame 0."""
+    import av
+
+    with av.open(str(good)) as c:
+        pos, size = next((int(p.pos), p.size) for p in c.demux(video=0) if p.size)
+    data = bytearray(good.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_video_with_a_corrupt_first_frame_is_recorded_and_the_run_goes_on(tmp_path, workers):
+    good = write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    _corrupt_first_frame(good, tmp_path / "data" / "b" / "bad.mp4")
+    out = tmp_path / "s.zarr"
+    summary = extract_videos(extract_config(tmp_path / "data", out, dataset="folder", workers=workers))
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/bad"]
+    assert "bad.mp4" in summary.failed[0]["reason"] and "frame 0" in summary.failed[0]["reason"]
+    assert verify(open_store(out)) == []
