@@ -210,3 +210,22 @@ def test_a_video_with_a_corrupt_first_frame_is_recorded_and_the_run_goes_on(tmp_
     assert [f["name"] for f in summary.failed] == ["b/bad"]
     assert "bad.mp4" in summary.failed[0]["reason"] and "frame 0" in summary.failed[0]["reason"]
     assert verify(open_store(out)) == []
+
+
+# -- 3. leftovers of an interrupted IFM group creation ------------------------------------------
+def test_a_group_left_half_built_by_a_killed_run_is_ignored_then_cleaned(tiny_root, tiny_store, tmp_path):
+    out = tmp_path / "left.zarr"
+    shutil.copytree(tiny_store, out)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has any more
+    left = out / "ifm" / f".other.tmp-{gone.pid}-0123abcd"
+    shutil.copytree(out / "ifm" / "test-vit", left, ignore=shutil.ignore_patterns("tokens", "status"))
+    assert open_store(out).ifm().key == "test-vit"  # what train and evaluate call without --ifm
+    for args in (["info", str(out)], ["verify", str(out)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        assert "other" not in r.output
+    os.utime(left, (time.time() - 3600, time.time() - 3600))  # long past any build
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.already_done == 4
+    assert not left.exists()
