@@ -43,7 +43,7 @@ from .datasets import load_dataset
 from .errors import AdviseCacheError, DecodeError, StoreError, first_line
 from .ifm import create_ifm
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
-from .video import decode_worker, init_worker, iter_crops, probe_or_reason
+from .video import decode_worker, init_worker, iter_crops, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, fl
         # spawn: forking a process that has already started torch's thread pools can deadlock.
         pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
                                    initializer=init_worker)
-        results = pool.map(probe_or_reason, paths, chunksize=8)
+        with sigint_blocked():  # the pool starts its processes (and its manager thread) here
+            results = pool.map(probe_or_reason, paths, chunksize=8)
     try:
         return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress,
                          leave=False))
@@ -352,8 +353,9 @@ class _PoolDecoder:
                         daemon=True, name=f"decode-{i}")
             for i in range(workers)
         ]
-        for p in self.procs:
-            p.start()
+        with sigint_blocked():
+            for p in self.procs:
+                p.start()
 
     def next(self) -> tuple:
         while True:

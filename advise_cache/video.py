@@ -11,6 +11,7 @@ Decode workers import only this module (no torch), so they start in well under a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import os
+import signal
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -168,9 +171,57 @@ def _stats(spec: PixelSpec, device) -> tuple:
 
 # -- entry points for decode worker processes: failures come back as a reason string --------
 def init_worker() -> None:
+    """Set up a decode or probe process: quiet, deaf to Ctrl-C, and dying with its parent."""
     # decord's bundled ffmpeg prints to fd 2; the reason is kept in the store instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    # Ctrl-C reaches the whole process group; the parent alone handles it and ends its workers.
+    # A worker interrupted inside a pool's queue can leave the parent waiting on it for good.
+    # The parent started us with SIGINT blocked (`sigint_blocked`), so one sent before this
+    # point is pending: ignoring it discards it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent()
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Start worker processes inside this. They inherit SIGINT blocked, so a Ctrl-C while they
+    boot does not kill them mid-import; and here a Ctrl-C (which any thread may receive) is
+    only noted until every process is launched, then raised as KeyboardInterrupt, so no
+    launch is cut off half-way."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    noted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: noted.append(True))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending one is noted now
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if noted and previous is not signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the one that started it dies (Linux), however
+    it dies: a killed extraction leaves no decode process behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(0)
 
 
 def probe_or_reason(path: str) -> tuple[int, float, str]:

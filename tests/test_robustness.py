@@ -229,3 +229,90 @@ def test_a_group_left_half_built_by_a_killed_run_is_ignored_then_cleaned(tiny_ro
     summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
     assert summary.already_done == 4
     assert not left.exists()
+
+
+# -- 4. Ctrl-C and kills end the workers too -----------------------------------------------------
+@pytest.fixture(scope="module")
+def long_root(tmp_path_factory) -> Path:
+    """Enough decoding that a run is still going when it is interrupted."""
+    root = tmp_path_factory.mktemp("long")
+    for i in range(8):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", 150, seed=i)
+    return root
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out), "--model",
+                             "test-vit", "--pretrained", "none", "--workers", "2", "--batch-size", "4",
+                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal job is
+    while proc.poll() is None and len(_session(proc.pid)) < 2:  # a first worker is starting
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_ends_extract_and_its_workers(long_root, tmp_path):
+    proc = _start_with_workers(long_root, tmp_path / "s.zarr")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    try:
+        _, err = proc.communicate(timeout=120)  # a guard against the hang, not a timing
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    for _ in range(100):
+        if not _session(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _session(proc.pid) == []
+
+
+_POOL = """
+import time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+from advise_cache.video import init_worker, sigint_blocked
+pool = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"), initializer=init_worker)
+with sigint_blocked():
+    futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_die_with_a_killed_parent():
+    """extract's probe and decode processes are set up by `init_worker`: SIGKILL the parent
+    (no handler of its own can run) and the kernel ends them too."""
+    proc = subprocess.Popen([sys.executable, "-c", _POOL], start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        while proc.poll() is None and len(_session(proc.pid)) < 3:
+            time.sleep(0.05)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)  # the parent only
+        proc.wait()
+        for _ in range(100):
+            if not _session(proc.pid):
+                break
+            time.sleep(0.1)
+        assert _session(proc.pid) == []
+    finally:
+        for pid in _session(proc.pid):
+            os.kill(pid, signal.SIGKILL)
