@@ -234,7 +234,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         raise AdviseCacheError("--writers must be >= 1")
     t0 = time.perf_counter()
     (k, n), device = resolve_launch(cfg.shard, cfg.device)
-    key = cfg.name or ifm_key(cfg.model)
+    key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
                                "'.' (it names a folder inside the store)")

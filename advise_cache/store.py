@@ -303,7 +303,11 @@ class Store:
         if "ifm" not in self.group:
             return []
         # Hidden folders are groups being built (or left by a killed run), never a model.
-        return sorted(k for k, _ in self.group["ifm"].groups() if not k.startswith("."))
+        try:
+            return sorted(k for k, _ in self.group["ifm"].groups() if not k.startswith("."))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{self.path}: its image models cannot be listed, the store is damaged: "
+                             f"{_damage(e)}") from e
 
     def ifm(self, key: str | None = None) -> "IFMArrays":
         keys = self.ifm_keys()

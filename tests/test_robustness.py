@@ -316,3 +316,76 @@ def test_workers_die_with_a_killed_parent():
     finally:
         for pid in _session(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# -- 5. bad flags and damaged stores: one line, exit 2 (verify: a problem, exit 1) ----------------
+@pytest.mark.parametrize("name", ["../../x", ".hidden", "a/b", ""])
+def test_an_unsafe_name_is_refused(tmp_path, name):
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "s.zarr"),
+                            "--model", "test-vit", "--name", name])
+    assert r.exit_code == 2 and "--name" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_out_at_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "file"),
+                            "--model", "test-vit"])
+    assert r.exit_code == 2 and "is a file" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = runner.invoke(app, ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr"),
+                                "--model", "test-vit", "--pretrained", "none", "--device", "cpu"])
+    finally:
+        ro.chmod(0o755)
+    assert r.exit_code == 2 and "not writable" in r.output
+
+
+def _damage_store(store: Path, how: str) -> None:
+    if how == "cut zarr.json":
+        data = (store / "zarr.json").read_bytes()
+        (store / "zarr.json").write_bytes(data[: len(data) // 2])
+    elif how == "no offset array":
+        shutil.rmtree(store / "ifm" / "test-vit" / "offset")
+    elif how == "no label array":
+        shutil.rmtree(store / "videos" / "label")
+    elif how == "cut group zarr.json":
+        (store / "ifm" / "test-vit" / "zarr.json").write_text("{")
+
+
+@pytest.mark.parametrize("how", ["cut zarr.json", "no offset array", "no label array", "cut group zarr.json"])
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_a_damaged_store_is_one_line(tiny_store, tmp_path, how, command):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    _damage_store(out, how)
+    r = runner.invoke(app, [command, str(out)])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert "damaged" in r.output or "not a store" in r.output
+
+
+@pytest.mark.parametrize("how", ["truncate", "index checksum"])
+def test_verify_names_a_video_whose_shard_cannot_be_read(tiny_store, tmp_path, how):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    store = open_store(out)
+    name = str(store.videos.name[1])
+    shard = store.ifm("test-vit")._shard_paths(1)[0]
+    data = bytearray(shard.read_bytes())
+    if how == "truncate":
+        shard.write_bytes(bytes(data[:100]))
+    else:
+        data[-10] ^= 0xFF  # inside the index: its crc32c no longer matches
+        shard.write_bytes(bytes(data))
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if name in line]
+    assert len(lines) == 1, r.output
