@@ -60,6 +60,11 @@ def _reader(path: Path):
 
     decord.logging.set_level(decord.logging.QUIET)
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+    if path.is_dir():
+        raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are "
+                          "not extracted")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -84,6 +89,14 @@ def _decoding(path: Path, what: str, fn):
         raise
     except Exception as e:
         raise DecodeError(f"{path}: {what} ({first_line(e, 200)})") from e
+
+
+def _access_error(folder: Path) -> str:
+    try:
+        os.listdir(folder)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return "it became readable since it was listed: run again"
 
 
 def probe_video(path: Path) -> VideoInfo:

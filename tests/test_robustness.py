@@ -389,3 +389,27 @@ def test_verify_names_a_video_whose_shard_cannot_be_read(tiny_store, tmp_path, h
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     lines = [line for line in r.output.splitlines() if name in line]
     assert len(lines) == 1, r.output
+
+
+def test_a_dangling_link_is_recorded_as_failed_not_skipped(tmp_path):
+    write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    (tmp_path / "data" / "b").mkdir()
+    (tmp_path / "data" / "b" / "gone.mp4").symlink_to(tmp_path / "elsewhere" / "gone.mp4")
+    summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/gone"]
+    assert "does not exist" in summary.failed[0]["reason"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads unreadable folders")
+def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path):
+    write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    hidden = write_video(tmp_path / "data" / "b" / "inner" / "x.mp4", 9, seed=2).parent
+    hidden.chmod(0)
+    try:
+        summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
+    finally:
+        hidden.chmod(0o755)
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/inner"]
+    assert "cannot be read" in summary.failed[0]["reason"]
