@@ -43,6 +43,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.codecs
@@ -71,6 +72,7 @@ _CATEGORICAL = ("split", "probe_error")  # few distinct values: int32 codes + na
 _TEXT = ("name", "path")  # one value per video: UTF-8 bytes + end offsets
 SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # an IFM key is a folder name inside ifm/
 _TMP = re.compile(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}")  # .<name>.tmp-<pid>-<hex>; old ones lack the pid
+NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
 STALE_AFTER = 60.0  # seconds: a group takes well under a second to build
 
 
@@ -368,6 +370,8 @@ class Store:
                            dimension_names=("video",))
             g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="",
                            dimension_names=("video",))
+            g.create_array("checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM,
+                           dimension_names=("video",))
 
         _atomic_create(ifm_dir / key, build)
         _consolidate(self.path)
@@ -410,6 +414,8 @@ class IFMArrays:
         self._status_lock = threading.Lock()  # status/reason writes come from several threads
         self._token_dir_synced = False
         self._claims_fd: int | None = None
+        self._checksums = self.group["checksum"] if "checksum" in self.group else None
+        self._shard_crcs: dict[tuple[int, int], int] = {}
         self._claimed: set[int] = set()
         self._claims_lock = threading.Lock()
 
@@ -542,9 +548,11 @@ class IFMArrays:
                              f"expected {(rows, *self.tokens.shape[1:])}")
         self._owned(video)
         path = self._shard_paths(video)[index]
+        data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
+        with self._status_lock:
+            self._shard_crcs[(video, index)] = _crc(data)
         if self._direct:
             path.parent.mkdir(parents=True, exist_ok=True)
-            data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _write_all(fd, [memoryview(data).cast("B"), shard_index(rows, per, data[0].nbytes)])
@@ -571,6 +579,9 @@ class IFMArrays:
             self._token_dir_synced = True
         _fsync(self._token_dir / "c")
         with self._status_lock:
+            crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
+            if self._checksums is not None:  # before the status: a done video always has its checksum
+                self._checksums[video] = NO_CHECKSUM if None in crcs else video_checksum(crcs)
             self.group["status"][video] = DONE
         self.release([video])
 
@@ -621,12 +632,35 @@ class IFMArrays:
         self._reader.read_into(rows, out)
         return out
 
+    def checksums(self) -> np.ndarray | None:
+        """Each video's checksum (NO_CHECKSUM: none recorded); None for a group made before
+        checksums were kept."""
+        return None if self._checksums is None else self._checksums[:]
+
+    def computed_checksum(self, video: int, tokens: np.ndarray | None = None) -> int:
+        """The checksum of what the store holds for a video now (`tokens`: its rows, if read)."""
+        x = self.read_video(video) if tokens is None else tokens
+        per = int(self.meta["frames_per_shard"])
+        le = np.dtype(self.tokens.dtype).newbyteorder("<")
+        return video_checksum([_crc(np.ascontiguousarray(x[k : k + per], le)) for k in range(0, len(x), per)])
+
     def read_video(self, video: int) -> np.ndarray:
         base = int(self.offset[video])
         return self.tokens[base : base + int(self.frames[video])]
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
+
+
+def _crc(array: np.ndarray) -> int:
+    """crc32c of a contiguous array's bytes, without copying them."""
+    return google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+
+
+def video_checksum(shard_crcs: list[int]) -> int:
+    """A video's checksum: the crc32c of its shards' crc32c values (little-endian uint32, in
+    order), each taken over that shard's token bytes as stored (little-endian, uncompressed)."""
+    return google_crc32c.value(np.asarray(shard_crcs, "<u4").tobytes())
 
 
 def _write_all(fd: int, buffers: list) -> None:
@@ -717,8 +751,9 @@ def summarize(store: Store) -> dict:
     return out
 
 
-def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
-    """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens."""
+def verify(store: Store, check_values: bool = True, progress=None, deep: bool = False) -> list[str]:
+    """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens; `deep`:
+    also tokens that differ from the checksum written at extraction (flipped finite values)."""
     problems = _table_problems(store)
     table = store.videos
     keys = store.ifm_keys()
@@ -745,7 +780,11 @@ def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
         damaged = dict(a.damaged(np.flatnonzero(status == DONE)))
         problems += [f"{key}: {table.name[v]}: {why} (`advise-cache extract` writes it again)"
                      for v, why in damaged.items()]
-        if check_values:
+        sums = a.checksums() if deep else None
+        if deep and sums is None:
+            problems.append(f"{key}: no checksums recorded (extracted before advise-cache kept them): "
+                            "--deep cannot check its values")
+        if check_values or deep:
             for v in (progress or iter)(np.flatnonzero(status == DONE)):
                 if v in damaged:
                     continue
@@ -754,6 +793,9 @@ def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
                 except Exception as e:  # zarr's own errors: a bad checksum, a cut index, ...
                     problems.append(f"{key}: {table.name[v]}: its shards cannot be read ({first_line(e, 200)})")
                     continue
+                if sums is not None and sums[v] != NO_CHECKSUM and a.computed_checksum(int(v), x) != sums[v]:
+                    problems.append(f"{key}: {table.name[v]}: its tokens differ from the checksum written at "
+                                    "extraction (corrupted on disk)")
                 if not np.isfinite(x).all():
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():

@@ -413,3 +413,31 @@ def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path):
     assert summary.done == 1
     assert [f["name"] for f in summary.failed] == ["b/inner"]
     assert "cannot be read" in summary.failed[0]["reason"]
+
+
+# -- 6. per-video checksums: flipped finite values are found by verify --deep --------------------
+def test_verify_deep_finds_a_flipped_finite_value(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    r = runner.invoke(app, ["verify", "--deep", str(out)])
+    assert r.exit_code == 0 and "ok" in r.output, r.output
+    store = open_store(out)
+    name = str(store.videos.name[3])
+    shard = store.ifm("test-vit")._shard_paths(3)[0]
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x01  # the lowest mantissa bit of one float16: still finite, still non-zero
+    shard.write_bytes(bytes(data))
+    assert verify(open_store(out)) == []  # what verify could see before: nothing
+    r = runner.invoke(app, ["verify", "--deep", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    flagged = [line for line in r.output.splitlines() if "checksum" in line]
+    assert len(flagged) == 1 and name in flagged[0]
+
+
+def test_verify_deep_says_when_a_group_has_no_checksums(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    shutil.rmtree(out / "ifm" / "test-vit" / "checksum")  # as groups made before checksums
+    problems = verify(open_store(out), deep=True)
+    assert len(problems) == 1 and "no checksums" in problems[0]
+    assert verify(open_store(out)) == []
