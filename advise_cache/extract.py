@@ -14,7 +14,9 @@ Three stages run at once so the model never waits:
   mark a video done once all its shards are durable.
 
 Memory stays bounded whatever a video's length: a video is held as a few shard buffers, not
-whole. Killing the run at any point and starting it again continues where it stopped.
+whole. Killing the run at any point and starting it again continues where it stopped; a
+process writes only the videos it has claimed (`IFMArrays.claim`), so runs that overlap
+never touch each other's videos, and done videos whose shards went missing are redone.
 `--shard K/N` lets N processes split the videos of one store; under torchrun each rank
 takes RANK/WORLD_SIZE as its part and LOCAL_RANK as its GPU, the same way.
 """

@@ -13,6 +13,8 @@ The only module that imports zarr. docs/STORE.md describes the layout; in short:
         frames  (V,)  rows of each video
         status  (V,)  0 pending, 1 done, 2 failed   (one chunk per video)
         reason  (V,)  why a video failed            (one chunk per video)
+        checksum (V,) crc32c of a done video's tokens (one chunk per video)
+        claims.lock   byte v locked by the process writing video v (not Zarr)
 
 Each video starts on a shard boundary, so every shard belongs to exactly one video: writers
 that own disjoint videos never touch the same object, and a video is rewritten whole when an
