@@ -258,14 +258,17 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     summary = ExtractSummary(str(cfg.out), key, len(mine), workers=workers, batch_size=batch, shard=(k, n),
                              device=str(ifm.device), missing=len(store.source["missing"]))
     try:
-        _repair(arrays, table, [int(v) for v in mine if arrays.status()[v] == DONE])
+        status = arrays.status()
+        _repair(arrays, table, [int(v) for v in mine if status[v] == DONE])
         status = arrays.status()
         pending = [int(v) for v in mine if status[v] == PENDING]
         # Claimed and still pending: ours alone until the run ends (see IFMArrays.claim).
         todo = arrays.claim(pending)
         status = arrays.status()
-        summary.busy = sum(1 for v in pending if v not in set(todo) and status[v] == PENDING)
-        summary.failed = [{"name": str(table.name[v]), "reason": str(arrays.reasons()[v])}
+        ours = set(todo)
+        summary.busy = sum(1 for v in pending if v not in ours and status[v] == PENDING)
+        reasons = arrays.reasons() if (status[mine] == FAILED).any() else None
+        summary.failed = [{"name": str(table.name[v]), "reason": str(reasons[v])}
                           for v in mine if status[v] == FAILED]
         summary.already_done = int((status[mine] == DONE).sum())
         if summary.busy:
