@@ -54,6 +54,8 @@ from . import __version__
 from .errors import StoreError, first_line
 from .shards import ShardReader, shard_index
 
+_shard_index = shard_index  # the name pipelines/bench_extract.py imports (it moved to shards.py)
+
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: text columns as bytes or codes, dimension names, consolidated metadata
