@@ -178,20 +178,20 @@ def resolve_launch(shard: tuple[int, int], device: str) -> tuple[tuple[int, int]
 
 # -- the store -----------------------------------------------------------------------------
 def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, float, str]]:
-    if workers <= 0:
-        results = map(probe_or_reason, paths)
-        pool = None
-    else:
-        # spawn: forking a process that has already started torch's thread pools can deadlock.
-        pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
-                                   initializer=init_worker)
-        with sigint_blocked():  # the pool starts its processes (and its manager thread) here
-            results = pool.map(probe_or_reason, paths, chunksize=8)
+    pool = None
     try:
+        if workers <= 0:
+            results = map(probe_or_reason, paths)
+        else:
+            # spawn: forking a process that has already started torch's thread pools can deadlock.
+            pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
+                                       initializer=init_worker)
+            with sigint_blocked():  # the pool starts its processes (and its manager thread) here
+                results = pool.map(probe_or_reason, paths, chunksize=8)
         return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress,
                          leave=False))
     finally:
-        if pool is not None:
+        if pool is not None:  # its workers ignore Ctrl-C: they finish the probe in hand, then go
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -358,9 +358,13 @@ class _PoolDecoder:
                         daemon=True, name=f"decode-{i}")
             for i in range(workers)
         ]
-        with sigint_blocked():
-            for p in self.procs:
-                p.start()
+        try:
+            with sigint_blocked():
+                for p in self.procs:
+                    p.start()
+        except BaseException:  # a Ctrl-C noted while starting them: nothing may be left behind
+            self.close()
+            raise
 
     def next(self) -> tuple:
         while True:
@@ -382,10 +386,11 @@ class _PoolDecoder:
         self.free.put(slot)
 
     def close(self) -> None:
-        for p in self.procs:
+        started = [p for p in self.procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
-        for p in self.procs:
+        for p in started:
             p.join()
         for q in (self.tasks, self.results, self.free):
             q.cancel_join_thread()
