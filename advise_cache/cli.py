@@ -182,13 +182,17 @@ def _annotation_text(files: list[str]) -> str:
 
 @app.command()
 @user_errors
-def verify(store: Annotated[Path, typer.Argument(help="A store made by `extract`.")]):
+def verify(
+    store: Annotated[Path, typer.Argument(help="A store made by `extract`.")],
+    deep: Annotated[bool, typer.Option("--deep", help="Also compare every video's tokens with the checksum written at extraction.")] = False,
+):
     """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
 
     from .store import open_store, verify as verify_store
 
-    problems = verify_store(open_store(store), progress=lambda it: tqdm(it, desc="verify", unit="video"))
+    problems = verify_store(open_store(store), progress=lambda it: tqdm(it, desc="verify", unit="video"),
+                            deep=deep)
     for p in problems:
         typer.echo(p)
     typer.echo(f"{len(problems)} problem(s)" if problems else "ok")

@@ -431,9 +431,15 @@ def _load_folder(req: _Request) -> DatasetIndex:
     candidates = []
     for part, class_dir in class_dirs:
         for path in sorted(class_dir.rglob("*")):
-            if _is_video(path) and not _in_ignored(path, class_dir):
+            if (_is_video(path) or _is_dangling_video(path)) and not _in_ignored(path, class_dir):
                 name = path.relative_to(root).with_suffix("").as_posix()
                 candidates.append(VideoRecord(name, path, lookup[class_dir.name], part))
+        # A folder that cannot be read would hide its videos: it becomes a record whose probe
+        # fails with the reason, so the store and the summary name it.
+        for folder in _unreadable_folders(class_dir):
+            name = folder.relative_to(root).as_posix()
+            log.warning("%s: cannot read the folder %s; recorded as failed", req.dataset, folder)
+            candidates.append(VideoRecord(name, folder, lookup[class_dir.name], part))
     for _, folder in split_dirs:
         loose = [p for p in folder.iterdir() if _is_video(p)]
         if loose:
@@ -599,7 +605,9 @@ def _finish(
         req.fail(f"no videos found; expected {expected}")
     present, missing = [], []
     for record in by_name.values():
-        (present if record.path.is_file() else missing).append(record)
+        # A dangling link or an unreadable folder is there, just not readable: its probe fails.
+        there = record.path.is_file() or record.path.is_symlink() or record.path.is_dir()
+        (present if there else missing).append(record)
     if not present:
         example = missing[0].path
         hint = f"layouts: {DOCS}"
@@ -693,6 +701,19 @@ def _is_video(path: Path) -> bool:
     return (
         path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".") and path.is_file()
     )
+
+
+def _is_dangling_video(path: Path) -> bool:
+    """A link named like a video whose target is gone: kept, so its failure is recorded."""
+    return (path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+            and path.is_symlink() and not path.exists())
+
+
+def _unreadable_folders(top: Path) -> list[Path]:
+    errors: list[OSError] = []
+    for _ in os.walk(top, onerror=errors.append):
+        pass
+    return sorted({Path(e.filename) for e in errors if e.filename and not _in_ignored(Path(e.filename), top)})
 
 
 def _shared_tail(a: Path, b: Path) -> int:

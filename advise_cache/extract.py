@@ -14,13 +14,16 @@ Three stages run at once so the model never waits:
   mark a video done once all its shards are durable.
 
 Memory stays bounded whatever a video's length: a video is held as a few shard buffers, not
-whole. Killing the run at any point and starting it again continues where it stopped.
+whole. Killing the run at any point and starting it again continues where it stopped; a
+process writes only the videos it has claimed (`IFMArrays.claim`), so runs that overlap
+never touch each other's videos, and done videos whose shards went missing are redone.
 `--shard K/N` lets N processes split the videos of one store; under torchrun each rank
 takes RANK/WORLD_SIZE as its part and LOCAL_RANK as its GPU, the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -39,14 +42,15 @@ import torch
 from tqdm import tqdm
 
 from .datasets import load_dataset
-from .errors import AdviseCacheError, DecodeError, StoreError
+from .errors import AdviseCacheError, DecodeError, StoreError, first_line
 from .ifm import create_ifm
-from .store import DEFAULT_CODEC, FAILED, PENDING, create_store, open_store
-from .video import decode_worker, init_worker, iter_crops, probe_or_reason
+from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
+from .video import decode_worker, init_worker, iter_crops, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 3  # documented in the README: the run finished but some videos failed
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 CHUNK = 16  # frames a decode process hands over at a time (one shared-memory slot)
 
 
@@ -82,6 +86,7 @@ class ExtractSummary:
     videos: int  # videos this process was responsible for
     done: int = 0  # done in this run
     already_done: int = 0
+    busy: int = 0  # pending videos another process was extracting: left to it
     failed: list[dict] = field(default_factory=list)
     missing: int = 0  # videos the split files list but the disk lacks (named in the store)
     frames: int = 0
@@ -103,7 +108,8 @@ class ExtractSummary:
         out = [
             f"store {self.store}  ifm {self.ifm}" + (f"  part {k}/{n}" if n > 1 else ""),
             f"videos: {self.done} extracted, {self.already_done} already done, {len(self.failed)} failed"
-            f" (of {self.videos})" + (f"; {self.missing} listed videos missing on disk (`advise-cache info`"
+            f" (of {self.videos})" + (f"; {self.busy} left to another process extracting them now"
+                                      if self.busy else "") + (f"; {self.missing} listed videos missing on disk (`advise-cache info`"
                                       " names them)" if self.missing else ""),
             f"frames: {self.frames} in {self.seconds:.1f} s ({fps:.1f} frames/s; {self.device}, batch "
             f"{self.batch_size}, {self.workers} decode processes)",
@@ -172,19 +178,20 @@ def resolve_launch(shard: tuple[int, int], device: str) -> tuple[tuple[int, int]
 
 # -- the store -----------------------------------------------------------------------------
 def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, float, str]]:
-    if workers <= 0:
-        results = map(probe_or_reason, paths)
-        pool = None
-    else:
-        # spawn: forking a process that has already started torch's thread pools can deadlock.
-        pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
-                                   initializer=init_worker)
-        results = pool.map(probe_or_reason, paths, chunksize=8)
+    pool = None
     try:
+        if workers <= 0:
+            results = map(probe_or_reason, paths)
+        else:
+            # spawn: forking a process that has already started torch's thread pools can deadlock.
+            pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
+                                       initializer=init_worker)
+            with sigint_blocked():  # the pool starts its processes (and its manager thread) here
+                results = pool.map(probe_or_reason, paths, chunksize=8)
         return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress,
                          leave=False))
     finally:
-        if pool is not None:
+        if pool is not None:  # its workers ignore Ctrl-C: they finish the probe in hand, then go
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -203,6 +210,9 @@ def _ensure_store(cfg: ExtractConfig, index, workers: int) -> None:
         return
     if cfg.out.exists() and any(cfg.out.iterdir()):
         raise StoreError(f"{cfg.out} exists and is not a store; refusing to write into it")
+    parent = next(p for p in (cfg.out, *cfg.out.absolute().parents) if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):  # before probing every video
+        raise StoreError(f"cannot create the store {cfg.out}: {parent} is not writable")
     log.info("probing %d videos", len(names))
     paths = [str(r.path) for r in index.records]
     probes = _probe(paths, workers, cfg.progress)
@@ -226,28 +236,65 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         raise AdviseCacheError("--writers must be >= 1")
     t0 = time.perf_counter()
     (k, n), device = resolve_launch(cfg.shard, cfg.device)
+    key = ifm_key(cfg.model) if cfg.name is None else cfg.name
+    if not SAFE_KEY.fullmatch(key):
+        raise AdviseCacheError(f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
+                               "'.' (it names a folder inside the store)")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise StoreError(f"--out {cfg.out} is a file, not a store")
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     # The weights before any store: a model that cannot be built leaves nothing behind.
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
-    _ensure_store(cfg, index, workers)
-    store = open_store(cfg.out, mode="a")
-    key = cfg.name or ifm_key(cfg.model)
-    arrays = store.add_ifm(key, ifm.info(), cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
+    try:
+        _ensure_store(cfg, index, workers)
+        store = open_store(cfg.out, mode="a")
+        arrays = store.add_ifm(key, ifm.info(), cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
+    except OSError as e:  # a read-only folder, a full disk
+        raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
     table = store.videos
     mine = np.arange(len(table))[k::n]
-    status = arrays.status()
     summary = ExtractSummary(str(cfg.out), key, len(mine), workers=workers, batch_size=batch, shard=(k, n),
                              device=str(ifm.device), missing=len(store.source["missing"]))
-    summary.already_done = int((status[mine] != PENDING).sum())
-    todo = [int(v) for v in mine if status[v] == PENDING]
-    summary.failed = [{"name": str(table.name[v]), "reason": str(arrays.reasons()[v])}
-                      for v in mine if status[v] == FAILED]
-    summary.already_done -= len(summary.failed)
-    _run(cfg, ifm, arrays, table, todo, workers, batch, summary)
+    try:
+        status = arrays.status()
+        _repair(arrays, table, [int(v) for v in mine if status[v] == DONE])
+        status = arrays.status()
+        pending = [int(v) for v in mine if status[v] == PENDING]
+        # Claimed and still pending: ours alone until the run ends (see IFMArrays.claim).
+        todo = arrays.claim(pending)
+        status = arrays.status()
+        ours = set(todo)
+        summary.busy = sum(1 for v in pending if v not in ours and status[v] == PENDING)
+        reasons = arrays.reasons() if (status[mine] == FAILED).any() else None
+        summary.failed = [{"name": str(table.name[v]), "reason": str(reasons[v])}
+                          for v in mine if status[v] == FAILED]
+        summary.already_done = int((status[mine] == DONE).sum())
+        if summary.busy:
+            log.warning("%d videos are being extracted by another process; this one leaves them to it",
+                        summary.busy)
+        _run(cfg, ifm, arrays, table, todo, workers, batch, summary)
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        # What is done stays done (a video is marked done only once durable); the rest resumes.
+        raise StoreError(f"writing {cfg.out} failed: {e.strerror}; fix that and run the same command "
+                         "again to continue") from e
+    finally:
+        arrays.release()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _repair(arrays, table, done: list[int]) -> None:
+    """Done videos whose shard files are missing or cut go back to pending, to be written
+    again by this run (what `verify` reports as damaged)."""
+    for v, why in arrays.damaged(done):
+        if arrays.claim([v], state=DONE):
+            log.warning("%s was marked done but %s; extracting it again", table.name[v], why)
+            arrays.reopen(v)
+            arrays.release([v])
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -311,8 +358,13 @@ class _PoolDecoder:
                         daemon=True, name=f"decode-{i}")
             for i in range(workers)
         ]
-        for p in self.procs:
-            p.start()
+        try:
+            with sigint_blocked():
+                for p in self.procs:
+                    p.start()
+        except BaseException:  # a Ctrl-C noted while starting them: nothing may be left behind
+            self.close()
+            raise
 
     def next(self) -> tuple:
         while True:
@@ -334,10 +386,11 @@ class _PoolDecoder:
         self.free.put(slot)
 
     def close(self) -> None:
-        for p in self.procs:
+        started = [p for p in self.procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
-        for p in self.procs:
+        for p in started:
             p.join()
         for q in (self.tasks, self.results, self.free):
             q.cancel_join_thread()

@@ -13,6 +13,8 @@ The only module that imports zarr. docs/STORE.md describes the layout; in short:
         frames  (V,)  rows of each video
         status  (V,)  0 pending, 1 done, 2 failed   (one chunk per video)
         reason  (V,)  why a video failed            (one chunk per video)
+        checksum (V,) crc32c of a done video's tokens (one chunk per video)
+        claims.lock   byte v locked by the process writing video v (not Zarr)
 
 Each video starts on a shard boundary, so every shard belongs to exactly one video: writers
 that own disjoint videos never touch the same object, and a video is rewritten whole when an
@@ -28,10 +30,14 @@ whose text columns are zarr-python strings.
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import struct
 import threading
 import time
 import uuid
@@ -39,13 +45,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.codecs
 
 from . import __version__
-from .errors import StoreError
+from .errors import StoreError, first_line
 from .shards import ShardReader, shard_index
+
+_shard_index = shard_index  # the name pipelines/bench_extract.py imports (it moved to shards.py)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,10 @@ TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe
 _NUMBERS = {"label": "int32", "fps": "float32", "source_frames": "int64"}
 _CATEGORICAL = ("split", "probe_error")  # few distinct values: int32 codes + names
 _TEXT = ("name", "path")  # one value per video: UTF-8 bytes + end offsets
+SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # an IFM key is a folder name inside ifm/
+_TMP = re.compile(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}")  # .<name>.tmp-<pid>-<hex>; old ones lack the pid
+NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
+STALE_AFTER = 60.0  # seconds: a group takes well under a second to build
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,9 @@ def _meta(node) -> dict:
 
 def _atomic_create(target: Path, build) -> bool:
     """Build a directory next to `target` with `build(tmp)`, then rename it into place.
-    Returns False (and discards ours) when another process got there first."""
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    Returns False (and discards ours) when another process got there first. The hidden
+    folder's name carries our pid, so a later run can tell one left by a killed process."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         build(tmp)
         try:
@@ -103,6 +117,48 @@ def _atomic_create(target: Path, build) -> bool:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _building(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Hidden folders of `_atomic_create` in `folder`: (being built now, left by a killed
+    run). Left behind: its process is gone and it is older than a build takes, or it is
+    far older than any build (its pid may be of another machine sharing the store)."""
+    live, stale = [], []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return live, stale
+    now = time.time()
+    for p in entries:
+        m = _TMP.fullmatch(p.name)
+        if not m:
+            continue
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        dead = m[2] is None or not _pid_alive(int(m[2]))
+        (stale if (dead and age > STALE_AFTER) or age > 60 * STALE_AFTER else live).append(p)
+    return live, stale
+
+
+def clean_leftovers(folder: Path) -> list[Path]:
+    """Remove hidden build folders left in `folder` by killed runs; returns what was removed."""
+    _, stale = _building(folder)
+    for p in stale:
+        log.warning("removing %s, left by an interrupted run", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def create_store(path: Path, dataset: str, root: str, classes: list[str], table: dict,
@@ -169,10 +225,10 @@ def _open_group(path: Path, mode: str):
 def _consolidate(path: Path) -> None:
     """Write consolidated metadata (zarr-python's, outside the v3 spec) into the root
     zarr.json for readers that use it (xarray). Waits out IFM groups being built beside
-    their target so that none of them is recorded."""
-    building = lambda: any((path / "ifm").glob(".*.tmp-*"))  # noqa: E731
+    their target so that none of them is recorded; those left by killed runs are removed."""
+    clean_leftovers(path / "ifm")
     for _ in range(200):
-        if not building():
+        if not _building(path / "ifm")[0]:
             break
         time.sleep(0.05)
     with warnings.catch_warnings():
@@ -236,7 +292,10 @@ class Store:
     @property
     def videos(self) -> VideoTable:
         if self._table is None:
-            self._table = _read_table(self.group, self.format)
+            try:
+                self._table = _read_table(self.group, self.format)
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise StoreError(f"{self.path}: the video table is damaged: {_damage(e)}") from e
         return self._table
 
     @property
@@ -249,7 +308,12 @@ class Store:
     def ifm_keys(self) -> list[str]:
         if "ifm" not in self.group:
             return []
-        return sorted(k for k, _ in self.group["ifm"].groups())
+        # Hidden folders are groups being built (or left by a killed run), never a model.
+        try:
+            return sorted(k for k, _ in self.group["ifm"].groups() if not k.startswith("."))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{self.path}: its image models cannot be listed, the store is damaged: "
+                             f"{_damage(e)}") from e
 
     def ifm(self, key: str | None = None) -> "IFMArrays":
         keys = self.ifm_keys()
@@ -262,12 +326,18 @@ class Store:
         if key not in keys:
             raise StoreError(f"{self.path} has no image model {key!r}; it holds: {', '.join(keys) or 'none'}")
         if key not in self._ifms:
-            self._ifms[key] = IFMArrays(self, key)
+            try:
+                self._ifms[key] = IFMArrays(self, key)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise StoreError(f"{self.path}: image model {key!r} is damaged: {_damage(e)}") from e
         return self._ifms[key]
 
     def add_ifm(self, key: str, info: dict, frame_stride: int, frames_per_shard: int,
                 codec: str = DEFAULT_CODEC, dtype: str = "float16") -> "IFMArrays":
         """Create the IFM's group (atomically) or check that an existing one matches."""
+        if not SAFE_KEY.fullmatch(key):
+            raise StoreError(f"image model key {key!r}: use letters, digits, '-', '_' and '.', "
+                             "not starting with '.' (it names a folder inside the store)")
         if codec not in CODECS:
             raise StoreError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
         if dtype not in ("float16", "float32"):
@@ -303,6 +373,8 @@ class Store:
             g.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING,
                            dimension_names=("video",))
             g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="",
+                           dimension_names=("video",))
+            g.create_array("checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM,
                            dimension_names=("video",))
 
         _atomic_create(ifm_dir / key, build)
@@ -345,6 +417,11 @@ class IFMArrays:
         self._reader: ShardReader | None = None
         self._status_lock = threading.Lock()  # status/reason writes come from several threads
         self._token_dir_synced = False
+        self._claims_fd: int | None = None
+        self._checksums = self.group["checksum"] if "checksum" in self.group else None
+        self._shard_crcs: dict[tuple[int, int], int] = {}
+        self._claimed: set[int] = set()
+        self._claims_lock = threading.Lock()
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -364,6 +441,86 @@ class IFMArrays:
     def _token_dir(self) -> Path:
         return self.store.path / "ifm" / self.key / "tokens"
 
+    # -- ownership ----------------------------------------------------------------------
+    # A video is written only by the process holding its claim: an exclusive lock on byte v of
+    # `claims.lock` in the group's folder. The kernel drops a dead process's locks, so a
+    # claim never outlives its owner (SIGKILL included) and needs no clean-up. Claims are
+    # taken before a video's status is read, so whoever holds one sees the status no other
+    # process can change meanwhile: a video another process marked done is never cleared.
+    def _lock(self, video: int, kind: int) -> bool:
+        if self._claims_fd is None:
+            try:
+                self._claims_fd = os.open(self.store.path / "ifm" / self.key / "claims.lock",
+                                          os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise StoreError(f"cannot write into {self.store.path}: {e.strerror}") from None
+        try:
+            if hasattr(fcntl, "F_OFD_SETLK"):  # per open file: two IFMArrays of one process exclude each other too
+                fcntl.fcntl(self._claims_fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", kind, os.SEEK_SET, video, 1, 0))
+            else:
+                cmd = fcntl.LOCK_UN if kind == fcntl.F_UNLCK else fcntl.LOCK_EX | fcntl.LOCK_NB
+                fcntl.lockf(self._claims_fd, cmd, 1, video)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise StoreError(f"cannot lock {self.store.path}: {e.strerror}") from None
+        return True
+
+    def claim(self, videos, state: int = PENDING) -> list[int]:
+        """Claim the videos that no other process holds and whose status is still `state`;
+        returns them. The others are left alone (another process owns them, or they are no
+        longer in `state`)."""
+        with self._claims_lock:
+            got = [int(v) for v in videos if int(v) in self._claimed or self._lock(int(v), fcntl.F_WRLCK)]
+            self._claimed.update(got)
+        status = self.group["status"][:]  # read under the claims: nobody else changes these now
+        keep = [v for v in got if status[v] == state]
+        self.release(v for v in got if status[v] != state)
+        return keep
+
+    def release(self, videos=None) -> None:
+        """Give up claims (all of them by default)."""
+        with self._claims_lock:
+            for v in list(self._claimed if videos is None else videos):
+                if v in self._claimed:
+                    self._lock(v, fcntl.F_UNLCK)
+                    self._claimed.discard(v)
+
+    def _owned(self, video: int) -> None:
+        """Writing needs the video's claim; take it now if it is pending and free."""
+        if video not in self._claimed and not self.claim([video]):
+            raise StoreError(f"video {video} of {self.key} is done, failed, or being written by another "
+                             "process; not touching it")
+
+    def reopen(self, video: int) -> None:
+        """Put a claimed video back to pending (its shards are damaged; extract writes it again)."""
+        if video not in self._claimed:
+            raise StoreError(f"video {video} of {self.key} is not claimed by this process")
+        with self._status_lock:
+            self.group["reason"][video] = ""
+            self.group["status"][video] = PENDING
+
+    def damaged(self, videos) -> list[tuple[int, str]]:
+        """Done videos among `videos` whose shard files are missing or of the wrong size, with
+        what is wrong: found from file sizes alone, so cheap enough for every run."""
+        out = []
+        per = int(self.meta["frames_per_shard"])
+        frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
+        for v in videos:
+            v, n = int(v), int(self.frames[v])
+            for k, path in enumerate(self._shard_paths(v)):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    out.append((v, f"shard file {path.relative_to(self.store.path)} is missing"))
+                    break
+                want = min(per, n - k * per) * frame + 16 * per + 4
+                if self._direct and size != want:
+                    out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, "
+                                   f"expected {want}"))
+                    break
+        return out
+
     # -- writing ------------------------------------------------------------------------
     def _shard_paths(self, video: int) -> list[Path]:
         per = int(self.meta["frames_per_shard"])
@@ -377,7 +534,8 @@ class IFMArrays:
         return -(-int(self.frames[video]) // int(self.meta["frames_per_shard"]))
 
     def clear_video(self, video: int) -> None:
-        """Forget whatever an interrupted run wrote for this video."""
+        """Forget whatever an interrupted run wrote for this video (claimed, not done)."""
+        self._owned(video)
         for p in self._shard_paths(video):
             p.unlink(missing_ok=True)
 
@@ -392,10 +550,13 @@ class IFMArrays:
         if not 0 <= index < self.shards_of(video) or tokens.shape != (rows, *self.tokens.shape[1:]):
             raise StoreError(f"video {video} shard {index}: got tokens {tokens.shape}, "
                              f"expected {(rows, *self.tokens.shape[1:])}")
+        self._owned(video)
         path = self._shard_paths(video)[index]
+        data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
+        with self._status_lock:
+            self._shard_crcs[(video, index)] = _crc(data)
         if self._direct:
             path.parent.mkdir(parents=True, exist_ok=True)
-            data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _write_all(fd, [memoryview(data).cast("B"), shard_index(rows, per, data[0].nbytes)])
@@ -414,13 +575,19 @@ class IFMArrays:
 
     def finish_video(self, video: int) -> None:
         """Mark a video done once all its shards are written: the folder listing the shards
-        is made durable once per video (and the token folder once), then the status."""
+        is made durable once per video (and the token folder once), then the status, and the
+        claim is given up."""
+        self._owned(video)
         if not self._token_dir_synced:
             _fsync(self._token_dir)
             self._token_dir_synced = True
         _fsync(self._token_dir / "c")
         with self._status_lock:
+            crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
+            if self._checksums is not None:  # before the status: a done video always has its checksum
+                self._checksums[video] = NO_CHECKSUM if None in crcs else video_checksum(crcs)
             self.group["status"][video] = DONE
+        self.release([video])
 
     def write_video(self, video: int, tokens: np.ndarray) -> int:
         """Write all of a video's rows, make them durable, then mark it done. Returns bytes."""
@@ -434,6 +601,7 @@ class IFMArrays:
         return written
 
     def mark_failed(self, video: int, reason: str) -> None:
+        self._owned(video)
         with self._status_lock:
             self.group["reason"][video] = reason[:500]
             self.group["status"][video] = FAILED
@@ -468,12 +636,35 @@ class IFMArrays:
         self._reader.read_into(rows, out)
         return out
 
+    def checksums(self) -> np.ndarray | None:
+        """Each video's checksum (NO_CHECKSUM: none recorded); None for a group made before
+        checksums were kept."""
+        return None if self._checksums is None else self._checksums[:]
+
+    def computed_checksum(self, video: int, tokens: np.ndarray | None = None) -> int:
+        """The checksum of what the store holds for a video now (`tokens`: its rows, if read)."""
+        x = self.read_video(video) if tokens is None else tokens
+        per = int(self.meta["frames_per_shard"])
+        le = np.dtype(self.tokens.dtype).newbyteorder("<")
+        return video_checksum([_crc(np.ascontiguousarray(x[k : k + per], le)) for k in range(0, len(x), per)])
+
     def read_video(self, video: int) -> np.ndarray:
         base = int(self.offset[video])
         return self.tokens[base : base + int(self.frames[video])]
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
+
+
+def _crc(array: np.ndarray) -> int:
+    """crc32c of a contiguous array's bytes, without copying them."""
+    return google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+
+
+def video_checksum(shard_crcs: list[int]) -> int:
+    """A video's checksum: the crc32c of its shards' crc32c values (little-endian uint32, in
+    order), each taken over that shard's token bytes as stored (little-endian, uncompressed)."""
+    return google_crc32c.value(np.asarray(shard_crcs, "<u4").tobytes())
 
 
 def _write_all(fd: int, buffers: list) -> None:
@@ -508,7 +699,20 @@ def open_store(path: Path | str, mode: str = "r") -> Store:
     path = Path(path)
     if not path.exists():
         raise StoreError(f"store {path} does not exist")
-    return Store(path, mode)
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a store")
+    try:
+        return Store(path, mode)
+    except StoreError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a cut zarr.json, a missing array, ...
+        raise StoreError(f"{path} is damaged: {_damage(e)}") from e
+
+
+def _damage(e: BaseException) -> str:
+    if isinstance(e, KeyError):
+        return f"{e.args[0] if e.args else e} is missing"
+    return f"{type(e).__name__}: {first_line(e, 200)}"
 
 
 def summarize(store: Store) -> dict:
@@ -551,8 +755,9 @@ def summarize(store: Store) -> dict:
     return out
 
 
-def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
-    """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens."""
+def verify(store: Store, check_values: bool = True, progress=None, deep: bool = False) -> list[str]:
+    """Every problem found: incomplete videos, bad offsets or shapes, NaN/Inf tokens; `deep`:
+    also tokens that differ from the checksum written at extraction (flipped finite values)."""
     problems = _table_problems(store)
     table = store.videos
     keys = store.ifm_keys()
@@ -576,9 +781,25 @@ def verify(store: Store, check_values: bool = True, progress=None) -> list[str]:
                 problems.append(f"{key}: {name}: {a.frames[v]} rows, expected {expected[v]}")
             if a.offset[v] % per or (v and a.offset[v] != ends[v - 1]) or ends[v] > a.tokens.shape[0]:
                 problems.append(f"{key}: {name}: offset {a.offset[v]} is not where its slot starts")
-        if check_values:
+        damaged = dict(a.damaged(np.flatnonzero(status == DONE)))
+        problems += [f"{key}: {table.name[v]}: {why} (`advise-cache extract` writes it again)"
+                     for v, why in damaged.items()]
+        sums = a.checksums() if deep else None
+        if deep and sums is None:
+            problems.append(f"{key}: no checksums recorded (extracted before advise-cache kept them): "
+                            "--deep cannot check its values")
+        if check_values or deep:
             for v in (progress or iter)(np.flatnonzero(status == DONE)):
-                x = a.read_video(int(v))
+                if v in damaged:
+                    continue
+                try:
+                    x = a.read_video(int(v))
+                except Exception as e:  # zarr's own errors: a bad checksum, a cut index, ...
+                    problems.append(f"{key}: {table.name[v]}: its shards cannot be read ({first_line(e, 200)})")
+                    continue
+                if sums is not None and sums[v] != NO_CHECKSUM and a.computed_checksum(int(v), x) != sums[v]:
+                    problems.append(f"{key}: {table.name[v]}: its tokens differ from the checksum written at "
+                                    "extraction (corrupted on disk)")
                 if not np.isfinite(x).all():
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():

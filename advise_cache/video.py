@@ -11,6 +11,7 @@ Decode workers import only this module (no torch), so they start in well under a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import os
+import signal
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,6 +60,11 @@ def _reader(path: Path):
 
     decord.logging.set_level(decord.logging.QUIET)
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+    if path.is_dir():
+        raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are "
+                          "not extracted")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -72,14 +80,34 @@ def _reader(path: Path):
 
 
 
+def _decoding(path: Path, what: str, fn):
+    """`fn()`, with any error of the decoder (decord raises its own DECORDError, or
+    RuntimeError) turned into this video's DecodeError: one bad file never stops a run."""
+    try:
+        return fn()
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"{path}: {what} ({first_line(e, 200)})") from e
+
+
+def _access_error(folder: Path) -> str:
+    try:
+        os.listdir(folder)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return "it became readable since it was listed: run again"
+
+
 def probe_video(path: Path) -> VideoInfo:
     """Frame count and rate from the decoder's own index (what `decode_frames` will return)."""
     vr = _reader(path)
-    n = len(vr)
+    n = _decoding(path, "cannot read its frame index", lambda: len(vr))
     if n == 0:
         raise DecodeError(f"{path}: no decodable frame")
-    height, width = vr[0].shape[:2] if n else (0, 0)
-    return VideoInfo(frames=n, fps=float(vr.get_avg_fps() or 0.0), height=height, width=width)
+    height, width = _decoding(path, "decoding failed at frame 0", lambda: vr[0].shape[:2])
+    fps = _decoding(path, "cannot read its frame rate", lambda: float(vr.get_avg_fps() or 0.0))
+    return VideoInfo(frames=n, fps=fps, height=height, width=width)
 
 
 def strided_count(frames: int, stride: int) -> int:
@@ -98,19 +126,15 @@ def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | Non
     `out()`, when given, returns the buffer each chunk's crops are written into (a slot of
     shared memory). `expected` rows, when given, are checked before anything is decoded."""
     vr = _reader(path)
-    indices = list(range(0, len(vr), stride))
+    indices = list(range(0, _decoding(path, "cannot read its frame index", lambda: len(vr)), stride))
     if not indices:
         raise DecodeError(f"{path}: no decodable frame")
     if expected is not None and len(indices) != expected:
         raise DecodeError(f"{path}: decoder sees {len(indices)} frames, the store expects {expected}")
     for start in range(0, len(indices), chunk):
         batch = indices[start : start + chunk]
-        try:
-            frames = vr.get_batch(batch).asnumpy()
-        except Exception as e:
-            raise DecodeError(
-                f"{path}: decoding failed at frames {batch[0]}-{batch[-1]} ({first_line(e, 200)})"
-            ) from e
+        frames = _decoding(path, f"decoding failed at frames {batch[0]}-{batch[-1]}",
+                           lambda: vr.get_batch(batch).asnumpy())
         yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
 
 
@@ -160,9 +184,57 @@ def _stats(spec: PixelSpec, device) -> tuple:
 
 # -- entry points for decode worker processes: failures come back as a reason string --------
 def init_worker() -> None:
+    """Set up a decode or probe process: quiet, deaf to Ctrl-C, and dying with its parent."""
     # decord's bundled ffmpeg prints to fd 2; the reason is kept in the store instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    # Ctrl-C reaches the whole process group; the parent alone handles it and ends its workers.
+    # A worker interrupted inside a pool's queue can leave the parent waiting on it for good.
+    # The parent started us with SIGINT blocked (`sigint_blocked`), so one sent before this
+    # point is pending: ignoring it discards it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent()
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Start worker processes inside this. They inherit SIGINT blocked, so a Ctrl-C while they
+    boot does not kill them mid-import; and here a Ctrl-C (which any thread may receive) is
+    only noted until every process is launched, then raised as KeyboardInterrupt, so no
+    launch is cut off half-way."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    noted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: noted.append(True))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending one is noted now
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if noted and previous is not signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the one that started it dies (Linux), however
+    it dies: a killed extraction leaves no decode process behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(0)
 
 
 def probe_or_reason(path: str) -> tuple[int, float, str]:

@@ -1,0 +1,443 @@
+"""Nothing lost, nothing read wrong (issue 15): overlapping writers, kills, corrupt input and
+damaged stores end in a correct store or one clear line, never in silently wrong tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract_config, write_video
+from typer.testing import CliRunner
+
+from advise_cache.cli import app
+from advise_cache.errors import StoreError
+from advise_cache.extract import extract_videos
+from advise_cache.store import DONE, PENDING, create_store, open_store, verify
+
+runner = CliRunner()
+CLI = [sys.executable, "-m", "advise_cache.cli"]
+INFO = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
+        "normalisation": "n", "precision": "fp32"}
+
+
+def small_store(path: Path, lengths=(5, 8, 13)):
+    """A store with one IFM group and no model behind it: for the store's own rules."""
+    n = len(lengths)
+    table = {"name": [f"v{i}" for i in range(n)], "path": [""] * n, "split": ["train"] * n, "label": [0] * n,
+             "fps": [25.0] * n, "source_frames": list(lengths), "probe_error": [""] * n}
+    create_store(path, "t", "r", ["a"], table)
+    a = open_store(path, mode="a").add_ifm("k", INFO, 1, 4)
+    rng = np.random.default_rng(0)
+    return a, [rng.standard_normal((m, 2, 3, 4)).astype(np.float16) for m in lengths]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    for i, frames in enumerate((7, 10, 12, 9)):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", frames, seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-stores") / "tiny.zarr"
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.exit_code == 0 and summary.done == 4, summary.failed
+    return out
+
+
+def tokens_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    a = open_store(path).ifm("test-vit")
+    return a.tokens[:], a.status()
+
+
+# -- 1. ownership of videos -----------------------------------------------------------------
+_HOLD = """
+import sys, time
+from advise_cache.store import open_store
+a = open_store(sys.argv[1], mode="a").ifm("k")
+print(a.claim([0]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_keeps_other_writers_out_and_dies_with_its_process(tmp_path):
+    a, tokens = small_store(tmp_path / "s.zarr")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "s.zarr")], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "[0]"
+        assert a.claim([0, 1, 2]) == [1, 2]  # video 0 belongs to the other process
+        with pytest.raises(StoreError, match="another process"):
+            a.write_shard(0, 0, tokens[0][:4])
+        with pytest.raises(StoreError, match="another process"):
+            a.clear_video(0)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert a.claim([0]) == [0]  # the kernel dropped the dead process's claim: no stale lock
+    a.write_video(0, tokens[0])
+    assert a.status()[0] == DONE
+
+
+def test_a_writer_with_a_stale_view_never_touches_a_done_video(tmp_path):
+    """The defect: a second writer read `status` before the first marked the video done,
+    then cleared it. Claims are checked against the status read under the claim."""
+    first, tokens = small_store(tmp_path / "s.zarr")
+    second = open_store(tmp_path / "s.zarr", mode="a").ifm("k")
+    stale = second.status()
+    assert (stale == PENDING).all()
+    for v, t in enumerate(tokens):
+        first.write_video(v, t)
+    files = sorted(p for p in (tmp_path / "s.zarr" / "ifm" / "k" / "tokens").rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    assert second.claim(np.flatnonzero(stale == PENDING)) == []  # nothing pending any more
+    for v in range(len(tokens)):
+        with pytest.raises(StoreError, match="done"):
+            second.clear_video(v)
+        with pytest.raises(StoreError, match="done"):
+            second.write_shard(v, 0, tokens[v][:4])
+        with pytest.raises(StoreError, match="done"):
+            second.mark_failed(v, "no")
+    assert {p: p.read_bytes() for p in files} == before
+    assert verify(open_store(tmp_path / "s.zarr")) == []
+
+
+def test_extract_with_a_stale_status_leaves_done_videos_alone(tiny_root, tiny_store, tmp_path, monkeypatch):
+    from advise_cache import store as store_mod
+
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, out)
+    shards = sorted(p for p in (out / "ifm" / "test-vit" / "tokens").rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    real_status = store_mod.IFMArrays.status
+    monkeypatch.setattr(store_mod.IFMArrays, "status",  # another process finished them after we looked
+                        lambda self: np.full(len(self.frames), PENDING, "int8"))
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    monkeypatch.setattr(store_mod.IFMArrays, "status", real_status)
+    assert summary.done == 0 and not summary.failed
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # not one shard rewritten or removed
+    a, sa = tokens_of(out)
+    b, sb = tokens_of(tiny_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root, tiny_store, tmp_path):
+    """Two writers of the same videos (overlapping --shard specs), one SIGKILLed part-way:
+    here the other runs in a thread of this process (one torch import less)."""
+    import threading
+
+    out = tmp_path / "overlap.zarr"
+    cfg = extract_config(tiny_root, out, dataset="folder", frames_per_shard=4, batch_size=4)
+    killed = subprocess.Popen([*CLI, "extract", "folder", "--root", str(tiny_root), "--out", str(out), "--model",
+                               "test-vit", "--pretrained", "none", "--workers", "0", "--frames-per-shard", "4",
+                               "--batch-size", "4", "--device", "cpu"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    status_dir = out / "ifm" / "test-vit" / "status" / "c"
+    try:
+        while killed.poll() is None and not (status_dir.exists() and any(status_dir.iterdir())):
+            time.sleep(0.02)  # the other process is writing its first videos
+        legit = threading.Thread(target=lambda: results.update(s=extract_videos(cfg)))
+        legit.start()
+        time.sleep(0.2)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    legit.join()
+    assert results["s"].exit_code == 0
+    again = extract_videos(cfg)  # finishes whatever the killed one held
+    assert again.exit_code == 0
+    assert verify(open_store(out)) == []
+    a, sa = tokens_of(out)
+    b, sb = tokens_of(tiny_store)
+    np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_extract_repairs_a_done_video_whose_shard_is_damaged(tiny_root, tiny_store, tmp_path, damage):
+    out = tmp_path / "damaged.zarr"
+    shutil.copytree(tiny_store, out)
+    store = open_store(out)
+    name = str(store.videos.name[2])
+    shard = store.ifm("test-vit")._shard_paths(2)[1]
+    if damage == "delete":
+        shard.unlink()
+    else:
+        os.truncate(shard, shard.stat().st_size // 2)
+    problems = verify(open_store(out), check_values=False)  # found from file sizes alone
+    assert len(problems) == 1 and name in problems[0] and ("missing" in problems[0] or "bytes" in problems[0])
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.done == 1 and summary.already_done == 3
+    assert verify(open_store(out)) == []
+    a, _ = tokens_of(out)
+    b, _ = tokens_of(tiny_store)
+    np.testing.assert_array_equal(a, b)
+
+
+# -- 2. every decoder error is one video's failure --------------------------------------------
+def _corrupt_first_frame(good: Path, out: Path) -> Path:
+    """A valid container whose first frame's compressed bytes are overwritten: it opens and
+    has an index, but decord raises its own DECORDError on decoding frame 0."""
+    import av
+
+    with av.open(str(good)) as c:
+        pos, size = next((int(p.pos), p.size) for p in c.demux(video=0) if p.size)
+    data = bytearray(good.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_video_with_a_corrupt_first_frame_is_recorded_and_the_run_goes_on(tmp_path, workers):
+    good = write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    _corrupt_first_frame(good, tmp_path / "data" / "b" / "bad.mp4")
+    out = tmp_path / "s.zarr"
+    summary = extract_videos(extract_config(tmp_path / "data", out, dataset="folder", workers=workers))
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/bad"]
+    assert "bad.mp4" in summary.failed[0]["reason"] and "frame 0" in summary.failed[0]["reason"]
+    assert verify(open_store(out)) == []
+
+
+# -- 3. leftovers of an interrupted IFM group creation ------------------------------------------
+def test_a_group_left_half_built_by_a_killed_run_is_ignored_then_cleaned(tiny_root, tiny_store, tmp_path):
+    out = tmp_path / "left.zarr"
+    shutil.copytree(tiny_store, out)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has any more
+    left = out / "ifm" / f".other.tmp-{gone.pid}-0123abcd"
+    shutil.copytree(out / "ifm" / "test-vit", left, ignore=shutil.ignore_patterns("tokens", "status"))
+    assert open_store(out).ifm().key == "test-vit"  # what train and evaluate call without --ifm
+    for args in (["info", str(out)], ["verify", str(out)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        assert "other" not in r.output
+    os.utime(left, (time.time() - 3600, time.time() - 3600))  # long past any build
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.already_done == 4
+    assert not left.exists()
+
+
+# -- 4. Ctrl-C and kills end the workers too -----------------------------------------------------
+@pytest.fixture(scope="module")
+def long_root(tmp_path_factory) -> Path:
+    """Enough decoding that a run is still going when it is interrupted."""
+    root = tmp_path_factory.mktemp("long")
+    for i in range(8):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", 150, seed=i)
+    return root
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out), "--model",
+                             "test-vit", "--pretrained", "none", "--workers", "2", "--batch-size", "4",
+                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal job is
+    while proc.poll() is None and len(_session(proc.pid)) < 2:  # a first worker is starting
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_ends_extract_and_its_workers(long_root, tmp_path):
+    proc = _start_with_workers(long_root, tmp_path / "s.zarr")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    try:
+        _, err = proc.communicate(timeout=120)  # a guard against the hang, not a timing
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    for _ in range(100):
+        if not _session(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _session(proc.pid) == []
+
+
+_POOL = """
+import time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+from advise_cache.video import init_worker, sigint_blocked
+pool = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"), initializer=init_worker)
+with sigint_blocked():
+    futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_die_with_a_killed_parent():
+    """extract's probe and decode processes are set up by `init_worker`: SIGKILL the parent
+    (no handler of its own can run) and the kernel ends them too."""
+    proc = subprocess.Popen([sys.executable, "-c", _POOL], start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        while proc.poll() is None and len(_session(proc.pid)) < 3:
+            time.sleep(0.05)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)  # the parent only
+        proc.wait()
+        for _ in range(100):
+            if not _session(proc.pid):
+                break
+            time.sleep(0.1)
+        assert _session(proc.pid) == []
+    finally:
+        for pid in _session(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- 5. bad flags and damaged stores: one line, exit 2 (verify: a problem, exit 1) ----------------
+@pytest.mark.parametrize("name", ["../../x", ".hidden", "a/b", ""])
+def test_an_unsafe_name_is_refused(tmp_path, name):
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "s.zarr"),
+                            "--model", "test-vit", "--name", name])
+    assert r.exit_code == 2 and "--name" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_out_at_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "file"),
+                            "--model", "test-vit"])
+    assert r.exit_code == 2 and "is a file" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = runner.invoke(app, ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr"),
+                                "--model", "test-vit", "--pretrained", "none", "--device", "cpu"])
+    finally:
+        ro.chmod(0o755)
+    assert r.exit_code == 2 and "not writable" in r.output
+
+
+def _damage_store(store: Path, how: str) -> None:
+    if how == "cut zarr.json":
+        data = (store / "zarr.json").read_bytes()
+        (store / "zarr.json").write_bytes(data[: len(data) // 2])
+    elif how == "no offset array":
+        shutil.rmtree(store / "ifm" / "test-vit" / "offset")
+    elif how == "no label array":
+        shutil.rmtree(store / "videos" / "label")
+    elif how == "cut group zarr.json":
+        (store / "ifm" / "test-vit" / "zarr.json").write_text("{")
+
+
+@pytest.mark.parametrize("how", ["cut zarr.json", "no offset array", "no label array", "cut group zarr.json"])
+@pytest.mark.parametrize("command", ["info", "verify"])
+def test_a_damaged_store_is_one_line(tiny_store, tmp_path, how, command):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    _damage_store(out, how)
+    r = runner.invoke(app, [command, str(out)])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert "damaged" in r.output or "not a store" in r.output
+
+
+@pytest.mark.parametrize("how", ["truncate", "index checksum"])
+def test_verify_names_a_video_whose_shard_cannot_be_read(tiny_store, tmp_path, how):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    store = open_store(out)
+    name = str(store.videos.name[1])
+    shard = store.ifm("test-vit")._shard_paths(1)[0]
+    data = bytearray(shard.read_bytes())
+    if how == "truncate":
+        shard.write_bytes(bytes(data[:100]))
+    else:
+        data[-10] ^= 0xFF  # inside the index: its crc32c no longer matches
+        shard.write_bytes(bytes(data))
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if name in line]
+    assert len(lines) == 1, r.output
+
+
+def test_a_dangling_link_is_recorded_as_failed_not_skipped(tmp_path):
+    write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    (tmp_path / "data" / "b").mkdir()
+    (tmp_path / "data" / "b" / "gone.mp4").symlink_to(tmp_path / "elsewhere" / "gone.mp4")
+    summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/gone"]
+    assert "does not exist" in summary.failed[0]["reason"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads unreadable folders")
+def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path):
+    write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
+    hidden = write_video(tmp_path / "data" / "b" / "inner" / "x.mp4", 9, seed=2).parent
+    hidden.chmod(0)
+    try:
+        summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
+    finally:
+        hidden.chmod(0o755)
+    assert summary.done == 1
+    assert [f["name"] for f in summary.failed] == ["b/inner"]
+    assert "cannot be read" in summary.failed[0]["reason"]
+
+
+# -- 6. per-video checksums: flipped finite values are found by verify --deep --------------------
+def test_verify_deep_finds_a_flipped_finite_value(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    r = runner.invoke(app, ["verify", "--deep", str(out)])
+    assert r.exit_code == 0 and "ok" in r.output, r.output
+    store = open_store(out)
+    name = str(store.videos.name[3])
+    shard = store.ifm("test-vit")._shard_paths(3)[0]
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x01  # the lowest mantissa bit of one float16: still finite, still non-zero
+    shard.write_bytes(bytes(data))
+    assert verify(open_store(out)) == []  # what verify could see before: nothing
+    r = runner.invoke(app, ["verify", "--deep", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    flagged = [line for line in r.output.splitlines() if "checksum" in line]
+    assert len(flagged) == 1 and name in flagged[0]
+
+
+def test_verify_deep_says_when_a_group_has_no_checksums(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    shutil.rmtree(out / "ifm" / "test-vit" / "checksum")  # as groups made before checksums
+    problems = verify(open_store(out), deep=True)
+    assert len(problems) == 1 and "no checksums" in problems[0]
+    assert verify(open_store(out)) == []
