@@ -54,7 +54,6 @@ from . import __version__
 from .errors import StoreError, first_line
 from .shards import ShardReader, shard_index
 
-_shard_index = shard_index  # the name pipelines/bench_extract.py imports (it moved to shards.py)
 
 log = logging.getLogger(__name__)
 
