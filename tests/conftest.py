@@ -10,6 +10,20 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 
+def load_pipeline(name: str):
+    """Import pipelines/NAME.py as module NAME (the scripts are not a package); a generator for
+    fixtures: it yields the module and forgets it afterwards."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)
+
+
 TINY = dict(train_per_class=3, test_per_class=2, min_frames=24, max_frames=40)
 
 

@@ -11,23 +11,16 @@ then once more after a setting lost its last stage (resumed in-process, only tha
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "pipelines" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablation"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("ablation", None)
+    yield from load_pipeline("ablation")
 
 
 def test_spatial_settings_follow_the_grid(ablation):

@@ -14,8 +14,6 @@ were set after seeing seed 0's numbers, from what chance allows on 32 test video
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,9 +28,8 @@ from advise_cache.sampling import ClipRequest, SamplerConfig
 from advise_cache.store import open_store
 from advise_cache.train import TrainConfig, train
 
-from conftest import extract_config
+from conftest import extract_config, load_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(train_per_class=10, test_per_class=8, min_frames=24, max_frames=48)
 TMM = TMMConfig(hidden=64, out_dim=256, head_hidden=256)
 SEED = 0
@@ -53,12 +50,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo", REPO / "pipelines" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("demo", None)
+    yield from load_pipeline("demo")
 
 
 def _store(tmp_path_factory, family: str) -> Path:
