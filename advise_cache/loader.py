@@ -63,12 +63,8 @@ class TokenSource:
         if len(dtypes) != 1:
             raise MismatchError(f"cannot concatenate IFMs stored as {', '.join(map(str, dtypes))}")
         self.dtype = dtypes.pop()
-        for a in self.arrays:  # a damaged offset table would train on another video's tokens
-            per = int(a.meta["frames_per_shard"])
-            slots = -(-a.frames // per) * per
-            if len(slots) and not np.array_equal(a.offset, np.concatenate([[0], np.cumsum(slots)[:-1]])):
-                raise StoreError(f"{store.path}: the offset table of {a.key} is damaged "
-                                 "(`advise-cache verify` lists the videos affected)")
+        for a in self.arrays:
+            a.check_offsets()
         status = np.stack([a.status() for a in self.arrays])
         self.done = (status == DONE).all(axis=0)
         self._readers = [a.shard_reader() for a in self.arrays]  # None: compressed, via zarr
@@ -86,9 +82,7 @@ class TokenSource:
     def preload(self, videos, device: torch.device | str | None = None, on_device: bool = False) -> int:
         """Keep these videos' tokens resident: in RAM (pinned when `device` is CUDA) or, with
         `on_device`, in the memory of `device` (a GPU). Returns the bytes held."""
-        return self._preload(videos, torch.device(device or "cpu"), on_device)
-
-    def _preload(self, videos, device: torch.device, on_device: bool) -> int:
+        device = torch.device(device or "cpu")
         videos = np.unique(np.asarray(videos, np.int64))
         counts = self.frames[videos].astype(np.int64)
         total = int(counts.sum())

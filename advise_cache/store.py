@@ -52,7 +52,7 @@ import zarr.codecs
 
 from . import __version__
 from .errors import StoreError, first_line
-from .shards import ShardReader, shard_index
+from .shards import ShardReader, index_bytes, shard_index
 
 
 log = logging.getLogger(__name__)
@@ -343,9 +343,7 @@ class Store:
             raise StoreError(f"unsupported token dtype {dtype!r}; use float16 or float32")
         table = self.videos
         frames = -(-table.source_frames // frame_stride)  # ceil
-        slots = -(-frames // frames_per_shard) * frames_per_shard
-        offset = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype("int64") if len(slots) else slots
-        total = int(slots.sum())
+        offset, total = _slot_offsets(frames, frames_per_shard)
         h, w = info["grid"]
         meta = dict(info, dtype=dtype, frame_stride=frame_stride, frames_per_shard=frames_per_shard,
                     codec=codec, version=__version__)
@@ -513,7 +511,7 @@ class IFMArrays:
                 except FileNotFoundError:
                     out.append((v, f"shard file {path.relative_to(self.store.path)} is missing"))
                     break
-                want = min(per, n - k * per) * frame + 16 * per + 4
+                want = min(per, n - k * per) * frame + index_bytes(per)
                 if self._direct and size != want:
                     out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, "
                                    f"expected {want}"))
@@ -527,6 +525,13 @@ class IFMArrays:
         count = -(-int(self.frames[video]) // per)
         base = self._token_dir / "c"
         return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
+
+    def check_offsets(self) -> None:
+        """Refuse a damaged offset table, which would read another video's rows."""
+        expected, _ = _slot_offsets(self.frames, int(self.meta["frames_per_shard"]))
+        if not np.array_equal(self.offset, expected):
+            raise StoreError(f"{self.store.path}: the offset table of {self.key} is damaged "
+                             "(`advise-cache verify` lists the videos affected)")
 
     def shards_of(self, video: int) -> int:
         """How many shards hold this video's rows."""
@@ -653,6 +658,13 @@ class IFMArrays:
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
+
+
+def _slot_offsets(frames: np.ndarray, per: int) -> tuple[np.ndarray, int]:
+    """Where each video's rows start when every video starts on a shard boundary, and the
+    rows of all slots together."""
+    slots = -(-np.asarray(frames, np.int64) // per) * per
+    return np.cumsum(slots) - slots, int(slots.sum())
 
 
 def _crc(array: np.ndarray) -> int:
