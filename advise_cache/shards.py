@@ -28,6 +28,11 @@ from .errors import StoreError
 EMPTY = 2**64 - 1  # the sharding index's marker of an absent chunk (reads as the fill value, 0)
 
 
+def index_bytes(per: int) -> int:
+    """Size of the index that ends a shard of `per` chunks: (offset, nbytes) uint64 each, crc32c."""
+    return 16 * per + 4
+
+
 def shard_index(rows: int, per: int, chunk_bytes: int) -> bytes:
     """The index that ends a shard whose first `rows` one-frame chunks are stored back to back,
     the rest absent: what the store's writer appends, and what `ShardReader` checks."""
@@ -75,9 +80,9 @@ class ShardReader:
                              "(`advise-cache verify` lists what is affected)") from None
         try:
             size = os.fstat(fd).st_size
-            n = 16 * self.per
-            raw = os.pread(fd, n + 4, size - n - 4) if size >= n + 4 else b""
-            if len(raw) != n + 4:
+            n, end = 16 * self.per, index_bytes(self.per)
+            raw = os.pread(fd, end, size - end) if size >= end else b""
+            if len(raw) != end:
                 raise StoreError(f"shard file {path} is truncated ({size} bytes)")
             crc = int.from_bytes(raw[n:], "little")
             if google_crc32c.value(raw[:n]) != crc:
@@ -85,7 +90,7 @@ class ShardReader:
             entries = np.frombuffer(raw[:n], "<u8").reshape(self.per, 2)
             offsets, nbytes = entries[:, 0], entries[:, 1]
             present = offsets != EMPTY
-            bad = present & ((nbytes != self.frame_bytes) | (offsets + nbytes > size - n - 4))
+            bad = present & ((nbytes != self.frame_bytes) | (offsets + nbytes > size - end))
             if bad.any():
                 raise StoreError(f"shard file {path}: chunk {int(np.flatnonzero(bad)[0])} points outside "
                                  "the file or has the wrong size")
