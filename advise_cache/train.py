@@ -271,7 +271,7 @@ def _check_flags(cfg: TrainConfig) -> None:
     finite("--lr", cfg.lr, 0.0, lo_open=True)
     finite("--warmup-epochs", cfg.warmup_epochs, 0.0)
     finite("--weight-decay", cfg.weight_decay, 0.0, 10.0)
-    finite("--label-smoothing", cfg.label_smoothing, 0.0, 1.0, lo_open=False)
+    finite("--label-smoothing", cfg.label_smoothing, 0.0)
     if cfg.label_smoothing >= 1.0:
         raise AdviseCacheError(f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
     if cfg.task == "prp" and len(set(cfg.sampler.rates)) != len(cfg.sampler.rates):
@@ -287,8 +287,6 @@ def prepare(cfg: TrainConfig):
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.preload not in PRELOAD:
         raise AdviseCacheError(f"--preload must be one of {', '.join(PRELOAD)}, got {cfg.preload!r}")
-    if cfg.log_every < 1:
-        raise AdviseCacheError(f"--log-every must be >= 1, got {cfg.log_every}")
     store = open_store(cfg.cache)
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
