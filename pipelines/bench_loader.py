@@ -26,10 +26,8 @@ only at the first and last timed step, and the peak memory the GPU allocated.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchmd import loadavg, package_version, read_lines, write_section
+from benchmd import describe_machine, say, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (14, 14, 768)  # ViT-B-16 at 224 px
@@ -48,10 +46,6 @@ FRAME_BYTES = int(np.prod(SHAPE)) * 2
 BASELINE = "1aa8d33"
 TARGET_CEILING, TARGET_BASELINE, TARGET_RESIDENT = 0.8, 10.0, 0.9
 WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first time
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -270,25 +264,11 @@ def gpu_training(store_path: Path, args) -> list[dict]:
 
 
 # -- the report ------------------------------------------------------------------------------
-def machine(device: str) -> list[tuple[str, str]]:
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in read_lines("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    mem = next((int(ln.split()[1]) for ln in read_lines("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "none used"
-    return [("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-            ("CPU", f"{cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM"), ("GPU", gpu),
-            ("software", f"Python {platform.python_version()}, torch {torch.__version__}, "
-                         f"zarr {package_version('zarr')}"),
-            ("load average at start", loadavg())]
-
-
 def render(facts, args, table: list[dict], ratios: dict, gpu_rows: list[dict]) -> str:
     name = "GPU" if args.device.startswith("cuda") else "CPU"
     lines = [f"## Loader ({name}; pipelines/bench_loader.py)", "",
              f"Written by `pipelines/bench_loader.py{' --device ' + args.device if name == 'GPU' else ''}`.", "",
-             "| machine | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in facts], "",
+             "| machine | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in facts.items()], "",
              f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, "
              f"{8 * FRAME_BYTES / 1e6:.2f} MB a clip) from the page cache; store of {args.videos} videos x "
              f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} rounds, "
@@ -350,7 +330,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     store_path = ensure_store(args.work, args.videos, args.frames, args.seed)
     say(f"warming the page cache: {warm_page_cache(store_path) / 1e9:.2f} GB read")
-    facts = machine(args.device)
+    facts = describe_machine(args.device, packages=("zarr",))
     source, plan = make_plan(store_path, args.clips, args.seed)
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
     skip = args.no_baseline or args.quick or args.device.startswith("cuda")  # a CPU figure: not on GPU time

@@ -37,12 +37,10 @@ from __future__ import annotations
 
 # Spawned decode processes import this file again: its top level stays free of torch.
 import argparse
-import datetime
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -50,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmd import package_version, read_lines, write_section
+from benchmd import describe_machine, load_1min, say, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = "BENCH_TRAIN_RESULT "  # prefix of the one stdout line a worker answers with
@@ -60,10 +58,6 @@ TOKENS = (768, 14, 14)  # (D, h, w) of ViT-B-16 at 224 px
 VIDEO_SIZE = (320, 240)
 TARGET_CEILING = 0.8  # (a) should reach this fraction of (b)
 TARGET_ONLINE = 20.0  # (a) should be this many times faster than (c)
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 # -- the store -------------------------------------------------------------------------------
 def ensure_store(work: Path, args) -> tuple[Path, dict]:
@@ -465,35 +459,6 @@ def tmm_gflop_per_clip() -> tuple[float, int]:
     return counter.get_total_flops() / 2 / 1e9, count_params(model)
 
 
-# -- the machine -----------------------------------------------------------------------------
-def machine(device: str) -> dict[str, str]:
-    import torch
-
-    cpuinfo = read_lines("/proc/cpuinfo")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    mem = next((int(ln.split()[1]) for ln in read_lines("/proc/meminfo")
-                if ln.startswith("MemTotal")), 0)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = "none used"
-    if device.startswith("cuda"):
-        gpu = torch.cuda.get_device_name(torch.device(device))
-    packages = ", ".join(f"{p} {package_version(p)}" for p in ("zarr", "decord", "open_clip_torch"))
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "CPU": f"{cpu}, {os.cpu_count()} cores ({usable} usable), {mem / 2**20:.0f} GiB RAM",
-        "GPU": gpu,
-        "software": f"Python {platform.python_version()}, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads), {packages}",
-        "load average (1 min) at start": _load(),
-    }
-
-
-def _load() -> str:
-    lines = read_lines("/proc/loadavg")
-    return lines[0].split()[0] if lines else "unknown"
-
-
 # -- the report ------------------------------------------------------------------------------
 def num(x: float | None) -> str:
     if x is None or not math.isfinite(x):
@@ -730,7 +695,7 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     t0 = time.perf_counter()
     store, store_info = ensure_store(args.workdir, args)
-    info = {"machine": machine(args.device), "store": store_info,
+    info = {"machine": describe_machine(args.device), "store": store_info,
             "store_path": os.path.relpath(store, REPO) if store.is_relative_to(REPO)
             else str(store)}
     spec = {"store": str(store), "work": str(args.workdir), "device": args.device,
@@ -744,7 +709,7 @@ def main(argv=None) -> int:
     say(f"running {', '.join(order)} at batch {args.batch_size} on {args.device}")
     for mode in order:
         results[mode].append(run_worker({**spec, "mode": mode}))
-    info["machine"]["load average (1 min) at end"] = _load()
+    info["machine"]["load average (1 min) at end"] = load_1min()
     info["machine"]["benchmark wall time"] = f"{time.perf_counter() - t0:.0f} s"
     text = render(info, results, tmm_gflop_per_clip(), args, command)
     print(text)
