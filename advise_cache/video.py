@@ -164,8 +164,6 @@ _FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Ima
 
 def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     """(T, S, S, 3) uint8 → (T, 3, S, S) float32 scaled to [0, 1] and standardised."""
-    import torch
-
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     mean, std = _stats(spec, x.device)
     return (x - mean) / std
