@@ -237,41 +237,15 @@ def time_ifm(ifm, clips: list[np.ndarray], batch: int) -> float:
 
 
 def time_full(cfg) -> tuple[object, float, float]:
-    """Run `extract_videos(cfg)`; return its summary, `_run`'s frames/s and the steady
-    frames/s: from the model's first batch to the last video stored."""
+    """Run `extract_videos(cfg)`; return its summary, the loop's frames/s and the steady
+    frames/s: from the model's first batch to the last video stored (both timed by the library)."""
     from advise_cache import extract
-    from advise_cache.store import IFMArrays
 
-    stamps: list[float] = []
-    span: list[float] = []
-    first: list[float] = []
-    original_finish, original_run, original_launch = IFMArrays.finish_video, extract._run, extract._ModelLoop.launch
-
-    def finish_video(self, video):
-        original_finish(self, video)
-        stamps.append(time.perf_counter())
-
-    def run(*a, **k):
-        span.append(time.perf_counter())
-        try:
-            return original_run(*a, **k)
-        finally:
-            span.append(time.perf_counter())
-
-    def launch(self):
-        if not first:
-            first.append(time.perf_counter())
-        return original_launch(self)
-
-    IFMArrays.finish_video, extract._run, extract._ModelLoop.launch = finish_video, run, launch
-    try:
-        summary = extract.extract_videos(cfg)
-    finally:
-        IFMArrays.finish_video, extract._run, extract._ModelLoop.launch = original_finish, original_run, original_launch
+    summary = extract.extract_videos(cfg)
     if summary.failed:
         raise RuntimeError(f"extraction failed on generated videos: {summary.failed[:2]}")
-    steady = summary.frames / (max(stamps) - first[0]) if stamps and first else float("nan")
-    return summary, summary.frames / (span[1] - span[0]), steady
+    steady = summary.frames / summary.steady_seconds if summary.steady_seconds else float("nan")
+    return summary, summary.frames / summary.loop_seconds, steady
 
 
 def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row, list[np.ndarray], dict, object]:
