@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import load_model
 from .errors import AdviseCacheError, MismatchError, StoreError
-from .evaluate import load_model, video_outputs
-from .ifm import resolve_device
+from .evaluate import video_outputs
+from .runtime import resolve_device
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,17 @@ def embed(cache: Path, checkpoint: Path, views: int = 4, split: str = "test", de
                          f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))}, or all)")
     if skipped:
         log.warning("skipping %d video(s) of split %r that are not done in the store", skipped, split)
-    sampler = meta["config"]["sampler"]
-    mode = mode or meta["config"].get("clip_mode", "stride")
+    sampler = meta.config.sampler
+    mode = mode or meta.config.clip_mode
     iterate = progress or (lambda xs: xs)
     features = np.concatenate([
-        video_outputs(model, source, chunk, views, sampler["frames"], sampler["stride"], mode, dev,
+        video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev,
                       what="features")
         for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
     ]).astype(np.float32)
     info = {"checkpoint": str(checkpoint), "store": str(cache), "split": split, "views": views,
-            "clip_mode": mode, "frames": sampler["frames"], "stride": sampler["stride"],
-            "task": meta["task"], "skipped": skipped}
+            "clip_mode": mode, "frames": sampler.frames, "stride": sampler.stride,
+            "task": meta.task, "skipped": skipped}
     names = np.array([str(n) for n in store.videos.name[videos]])  # zarr gives StringDType; npz wants <U
     return Embeddings(features, names, store.videos.label[videos].astype(np.int64), store.classes, info)
 

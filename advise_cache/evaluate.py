@@ -14,30 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import check_classes, load_model
 from .errors import MismatchError, StoreError
-from .ifm import resolve_device
 from .loader import TokenSource, collate
-from .models import ClipClassifier, TMMConfig, create_model
+from .models import ClipClassifier
+from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import open_store
-from .train import check_classes, check_features, load_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClassifier, dict, TokenSource]:
-    """A checkpoint's model, checked against the store it is to be used on."""
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt["meta"]
-    source = TokenSource(store, meta["fingerprint"]["ifms"] if _has_all(store, meta) else None)
-    check_features(meta, store.fingerprint(source.keys), f"checkpoint {checkpoint}")
-    model = create_model(TMMConfig(**meta["tmm"]), meta["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), meta, source
-
-
-def _has_all(store, meta) -> bool:
-    return set(meta["fingerprint"]["ifms"]) <= set(store.ifm_keys())
 
 
 @torch.no_grad()
@@ -62,22 +47,22 @@ def evaluate(cache: Path, checkpoint: Path, views: int = 4, split: str = "test",
     store = open_store(cache)
     dev = resolve_device(device)
     model, meta, source = load_model(checkpoint, store, dev)
-    if meta["task"] != "classify":
-        raise MismatchError(f"{checkpoint} is a {meta['task']} checkpoint; evaluate a fine-tuned one")
-    if meta["num_classes"] != len(store.classes):
-        raise MismatchError(f"{checkpoint} predicts {meta['num_classes']} classes; {cache} has {len(store.classes)}")
-    check_classes(meta, store.classes, f"{checkpoint}", str(cache))
+    if meta.task != "classify":
+        raise MismatchError(f"{checkpoint} is a {meta.task} checkpoint; evaluate a fine-tuned one")
+    if meta.num_classes != len(store.classes):
+        raise MismatchError(f"{checkpoint} predicts {meta.num_classes} classes; {cache} has {len(store.classes)}")
+    check_classes(meta.classes, store.classes, f"{checkpoint}", str(cache))
     videos, skipped = source.videos(split)
     if not len(videos):
         raise StoreError(f"{cache}: no done video in split {split!r}")
     labels = store.videos.label[videos]
     if (labels < 0).any():
         raise StoreError(f"{cache}: split {split!r} has no labels to evaluate against")
-    sampler = meta["config"]["sampler"]
-    mode = mode or meta["config"]["clip_mode"]
+    sampler = meta.config.sampler
+    mode = mode or meta.config.clip_mode
     iterate = progress or (lambda xs: xs)
     logits = np.concatenate([
-        video_outputs(model, source, chunk, views, sampler["frames"], sampler["stride"], mode, dev)
+        video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev)
         for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
     ])
     classes = store.classes

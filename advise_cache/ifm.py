@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError, first_line
+from .runtime import autocast_dtype, resolve_device, resolve_precision
 from .video import PixelSpec, normalize
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class IFM:
         if isinstance(frames, np.ndarray):
             frames = torch.from_numpy(frames)
         x = normalize(frames.to(self.device, non_blocking=True), self.spec)
-        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        compute = autocast_dtype(self.precision)
         with torch.autocast(self.device.type, dtype=compute, enabled=compute is not None):
             tokens = self._tokens(self.backbone, x)
         h, w = self.grid
@@ -103,12 +104,6 @@ def list_ifms() -> list[str]:
     return sorted(set(vits) | set(TIMM_ALIASES))
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def create_ifm(
     name: str = "ViT-B-16",
     pretrained: str = "auto",
@@ -118,8 +113,7 @@ def create_ifm(
 ) -> IFM:
     """Build a frozen IFM. `pretrained`: a tag, a checkpoint path, "none", or "auto"."""
     dev = resolve_device(device)
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, dev)
     if name.startswith("timm/") or name in TIMM_ALIASES:
         model, spec, grid, dim, tokens, norm, pretrained = _create_timm(name, pretrained, seed)
     else:

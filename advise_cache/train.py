@@ -16,209 +16,48 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__
+from .checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    CheckpointMeta,
+    check_classes,
+    check_features,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .errors import AdviseCacheError, MismatchError, StoreError
-from .ifm import resolve_device
 from .loader import ClipLoader, TokenSource
-from .models import TMMConfig, count_params, create_model
-from .sampling import SamplerConfig, classification_epoch, prp_epoch
+from .models import count_params, create_model
+from .runtime import (
+    PRECISIONS,
+    Dist,
+    all_ranks_agree,
+    autocast_dtype,
+    barrier,
+    close_distributed,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    sum_across,
+)
+from .sampling import classification_epoch, prp_epoch
 from .store import open_store
+from .train_config import PRELOAD, TASKS, TrainConfig, config_to_dict
 
 log = logging.getLogger(__name__)
-
-TASKS = ("prp", "classify")
-CHECKPOINT = "checkpoint.pt"
 
 
 class TrainingDiverged(AdviseCacheError):
     """The loss became NaN or Inf."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    cache: Path
-    out: Path
-    task: str = "prp"  # "prp" pretext or "classify" (fine-tuning / linear probe)
-    ifm: tuple[str, ...] = ()  # IFM keys in the store, concatenated along channels; () = the only one
-    split: str = "train"
-    epochs: int = 20
-    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
-    batch_size: int = 32  # per process
-    lr: float = 1e-3  # at a global batch of 32; scaled linearly
-    warmup_epochs: float = 5.0  # capped at a fifth of the run, so short runs still decay
-    weight_decay: float = 1e-6
-    label_smoothing: float = 0.05
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    clip_mode: str = "stride"  # classification clips: "stride" or "segment"
-    tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
-    init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)
-    linear_probe: bool = False  # train the head only
-    preload: str = "none"  # "ram" (pinned on CUDA) or "gpu": hold the sampled videos' tokens resident
-    save_every: int = 1  # epochs between checkpoints (and one at the end)
-    resume: bool = False
-    override: bool = False  # with resume: accept changed optimisation settings
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU; fp16 uses a GradScaler
-    seed: int = 0
-    loader_threads: int = 4
-    log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
-    compile: bool = False  # torch.compile the model
-    progress: bool = True
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PRELOAD = ("none", "ram", "gpu")
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    return json.loads(json.dumps(d, default=str))
-
-
-def config_from_dict(d: dict) -> TrainConfig:
-    d = dict(d)
-    d["sampler"] = SamplerConfig(**{**d["sampler"], "rates": tuple(d["sampler"]["rates"])})
-    d["tmm"] = TMMConfig(**d["tmm"])
-    d["ifm"] = tuple(d["ifm"])
-    for key in ("cache", "out", "init"):
-        d[key] = Path(d[key]) if d.get(key) else None
-    return TrainConfig(**d)
-
-
-# -- distributed ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def backend_spec(device_type: str) -> str:
-    """The process group's backends: NCCL for CUDA tensors, and gloo beside it so that CPU
-    tensors and object collectives (errors, plans) work in a CUDA run too."""
-    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
-
-
-def init_distributed(device: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = resolve_device(device).type == "cuda"
-    if not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local)
-            dist.init_process_group(backend_spec("cuda"), device_id=torch.device("cuda", local))
-        else:
-            dist.init_process_group(backend_spec("cpu"))
-    return Dist(dist.get_rank(), dist.get_world_size(), local)
-
-
-def all_ranks_agree(d: Dist, error: AdviseCacheError | None) -> None:
-    """Raise on every rank the first error any rank found, so that a user error seen by one
-    rank (a run folder already in use, say) ends the run everywhere instead of a hang."""
-    if d.world == 1:
-        if error is not None:
-            raise error
-        return
-    found: list = [None] * d.world
-    dist.all_gather_object(found, None if error is None else (type(error).__name__, str(error)))
-    first = next((f for f in found if f is not None), None)
-    if first is not None:
-        if error is not None:
-            raise error
-        raise AdviseCacheError(first[1])
-
-
-def sum_across(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum a tensor over ranks, where it lives (NCCL for CUDA tensors, gloo for CPU ones)."""
-    if d.world > 1:
-        dist.all_reduce(t)
-    return t
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(out: Path, state: dict, meta: dict) -> None:
-    """Write checkpoint.pt, then checkpoint.json, each atomically (a kill never leaves a torn
-    file). The .pt holds the metadata too and is what runs read; a kill between the two leaves
-    an older checkpoint.json, which the next `load_checkpoint` rewrites."""
-    _write_atomic(out / CHECKPOINT, lambda p: torch.save({**state, "meta": meta}, p))
-    _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
-
-
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise MismatchError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MismatchError(f"{path} is not a readable checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise MismatchError(f"{path} is not an advise-cache checkpoint")
-    side = path.with_name("checkpoint.json")
-    if path.name == CHECKPOINT and os.access(path.parent, os.W_OK):
-        try:
-            stale = json.loads(side.read_text()) != json.loads(json.dumps(ckpt["meta"]))
-        except (OSError, ValueError):
-            stale = True
-        if stale:  # left behind by a kill between the two writes of save_checkpoint
-            _write_atomic(side, lambda p: p.write_text(json.dumps(ckpt["meta"], indent=2)))
-    return ckpt
-
-
-# What makes two stores' features the same space. Frame stride and how the weights were
-# named (a tag or a file) do not: the weights' checksum identifies them.
-FEATURE_KEYS = ("model", "weights_sha256", "input_size", "grid", "dim", "normalisation")
-
-
-def check_features(ckpt_meta: dict, fingerprint: dict, what: str) -> None:
-    """A checkpoint fits a store when its features are the same: IFM, weights, grid, dim,
-    normalisation — whatever the dataset."""
-    theirs, ours = ckpt_meta["fingerprint"]["features"], fingerprint["features"]
-    differs = sorted({k for a, b in zip(theirs, ours) for k in FEATURE_KEYS if a.get(k) != b.get(k)})
-    if len(theirs) != len(ours) or differs:
-        def show(fs):
-            return " + ".join(f"{f['model']} ({f['pretrained']}, grid {f['grid']}, dim {f['dim']}, "
-                              f"weights {str(f['weights_sha256'])[:12]})" for f in fs)
-        detail = f" (differs in: {', '.join(differs)})" if differs else ""
-        raise MismatchError(f"{what} was trained on features {show(theirs)}; this store gives {show(ours)}{detail}")
-
-
-def check_classes(meta: dict, classes: list[str], what: str, where: str) -> None:
-    """A classifier's outputs mean the class names it was trained with, in their order."""
-    theirs = list(meta.get("classes") or [])
-    if theirs and theirs != list(classes):
-        i = next((i for i, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))
-        got = lambda xs: repr(xs[i]) if i < len(xs) else "nothing"  # noqa: E731
-        raise MismatchError(f"{what} was trained for other classes than {where} holds (class {i}: "
-                            f"{got(theirs)} there, {got(classes)} here)")
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -346,8 +185,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     try:
         return _train(cfg, d, on_step)
     finally:
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed(d)
 
 
 def _setup(cfg: TrainConfig, d: Dist) -> dict:
@@ -358,7 +196,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
         device = torch.device("cuda", d.local_rank)
     if cfg.preload == "gpu" and device.type != "cuda":
         raise AdviseCacheError("--preload gpu needs a CUDA device; use --preload ram")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(cfg.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise AdviseCacheError("--precision fp16 needs a CUDA device; use fp32 or bf16")
     tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
@@ -367,8 +205,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
                             f"{source.grid[0]}x{source.grid[1]} token grid")
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:
-        check_features(init["meta"], fingerprint, f"--init {cfg.init}")
-        tmm_cfg = TMMConfig(**init["meta"]["tmm"])
+        check_features(init.meta.fingerprint, fingerprint, f"--init {cfg.init}")
+        tmm_cfg = init.meta.tmm
     plan0 = _plan(cfg, source, videos, labels, 0, d)
     steps_per_epoch = len(plan0) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -377,12 +215,12 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     ckpt = None
     if cfg.resume and (cfg.out / CHECKPOINT).exists():
         ckpt = load_checkpoint(cfg.out)
-        check_features(ckpt["meta"], fingerprint, f"the checkpoint in {cfg.out}")
-        if ckpt["meta"]["tmm"] != asdict(tmm_cfg) or ckpt["meta"]["task"] != cfg.task:
+        check_features(ckpt.meta.fingerprint, fingerprint, f"the checkpoint in {cfg.out}")
+        if ckpt.meta.tmm != tmm_cfg or ckpt.meta.task != cfg.task:
             raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
         if cfg.task == "classify":
-            check_classes(ckpt["meta"], store.classes, f"the run in {cfg.out}", str(cfg.cache))
-        changed = _changed_recipe(ckpt["meta"]["config"], config_to_dict(cfg))
+            check_classes(ckpt.meta.classes, store.classes, f"the run in {cfg.out}", str(cfg.cache))
+        changed = _changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
         if changed and not cfg.override:
             raise MismatchError(f"{cfg.out} was started with other settings ({changed}); resume with the same "
                                 "flags, or pass --override to continue with the new ones")
@@ -400,6 +238,12 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     except AdviseCacheError as e:
         error = e
     all_ranks_agree(d, error)  # one rank's user error ends every rank, with its message
+    total = cfg.epochs * s["steps_per_epoch"]
+    last_step = min(total, cfg.max_steps or total)
+    if s["ckpt"] is not None and s["ckpt"].step >= last_step:
+        # Finished already: its metrics, without building anything (drivers resume every run).
+        log.info("%s finished at step %d; nothing to resume", cfg.out, s["ckpt"].step)
+        return dict(s["ckpt"].meta.metrics or {})
     store, source, videos, labels, device = s["store"], s["source"], s["videos"], s["labels"], s["device"]
     tmm_cfg, init, steps_per_epoch, precision = s["tmm_cfg"], s["init"], s["steps_per_epoch"], s["precision"]
     cuda = device.type == "cuda"
@@ -411,55 +255,45 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     torch.manual_seed(cfg.seed)
     model = create_model(tmm_cfg, s["num_classes"])
     if init is not None:
-        tmm_state = {k[4:]: v for k, v in init["model"].items() if k.startswith("tmm.")}
+        tmm_state = {k[4:]: v for k, v in init.model.items() if k.startswith("tmm.")}
         model.tmm.load_state_dict(tmm_state)
     if cfg.linear_probe:
         model.tmm.requires_grad_(False)
     model.to(device, memory_format=layout)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    total = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
     world_batch = cfg.batch_size * d.world
     base_lr = cfg.lr * world_batch / 32
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    compute = autocast_dtype(precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    input_dtype = autocast_dtype or torch.float32
+    input_dtype = compute or torch.float32
 
-    meta = {
-        "version": __version__,
-        "task": cfg.task,
-        "config": config_to_dict(cfg),
-        "tmm": asdict(tmm_cfg),
-        "num_classes": s["num_classes"],
-        "classes": store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
-        "fingerprint": s["fingerprint"],
-        "store": str(Path(cfg.cache).resolve()),
-        "dataset": store.dataset,
-        "init": str(cfg.init) if cfg.init else None,
-        "trainable_params": count_params(model),
-        "world": d.world,
-        "precision": precision,
-    }
+    meta = CheckpointMeta(
+        task=cfg.task, config=cfg, tmm=tmm_cfg, num_classes=s["num_classes"],
+        classes=store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
+        fingerprint=s["fingerprint"], store=str(Path(cfg.cache).resolve()), dataset=store.dataset,
+        init=str(cfg.init) if cfg.init else None, trainable_params=count_params(model),
+        world=d.world, precision=precision)
     step = 0
     final: dict = {}  # what a finished run returns when asked to resume
     metrics_path = cfg.out / "metrics.jsonl"
     if s["ckpt"] is not None:
         ckpt = s["ckpt"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        final = ckpt["meta"].get("metrics", {})
+        model.load_state_dict(ckpt.model)
+        opt.load_state_dict(ckpt.optimizer)
+        if scaler is not None and ckpt.scaler is not None:
+            scaler.load_state_dict(ckpt.scaler)
+        step = ckpt.step
+        final = ckpt.meta.metrics or {}
         if d.main:
             _truncate_metrics(metrics_path, step)
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
         metrics_path.write_text("")
-        (cfg.out / "config.json").write_text(json.dumps(meta, indent=2))
+        (cfg.out / "config.json").write_text(json.dumps(meta.to_dict(), indent=2))
 
     if cfg.preload != "none":
         mine = videos[d.rank :: d.world] if d.world > 1 else videos  # the videos _plan gives this rank
@@ -474,7 +308,6 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     if s["skipped"] and d.main:
         log.warning("skipping %d video(s) of split %r that are not done in the store", s["skipped"], cfg.split)
 
-    last_step = min(total, cfg.max_steps or total)
     bar = tqdm(total=last_step, initial=step, desc=f"{cfg.task} {cfg.out.name}", unit="step",
                disable=not (cfg.progress and d.main))
     epoch = step // steps_per_epoch
@@ -496,7 +329,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
             lr = _schedule(step, total, warmup, base_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, logits = train_step(train_model, opt, x, y, cfg.label_smoothing, autocast_dtype, scaler)
+            loss, logits = train_step(train_model, opt, x, y, cfg.label_smoothing, compute, scaler)
             window[0] += loss * len(y)
             window[1] += (logits.argmax(1) == y).sum()
             step += 1
@@ -524,10 +357,10 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
             if step >= last_step:
                 break
         seconds = time.perf_counter() - t_epoch
-        final = {"kind": "epoch", "epoch": epoch, "step": step, "loss": sums[0] / max(sums[2], 1),
-                 "acc": sums[1] / max(sums[2], 1), "clips": int(sums[2]),
-                 "clips_per_s": sums[2] / seconds, "data_wait_frac": loader.wait_seconds / seconds,
-                 "seconds": seconds}
+        final = {"kind": "epoch", "epoch": epoch, "step": step, "loss": float(sums[0] / max(sums[2], 1)),
+                 "acc": float(sums[1] / max(sums[2], 1)), "clips": int(sums[2]),
+                 "clips_per_s": float(sums[2] / seconds),
+                 "data_wait_frac": loader.wait_seconds / seconds, "seconds": seconds}
         if d.main:
             _append(metrics_path, final)
         epoch_done = step % steps_per_epoch == 0
@@ -536,15 +369,13 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
                 raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. The last good "
                                        f"checkpoint is {cfg.out / CHECKPOINT}")
             if d.main:
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch}
-                if scaler is not None:
-                    state["scaler"] = scaler.state_dict()
-                save_checkpoint(cfg.out, state, {**meta, "step": step, "metrics": final})
+                save_checkpoint(cfg.out, Checkpoint(
+                    replace(meta, step=step, metrics=final), model.state_dict(), opt.state_dict(),
+                    step, epoch, None if scaler is None else scaler.state_dict()))
         if epoch_done:
             epoch += 1
     bar.close()
-    if d.world > 1:
-        dist.barrier()
+    barrier(d)
     return final
 
 

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import CheckpointMeta, load_model
 from .errors import DecodeError, MismatchError, StoreError
-from .evaluate import load_model
-from .ifm import resolve_device
 from .loader import collate
-from .models import ClipClassifier, TMMConfig, create_model
+from .models import ClipClassifier, create_model
+from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import Store, open_store
 from .video import PixelSpec, decode_frames
@@ -130,22 +130,21 @@ def _row(label: str, raw: np.ndarray, size: int) -> ActivationRow:
     return ActivationRow(label, upsample(normalise(raw), size), float(raw.min()), float(raw.max()))
 
 
-def _describe(checkpoint: Path, meta: dict, model: ClipClassifier, x: torch.Tensor,
+def _describe(checkpoint: Path, meta: CheckpointMeta, model: ClipClassifier, x: torch.Tensor,
               classes: list[str]) -> str:
     path = Path(checkpoint)
     name = path.name if path.is_dir() else path.parent.name
-    cfg = meta.get("config", {})
-    if meta["task"] == "prp":
+    if meta.task == "prp":
         kind = "PRP-pretrained"
-    elif cfg.get("linear_probe"):
+    elif meta.config.linear_probe:
         kind = "linear probe"
-    elif meta.get("init"):
-        init = Path(meta["init"])
+    elif meta.init:
+        init = Path(meta.init)
         kind = f"fine-tuned from {init.name if init.is_dir() else init.parent.name}"
     else:
         kind = "fine-tuned from scratch"
     label = f"{name}\n{kind}"
-    if meta["task"] == "classify" and meta.get("classes") == classes:
+    if meta.task == "classify" and meta.classes == classes:
         p = torch.softmax(model(x).float(), dim=1)[0]
         label += f"\npredicts {classes[int(p.argmax())]} ({float(p.max()):.2f})"
     return label
@@ -172,8 +171,8 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
     if not source.done[v]:
         raise StoreError(f"video {video} is not extracted in {cache} (status: not done)")
     n = int(source.frames[v])
-    cfg = first_meta["config"]
-    clip = multi_view_clips(n, frames, int(cfg["sampler"]["stride"]), 1, cfg.get("clip_mode", "stride"))[0]
+    cfg = first_meta.config
+    clip = multi_view_clips(n, frames, cfg.sampler.stride, 1, cfg.clip_mode)[0]
     key = source.keys[0]
     crops = load_frames(store, v, key, video_root)[clip]
     size = crops.shape[1]
@@ -189,7 +188,7 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        untrained = create_model(TMMConfig(**first_meta["tmm"]), first_meta["num_classes"])
+        untrained = create_model(first_meta.tmm, first_meta.num_classes)
     untrained.to(dev).eval()
     raw = channel_norm(untrained.feature_maps(x)[0])
     rows.append(_row(f"untrained TMM\n(same config, seed {seed})", raw, size))

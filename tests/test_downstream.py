@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,16 @@ import torch
 from conftest import read_metrics, train_config, write_video
 from typer.testing import CliRunner
 
+from advise_cache.checkpoint import load_checkpoint, load_model, save_checkpoint
 from advise_cache.cli import app
 from advise_cache.errors import MismatchError, StoreError
-from advise_cache.evaluate import evaluate, load_model, video_outputs
+from advise_cache.evaluate import evaluate, video_outputs
 from advise_cache.extract import extract_videos
 from advise_cache.loader import collate
 from advise_cache.models import TMMConfig
 from advise_cache.sampling import multi_view_clips
 from advise_cache.store import open_store
-from advise_cache.train import load_checkpoint, train
+from advise_cache.train import train
 
 runner = CliRunner()
 SMALL_TMM = TMMConfig(hidden=32, out_dim=64, head_hidden=64)
@@ -71,13 +73,13 @@ def test_finetune_from_pretrained_and_linear_probe(synthetic_store, tmp_path):
     train(train_config(synthetic_store, pre, max_steps=4, tmm=SMALL_TMM))
     probe = tmp_path / "probe"
     train(train_config(synthetic_store, probe, task="classify", init=pre, linear_probe=True, epochs=3))
-    a, b = load_checkpoint(pre)["model"], load_checkpoint(probe)["model"]
+    a, b = load_checkpoint(pre).model, load_checkpoint(probe).model
     tmm_keys = [k for k in a if k.startswith("tmm.")]
     assert tmm_keys and all(torch.equal(a[k], b[k]) for k in tmm_keys)  # frozen, BN stats too
-    assert load_checkpoint(probe)["meta"]["num_classes"] == 8
+    assert load_checkpoint(probe).meta.num_classes == 8
     ft = tmp_path / "ft"
     train(train_config(synthetic_store, ft, task="classify", init=pre, max_steps=2))
-    c = load_checkpoint(ft)["model"]
+    c = load_checkpoint(ft).model
     assert any(not torch.equal(a[k], c[k]) for k in tmm_keys)  # fine-tuning moves the TMM
 
 
@@ -92,10 +94,11 @@ def test_evaluate_refuses_what_does_not_fit(synthetic_store, temporal_store, tem
         evaluate(temporal_store, temporal_runs["tmm"], split="val", device="cpu")
     # Same features, same number of classes, other class names (another dataset's labels).
     ckpt = load_checkpoint(temporal_runs["tmm"])
-    ckpt["meta"]["classes"] = ckpt["meta"]["classes"][::-1]
-    torch.save(ckpt, tmp_path / "other.pt")
+    ckpt.meta = replace(ckpt.meta, classes=ckpt.meta.classes[::-1])
+    (tmp_path / "other").mkdir()
+    save_checkpoint(tmp_path / "other", ckpt)
     with pytest.raises(MismatchError, match="trained for other classes than .* \\(class 0: "):
-        evaluate(temporal_store, tmp_path / "other.pt", device="cpu")
+        evaluate(temporal_store, tmp_path / "other", device="cpu")
 
 
 def test_unlabelled_store_cannot_be_finetuned(tmp_path):

@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import extract_config, load_pipeline
 
 import advise_cache.train as train_module
-from advise_cache.evaluate import load_model
+from advise_cache.checkpoint import load_model
 from advise_cache.models import TMMConfig
 from advise_cache.sampling import ClipRequest, SamplerConfig
 from advise_cache.store import open_store
 from advise_cache.train import TrainConfig, train
-
-from conftest import extract_config, load_pipeline
 
 SIZE = dict(train_per_class=10, test_per_class=8, min_frames=24, max_frames=48)
 TMM = TMMConfig(hidden=64, out_dim=256, head_hidden=256)

@@ -11,13 +11,15 @@ import pytest
 import torch
 from conftest import extract_config, read_metrics, train_config
 
+from advise_cache.checkpoint import load_checkpoint
 from advise_cache.errors import AdviseCacheError, MismatchError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.loader import ClipLoader, TokenSource
 from advise_cache.models import TMMConfig
+from advise_cache.runtime import backend_spec, sum_across
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import open_store
-from advise_cache.train import TrainingDiverged, backend_spec, load_checkpoint, sum_across, train
+from advise_cache.train import TrainingDiverged, train
 
 
 def test_loader_returns_exactly_the_stored_tokens(synthetic_store):
@@ -53,7 +55,7 @@ def test_prp_loss_falls_and_accuracy_ends_well_above_chance(synthetic_store, tmp
     assert last["loss"] < first["loss"] - 0.2, (first, last)
     assert final["acc"] >= 0.5, final  # chance is 0.25 with four rates
     ckpt = load_checkpoint(tmp_path / "prp")
-    assert ckpt["meta"]["fingerprint"]["features"][0]["model"] == "test-vit"
+    assert ckpt.meta.fingerprint["features"][0]["model"] == "test-vit"
     assert json.loads((tmp_path / "prp" / "checkpoint.json").read_text())["step"] == final["step"]
     assert {"loss", "acc", "lr", "clips_per_s"} <= set(read_metrics(tmp_path / "prp")[0])
     assert 0 <= last["data_wait_frac"] <= 1
@@ -65,16 +67,41 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_run(synthetic_store, tmp
     cut = tmp_path / "cut"
     # Stop mid-epoch (6 steps an epoch here), then resume from that checkpoint.
     train(train_config(synthetic_store, cut, epochs=3, max_steps=8))
-    assert load_checkpoint(cut)["step"] == 8
+    assert load_checkpoint(cut).step == 8
     train(train_config(synthetic_store, cut, epochs=3, resume=True))
     a = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(full)]
     b = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(cut)]
     assert len(a) == 18 and a == b
-    sa, sb = load_checkpoint(full)["model"], load_checkpoint(cut)["model"]
+    sa, sb = load_checkpoint(full).model, load_checkpoint(cut).model
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # Resuming a finished run trains nothing and reports where it ended.
     again = train(train_config(synthetic_store, cut, epochs=3, resume=True))
     assert again["step"] == 18 and len(read_metrics(cut)) == 18
+
+
+def test_resuming_a_finished_run_returns_its_metrics_without_building_a_model(
+        synthetic_store, tmp_path, monkeypatch):
+    """Drivers (pipelines/ablation.py) resume every run of a study; a finished one must cost
+    nothing and answer what it answered the first time."""
+    import advise_cache.train as train_module
+
+    run = tmp_path / "run"
+    first = train(train_config(synthetic_store, run, epochs=2, max_steps=8))  # ends by max_steps
+    written = (run / "checkpoint.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run built a model")
+
+    monkeypatch.setattr(train_module, "create_model", no_model)
+    steps = []
+    again = train(train_config(synthetic_store, run, epochs=2, max_steps=8, resume=True),
+                  on_step=lambda step, loss: steps.append(step))
+    assert again == first == load_checkpoint(run).meta.metrics and again["step"] == 8
+    assert steps == []
+    assert ((run / "checkpoint.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()) == written
+    # More steps asked for: the same call trains again (the short cut is only for finished runs).
+    with pytest.raises(AssertionError, match="built a model"):
+        train(train_config(synthetic_store, run, epochs=2, resume=True))
 
 
 def test_errors_before_any_training(synthetic_store, tmp_path):
@@ -120,8 +147,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; stopped"):
         train(train_config(synthetic_store, run, epochs=2, resume=True, lr=1e38, override=True))
     after = load_checkpoint(run)
-    assert after["step"] == before["step"] == 6
-    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert after.step == before.step == 6
+    assert all(torch.equal(before.model[k], after.model[k]) for k in before.model)
 
 
 def test_two_process_gloo_run(synthetic_store, tmp_path):
@@ -132,8 +159,8 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
            "--loader-threads", "1", "--log-every", "4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    meta = load_checkpoint(run)["meta"]
-    assert meta["world"] == 2
+    meta = load_checkpoint(run).meta
+    assert meta.world == 2
     steps = read_metrics(run)
     # 24 videos x 4 clips = 96 clips an epoch, split over 2 ranks of batch 8: 6 steps an epoch,
     # a metrics line every 4 steps and at each epoch's end.
@@ -183,7 +210,7 @@ def test_metric_reductions_need_a_group_with_a_cpu_backend(tmp_path, spec, serve
     object collectives that share errors between ranks, beside the device's own tensors."""
     import torch.distributed as dist
 
-    from advise_cache.train import Dist, all_ranks_agree
+    from advise_cache.runtime import Dist, all_ranks_agree
 
     dist.init_process_group(spec, init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
@@ -269,5 +296,5 @@ def test_a_stale_checkpoint_json_is_rewritten_from_the_checkpoint(synthetic_stor
     first = (run / "checkpoint.json").read_text()
     train(train_config(synthetic_store, run, epochs=2, resume=True))
     (run / "checkpoint.json").write_text(first)  # a kill between the .pt and the .json
-    assert load_checkpoint(run)["step"] == 12
+    assert load_checkpoint(run).step == 12
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 12

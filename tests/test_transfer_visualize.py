@@ -18,15 +18,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from advise_cache import train as train_module
+from advise_cache.checkpoint import check_features, load_checkpoint
 from advise_cache.cli import app
 from advise_cache.embed import load_embeddings, tsne_2d
 from advise_cache.errors import DecodeError, MismatchError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.loader import TokenSource, collate
-from advise_cache.models import TMMConfig, create_model
+from advise_cache.models import create_model
 from advise_cache.sampling import multi_view_clips
 from advise_cache.store import open_store
-from advise_cache.train import check_features, load_checkpoint
 from advise_cache.visualize import (
     BOTTOM,
     GAP,
@@ -105,15 +105,15 @@ def tmm_params(state: dict) -> dict[str, torch.Tensor]:
 def test_stores_of_other_roots_with_the_same_ifm_share_features(synthetic_store, temporal_store):
     a, b = open_store(synthetic_store), open_store(temporal_store)
     assert a.meta["root"] != b.meta["root"] and a.dataset != b.dataset
-    check_features({"fingerprint": a.fingerprint(["test-vit"])}, b.fingerprint(["test-vit"]), "x")
+    check_features(a.fingerprint(["test-vit"]), b.fingerprint(["test-vit"]), "x")
 
 
 def test_finetune_on_another_store_from_a_pretrained_tmm(runs, temporal_store):
-    meta = load_checkpoint(runs["ft"])["meta"]
-    assert meta["task"] == "classify" and meta["init"] == str(runs["prp"])
-    assert meta["dataset"] == "synthetic-temporal" and meta["num_classes"] == 4
-    assert meta["tmm"] == load_checkpoint(runs["prp"])["meta"]["tmm"]  # the TMM comes from --init
-    assert np.isfinite(meta["metrics"]["loss"])
+    meta = load_checkpoint(runs["ft"]).meta
+    assert meta.task == "classify" and meta.init == str(runs["prp"])
+    assert meta.dataset == "synthetic-temporal" and meta.num_classes == 4
+    assert meta.tmm == load_checkpoint(runs["prp"]).meta.tmm  # the TMM comes from --init
+    assert np.isfinite(meta.metrics["loss"])
 
 
 def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path, m
 
     monkeypatch.setattr(train_module, "create_model", create)
     monkeypatch.setattr(torch.optim, "AdamW", adamw)
-    prp = tmm_params(load_checkpoint(runs["prp"])["model"])
+    prp = tmm_params(load_checkpoint(runs["prp"]).model)
     for name, how in (("init", ["--init", runs["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
         cli("finetune", "--cache", temporal_store, "--out", tmp_path / name, *how, "--epochs", "1",
             "--batch-size", "4", "--device", "cpu", "--loader-threads", "1")
@@ -139,7 +139,7 @@ def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path, m
         assert initial.keys() == prp.keys()
         same = all(torch.equal(initial[k], prp[k]) for k in prp)
         assert same == (name == "init"), name
-        final = tmm_params(load_checkpoint(tmp_path / name)["model"])
+        final = tmm_params(load_checkpoint(tmp_path / name).model)
         assert not all(torch.equal(final[k], initial[k]) for k in prp)  # and then it trained
 
 
@@ -150,7 +150,7 @@ def test_finetune_refuses_a_store_of_other_weights(runs, temporal_root, tmp_path
                             "--init", str(runs["prp"]), "--device", "cpu"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     ours = open_store(other).ifm("test-vit").meta["weights_sha256"][:12]
-    theirs = load_checkpoint(runs["prp"])["meta"]["fingerprint"]["features"][0]["weights_sha256"][:12]
+    theirs = load_checkpoint(runs["prp"]).meta.fingerprint["features"][0]["weights_sha256"][:12]
     assert ours != theirs
     assert f"--init {runs['prp']} was trained on features" in r.output
     assert f"weights {theirs}" in r.output
@@ -165,7 +165,7 @@ def test_other_image_models_are_refused_naming_both_sides(synthetic_store, field
     theirs = copy.deepcopy(ours)
     theirs["features"][0][field] = value
     with pytest.raises(MismatchError) as e:
-        check_features({"fingerprint": theirs}, ours, "--init X")
+        check_features(theirs, ours, "--init X")
     theirs_text, ours_text = str(e.value).split("; this store gives ")
     assert theirs_text.startswith("--init X was trained on features ") and ours_text.startswith("test-vit (")
     if field != "normalisation":  # the message does not print the normalisation
@@ -288,14 +288,14 @@ def test_embed_equals_the_pooled_tmm_output(runs, video, temporal_store, tmp_pat
         assert im.size[0] > 100
     # Directly: the model's pooled features on the same three clips, averaged.
     ckpt = load_checkpoint(runs["ft"])
-    model = create_model(TMMConfig(**ckpt["meta"]["tmm"]), ckpt["meta"]["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    model = create_model(ckpt.meta.tmm, ckpt.meta.num_classes)
+    model.load_state_dict(ckpt.model)
     model.eval()
     i = int(np.flatnonzero(emb.names == video)[0])
     v = int(test[i])
     source = TokenSource(store)
-    sampler = ckpt["meta"]["config"]["sampler"]
-    clips = multi_view_clips(int(source.frames[v]), sampler["frames"], sampler["stride"], 3, "stride")
+    sampler = ckpt.meta.config.sampler
+    clips = multi_view_clips(int(source.frames[v]), sampler.frames, sampler.stride, 3, "stride")
     with torch.no_grad():
         direct = model.features(collate([source.clip(v, c) for c in clips])).mean(0).numpy()
     np.testing.assert_allclose(emb.embeddings[i], direct, rtol=1e-5, atol=1e-6)

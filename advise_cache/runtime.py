@@ -1,0 +1,109 @@
+"""Where and how a process computes: its device, its precision, its place in a torchrun job.
+
+Training, evaluation, extraction and the figures all take `--device auto|cpu|cuda[:K]` and
+most take `--precision auto|fp32|bf16|fp16`; this module turns those flags into a
+`torch.device` and an autocast dtype the same way everywhere. Under torchrun, training joins
+the process group here (`init_distributed`) and its ranks agree and sum through `Dist`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import AdviseCacheError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast on CUDA and fp32 elsewhere; other values pass unchanged."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype torch.autocast computes in for a resolved precision; None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+# -- distributed ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def backend_spec(device_type: str) -> str:
+    """The process group's backends: NCCL for CUDA tensors, and gloo beside it so that CPU
+    tensors and object collectives (errors, plans) work in a CUDA run too."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = resolve_device(device).type == "cuda"
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local)
+            dist.init_process_group(backend_spec("cuda"), device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group(backend_spec("cpu"))
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def close_distributed(d: Dist) -> None:
+    """Leave the process group `init_distributed` joined, if any."""
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_ranks_agree(d: Dist, error: AdviseCacheError | None) -> None:
+    """Raise on every rank the first error any rank found, so that a user error seen by one
+    rank (a run folder already in use, say) ends the run everywhere instead of a hang."""
+    if d.world == 1:
+        if error is not None:
+            raise error
+        return
+    found: list = [None] * d.world
+    dist.all_gather_object(found, None if error is None else (type(error).__name__, str(error)))
+    first = next((f for f in found if f is not None), None)
+    if first is not None:
+        if error is not None:
+            raise error
+        raise AdviseCacheError(first[1])
+
+
+def sum_across(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over ranks, where it lives (NCCL for CUDA tensors, gloo for CPU ones)."""
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def barrier(d: Dist) -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if d.world > 1:
+        dist.barrier()
