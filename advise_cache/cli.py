@@ -329,7 +329,8 @@ def stats(
     head: Head = "mlp", preset: Preset = "ours",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Trainable parameters and forward FLOPs (multiply-accumulates) of the TMM for one clip."""
+    """Trainable parameters and forward cost of the TMM for one clip: multiply-accumulates (the
+    paper's "FLOPs"; `macs` in --json) and FLOPs (two per MAC; `flops` in --json)."""
     from .models import model_stats
 
     dims = _ints(clip, "--clip") if cache is None else (8, *_store_grid_dim(cache))
@@ -345,7 +346,7 @@ def stats(
         typer.echo(json.dumps({**s, "clip": [t, h, w, d], "preset": preset}))
     else:
         typer.echo(f"clip {t}x{h}x{w}x{d} ({preset}): {s['params'] / 1e6:.2f} M trainable parameters, "
-                   f"{s['flops'] / 1e9:.2f} G multiply-accumulates forward")
+                   f"{s['macs'] / 1e9:.2f} G multiply-accumulates forward")
 
 
 def _store_grid_dim(cache: Path) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ of where the tokens came from. `R3D50` is the exception: an end-to-end pixel bas
     config = TMMConfig(spatial_pool=9)          # or TMMConfig.paper() for the paper's tables
     model = create_model(config, num_classes=4)
     logits = model(tokens)                      # tokens: (B, 768, 8, 14, 14)
-    model_stats(config, 4)                      # {"params": ..., "flops": ...} for one clip
+    model_stats(config, 4)                      # {"params", "macs", "flops"} for one clip
 
 The counting conventions that reproduce the paper's Tables 2 and 3 are in
 docs/MODEL_STATS.md.
@@ -16,18 +16,17 @@ docs/MODEL_STATS.md.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from advise_cache.errors import MismatchError
 
 TMM_KINDS = ("r3d", "none")
 HEAD_KINDS = ("mlp", "linear")
-FLOP_CONVENTIONS = ("macs", "flops")
 
 
 @dataclass(frozen=True)
@@ -309,66 +308,40 @@ def count_params(module: nn.Module, *, norm: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad and id(p) not in skip)
 
 
-def _conv_macs(m: nn.modules.conv._ConvNd, out: torch.Tensor) -> int:
-    # Every output value costs (in/groups) × kernel MACs, padding taps included:
-    # the convention that gives the paper's 0.34 G for a 1×1 grid (see MODEL_STATS.md).
-    return out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+def forward_cost(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Forward cost of ONE clip, `input_shape` without the batch axis (e.g. (D, T, h, w)):
+    {"macs": multiply-accumulates (what the paper calls FLOPs), "flops": two per MAC}.
 
-
-def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, convention: str = "macs") -> int:
-    """Forward cost of ONE clip, `input_shape` without the batch axis (e.g. (D, T, h, w)).
-
-    Counted with forward hooks on convolutions and linear layers only (BN, ReLU and
-    pooling are left out, as in the paper). `convention="macs"` counts multiply-
-    accumulates (the paper's "FLOPs"); `"flops"` counts two per MAC. Works on a model
-    built on the meta device, which costs no memory or compute.
+    Counted by torch's FlopCounterMode, which counts matrix products and convolutions only
+    (BN, ReLU and pooling are left out, as in the paper), a convolution at every kernel tap of
+    every output value, padding included (see docs/MODEL_STATS.md). Works on a model built on
+    the meta device, which costs no memory or compute.
     """
-    if convention not in FLOP_CONVENTIONS:
-        raise MismatchError(f"convention must be one of {FLOP_CONVENTIONS}, got {convention!r}")
-    total = 0
-
-    def hook(m: nn.Module, _inputs, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.Linear):
-            total += out.numel() * m.in_features
-        else:
-            total += _conv_macs(m, out)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-    ]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
+    counter = FlopCounterMode(display=False)
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return total * (2 if convention == "flops" else 1)
+    flops = counter.get_total_flops()
+    return {"macs": flops // 2, "flops": flops}
 
 
 def model_stats(
     config: TMMConfig,
     num_classes: int,
     clip: tuple[int, int, int, int] = (8, 14, 14, 768),
-    *,
-    convention: str = "macs",
 ) -> dict[str, int]:
-    """Trainable params and forward FLOPs (MACs by default) for one clip (T, h, w, D)."""
+    """Trainable params, forward MACs and FLOPs (`forward_cost`) for one clip (T, h, w, D)."""
     t, h, w, d = clip
     if d != config.in_dim:
         raise MismatchError(f"clip dim {d} does not match config.in_dim {config.in_dim}")
     # Built on the meta device: shapes only, so even the 66 GFLOP configs count instantly.
     with torch.device("meta"):
         model = create_model(config, num_classes)
-    return {
-        "params": count_params(model),
-        "flops": count_flops(model, (d, t, h, w), convention=convention),
-    }
+    return {"params": count_params(model), **forward_cost(model, (d, t, h, w))}

@@ -14,7 +14,7 @@ from advise_cache.models import (
     TMM,
     Bottleneck3D,
     TMMConfig,
-    count_flops,
+    forward_cost,
     count_params,
     create_model,
     model_stats,
@@ -69,7 +69,7 @@ def tokens(b=2, d=32, t=4, h=7, w=7) -> torch.Tensor:
 def test_paper_tables_within_one_percent(label, overrides, params_m, flops_g):
     stats = model_stats(TMMConfig.paper(**overrides), num_classes=4)
     assert stats["params"] == pytest.approx(params_m * 1e6, rel=0.01)
-    assert stats["flops"] == pytest.approx(flops_g * 1e9, rel=0.01)
+    assert stats["macs"] == pytest.approx(flops_g * 1e9, rel=0.01)  # the paper's FLOPs are MACs
 
 
 def test_paper_preset_fields():
@@ -191,15 +191,38 @@ def test_r3d50_size_matches_slow_r50():
 
 def test_counting_conventions():
     model = create_model(small(head="linear"), num_classes=4).train()
-    macs = count_flops(model, (32, 4, 7, 7))
-    assert count_flops(model, (32, 4, 7, 7), convention="flops") == 2 * macs
+    cost = forward_cost(model, (32, 4, 7, 7))
+    assert cost["flops"] == 2 * cost["macs"]
     assert model.training  # restored
     n_bn = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, nn.BatchNorm3d))
     assert count_params(model, norm=False) == count_params(model) - n_bn
-    # A linear layer's MACs are in × out.
-    assert count_flops(nn.Linear(10, 3), (10,)) == 30
-    with pytest.raises(MismatchError):
-        count_flops(model, (32, 4, 7, 7), convention="gflops")
+    # A linear layer's MACs are in × out (the bias is not counted).
+    assert forward_cost(nn.Linear(10, 3), (10,)) == {"macs": 30, "flops": 60}
+    # A convolution's: every kernel tap of every output value, padding included. Here a 1x3x3
+    # conv over a 1x1 grid: 9 taps of which 8 see only padding (the paper's 0.34 G at S = 1).
+    conv = nn.Conv3d(4, 5, (1, 3, 3), padding=(0, 1, 1), bias=False)
+    assert forward_cost(conv, (4, 2, 1, 1))["macs"] == 2 * 5 * 4 * 9
+
+
+# MACs of one clip as the forward-hook count that FlopCounterMode replaced gave them (the
+# hook counted convolutions and linear layers by hand): the same numbers, to the unit.
+HAND_COUNTED = [
+    (TMMConfig.paper(hidden=256), 4, (8, 14, 14, 768), 2_877_296_640),
+    (TMMConfig(), 4, (8, 14, 14, 768), 3_494_907_904),
+    (TMMConfig(hidden=2048, spatial_pool=9, blocks=2), 101, (8, 14, 14, 768), 59_285_541_888),
+    (TMMConfig(channel_pool=192, tmm="none"), 4, (8, 14, 14, 768), 200_704),
+]
+
+
+@pytest.mark.parametrize("config,classes,clip,macs", HAND_COUNTED)
+def test_macs_are_those_of_the_former_hand_count(config, classes, clip, macs):
+    assert model_stats(config, classes, clip=clip)["macs"] == macs
+
+
+def test_r3d50_macs_are_those_of_the_former_hand_count():
+    with torch.device("meta"):
+        model = R3D50(num_classes=4)
+    assert forward_cost(model, (3, 8, 112, 112))["macs"] == 10_993_377_280
 
 
 @pytest.mark.parametrize(
