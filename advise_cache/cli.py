@@ -108,7 +108,9 @@ def extract(
     Dataset layouts (as downloaded, mmaction2's, torchvision's): docs/DATASETS.md.
     """
     from .datasets import default_root
-    from .extract import ExtractConfig, extract_videos, parse_shard, summary_dict
+    from dataclasses import asdict
+
+    from .extract import ExtractConfig, extract_videos, parse_shard
     from .store import DEFAULT_CODEC
 
     cfg = ExtractConfig(
@@ -120,7 +122,7 @@ def extract(
     )
     summary = extract_videos(cfg)
     if json_out:
-        typer.echo(json.dumps(summary_dict(summary), indent=2))
+        typer.echo(json.dumps(asdict(summary), indent=2))
     else:
         typer.echo("\n".join(summary.lines()))
     raise typer.Exit(summary.exit_code)

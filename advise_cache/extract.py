@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -651,6 +651,3 @@ def _fail(arrays, table, v, reason, summary) -> None:
     summary.failed.append({"name": str(table.name[v]), "reason": reason})
     log.warning("failed %s: %s", table.name[v], reason)
 
-
-def summary_dict(summary: ExtractSummary) -> dict:
-    return asdict(summary)

@@ -95,15 +95,6 @@ class IFM:
         }
 
 
-def list_ifms() -> list[str]:
-    """Names `create_ifm` accepts (open_clip names, aliases; any `timm/<name>` works too)."""
-    import open_clip
-
-    _register_configs()
-    vits = [m for m in open_clip.list_models() if m.startswith("ViT-") or m in RANDOM_ONLY]
-    return sorted(set(vits) | set(TIMM_ALIASES))
-
-
 def create_ifm(
     name: str = "ViT-B-16",
     pretrained: str = "auto",

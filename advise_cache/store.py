@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # 2: text columns as bytes or codes, dimension names, consolidated metadata
 READABLE_FORMATS = (1, 2)
 PENDING, DONE, FAILED = 0, 1, 2
-STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 # Chosen by measurement (pipelines/bench_extract.py, BENCHMARKS.md): lossless codecs gain
 # little on float tokens and cost read speed, which bounds training.
 CODECS = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,6 @@ _DECODE_BATCH = 64
 class VideoInfo:
     frames: int
     fps: float
-    height: int
-    width: int
 
 
 @dataclass(frozen=True)
@@ -105,14 +102,10 @@ def probe_video(path: Path) -> VideoInfo:
     n = _decoding(path, "cannot read its frame index", lambda: len(vr))
     if n == 0:
         raise DecodeError(f"{path}: no decodable frame")
-    height, width = _decoding(path, "decoding failed at frame 0", lambda: vr[0].shape[:2])
+    # A video whose first frame does not decode fails here, before any model runs.
+    _decoding(path, "decoding failed at frame 0", lambda: vr[0])
     fps = _decoding(path, "cannot read its frame rate", lambda: float(vr.get_avg_fps() or 0.0))
-    return VideoInfo(frames=n, fps=fps, height=height, width=width)
-
-
-def strided_count(frames: int, stride: int) -> int:
-    """How many frames `decode_frames(stride=stride)` keeps from a video of `frames`."""
-    return math.ceil(frames / stride)
+    return VideoInfo(frames=n, fps=fps)
 
 
 def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
