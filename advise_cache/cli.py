@@ -14,16 +14,32 @@ import functools
 import json
 import logging
 import sys
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .errors import AdviseCacheError
+from .extract import ExtractConfig
+from .models import TMMConfig
+from .sampling import SamplerConfig
+from .train_config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AdViSe as a feature cache: extract frozen image-model tokens once, train from them.")
 log = logging.getLogger("advise_cache")
+
+# Every flag's default is its config field's default: the configs are the one source of truth.
+EXTRACT = ExtractConfig(dataset="", root=Path(), out=Path())
+TRAIN = TrainConfig(cache=Path(), out=Path())
+SAMPLER: SamplerConfig = TRAIN.sampler
+TMM: TMMConfig = TRAIN.tmm
+
+
+def _same_name_fields(config_type, flags: dict) -> dict:
+    """The flags that are fields of `config_type` under the same name, passed through as given."""
+    return {f.name: flags[f.name] for f in fields(config_type) if f.name in flags}
 
 
 def user_errors(fn):
@@ -84,42 +100,38 @@ def extract(
     dataset: Annotated[str, typer.Argument(help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder.")] = None,
-    split: Annotated[int, typer.Option(help="Official split number (1-3) where the dataset has several.")] = 1,
-    annotations: Annotated[Optional[Path], typer.Option(help="Folder of the split/label files when they are not under --root.")] = None,
-    holdout: Annotated[bool, typer.Option(help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'.")] = False,
-    model: Annotated[str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")] = "ViT-B-16",
-    pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = "auto",
-    name: Annotated[Optional[str], typer.Option(help="Key of this model in the store (default: from --model).")] = None,
-    frame_stride: Annotated[int, typer.Option(help="Keep every N-th frame.")] = 1,
-    batch_size: Annotated[Optional[int], typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = None,
-    writers: Annotated[int, typer.Option(help="Threads writing shards.")] = 4,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Stored token dtype: float16 or float32.")] = "float16",
+    split: Annotated[int, typer.Option(help="Official split number (1-3) where the dataset has several.")] = EXTRACT.split,
+    annotations: Annotated[Optional[Path], typer.Option(help="Folder of the split/label files when they are not under --root.")] = EXTRACT.annotations,
+    holdout: Annotated[bool, typer.Option(help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'.")] = EXTRACT.holdout,
+    model: Annotated[str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")] = EXTRACT.model,
+    pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = EXTRACT.pretrained,
+    name: Annotated[Optional[str], typer.Option(help="Key of this model in the store (default: from --model).")] = EXTRACT.name,
+    frame_stride: Annotated[int, typer.Option(help="Keep every N-th frame.")] = EXTRACT.frame_stride,
+    batch_size: Annotated[Optional[int], typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = EXTRACT.batch_size,
+    workers: Annotated[Optional[int], typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = EXTRACT.workers,
+    writers: Annotated[int, typer.Option(help="Threads writing shards.")] = EXTRACT.writers,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = EXTRACT.device,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = EXTRACT.precision,
+    dtype: Annotated[str, typer.Option(help="Stored token dtype: float16 or float32.")] = EXTRACT.dtype,
     codec: Annotated[Optional[str], typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
-    frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = 64,
-    shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "0/1",
-    seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = 0,
+    frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = EXTRACT.frames_per_shard,
+    shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "/".join(map(str, EXTRACT.shard)),
+    seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = EXTRACT.seed,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Decode every video, run the frozen image model once per frame, store the patch tokens.
 
     Dataset layouts (as downloaded, mmaction2's, torchvision's): docs/DATASETS.md.
     """
+    flags = dict(locals())
     from .datasets import default_root
-    from dataclasses import asdict
+    from .extract import extract_videos, parse_shard
 
-    from .extract import ExtractConfig, extract_videos, parse_shard
-    from .store import DEFAULT_CODEC
-
-    cfg = ExtractConfig(
-        dataset=dataset, root=root or default_root(dataset), out=out or Path(f"{dataset.lower()}.zarr"),
-        split=split, annotations=annotations, holdout=holdout, model=model, pretrained=pretrained,
-        name=name, frame_stride=frame_stride, batch_size=batch_size, workers=workers, writers=writers,
-        device=device, precision=precision, dtype=dtype, codec=codec or DEFAULT_CODEC,
-        frames_per_shard=frames_per_shard, shard=parse_shard(shard), seed=seed,
-    )
+    cfg = ExtractConfig(**{
+        **_same_name_fields(ExtractConfig, flags),
+        "root": root or default_root(dataset), "out": out or Path(f"{dataset.lower()}.zarr"),
+        "codec": codec or EXTRACT.codec, "shard": parse_shard(shard),
+    })
     summary = extract_videos(cfg)
     if json_out:
         typer.echo(json.dumps(asdict(summary), indent=2))
@@ -211,15 +223,13 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 def _tmm_config(tmm: str, blocks: int, hidden: int, out_dim: int, temporal_kernel: int,
                 spatial_pool: int, channel_pool: int, head: str, preset: str):
-    from .models import TMMConfig
-
     kw = dict(tmm=tmm, blocks=blocks, hidden=hidden, out_dim=out_dim, spatial_pool=spatial_pool or None,
               channel_pool=channel_pool or None)
     if preset == "paper":
         return TMMConfig.paper(**kw)
     if preset != "ours":
         raise AdviseCacheError(f"--preset must be ours or paper, got {preset!r}")
-    return TMMConfig(**kw, temporal_kernel=temporal_kernel, head=head)
+    return replace(TMM, **kw, temporal_kernel=temporal_kernel, head=head)
 
 
 Tmm = Annotated[str, typer.Option(help="r3d (ResNet3D bottleneck blocks) or none (average pooling baseline).")]
@@ -244,41 +254,42 @@ def _train_command(task: str):
     def command(
         cache: Annotated[Path, typer.Option(help="The store to train from.")],
         out: Annotated[Optional[Path], typer.Option(help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none.")] = None,
-        init: Annotated[Optional[Path], typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = None,
+        init: Annotated[Optional[Path], typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = TRAIN.init,
         scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
-        linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = False,
-        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = "",
-        split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
-        epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = 20,
-        max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
-        batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = 32,
-        lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = 1e-3,
-        warmup_epochs: Annotated[float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")] = 5.0,
-        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-6,
-        label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.05,
-        frames: Annotated[int, typer.Option(help="Frames per clip.")] = 8,
-        stride: Annotated[int, typer.Option(help="Base stride between clip frames (stored frames).")] = 2,
-        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = "1,2,4,8",
-        jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = 0.2,
-        clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = 4,
-        clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = "stride",
-        tmm: Tmm = "r3d", blocks: Blocks = 1, hidden: Hidden = 256, out_dim: OutDim = 1024,
-        temporal_kernel: TKernel = 3, spatial_pool: SPool = 0, channel_pool: CPool = 0,
-        head: Head = "mlp", preset: Preset = "ours",
+        linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = TRAIN.linear_probe,
+        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = ",".join(TRAIN.ifm),
+        split: Annotated[str, typer.Option(help="Split to train on.")] = TRAIN.split,
+        epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = TRAIN.epochs,
+        max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
+        batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = TRAIN.batch_size,
+        lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = TRAIN.lr,
+        warmup_epochs: Annotated[float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")] = TRAIN.warmup_epochs,
+        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TRAIN.weight_decay,
+        label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
+        frames: Annotated[int, typer.Option(help="Frames per clip.")] = SAMPLER.frames,
+        stride: Annotated[int, typer.Option(help="Base stride between clip frames (stored frames).")] = SAMPLER.stride,
+        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(map(str, SAMPLER.rates)),
+        jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
+        clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,
+        clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = TRAIN.clip_mode,
+        tmm: Tmm = TMM.tmm, blocks: Blocks = TMM.blocks, hidden: Hidden = TMM.hidden,
+        out_dim: OutDim = TMM.out_dim, temporal_kernel: TKernel = TMM.temporal_kernel,
+        spatial_pool: SPool = TMM.spatial_pool or 0, channel_pool: CPool = TMM.channel_pool or 0,
+        head: Head = TMM.head, preset: Preset = "ours",
         preload: Annotated[str, typer.Option(help="Hold the videos this process samples resident: none, ram "
-                                             "(pinned on CUDA) or gpu (on the device, when they fit).")] = "none",
-        save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 1,
-        resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
-        override: Annotated[bool, typer.Option(help="With --resume: accept changed optimisation flags.")] = False,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")] = "auto",
-        seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = 0,
-        loader_threads: Annotated[int, typer.Option(help="Threads reading clips from the store.")] = 4,
-        log_every: Annotated[int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")] = 50,
-        compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+                                             "(pinned on CUDA) or gpu (on the device, when they fit).")] = TRAIN.preload,
+        save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = TRAIN.save_every,
+        resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = TRAIN.resume,
+        override: Annotated[bool, typer.Option(help="With --resume: accept changed optimisation flags.")] = TRAIN.override,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = TRAIN.device,
+        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")] = TRAIN.precision,
+        seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = TRAIN.seed,
+        loader_threads: Annotated[int, typer.Option(help="Threads reading clips from the store.")] = TRAIN.loader_threads,
+        log_every: Annotated[int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")] = TRAIN.log_every,
+        compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TRAIN.compile,
     ):
-        from .sampling import SamplerConfig
-        from .train import TrainConfig, train
+        flags = dict(locals())
+        from .train import train
 
         if task == "classify" and init is None and not scratch and not resume:
             raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
@@ -287,19 +298,14 @@ def _train_command(task: str):
         if out is None:
             out = default_run_dir(cache, task, scratch, tmm)
             typer.echo(f"run folder: {out}")
-        cfg = TrainConfig(
-            cache=cache, out=out, task=task, ifm=tuple(k for k in ifm.split(",") if k), split=split,
-            epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
-            weight_decay=weight_decay, label_smoothing=label_smoothing,
-            sampler=SamplerConfig(frames=frames, stride=stride, rates=_ints(rates, "--rates"), jitter=jitter,
-                                  clips_per_video=clips_per_video),
-            clip_mode=clip_mode,
-            tmm=_tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset),
-            init=init, linear_probe=linear_probe, preload=preload, save_every=save_every, resume=resume,
-            override=override,
-            device=device, precision=precision, seed=seed, loader_threads=loader_threads,
-            log_every=log_every, compile=compile,
-        )
+        sampler = SamplerConfig(**{**_same_name_fields(SamplerConfig, flags),
+                                   "rates": _ints(rates, "--rates")})
+        cfg = TrainConfig(**{
+            **_same_name_fields(TrainConfig, flags),
+            "out": out, "task": task, "ifm": tuple(k for k in ifm.split(",") if k), "sampler": sampler,
+            "tmm": _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool,
+                               channel_pool, head, preset),
+        })
         try:
             final = train(cfg)
         except KeyboardInterrupt:
@@ -325,23 +331,22 @@ app.command("finetune", help="Train the TMM and a new head on the store's labels
 def stats(
     cache: Annotated[Optional[Path], typer.Option(help="Take the clip's grid and dim from this store.")] = None,
     clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
-    classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = 4,
-    tmm: Tmm = "r3d", blocks: Blocks = 1, hidden: Hidden = 256, out_dim: OutDim = 1024,
-    temporal_kernel: TKernel = 3, spatial_pool: SPool = 0, channel_pool: CPool = 0,
-    head: Head = "mlp", preset: Preset = "ours",
+    classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
+    tmm: Tmm = TMM.tmm, blocks: Blocks = TMM.blocks, hidden: Hidden = TMM.hidden,
+    out_dim: OutDim = TMM.out_dim, temporal_kernel: TKernel = TMM.temporal_kernel,
+    spatial_pool: SPool = TMM.spatial_pool or 0, channel_pool: CPool = TMM.channel_pool or 0,
+    head: Head = TMM.head, preset: Preset = "ours",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Trainable parameters and forward cost of the TMM for one clip: multiply-accumulates (the
     paper's "FLOPs"; `macs` in --json) and FLOPs (two per MAC; `flops` in --json)."""
     from .models import model_stats
 
-    dims = _ints(clip, "--clip") if cache is None else (8, *_store_grid_dim(cache))
+    dims = _ints(clip, "--clip") if cache is None else (SAMPLER.frames, *_store_grid_dim(cache))
     if len(dims) != 4:
         raise AdviseCacheError(f"--clip: expected T,h,w,D (four integers), got {clip!r}")
     t, h, w, d = dims
     cfg = _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset)
-    from dataclasses import replace
-
     cfg = replace(cfg, in_dim=d)
     s = model_stats(cfg, classes, clip=(t, h, w, d))
     if json_out:
