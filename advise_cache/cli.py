@@ -203,7 +203,8 @@ def verify(
     """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
 
-    from .store import open_store, verify as verify_store
+    from .integrity import verify as verify_store
+    from .store import open_store
 
     problems = verify_store(open_store(store), progress=lambda it: tqdm(it, desc="verify", unit="video"),
                             deep=deep)

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from advise_cache.cli import app
 from advise_cache.errors import StoreError
 from advise_cache.extract import extract_videos
-from advise_cache.store import DONE, PENDING, create_store, open_store, verify
+from advise_cache.integrity import verify
+from advise_cache.store import DONE, PENDING, create_store, open_store
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "advise_cache.cli"]

@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from advise_cache.errors import StoreError
-from advise_cache.store import FORMAT, TABLE_FIELDS, create_store, open_store, verify
+from advise_cache.integrity import verify
+from advise_cache.store import FORMAT, TABLE_FIELDS, create_store, open_store
 
 # The data types of the Zarr v3 core specification (no extension such as "string").
 CORE_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

@@ -1,0 +1,83 @@
+"""Folders created atomically: built beside their target, then renamed into place.
+
+Processes racing to create the same store or image-model group each build a hidden folder
+named `.<name>.tmp-<pid>-<hex>` and rename it; one rename wins and the others discard theirs,
+so every racer ends up agreeing on one. A build left by a killed process is recognised by its
+pid and age and removed (`clean_leftovers`). Nothing here knows Zarr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TMP = re.compile(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}")  # .<name>.tmp-<pid>-<hex>; old ones lack the pid
+STALE_AFTER = 60.0  # seconds: a group takes well under a second to build
+
+
+def atomic_create(target: Path, build) -> bool:
+    """Build a directory next to `target` with `build(tmp)`, then rename it into place.
+    Returns False (and discards ours) when another process got there first. The hidden
+    folder's name carries our pid, so a later run can tell one left by a killed process."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+            return True
+        except OSError:
+            if target.exists():
+                return False
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def building(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Hidden folders of `atomic_create` in `folder`: (being built now, left by a killed
+    run). Left behind: its process is gone and it is older than a build takes, or it is
+    far older than any build (its pid may be of another machine sharing the store)."""
+    live, stale = [], []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return live, stale
+    now = time.time()
+    for p in entries:
+        m = _TMP.fullmatch(p.name)
+        if not m:
+            continue
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        dead = m[2] is None or not _pid_alive(int(m[2]))
+        (stale if (dead and age > STALE_AFTER) or age > 60 * STALE_AFTER else live).append(p)
+    return live, stale
+
+
+def clean_leftovers(folder: Path) -> list[Path]:
+    """Remove hidden build folders left in `folder` by killed runs; returns what was removed."""
+    _, stale = building(folder)
+    for p in stale:
+        log.warning("removing %s, left by an interrupted run", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return stale

@@ -1,0 +1,341 @@
+"""One image model's arrays inside a store (`ifm/<key>/`): claims, writes, checksums, reads.
+
+`Store.ifm(key)` hands out an `IFMArrays`, which owns everything under `ifm/<key>/`: which
+process writes a video (`claims.lock`), writing a video's shards durably and only then
+marking it done, failures and their reasons, per-video checksums, and reading frames back
+(straight from the shard files when they are plain, through zarr when compressed).
+store.py owns the layout around it (the store, its video table, adding a group); these two
+are the only modules that import zarr.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import struct
+import threading
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import zarr
+
+from .errors import StoreError
+from .shards import ShardReader, index_bytes, shard_index
+
+PENDING, DONE, FAILED = 0, 1, 2  # a video's `status`
+NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
+
+
+def attributes(node) -> dict:
+    """advise-cache's own attributes of a Zarr group."""
+    return dict(node.attrs.get("advise_cache", {}))
+
+
+class IFMArrays:
+    """The arrays of one image model inside a store."""
+
+    def __init__(self, store, key: str):  # store: the Store whose ifm/<key>/ this is
+        self.store = store
+        self.key = key
+        self.group = store.group["ifm"][key]
+        self.meta = attributes(self.group)
+        self.tokens = self.group["tokens"]
+        self.offset = self.group["offset"][:]
+        self.frames = self.group["frames"][:]
+        self._direct = _plain_shards(self.tokens)
+        self._reader: ShardReader | None = None
+        self._status_lock = threading.Lock()  # status/reason writes come from several threads
+        self._token_dir_synced = False
+        self._claims_fd: int | None = None
+        self._checksums = self.group["checksum"] if "checksum" in self.group else None
+        self._shard_crcs: dict[tuple[int, int], int] = {}
+        self._claimed: set[int] = set()
+        self._claims_lock = threading.Lock()
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.meta["grid"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def status(self) -> np.ndarray:
+        return self.group["status"][:]
+
+    def reasons(self) -> np.ndarray:
+        return self.group["reason"][:]
+
+    @property
+    def _token_dir(self) -> Path:
+        return self.store.path / "ifm" / self.key / "tokens"
+
+    # -- ownership ----------------------------------------------------------------------
+    # A video is written only by the process holding its claim: an exclusive lock on byte v of
+    # `claims.lock` in the group's folder. The kernel drops a dead process's locks, so a
+    # claim never outlives its owner (SIGKILL included) and needs no clean-up. Claims are
+    # taken before a video's status is read, so whoever holds one sees the status no other
+    # process can change meanwhile: a video another process marked done is never cleared.
+    def _lock(self, video: int, kind: int) -> bool:
+        if self._claims_fd is None:
+            try:
+                self._claims_fd = os.open(self.store.path / "ifm" / self.key / "claims.lock",
+                                          os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise StoreError(f"cannot write into {self.store.path}: {e.strerror}") from None
+        try:
+            if hasattr(fcntl, "F_OFD_SETLK"):  # per open file: two IFMArrays of one process exclude each other too
+                fcntl.fcntl(self._claims_fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", kind, os.SEEK_SET, video, 1, 0))
+            else:
+                cmd = fcntl.LOCK_UN if kind == fcntl.F_UNLCK else fcntl.LOCK_EX | fcntl.LOCK_NB
+                fcntl.lockf(self._claims_fd, cmd, 1, video)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise StoreError(f"cannot lock {self.store.path}: {e.strerror}") from None
+        return True
+
+    def claim(self, videos, state: int = PENDING) -> list[int]:
+        """Claim the videos that no other process holds and whose status is still `state`;
+        returns them. The others are left alone (another process owns them, or they are no
+        longer in `state`)."""
+        with self._claims_lock:
+            got = [int(v) for v in videos if int(v) in self._claimed or self._lock(int(v), fcntl.F_WRLCK)]
+            self._claimed.update(got)
+        status = self.group["status"][:]  # read under the claims: nobody else changes these now
+        keep = [v for v in got if status[v] == state]
+        self.release(v for v in got if status[v] != state)
+        return keep
+
+    def release(self, videos=None) -> None:
+        """Give up claims (all of them by default)."""
+        with self._claims_lock:
+            for v in list(self._claimed if videos is None else videos):
+                if v in self._claimed:
+                    self._lock(v, fcntl.F_UNLCK)
+                    self._claimed.discard(v)
+
+    def _owned(self, video: int) -> None:
+        """Writing needs the video's claim; take it now if it is pending and free."""
+        if video not in self._claimed and not self.claim([video]):
+            raise StoreError(f"video {video} of {self.key} is done, failed, or being written by another "
+                             "process; not touching it")
+
+    def reopen(self, video: int) -> None:
+        """Put a claimed video back to pending (its shards are damaged; extract writes it again)."""
+        if video not in self._claimed:
+            raise StoreError(f"video {video} of {self.key} is not claimed by this process")
+        with self._status_lock:
+            self.group["reason"][video] = ""
+            self.group["status"][video] = PENDING
+
+    def damaged(self, videos) -> list[tuple[int, str]]:
+        """Done videos among `videos` whose shard files are missing or of the wrong size, with
+        what is wrong: found from file sizes alone, so cheap enough for every run."""
+        out = []
+        per = int(self.meta["frames_per_shard"])
+        frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
+        for v in videos:
+            v, n = int(v), int(self.frames[v])
+            for k, path in enumerate(self._shard_paths(v)):
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    out.append((v, f"shard file {path.relative_to(self.store.path)} is missing"))
+                    break
+                want = min(per, n - k * per) * frame + index_bytes(per)
+                if self._direct and size != want:
+                    out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, "
+                                   f"expected {want}"))
+                    break
+        return out
+
+    # -- writing ------------------------------------------------------------------------
+    def _shard_paths(self, video: int) -> list[Path]:
+        per = int(self.meta["frames_per_shard"])
+        first = int(self.offset[video]) // per
+        count = -(-int(self.frames[video]) // per)
+        base = self._token_dir / "c"
+        return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
+
+    def check_offsets(self) -> None:
+        """Refuse a damaged offset table, which would read another video's rows."""
+        expected, _ = slot_offsets(self.frames, int(self.meta["frames_per_shard"]))
+        if not np.array_equal(self.offset, expected):
+            raise StoreError(f"{self.store.path}: the offset table of {self.key} is damaged "
+                             "(`advise-cache verify` lists the videos affected)")
+
+    def shards_of(self, video: int) -> int:
+        """How many shards hold this video's rows."""
+        return -(-int(self.frames[video]) // int(self.meta["frames_per_shard"]))
+
+    def clear_video(self, video: int) -> None:
+        """Forget whatever an interrupted run wrote for this video (claimed, not done)."""
+        self._owned(video)
+        for p in self._shard_paths(video):
+            p.unlink(missing_ok=True)
+
+    def write_shard(self, video: int, index: int, tokens: np.ndarray) -> int:
+        """Write the `index`-th shard of a video (its rows index*per onwards) and make the file
+        and the folders made for it durable; returns the file's size. Shards are independent
+        files, so threads may write different shards at once. A crash mid-write leaves a
+        partial file only in a video not marked done, which `clear_video` removes on resume."""
+        per = int(self.meta["frames_per_shard"])
+        n = int(self.frames[video])
+        rows = min(per, n - index * per)
+        if not 0 <= index < self.shards_of(video) or tokens.shape != (rows, *self.tokens.shape[1:]):
+            raise StoreError(f"video {video} shard {index}: got tokens {tokens.shape}, "
+                             f"expected {(rows, *self.tokens.shape[1:])}")
+        self._owned(video)
+        path = self._shard_paths(video)[index]
+        data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
+        with self._status_lock:
+            self._shard_crcs[(video, index)] = _crc(data)
+        if self._direct:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, [memoryview(data).cast("B"), shard_index(rows, per, data[0].nbytes)])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            # Every chunk holds data: skip zarr's comparison of each chunk with the fill value.
+            start = int(self.offset[video]) + index * per
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self.tokens[start : start + rows] = tokens.astype(self.tokens.dtype, copy=False)
+            _fsync(path)
+        for folder in path.parents[:3]:  # c/<shard>/0/0, c/<shard>/0, c/<shard>: this shard's own
+            _fsync(folder)
+        return path.stat().st_size
+
+    def finish_video(self, video: int) -> None:
+        """Mark a video done once all its shards are written: the folder listing the shards
+        is made durable once per video (and the token folder once), then the status, and the
+        claim is given up."""
+        self._owned(video)
+        if not self._token_dir_synced:
+            _fsync(self._token_dir)
+            self._token_dir_synced = True
+        _fsync(self._token_dir / "c")
+        with self._status_lock:
+            crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
+            if self._checksums is not None:  # before the status: a done video always has its checksum
+                self._checksums[video] = NO_CHECKSUM if None in crcs else video_checksum(crcs)
+            self.group["status"][video] = DONE
+        self.release([video])
+
+    def write_video(self, video: int, tokens: np.ndarray) -> int:
+        """Write all of a video's rows, make them durable, then mark it done. Returns bytes."""
+        n = int(self.frames[video])
+        if tokens.shape != (n, *self.tokens.shape[1:]):
+            raise StoreError(f"video {video}: got tokens {tokens.shape}, expected {(n, *self.tokens.shape[1:])}")
+        per = int(self.meta["frames_per_shard"])
+        tokens = tokens.astype(self.tokens.dtype, copy=False)
+        written = sum(self.write_shard(video, k, tokens[k * per : (k + 1) * per]) for k in range(self.shards_of(video)))
+        self.finish_video(video)
+        return written
+
+    def mark_failed(self, video: int, reason: str) -> None:
+        self._owned(video)
+        with self._status_lock:
+            self.group["reason"][video] = reason[:500]
+            self.group["status"][video] = FAILED
+
+    # -- reading ------------------------------------------------------------------------
+    def read_frames(self, video: int, indices) -> np.ndarray:
+        """Rows `indices` (0-based within the video) of one video: (len, h, w, D)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        n = int(self.frames[video])
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise StoreError(f"video {video} has {n} frames; asked for {rows.min()}..{rows.max()}")
+        base = int(self.offset[video])
+        if not rows.size:
+            return np.zeros((0, *self.tokens.shape[1:]), self.tokens.dtype)
+        if self._direct:
+            return self._read_direct(base + rows)
+        # Frame-at-a-time: zarr's orthogonal indexing into a shard decodes far more than it
+        # needs (measured ~10x slower for 8 scattered frames).
+        return np.stack([self.tokens[base + int(r)] for r in rows])
+
+    def shard_reader(self) -> ShardReader | None:
+        """A reader of this array's shard files (None when they are compressed: read via zarr)."""
+        if not self._direct:
+            return None
+        dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
+        return ShardReader(self._token_dir, int(self.meta["frames_per_shard"]), self.tokens.shape[1:], dtype)
+
+    def _read_direct(self, rows: np.ndarray) -> np.ndarray:
+        if self._reader is None:
+            self._reader = self.shard_reader()
+        out = np.empty((len(rows), *self.tokens.shape[1:]), self._reader.dtype)
+        self._reader.read_into(rows, out)
+        return out
+
+    def checksums(self) -> np.ndarray | None:
+        """Each video's checksum (NO_CHECKSUM: none recorded); None for a group made before
+        checksums were kept."""
+        return None if self._checksums is None else self._checksums[:]
+
+    def computed_checksum(self, video: int, tokens: np.ndarray | None = None) -> int:
+        """The checksum of what the store holds for a video now (`tokens`: its rows, if read)."""
+        x = self.read_video(video) if tokens is None else tokens
+        per = int(self.meta["frames_per_shard"])
+        le = np.dtype(self.tokens.dtype).newbyteorder("<")
+        return video_checksum([_crc(np.ascontiguousarray(x[k : k + per], le)) for k in range(0, len(x), per)])
+
+    def read_video(self, video: int) -> np.ndarray:
+        base = int(self.offset[video])
+        return self.tokens[base : base + int(self.frames[video])]
+
+    def stored_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
+
+
+def slot_offsets(frames: np.ndarray, per: int) -> tuple[np.ndarray, int]:
+    """Where each video's rows start when every video starts on a shard boundary, and the
+    rows of all slots together."""
+    slots = -(-np.asarray(frames, np.int64) // per) * per
+    return np.cumsum(slots) - slots, int(slots.sum())
+
+
+def _crc(array: np.ndarray) -> int:
+    """crc32c of a contiguous array's bytes, without copying them."""
+    return google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+
+
+def video_checksum(shard_crcs: list[int]) -> int:
+    """A video's checksum: the crc32c of its shards' crc32c values (little-endian uint32, in
+    order), each taken over that shard's token bytes as stored (little-endian, uncompressed)."""
+    return google_crc32c.value(np.asarray(shard_crcs, "<u4").tobytes())
+
+
+def _write_all(fd: int, buffers: list) -> None:
+    for buf in buffers:
+        view = memoryview(buf)
+        while view.nbytes:
+            view = view[os.write(fd, view) :]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain_shards(array) -> bool:
+    """True when the token array is a local, uncompressed, little-endian sharded array with
+    its index at the end: the layout `ShardReader` understands."""
+    codecs = array.metadata.to_dict()["codecs"]
+    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+        return False
+    c = codecs[0]["configuration"]
+    plain = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    crc = plain + [{"name": "crc32c"}]
+    as_dicts = json.loads(json.dumps([c["codecs"], c["index_codecs"]], default=str))
+    return as_dicts == [plain, crc] and c["index_location"] == "end"
