@@ -3,7 +3,8 @@
     advise-cache extract ucf101 --root /data/ucf101 --out ucf101.zarr
     torchrun --nproc_per_node 8 -m advise_cache.cli extract ucf101 --root ... --out ...
 
-Three stages run at once so the model never waits:
+Three stages run at once so the model never waits (extract_stages.py holds them; this
+module plans the run, claims the videos and wires the stages together):
 
 - decode processes turn videos into uint8 crops, a chunk of frames at a time, written into
   a ring of shared memory (only slot numbers travel through pipes);
@@ -27,14 +28,10 @@ import errno
 import logging
 import multiprocessing as mp
 import os
-import queue
 import re
-import threading
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +39,21 @@ import torch
 from tqdm import tqdm
 
 from .datasets import load_dataset
-from .errors import AdviseCacheError, DecodeError, StoreError, first_line
+from .errors import AdviseCacheError, StoreError, first_line
+from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Shard, Writer
 from .ifm import create_ifm
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
-from .video import decode_worker, init_worker, iter_crops, probe_or_reason, sigint_blocked
+from .video import init_worker, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
 
+# The stages' former private names, which pipelines/bench_extract.py still imports from here.
+# TODO(issue 13): delete once it imports InlineDecoder, PoolDecoder, Shard, Writer from
+# extract_stages.
+_InlineDecoder, _PoolDecoder, _Shard, _Writer = InlineDecoder, PoolDecoder, Shard, Writer
+
 EXIT_SOME_FAILED = 3  # documented in the README: the run finished but some videos failed
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-CHUNK = 16  # frames a decode process hands over at a time (one shared-memory slot)
 
 
 @dataclass(frozen=True)
@@ -301,292 +303,6 @@ def _repair(arrays, table, done: list[int]) -> None:
             arrays.release([v])
 
 
-# -- decoding ------------------------------------------------------------------------------
-class _InlineDecoder:
-    """Decodes in this process, one chunk per call: for --workers 0 and tests."""
-
-    def __init__(self, tasks: list[tuple]):
-        self._events = self._generate(tasks)
-
-    @staticmethod
-    def _generate(tasks):
-        for video, path, spec, stride, expected in tasks:
-            try:
-                for start, crops in iter_crops(Path(path), spec, stride, expected, CHUNK):
-                    yield "frames", video, start, crops, None
-                yield "done", video
-            except DecodeError as e:
-                yield "failed", video, str(e)
-
-    def next(self) -> tuple:
-        return next(self._events)
-
-    def release(self, slot) -> None:
-        pass
-
-    def close(self) -> None:
-        self._events.close()
-
-
-class _PoolDecoder:
-    """Decode processes writing crops into a ring of shared-memory slots."""
-
-    def __init__(self, tasks: list[tuple], workers: int, size: int):
-        frame = size * size * 3
-        slots = 3 * workers + 2  # each process fills one while the parent holds a couple
-        chunk = CHUNK
-        try:
-            free_shm = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
-        except OSError:
-            free_shm = None
-        if free_shm is not None:  # touching pages past a full /dev/shm kills us with SIGBUS
-            chunk = min(CHUNK, free_shm // 2 // (slots * frame))
-            if chunk < 1:
-                raise AdviseCacheError(
-                    f"/dev/shm has {free_shm / 1e6:.0f} MB free, too little for {workers} decode processes; "
-                    "use fewer --workers (or --workers 0), or give the container a larger /dev/shm"
-                )
-        self.shape = (slots, chunk, size, size, 3)
-        self.shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self.shape)))
-        self.ring = np.ndarray(self.shape, np.uint8, buffer=self.shm.buf)
-        ctx = mp.get_context("spawn")  # forking after torch has started its threads can deadlock
-        self.tasks, self.results, self.free = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        for s in range(slots):
-            self.free.put(s)
-        for task in tasks:
-            self.tasks.put(task)
-        for _ in range(workers):
-            self.tasks.put(None)
-        self.procs = [
-            ctx.Process(target=decode_worker, args=(self.tasks, self.results, self.free, self.shm.name, self.shape),
-                        daemon=True, name=f"decode-{i}")
-            for i in range(workers)
-        ]
-        try:
-            with sigint_blocked():
-                for p in self.procs:
-                    p.start()
-        except BaseException:  # a Ctrl-C noted while starting them: nothing may be left behind
-            self.close()
-            raise
-
-    def next(self) -> tuple:
-        while True:
-            try:
-                event = self.results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"decode process {dead[0].name} died (exit code {dead[0].exitcode})")
-                continue
-            if event[0] == "frames":
-                _, video, start, n, slot = event
-                return "frames", video, start, self.ring[slot, :n], slot
-            if event[0] == "error":
-                raise RuntimeError(f"decode process failed on video {event[1]}: {event[2]}")
-            return event
-
-    def release(self, slot) -> None:
-        self.free.put(slot)
-
-    def close(self) -> None:
-        started = [p for p in self.procs if p.pid is not None]
-        for p in started:
-            if p.is_alive():
-                p.terminate()
-        for p in started:
-            p.join()
-        for q in (self.tasks, self.results, self.free):
-            q.cancel_join_thread()
-            q.close()
-        del self.ring
-        self.shm.close()
-        self.shm.unlink()
-
-
-# -- writing -------------------------------------------------------------------------------
-@dataclass(eq=False)
-class _Shard:
-    """One shard of one video being filled: a host buffer of frames_per_shard rows."""
-
-    video: int
-    index: int
-    rows: int
-    buf: torch.Tensor
-    filled: int = 0
-
-
-class _Writer:
-    """Threads that write finished shards and mark a video done after its last shard. Their
-    first error is raised in the main thread at the next hand-over."""
-
-    def __init__(self, arrays, summary: ExtractSummary, threads: int, release, on_done):
-        self.arrays, self.summary, self.release, self.on_done = arrays, summary, release, on_done
-        self.queue: queue.Queue = queue.Queue(maxsize=2 * threads)
-        self.left: dict[int, int] = {}  # video -> shards not yet written
-        self.bytes: dict[int, int] = {}
-        self.lock = threading.Lock()
-        self.error: BaseException | None = None
-        self.stop = False
-        self.threads = [threading.Thread(target=self._loop, name=f"store-writer-{i}", daemon=True)
-                        for i in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def expect(self, video: int, shards: int) -> None:
-        self.left[video], self.bytes[video] = shards, 0
-
-    def _loop(self) -> None:
-        while (shard := self.queue.get()) is not None:
-            if self.stop or self.error is not None:
-                continue  # keep taking items so nobody waits on a full queue
-            try:
-                v = shard.video
-                nbytes = self.arrays.write_shard(v, shard.index, shard.buf[: shard.rows].numpy())
-                self.release(shard.buf)
-                with self.lock:
-                    self.left[v] -= 1
-                    self.bytes[v] += nbytes
-                    last = self.left[v] == 0
-                if last:
-                    self.arrays.finish_video(v)
-                    with self.lock:
-                        self.summary.done += 1
-                        self.summary.frames += int(self.arrays.frames[v])
-                        self.summary.bytes += self.bytes[v]
-                    self.on_done(v)
-            except BaseException as e:
-                self.error = self.error or e
-
-    def put(self, shard: _Shard) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put(shard, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def close(self, abort: bool = False) -> None:
-        """Finish what was handed over (or, on abort, skip it), then stop the threads."""
-        self.stop = abort
-        for _ in self.threads:
-            self.queue.put(None)
-        for t in self.threads:
-            t.join()
-
-
-# -- the model loop ------------------------------------------------------------------------
-class _ModelLoop:
-    """Fills fixed-size batches of crops across video boundaries, runs the model, and copies
-    the tokens (cast to the stored dtype on the device) into per-shard host buffers. On CUDA
-    the copies are asynchronous into pinned memory: a batch's shards go to the writer only
-    once two later batches have been queued, so the GPU always has work while the host waits."""
-
-    def __init__(self, ifm, batch: int, arrays, writer_put):
-        self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
-        self.cuda = ifm.device.type == "cuda"
-        self.dtype = getattr(torch, str(np.dtype(arrays.tokens.dtype)))
-        size = ifm.spec.size
-        self.staging = [torch.empty((batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
-                        for _ in range(2)]
-        self.staged = [None, None]  # CUDA events: when each staging buffer may be refilled
-        self.cur, self.fill, self.pieces = 0, 0, []
-        self.first_launch: float | None = None  # perf_counter of the first batch run
-        self.inflight: deque = deque()
-        # Batches queued on the GPU before the oldest is waited on: while the host fills the
-        # next batch the GPU still has one to run. The CPU runs each batch before returning.
-        self.depth = 2 if self.cuda else 0
-        self.open: dict[tuple[int, int], _Shard] = {}
-        self.spare: list[torch.Tensor] = []  # shard buffers back from the writer
-        self.spare_lock = threading.Lock()
-        self.dropped: set[int] = set()
-        self.per = int(arrays.meta["frames_per_shard"])
-        self.row_shape = tuple(arrays.tokens.shape[1:])
-
-    def release(self, buf: torch.Tensor) -> None:
-        with self.spare_lock:
-            self.spare.append(buf)
-
-    def _shard(self, video: int, index: int) -> _Shard:
-        key = (video, index)
-        if key not in self.open:
-            with self.spare_lock:
-                buf = self.spare.pop() if self.spare else None
-            if buf is None:
-                buf = torch.empty((self.per, *self.row_shape), dtype=self.dtype, pin_memory=self.cuda)
-            rows = min(self.per, int(self.arrays.frames[video]) - index * self.per)
-            self.open[key] = _Shard(video, index, rows, buf)
-        return self.open[key]
-
-    def add(self, video: int, start: int, crops: np.ndarray) -> None:
-        i = 0
-        while i < len(crops):
-            if self.fill == 0 and self.staged[self.cur] is not None:
-                self.staged[self.cur].synchronize()  # its last upload has finished
-            take = min(len(crops) - i, self.batch - self.fill)
-            self.staging[self.cur][self.fill : self.fill + take].numpy()[:] = crops[i : i + take]
-            self.pieces.append((video, start + i, self.fill, take))
-            self.fill += take
-            i += take
-            if self.fill == self.batch:
-                self.launch()
-
-    def launch(self) -> None:
-        if not self.fill:
-            return
-        if self.first_launch is None:
-            self.first_launch = time.perf_counter()
-        x = self.staging[self.cur][: self.fill].to(self.ifm.device, non_blocking=True)
-        if self.cuda:
-            self.staged[self.cur] = torch.cuda.Event()
-            self.staged[self.cur].record()
-        tokens = self.ifm.encode(x, dtype=self.dtype)
-        complete = []
-        for video, row, pos, n in self.pieces:
-            if video in self.dropped:
-                continue
-            while n:
-                index, r = divmod(row, self.per)
-                shard = self._shard(video, index)
-                take = min(n, shard.rows - r)
-                shard.buf[r : r + take].copy_(tokens[pos : pos + take], non_blocking=True)
-                shard.filled += take
-                if shard.filled == shard.rows:
-                    complete.append(self.open.pop((video, index)))
-                row, pos, n = row + take, pos + take, n - take
-        done = None
-        if self.cuda:
-            done = torch.cuda.Event()
-            done.record()
-        self.inflight.append((done, complete))
-        self.cur, self.fill, self.pieces = 1 - self.cur, 0, []
-        while len(self.inflight) > self.depth:  # older batches: their copies are done or nearly
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        done, complete = self.inflight.popleft()
-        if done is not None:
-            done.synchronize()
-        for shard in complete:
-            if shard.video in self.dropped:
-                self.release(shard.buf)
-            else:
-                self.put(shard)
-
-    def drop(self, video: int) -> None:
-        """A video failed part-way: forget its rows (stream order keeps reuse of its buffers safe)."""
-        self.dropped.add(video)
-        for key in [key for key in self.open if key[0] == video]:
-            self.release(self.open.pop(key).buf)
-
-    def flush(self) -> None:
-        self.launch()
-        while self.inflight:
-            self._hand_over()
-
-
 def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
     bar = tqdm(total=len(todo), desc=f"extract {summary.ifm}", unit="video", disable=not cfg.progress)
     failed_now: list[int] = []
@@ -608,11 +324,11 @@ def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
         last_stored[0] = time.perf_counter()
         bar.update()
 
-    writer = _Writer(arrays, summary, cfg.writers, release=lambda buf: loop.release(buf), on_done=stored)
+    writer = Writer(arrays, summary, cfg.writers, release=lambda buf: loop.release(buf), on_done=stored)
     for task in tasks:
         writer.expect(task[0], arrays.shards_of(task[0]))
-    loop = _ModelLoop(ifm, batch, arrays, writer.put)
-    decoder = _InlineDecoder(tasks) if workers <= 0 else _PoolDecoder(tasks, min(workers, len(tasks)), ifm.spec.size)
+    loop = ModelLoop(ifm, batch, arrays, writer.put)
+    decoder = InlineDecoder(tasks) if workers <= 0 else PoolDecoder(tasks, min(workers, len(tasks)), ifm.spec.size)
     ok = False
     try:
         remaining = len(tasks)
