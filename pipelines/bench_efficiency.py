@@ -4,24 +4,17 @@
     python3 pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
     .venv/bin/python pipelines/bench_efficiency.py --configs cached-B16,r3d50 --no-write
 
-This script owns the "online vs from the cache" figure. For one batch of PRP clips (8 frames
-of 224 x 224) it measures, per configuration: trainable parameters, forward multiply-
-accumulates per clip (`models.count_flops` / `models.model_stats`), peak memory and seconds
-per training iteration, each iteration being `train.train_step` (forward, backward with the
-trainer's label smoothing, AdamW) plus producing its batch:
-
-- online-B16, online-L14: AdViSe as the paper's code runs it: every step the frozen image
-  model (random weights, the same cost) encodes the clip's frames, then the TMM trains.
-- cached-B16, cached-L14: the same TMM trained from a store of random float16 tokens read by
-  `ClipLoader` (PRP clips from `prp_epoch`).
-- r3d50: `models.R3D50` trained with PRP end to end from pixels.
-
-Decoding is left out of the online and R3D-50 rows (pixels are made once), which favours
-them: the ratios are a lower bound on what the cache saves (decoding alone is measured by
-bench_extract.py). Each configuration runs in a fresh process, --rounds rounds of all in
-turn, the best round kept. On CUDA memory is `torch.cuda.max_memory_allocated`; on the CPU a
-second process measures the peak resident memory added after the imports, with glibc told to
-unmap every block of 64 KiB or more when freed, so that the peak follows live tensors.
+This script owns the "online vs from the cache" figure. Per configuration, for one batch of
+PRP clips of 224 x 224 frames: trainable parameters, forward multiply-accumulates per clip
+(`models.count_flops` / `model_stats`), peak memory, and seconds per iteration of
+`train.train_step` (the trainer's step, label smoothing included) plus producing its batch:
+online-B16/-L14 run the frozen image model (random weights) on the frames every step;
+cached-B16/-L14 read the tokens from a store of random float16 tokens through `ClipLoader`;
+r3d50 trains `models.R3D50` end to end. Decoding is left out (pixels made once), which
+favours the online and R3D-50 rows (decoding alone: bench_extract.py). Each configuration runs
+in a fresh process, --rounds rounds in turn, the best kept. Memory: on CUDA
+`max_memory_allocated`; on the CPU a second process's peak RSS over that after the imports,
+glibc told to unmap blocks of 64 KiB or more when freed, so the peak follows live tensors.
 """
 
 from __future__ import annotations

@@ -4,23 +4,15 @@
     python3 pipelines/bench_loader.py --device cuda             # part of `make bench-gpu`
     .venv/bin/python pipelines/bench_loader.py --quick --no-write   # a look (and the smoke test)
 
-A store of ViT-B-16-shaped tokens (14 x 14 x 768 float16 a frame, random values: no image
-model needed) is made once in data/bench_loader/ and read from the page cache. One PRP plan
-(`prp_epoch`, 8 frames a clip) is read, in rounds that alternate the readers (and which goes
-first) so that a shared machine's load falls on all of them alike, by:
-
-- ceiling: every shard opened and its index read beforehand (untimed), then a thread pool
-  that `preadv`s each frame of a batch into its slot of one preallocated (B, T, h, w, D)
-  buffer, allocated by torch as the loader's are;
-- loader: `ClipLoader` over a `TokenSource`, as training runs it, consumer doing nothing;
-- loader @1aa8d33: the loader of commit 1aa8d33 (`git archive` of its package, run in a
-  fresh process on the same store and plan; it returns float32 batches).
-
-Then training, in rounds that alternate the two: `train.train` from the store (the default
-TMM, PRP), timed through its `on_step` hook, against the same `train.train_step` on a batch
-already in memory (the ceiling of training); with `--device cuda` also `train.train
---compile` and `--preload gpu`, and the peak memory the GPU allocated. The GPU is
-synchronised only at the first and last timed step.
+A store of ViT-B-16-shaped tokens (14 x 14 x 768 float16 a frame, random values) is made once
+in data/bench_loader/ and read from the page cache. One PRP plan (8 frames a clip) is read, in
+rounds that alternate the readers, by: the ceiling (shards opened and indexes read beforehand,
+then a thread pool `preadv`ing each frame into its slot of one torch-allocated (B, T, h, w, D)
+buffer); `ClipLoader`, the consumer doing nothing; and the `ClipLoader` of commit 1aa8d33 (its
+package from `git archive`, in a fresh process; it returns float32 batches). Then training,
+in rounds alternating the modes: `train.train` from the store, timed through `on_step`, against
+the same `train.train_step` on a batch already in memory; on CUDA also `--compile` and
+`--preload gpu`, with peak GPU memory, the GPU synchronised at the first and last timed step.
 """
 
 from __future__ import annotations
