@@ -270,11 +270,12 @@ def main(argv=None) -> int:
         print(f"note: {n}")
     todo = []
     for s in settings:
-        if not (folder := out / s.folder / "result.json").parent.joinpath("result.json").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            write_json(folder.parent / "setting.json", {"setting": asdict(s), "recipe": asdict(args.recipe),
-                                                        "device": args.device, "preload": args.preload})
-            todo.append(folder.parent)
+        folder = out / s.folder
+        if not (folder / "result.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "setting.json", {"setting": asdict(s), "recipe": asdict(args.recipe),
+                                                 "device": args.device, "preload": args.preload})
+            todo.append(folder)
     print(f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} already "
           f"finished, {len(todo)} to run", flush=True)
     failed = run_settings(todo, args.jobs)
