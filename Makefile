@@ -21,7 +21,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm
 
-.PHONY: venv test demo lint clean bench-extract bench-train bench-loader bench-efficiency bench-gpu \
+.PHONY: venv test demo lint clean bench-extract bench-loader bench-efficiency bench-gpu \
 	$(addprefix ablation-,$(ABLATIONS))
 
 venv: $(VENV)/.installed
@@ -40,9 +40,6 @@ demo: venv
 
 bench-extract: venv
 	$(PY) pipelines/bench_extract.py
-
-bench-train: venv
-	$(PY) pipelines/bench_train.py
 
 bench-loader: venv
 	$(PY) pipelines/bench_loader.py

@@ -9,26 +9,22 @@ It generates its own videos (the synthetic set, 320x240 mpeg4) and, for each ima
 times on the same videos, in rounds (the best round of each is kept: on a shared machine the
 least disturbed run is the closest to what the code does):
 
-- decode: `extract._PoolDecoder`, the run's own decode processes and shared-memory ring,
-  from the first chunk handed over to the last (process start-up left out);
+- decode: the run's own decode processes and shared-memory ring, from the first chunk handed
+  over to the last (process start-up left out);
 - IFM: `IFM.encode` on those crops in fixed batches, cast on the device to float16 as the
   run does (on CUDA: uploaded from pinned memory, synchronised once at the end);
-- full: `extract.extract_videos` into a fresh store: end to end (model build, probing and
-  process start-up included), its `_run` alone, and steady (from the model's first batch to
-  the last video stored, through wrappers around `_ModelLoop.launch` and
-  `IFMArrays.finish_video`): the figure judged against IFM alone.
+- full: `extract.extract_videos` into a fresh store: end to end, its loop
+  (`ExtractSummary.loop_seconds`) and steady (`steady_seconds`: from the model's first batch
+  to the last video stored), the figure judged against IFM alone.
 
-The writer alone: the same random float16 tokens (the model's grid and width, videos of
-UCF101-like lengths) written three ways, in alternating rounds: `extract._Writer` (threads,
-shard files written directly), the writer of commit 1aa8d33 reproduced below (one thread,
-float32 → float16 on the CPU, zarr slice assignment, fsync of each shard and four parents),
-and a raw write + fsync of the same shard bytes to plain files with as many threads.
-
-On CUDA it also measures how far bf16 tokens are from fp32 tokens (random weights). The
-tables go into BENCHMARKS.md: the CPU run's between the bench_extract markers, a GPU run's
-in a section of its own named for the GPU. Weights are random (`pretrained="none"`): speed
-does not depend on them. Nothing here downloads anything; on a GPU machine without a venv
-run it with `python3` and `PYTHONPATH=.`.
+The writer alone: the same random float16 tokens written by `extract._Writer`, by the writer
+of commit 1aa8d33 (reproduced below: one thread, float32 → float16 on the CPU, zarr slice
+assignment, fsync of each shard and four parents), and as raw write + fsync of the same shard
+bytes, in alternating rounds. On the CPU every codec of `store.CODECS` is timed on real
+tokens; on CUDA the bf16 tokens are compared with fp32 ones (random weights). The CPU tables
+go between the bench_extract markers of BENCHMARKS.md, a GPU run's into a section named for
+the GPU. Nothing here downloads anything; on a GPU machine without a venv run it with
+`python3` and `PYTHONPATH=.`.
 """
 
 from __future__ import annotations
@@ -36,25 +32,22 @@ from __future__ import annotations
 # Spawned decode workers import this file again: keep its top level free of torch.
 import argparse
 import csv
-import datetime
-import logging
 import math
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from benchmd import loadavg, package_version, read_lines, write_section
+from bench_extract_writer import (PER_SHARD, WRITER_LENGTHS, WRITER_TARGET_OLD, WRITER_TARGET_RAW, bench_codecs,
+                                  bench_writer)
+from common import (BENCHMARKS, command_line, describe_machine, filesystem, load_1min, machine_table, num, pct,
+                    say, table, write_section)
 
-REPO = Path(__file__).resolve().parents[1]
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several
 # Frames per model: ViT-B-16 runs about 1 frame/s in fp32 on 2 CPU cores, test-vit
 # thousands; on a GPU every stage should last seconds.
@@ -66,8 +59,6 @@ DEFAULT_ROUNDS = {("cpu", "ViT-B-16"): 4}
 QUICK_FRAMES = 96
 GENERATED = 2048  # frames of video generated; larger sets repeat them under other names
 TARGET = {"cpu": 0.9, "cuda": 0.8}  # full extraction as a fraction of the model alone
-WRITER_TARGET_OLD, WRITER_TARGET_RAW = 3.0, 0.8
-WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
 
 
 @dataclass
@@ -82,73 +73,24 @@ class Row:
     decode_fps: float = 0.0
     ifm_fps: float = 0.0
     full_fps: float = 0.0  # end to end, as `extract_videos` reports it
-    run_fps: float = 0.0  # `_run` alone: no model build, no probing
+    run_fps: float = 0.0  # the decode -> model -> write loop
     steady_fps: float = float("nan")  # the model's first batch to the last video stored
     bytes_per_frame: float = 0.0
     rounds: int = 0
-    ratios: list = None  # steady / IFM alone within each round
-
-
-@dataclass
-class WriterRow:
-    model: str
-    frames: int
-    videos: int
-    shards: int
-    mb: float
-    threads: int
-    new_fps: float = 0.0
-    old_fps: float = 0.0
-    raw_fps: float = 0.0
-    raw1_fps: float = 0.0  # raw with one thread: what one writer thread could reach
-    rounds: int = 0
-
-
-@dataclass
-class TokenError:
-    model: str
-    frames: int
-    rel_l2: float
-    cos_mean: float
-    cos_min: float
-    max_abs: float
-
-
-@dataclass
-class CodecRow:
-    model: str
-    codec: str
-    frames: int
-    raw_per_frame: int
-    stored_per_frame: float
-    write_mb_s: float
-    zarr_fps: float
-    store_fps: float
+    ratios: list = field(default_factory=list)  # steady / IFM alone within each round
 
 
 # -- the video set ---------------------------------------------------------------------------
-def make_videos(
-    root: Path, frames: int, width: int, height: int, seed: int
-) -> list[tuple[Path, int]]:
+def make_videos(root: Path, frames: int, width: int, height: int, seed: int) -> list[tuple[Path, int]]:
     """Videos holding at least `frames` frames, interleaved by class, with their frame counts.
     At most GENERATED frames are generated; the rest are hard links to them under other names
     (decoding costs the same; generating is slow)."""
     from advise_cache.synthetic import generate_synthetic
     from advise_cache.video import probe_video
 
-    made = min(frames, GENERATED)
-    per_class = math.ceil(1.2 * made / (sum(VIDEO_FRAMES) / 2) / 8)  # 8 classes, 20% margin
-    generate_synthetic(
-        root,
-        family="both",
-        seed=seed,
-        train_per_class=per_class,
-        test_per_class=0,
-        min_frames=VIDEO_FRAMES[0],
-        max_frames=VIDEO_FRAMES[1],
-        width=width,
-        height=height,
-    )
+    per_class = math.ceil(1.2 * min(frames, GENERATED) / (sum(VIDEO_FRAMES) / 2) / 8)  # 8 classes, 20% margin
+    generate_synthetic(root, family="both", seed=seed, train_per_class=per_class, test_per_class=0,
+                       min_frames=VIDEO_FRAMES[0], max_frames=VIDEO_FRAMES[1], width=width, height=height)
     paths = sorted(root.glob("train/*/*.mp4"), key=lambda p: (p.stem[-3:], p.parent.name))
     base = [(p, probe_video(p).frames) for p in paths]
     videos, total, copy = list(base), sum(n for _, n in base), 1
@@ -179,8 +121,7 @@ def write_manifest(path: Path, videos: list[tuple[Path, int]]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
-        for p, _ in videos:
-            w.writerow([str(p), p.parent.name, "train"])
+        w.writerows([str(p), p.parent.name, "train"] for p, _ in videos)
     return path
 
 
@@ -260,11 +201,9 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
     ifm = create_ifm(model, "none", device, "auto", args.seed)
     workers = default_workers(ifm.device) if args.workers is None else args.workers
     batch = args.batch_size or DEFAULT_BATCH.get((ifm.device.type, model)) or (256 if ifm.device.type == "cuda" else 64)
-    cfg = ExtractConfig(
-        dataset="manifest", root=write_manifest(work / "sets" / tag / "manifest.csv", videos),
-        out=work / "stores" / f"{tag}.zarr", model=model, pretrained="none", workers=workers,
-        writers=args.writers, device=device, batch_size=batch, seed=args.seed, progress=False,
-    )
+    cfg = ExtractConfig(dataset="manifest", root=write_manifest(work / "sets" / tag / "manifest.csv", videos),
+                        out=work / "stores" / f"{tag}.zarr", model=model, pretrained="none", workers=workers,
+                        writers=args.writers, device=device, batch_size=batch, seed=args.seed, progress=False)
     best = Row(model, device, ifm.precision, len(videos), frames, workers, batch)
     clips, t0 = None, time.perf_counter()
     repeats = args.repeats or DEFAULT_ROUNDS.get((ifm.device.type, model), 3)
@@ -278,7 +217,7 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
         full_fps = summary.frames / summary.seconds
         say(f"[{tag}] round {rounds}: {frames} frames; decode {decode_fps:.1f}, ifm {ifm_fps:.1f}, full "
             f"{full_fps:.1f}, run {run_fps:.1f}, steady {steady:.1f} frames/s")
-        best.ratios = (best.ratios or []) + [steady / ifm_fps]
+        best.ratios.append(steady / ifm_fps)
         best.decode_fps = max(best.decode_fps, decode_fps)
         best.ifm_fps = max(best.ifm_fps, ifm_fps)
         best.full_fps = max(best.full_fps, full_fps)
@@ -292,8 +231,8 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
     return best, clips, ifm.info(), ifm
 
 
-def token_error(model: str, ifm_fp32, clips: list[np.ndarray], frames: int, seed: int) -> TokenError:
-    """bf16 autocast tokens against fp32 tokens of the same model and crops."""
+def token_error(model: str, ifm_fp32, clips: list[np.ndarray], frames: int, seed: int) -> list:
+    """bf16 autocast tokens against fp32 tokens of the same model and crops: a table row."""
     import torch
 
     from advise_cache.ifm import create_ifm
@@ -303,489 +242,87 @@ def token_error(model: str, ifm_fp32, clips: list[np.ndarray], frames: int, seed
     bf16 = create_ifm(model, "none", str(ifm_fp32.device), "bf16", seed)
     if bf16.weights_sha256 != ifm_fp32.weights_sha256:
         raise RuntimeError("the bf16 and fp32 models do not have the same weights")
-    a, b = [], []
-    for i in range(0, len(x), 64):
-        a.append(ifm_fp32.encode(x[i : i + 64]).double().cpu())
-        b.append(bf16.encode(x[i : i + 64]).double().cpu())
-    a, b = torch.cat(a).flatten(0, 2), torch.cat(b).flatten(0, 2)  # (tokens, D)
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
-    return TokenError(model, len(x), float((a - b).norm() / a.norm()), float(cos.mean()), float(cos.min()),
-                      float((a - b).abs().max()))
-
-
-# -- the writer ------------------------------------------------------------------------------
-def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
-    """`IFMArrays.write_video` as of commit 1aa8d33 (the writer thread called it with the
-    float32 tokens the model loop had brought back): zarr writes, fill-value checks
-    included, then fsync of each shard and of its four parent folders."""
-    n = int(arrays.frames[video])
-    start = int(arrays.offset[video])
-    per = int(arrays.meta["frames_per_shard"])
-    tokens = tokens.astype(arrays.tokens.dtype, copy=False)
-    for lo in range(0, n, per):
-        arrays.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
-    written = 0
-    for p in arrays._shard_paths(video):
-        if p.exists():
-            for target in (p, *p.parents[:4]):
-                fd = os.open(target, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            written += p.stat().st_size
-    arrays.group["status"][video] = 1
-    return written
-
-
-def _writer_store(path: Path, lengths: list[int], info: dict, key: str):
-    from advise_cache.store import create_store, open_store
-
-    n = len(lengths)
-    table = {"name": [f"v{v:05d}" for v in range(n)], "path": [""] * n, "split": ["train"] * n,
-             "label": [0] * n, "fps": [25.0] * n, "source_frames": lengths, "probe_error": [""] * n}
-    create_store(path, "bench", str(path.parent), ["bench"], table)
-    return open_store(path, mode="a").add_ifm(key, info, 1, 64)
-
-
-def bench_writer(model: str, info: dict, work: Path, frames: int, threads: int, repeats: int,
-                 seed: int) -> WriterRow:
-    """The same tokens through the new writer, the old one and raw writes, in alternating
-    rounds; the best round of each."""
-    import torch
-
-    from advise_cache.extract import ExtractSummary, _Shard, _Writer, ifm_key
-    from advise_cache.shards import shard_index
-
-    rng = np.random.default_rng(seed)
-    lengths = []
-    while sum(lengths) < frames:
-        lengths.append(int(rng.integers(*WRITER_LENGTHS)))
-    h, w = info["grid"]
-    shape = (h, w, info["dim"])
-    # Random tokens (nothing to compress, no zero to skip); every video a prefix of them.
-    big = rng.standard_normal((WRITER_LENGTHS[1], *shape), dtype=np.float32)
-    big16 = torch.from_numpy(big.astype(np.float16))
-    tokens32 = [big[:n] for n in lengths]
-    tokens16 = [big16[:n] for n in lengths]
-    key = ifm_key(model)
-    per = 64
-    shards = [(v, k) for v, n in enumerate(lengths) for k in range(-(-n // per))]
-    total = sum(lengths)
-    row = WriterRow(model, total, len(lengths), len(shards), total * int(np.prod(shape)) * 2 / 1e6, threads)
-
-    def new(path: Path) -> float:
-        arrays = _writer_store(path, lengths, info, key)
-        summary = ExtractSummary(str(path), key, len(lengths))
-        writer = _Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
-        for v, n in enumerate(lengths):
-            writer.expect(v, arrays.shards_of(v))
-        t0 = time.perf_counter()
-        for v, k in shards:
-            buf = tokens16[v][k * per : (k + 1) * per]
-            writer.put(_Shard(v, k, len(buf), buf, len(buf)))
-        writer.close()
-        seconds = time.perf_counter() - t0
-        if writer.error is not None:
-            raise writer.error
-        if summary.done != len(lengths) or summary.frames != total:
-            raise RuntimeError(f"the writer stored {summary.done} of {len(lengths)} videos")
-        if not np.array_equal(arrays.read_frames(len(lengths) - 1, [lengths[-1] - 1])[0],
-                              tokens16[-1][-1].numpy()):
-            raise RuntimeError("a frame read back differs from the one written")
-        return total / seconds
-
-    def old(path: Path) -> float:
-        arrays = _writer_store(path, lengths, info, key)
-        t0 = time.perf_counter()
-        for v in range(len(lengths)):
-            old_write_video(arrays, v, tokens32[v])
-        return total / (time.perf_counter() - t0)
-
-    def raw(path: Path, n_threads: int) -> float:
-        path.mkdir(parents=True)
-        blobs = []
-        for v, k in shards:
-            data = tokens16[v][k * per : (k + 1) * per].numpy()
-            blobs.append((data, shard_index(len(data), per, data[0].nbytes)))
-
-        def put(i: int) -> None:
-            data, index = blobs[i]
-            fd = os.open(path / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, memoryview(data).cast("B"))
-                os.write(fd, index)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(n_threads) as ex:
-            list(ex.map(put, range(len(blobs))))
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        return total / (time.perf_counter() - t0)
-
-    base = work / "writer"
-    for rounds in range(1, repeats + 1):
-        shutil.rmtree(base, ignore_errors=True)
-        got = {"new": new(base / "new.zarr"), "old": old(base / "old.zarr"),
-               "raw": raw(base / "raw", threads), "raw1": raw(base / "raw1", 1)}
-        say(f"[writer {key}] round {rounds}: " + ", ".join(f"{k} {v:.0f}" for k, v in got.items()) + " frames/s")
-        row.new_fps = max(row.new_fps, got["new"])
-        row.old_fps = max(row.old_fps, got["old"])
-        row.raw_fps = max(row.raw_fps, got["raw"])
-        row.raw1_fps = max(row.raw1_fps, got["raw1"])
-        row.rounds = rounds
-    shutil.rmtree(base, ignore_errors=True)
-    return row
-
-
-# -- codecs ----------------------------------------------------------------------------------
-def bench_codecs(
-    model: str, tokens: list[np.ndarray], info: dict, work: Path, frames: int, reads: int, seed: int
-) -> list[CodecRow]:
-    """Write the same tokens with every codec into a store; time writing and random reads."""
-    import zarr
-
-    from advise_cache.extract import ifm_key
-    from advise_cache.store import CODECS, create_store, open_store
-
-    clips, total, i = [], 0, 0
-    while total < frames:  # cycle the videos: chunks are compressed one frame at a time
-        clip = tokens[i % len(tokens)].astype(np.float16, copy=False)
-        clips.append(clip)
-        total += len(clip)
-        i += 1
-    n = len(clips)
-    table = {
-        "name": [f"v{v:05d}" for v in range(n)],
-        "path": [""] * n,
-        "split": ["train"] * n,
-        "label": [0] * n,
-        "fps": [25.0] * n,
-        "source_frames": [len(c) for c in clips],
-        "probe_error": [""] * n,
-    }
-    rng = np.random.default_rng(seed)
-    starts = np.cumsum([0] + [len(c) for c in clips])
-    draws = rng.integers(0, total, reads)  # uniform over frames, like a clip sampler
-    videos = np.searchsorted(starts, draws, "right") - 1
-    picks = [(int(v), int(r - starts[v])) for r, v in zip(draws, videos, strict=True)]
-    raw = clips[0][0].nbytes
-    key = ifm_key(model)
-    rows = []
-    for codec in CODECS:
-        path = work / "codecs" / f"{key}-{codec}.zarr"
-        create_store(path, "bench", str(work), ["bench"], table)
-        arrays = open_store(path, mode="a").add_ifm(key, info, 1, 64, codec=codec)
-        t0 = time.perf_counter()
-        stored = sum(arrays.write_video(v, clip) for v, clip in enumerate(clips))
-        write_s = time.perf_counter() - t0
-
-        plain = zarr.open_array(path / "ifm" / key / "tokens", mode="r")
-        rows_at = [int(arrays.offset[v]) + r for v, r in picks]
-        for row in rows_at[:8]:  # warm: open files, shard indexes
-            plain[row]
-        t0 = time.perf_counter()
-        for row in rows_at:
-            plain[row]
-        zarr_s = time.perf_counter() - t0
-
-        reader = open_store(path).ifm(key)
-        for v, r in picks[:8]:
-            reader.read_frames(v, [r])
-        t0 = time.perf_counter()
-        for v, r in picks:
-            reader.read_frames(v, [r])
-        store_s = time.perf_counter() - t0
-        v, r = picks[0]
-        if not np.array_equal(reader.read_frames(v, [r])[0], clips[v][r]):
-            raise RuntimeError(f"codec {codec}: a frame read back differs from the one written")
-        say(f"[{key}] codec {codec}: {stored / total / 1e3:.1f} kB/frame, write {write_s:.2f} s")
-        rows.append(
-            CodecRow(
-                model,
-                codec,
-                total,
-                raw,
-                stored / total,
-                total * raw / write_s / 1e6,
-                reads / zarr_s,
-                reads / store_s,
-            )
-        )
-        shutil.rmtree(path, ignore_errors=True)
-    return rows
-
-
-# -- the machine -----------------------------------------------------------------------------
-def describe_machine(work: Path, devices: list[str]) -> dict[str, str]:
-    import torch
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in read_lines("/proc/cpuinfo")
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    mem = next(
-        (line.split()[1] for line in read_lines("/proc/meminfo") if line.startswith("MemTotal")), "0"
-    )
-    gpus = [torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda")]
-    versions = ", ".join(
-        f"{p} {package_version(p)}" for p in ("zarr", "numcodecs", "decord", "open_clip_torch")
-    )
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "CPU": f"{cpu}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), "
-        f"{int(mem) / 2**20:.0f} GiB",
-        "GPU": ", ".join(sorted(set(gpus))) or "none used",
-        "software": f"Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {versions}",
-        "store folder": f"{work} ({_filesystem(work)})",
-        "code": _commit(),
-        "load average at start": loadavg(),
-    }
-
-
-def _filesystem(path: Path) -> str:
-    best, kind = "", "unknown filesystem"
-    for line in read_lines("/proc/mounts"):
-        parts = line.split()
-        if (
-            len(parts) > 2
-            and str(path.resolve()).startswith(parts[1])
-            and len(parts[1]) > len(best)
-        ):
-            best, kind = parts[1], parts[2]
-    return kind
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            # no optional locks: never refresh the index under other people's git commands
-            [
-                "git",
-                "--no-optional-locks",
-                "-C",
-                str(REPO),
-                "status",
-                "--porcelain",
-                "advise_cache",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" with uncommitted changes in advise_cache/" if dirty else "")
-
-
-# -- report helpers --------------------------------------------------------------------------
-def fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a"
-
-
-def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
-    """A markdown table: the first `left` columns aligned left, numbers to the right."""
-    rule = ["---" if i < left else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(map(str, line)) + " |" for line in (header, rule, *rows)]
-
-
-def codec_notes(rows: list[CodecRow], default: str) -> list[str]:
-    lines = []
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = {r.codec: r for r in rows if r.model == model}
-        base = mine.get("none")
-        if base is None:
-            continue
-        parts = [
-            f"{c} saves {pct(1 - r.stored_per_frame / base.stored_per_frame)} of the bytes and "
-            f"reads through `read_frames` at {r.store_fps / base.store_fps:.2f}x the speed of none"
-            for c, r in mine.items()
-            if c != "none"
-        ]
-        lines.append(f"{model} tokens: " + "; ".join(parts) + f" (default: {default}).")
-    return lines
+    a = torch.cat([ifm_fp32.encode(x[i : i + 64]).double().cpu() for i in range(0, len(x), 64)]).flatten(0, 2)
+    b = torch.cat([bf16.encode(x[i : i + 64]).double().cpu() for i in range(0, len(x), 64)]).flatten(0, 2)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)  # per token
+    return [model, len(x), f"{float((a - b).norm() / a.norm()):.2e}", f"{float(cos.mean()):.6f}",
+            f"{float(cos.min()):.6f}", f"{float((a - b).abs().max()):.3g}"]
 
 
 # -- report ----------------------------------------------------------------------------------
-def stage_table(rows: list[Row]) -> list[str]:
-    return table(
-        ["model", "device", "videos / frames", "batch", "decode processes", "rounds", "decode alone",
-         "IFM alone", "full, end to end", "full, `_run`", "full, steady", "steady / IFM", "stored kB/frame"],
-        [[r.model, f"{r.device} {r.precision}", f"{r.videos} / {r.frames}", r.batch, r.workers, r.rounds,
-          fmt(r.decode_fps), fmt(r.ifm_fps), fmt(r.full_fps), fmt(r.run_fps), fmt(r.steady_fps),
-          pct(r.steady_fps / r.ifm_fps), f"{r.bytes_per_frame / 1e3:.1f}"] for r in rows],
-        left=3,
-    )
-
-
-def stage_notes(rows: list[Row]) -> list[str]:
-    lines = []
-    for r in rows:
-        target = TARGET["cpu" if r.device == "cpu" else "cuda"]
-        ratio = r.steady_fps / r.ifm_fps
-        text = (f"{r.model} on {r.device}: full extraction (steady) at {pct(ratio)} of the model alone, "
-                f"{'meets' if ratio >= target else 'misses'} the target of {pct(target)}.")
-        if r.ratios and len(r.ratios) > 1:
-            text += (f" Within each round: {', '.join(pct(x) for x in r.ratios)} (best figures of different "
-                     "rounds can give more than 100%: the machine's load moves between rounds).")
-        if r.device == "cpu":
-            text += (f" On the CPU decoding takes its share of the same cores: decoding alone gives "
-                     f"{fmt(r.decode_fps)} frames/s for the model's {fmt(r.ifm_fps)}, so the run can reach at "
-                     f"most {pct(1 / (1 + r.ifm_fps / r.decode_fps))} of the model alone.")
-        else:
-            text += (f" Decoding alone ({r.workers} processes) gives {fmt(r.decode_fps)} frames/s for the "
-                     f"model's {fmt(r.ifm_fps)}: it bounds the run at {pct(min(1, r.decode_fps / r.ifm_fps))}.")
-        lines.append(text)
-    return lines
-
-
-def writer_table(rows: list[WriterRow]) -> list[str]:
-    return table(
-        ["tokens", "videos / shards / frames", "MB", "rounds", f"new writer ({rows[0].threads} threads)",
-         "writer of 1aa8d33", "raw write + fsync (same threads)", "raw, 1 thread", "new / old", "new / raw"],
-        [[w.model, f"{w.videos} / {w.shards} / {w.frames}", f"{w.mb:.0f}", w.rounds, fmt(w.new_fps),
-          fmt(w.old_fps), fmt(w.raw_fps), fmt(w.raw1_fps), f"{w.new_fps / w.old_fps:.1f}x",
-          pct(w.new_fps / w.raw_fps)] for w in rows],
-        left=1,
-    )
-
-
-def writer_notes(rows: list[WriterRow]) -> list[str]:
-    lines = []
-    for w in rows:
-        old, raw = w.new_fps / w.old_fps, w.new_fps / w.raw_fps
-        lines.append(
-            f"{w.model} tokens: the writer stores {fmt(w.new_fps)} frames/s ({fmt(w.new_fps * w.mb / w.frames)} MB/s), "
-            f"{old:.1f}x the old writer ({'meets' if old >= WRITER_TARGET_OLD else 'misses'} "
-            f"{WRITER_TARGET_OLD:.0f}x) and {pct(raw)} of raw writes of the same bytes with as many threads "
-            f"({'meets' if raw >= WRITER_TARGET_RAW else 'misses'} {pct(WRITER_TARGET_RAW)})."
-        )
-    return lines
-
-
 def render(machine: dict, rows, writer_rows, codec_rows, errors, args, command: str, title: str) -> str:
     from advise_cache.store import DEFAULT_CODEC
 
-    out = [
-        f"## {title} (pipelines/bench_extract.py)",
-        "",
-        f"Written by `{command}`; rerun it to replace this section.",
-        "",
-        *table(["machine", ""], [list(kv) for kv in machine.items()], left=2),
-        "",
-        f"Frames/s of each stage on the same generated videos ({args.width}x{args.height} mpeg4, "
-        f"{VIDEO_FRAMES[0]}-{VIDEO_FRAMES[1]} frames each), random weights, codec {DEFAULT_CODEC}, float16 "
-        f"tokens, {args.writers} writer threads. Each round runs the stages one after the other; each column "
-        "is the best round's, the least disturbed on a shared machine.",
-        "",
-        *stage_table(rows),
-        "",
-        "Decode alone counts from the first chunk the decode processes hand over (their start-up is "
-        "left out). End to end is `frames / ExtractSummary.seconds`: it includes building the model, "
-        "probing the videos and starting the decode processes, a fixed cost a real dataset spreads thin; "
-        "`_run` leaves out the model build and probing; steady counts from the model's first batch to "
-        "the last video stored (the decode processes' start-up and the first batch's decoding left "
-        "out, as from IFM alone), the figure the targets are judged on.",
-        "",
-        *[f"- {line}" for line in stage_notes(rows)],
-    ]
+    out = [f"## {title} (pipelines/bench_extract.py)", "", f"Written by `{command}`; rerun it to replace this section.",
+           "", *machine_table(machine), "",
+           f"Frames/s of each stage on the same generated videos ({args.width}x{args.height} mpeg4, "
+           f"{VIDEO_FRAMES[0]}-{VIDEO_FRAMES[1]} frames each), random weights, codec {DEFAULT_CODEC}, float16 "
+           f"tokens, {args.writers} writer threads. Each round runs the stages one after the other; each column "
+           "is the best round's, the least disturbed on a shared machine.", "",
+           *table(["model", "device", "videos / frames", "batch", "decode processes", "rounds", "decode alone",
+                   "IFM alone", "full, end to end", "full, loop", "full, steady", "steady / IFM", "stored kB/frame"],
+                  [[r.model, f"{r.device} {r.precision}", f"{r.videos} / {r.frames}", r.batch, r.workers, r.rounds,
+                    num(r.decode_fps), num(r.ifm_fps), num(r.full_fps), num(r.run_fps), num(r.steady_fps),
+                    pct(r.steady_fps / r.ifm_fps), f"{r.bytes_per_frame / 1e3:.1f}"] for r in rows], left=3), "",
+           "Decode alone counts from the first chunk the decode processes hand over. End to end is "
+           "`frames / ExtractSummary.seconds` (model build, probing and process start-up included); loop is "
+           "`loop_seconds`, the decode -> model -> write loop; steady is `steady_seconds`, from the model's first "
+           "batch to the last video stored: the figure the targets are judged on.", ""]
+    for r in rows:
+        target = TARGET["cpu" if r.device == "cpu" else "cuda"]
+        out.append(f"- {r.model} on {r.device}: steady at {pct(r.steady_fps / r.ifm_fps)} of the model alone "
+                   f"(target {pct(target)}); within each round {', '.join(pct(x) for x in r.ratios)}.")
     if writer_rows:
-        out += [
-            "",
-            "The writer alone, frames/s: the same random float16 tokens (videos of "
-            f"{WRITER_LENGTHS[0]}-{WRITER_LENGTHS[1]} frames, 64-frame shards, each made durable before its "
-            "video is marked done) written by `extract._Writer`, by the writer of commit 1aa8d33 (one thread, "
-            "fed float32 as the old model loop did), and as raw shard-sized files with write + fsync. "
-            "Rounds alternate the three.",
-            "",
-            *writer_table(writer_rows),
-            "",
-            *[f"- {line}" for line in writer_notes(writer_rows)],
-        ]
+        out += ["", f"The writer alone, frames/s: the same random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
+                f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each made durable before its video is marked "
+                "done) written by `extract._Writer`, by the writer of commit 1aa8d33 (one thread, fed float32 as the "
+                "old model loop did), and as raw shard-sized files with write + fsync. Rounds alternate the three.", "",
+                *table(["tokens", "videos / shards / frames", "MB", "rounds", f"new writer ({writer_rows[0].threads} "
+                        "threads)", "writer of 1aa8d33", "raw write + fsync (same threads)", "raw, 1 thread",
+                        "new / old", "new / raw", "new, MB/s"],
+                       [[w.model, f"{w.videos} / {w.shards} / {w.frames}", f"{w.mb:.0f}", w.rounds, num(w.fps["new"]),
+                         num(w.fps["old"]), num(w.fps["raw"]), num(w.fps["raw1"]), f"{w.fps['new'] / w.fps['old']:.1f}x",
+                         pct(w.fps["new"] / w.fps["raw"]), num(w.fps["new"] * w.mb / w.frames)] for w in writer_rows]),
+                "", f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}."]
     if errors:
-        out += [
-            "",
-            "bf16 against fp32 tokens (the same random weights and crops; autocast bf16 as `extract` runs on "
-            "CUDA): relative L2 error over all tokens, cosine similarity per token.",
-            "",
-            *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"],
-                   [[e.model, e.frames, f"{e.rel_l2:.2e}", f"{e.cos_mean:.6f}", f"{e.cos_min:.6f}",
-                     f"{e.max_abs:.3g}"] for e in errors], left=1),
-        ]
+        out += ["", "bf16 against fp32 tokens (the same random weights and crops; autocast bf16 as `extract` runs on "
+                "CUDA): relative L2 error over all tokens, cosine similarity per token.", "",
+                *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"], errors)]
     if codec_rows:
-        out += [
-            "",
-            "Token codecs: the tokens of each model above, written with every codec of `store.CODECS` "
-            "through the store (`add_ifm` + `write_video`: one-frame chunks, 64-frame shards, fsync), then "
-            "random single frames read back: through plain zarr (`tokens[row]`), and through "
-            "`IFMArrays.read_frames`, what training calls.",
-            "",
-            *table(["tokens", "codec", "frames", "raw kB/frame", "stored kB/frame", "ratio", "write MB/s",
-                    "read frames/s, zarr `a[i]`", "read frames/s, `read_frames`"],
-                   [[c.model, c.codec, c.frames, f"{c.raw_per_frame / 1e3:.1f}",
-                     f"{c.stored_per_frame / 1e3:.1f}", f"{c.raw_per_frame / c.stored_per_frame:.2f}",
-                     fmt(c.write_mb_s), fmt(c.zarr_fps), fmt(c.store_fps)] for c in codec_rows], left=2),
-            "",
-            "Write MB/s counts raw token bytes. Reads hit the page cache (the shards were just written), "
-            "so they measure the CPU cost per frame, not the disk. Random weights: real CLIP weights may "
-            "compress differently.",
-            "",
-            *[f"- {line}" for line in codec_notes(codec_rows, DEFAULT_CODEC)],
-        ]
+        out += ["", "Token codecs: the tokens of each model above, written with every codec of `store.CODECS` "
+                f"through the store (one-frame chunks, {PER_SHARD}-frame shards, fsync), then random single frames "
+                "read back through plain zarr (`tokens[row]`) and through `IFMArrays.read_frames`, what training "
+                "calls. Write MB/s counts raw token bytes; reads hit the page cache. Random weights: real CLIP "
+                f"weights may compress differently. Default: {DEFAULT_CODEC}.", "",
+                *table(["tokens", "codec", "frames", "raw kB/frame", "stored kB/frame", "ratio", "bytes saved",
+                        "write MB/s", "read frames/s, zarr `a[i]`", "read frames/s, `read_frames`",
+                        "`read_frames` vs the first codec"], codec_rows, left=2)]
     return "\n".join(out) + "\n"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (this machine's table) or cuda / cuda:K (a GPU's own section)")
     p.add_argument("--models", help="comma-separated image models (default: test-vit,ViT-B-16 on the CPU, "
                                     "ViT-B-16 on CUDA; --quick: test-vit)")
-    p.add_argument("--frames", type=int, help="frames per model (default: test-vit 2048 and ViT-B-16 64 on the "
+    p.add_argument("--frames", type=int, help="frames per model (default: test-vit 2048 and ViT-B-16 48 on the "
                                               "CPU, 8192 on CUDA; --quick: 96)")
-    p.add_argument("--workers", type=int, help="decode processes (default: extract's, the cores less what the "
-                                               "main process needs)")
-    p.add_argument("--batch-size", type=int, help="frames per forward (default: extract's, 256 on CUDA, 64 on CPU)")
+    p.add_argument("--workers", type=int, help="decode processes (default: extract's)")
+    p.add_argument("--batch-size", type=int, help="frames per forward (default: 256 on CUDA, 64 on CPU)")
     p.add_argument("--writers", type=int, default=4, help="writer threads")
     p.add_argument("--writer-frames", type=int, default=1536, help="frames in the writer test")
-    p.add_argument("--repeats", type=int, help="rounds per model at most, the best kept (default: 3; "
-                                               "ViT-B-16 on the CPU 4)")
-    p.add_argument("--max-seconds", type=float, default=400,
-                   help="start no further round of a model after this many seconds on it")
+    p.add_argument("--repeats", type=int, help="rounds per model at most, the best kept (default: 3; ViT-B-16 on "
+                                               "the CPU 4)")
+    p.add_argument("--max-seconds", type=float, default=400, help="start no further round of a model after this")
     p.add_argument("--width", type=int, default=320, help="width of the generated videos")
     p.add_argument("--height", type=int, default=240, help="height of the generated videos")
-    p.add_argument("--codec-frames", type=int, default=512, help="frames per codec test (CPU only; 0: none)")
+    p.add_argument("--codec-frames", type=int, help="frames per codec test (default: 512 on the CPU; 0: none)")
     p.add_argument("--codec-reads", type=int, default=400, help="random frame reads per codec and reader")
     p.add_argument("--error-frames", type=int, default=256, help="frames in the bf16 vs fp32 comparison (CUDA)")
     p.add_argument("--quick", action="store_true", help="a smoke run: test-vit, few frames, one round, no codecs")
     p.add_argument("--workdir", type=Path, help="keep videos here (default: a temporary folder)")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the markdown file to update")
+    p.add_argument("--out", type=Path, default=BENCHMARKS, help="the markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -793,94 +330,77 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.models = args.models or "test-vit"
         args.frames = args.frames or QUICK_FRAMES
-        args.repeats, args.codec_frames, args.error_frames = 1, 0, min(args.error_frames, 32)
+        args.repeats, args.error_frames = 1, min(args.error_frames, 32)
+        args.codec_frames = args.codec_frames or 0
         args.writer_frames = min(args.writer_frames, 256)
         args.workers = 1 if args.workers is None else args.workers
     args.models = args.models or ("ViT-B-16" if cuda else "test-vit,ViT-B-16")
-    if cuda:
-        args.codec_frames = 0
+    args.codec_frames = 0 if cuda else 512 if args.codec_frames is None else args.codec_frames
     return args
-
-
-def section_for(device: str, machine: dict) -> tuple[str, str]:
-    """The BENCHMARKS.md section and heading: this machine's CPU table, or one per GPU model."""
-    if not device.startswith("cuda"):
-        return "bench_extract", "Extraction"
-    gpu = machine["GPU"]
-    return "bench_extract-" + re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-"), f"Extraction on {gpu}"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = " ".join(["python", "pipelines/bench_extract.py", *(sys.argv[1:] if argv is None else argv)])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: never wait on a hub
-    logging.basicConfig(level=logging.ERROR)  # open_clip warns about random weights: known, recorded
+    import logging
+
     import torch
 
-    device = args.device
-    cuda = device.startswith("cuda")
+    logging.basicConfig(level=logging.ERROR)  # open_clip warns about random weights: known, recorded
+    device, cuda = args.device, args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
-    kind = "cuda" if cuda else "cpu"
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    plan = [(m, args.frames or DEFAULT_FRAMES[kind].get(m, 64)) for m in models]
+    plan = [(m, args.frames or DEFAULT_FRAMES["cuda" if cuda else "cpu"].get(m, 64))
+            for m in (m.strip() for m in args.models.split(",")) if m]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_extract-"))
     t_start = time.perf_counter()
     try:
-        t0 = time.perf_counter()
         videos = make_videos(work / "videos", max(n for _, n in plan), args.width, args.height, args.seed)
-        say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in {time.perf_counter() - t0:.0f} s")
-        machine = describe_machine(work, [device])
+        say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in {time.perf_counter() - t_start:.0f} s")
+        machine = describe_machine(device, packages=("zarr", "numcodecs", "decord", "open_clip_torch"))
+        machine["store folder"] = f"{work} ({filesystem(work)})"
         rows, writer_rows, codec_rows, errors = [], [], [], []
         for model, frames in plan:
             row, clips, info, ifm = bench_model(model, device, take(videos, frames), work, args)
             rows.append(row)
             if (cuda or args.quick) and args.error_frames:  # quick: the same code on the CPU
-                errors.append(token_error(model, _fp32(ifm, model, args.seed), clips, args.error_frames, args.seed))
-            del ifm
+                fp32 = ifm if ifm.precision == "fp32" else create_fp32(model, ifm, args.seed)
+                errors.append(token_error(model, fp32, clips, args.error_frames, args.seed))
             if args.writer_frames:
-                writer_rows.append(bench_writer(model, info, work, args.writer_frames, args.writers,
-                                                args.repeats or 3, args.seed))
-            if args.codec_frames:
-                tokens = _tokens_for_codecs(model, device, clips, args)
-                codec_rows += bench_codecs(model, tokens, info, work, args.codec_frames, args.codec_reads, args.seed)
-            del clips
-        machine["load average at end"] = loadavg()
+                writer_rows.append(bench_writer(model, (*info["grid"], info["dim"]), work, args.writer_frames,
+                                                args.writers, args.repeats or 3, args.seed))
+            if args.codec_frames:  # tokens of the first videos' crops, float16 as stored
+                tokens, total = [], 0
+                for clip in clips:
+                    if total >= min(args.codec_frames, 128):  # the codec test cycles them
+                        break
+                    tokens.append(np.concatenate([ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu().numpy()
+                                                  for i in range(0, len(clip), 64)]))
+                    total += len(clip)
+                codec_rows += bench_codecs(model, tokens, work, args.codec_frames, args.codec_reads, args.seed)
+            del ifm, clips
+        machine["load average (1 min) at end"] = load_1min()
         machine["benchmark wall time"] = f"{time.perf_counter() - t_start:.0f} s"
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    name, title = section_for(device, machine)
-    text = render(machine, rows, writer_rows, codec_rows, errors, args, command, title)
+    # The CPU table, or a section per GPU model.
+    name, title = "bench_extract", "Extraction"
+    if cuda:
+        name, title = "bench_extract-" + re.sub(r"[^a-z0-9]+", "-", machine["GPU"].lower()).strip("-"), \
+            f"Extraction on {machine['GPU']}"
+    text = render(machine, rows, writer_rows, codec_rows, errors, args, command_line("bench_extract.py", argv), title)
     print(text)
     if not args.no_write:
         write_section(args.out, name, text)
-        say(f"wrote the {name} section of {args.out}")
     return 0
 
 
-def _fp32(ifm, model: str, seed: int):
+def create_fp32(model: str, ifm, seed: int):
     """The run's model in fp32 (on CUDA it runs bf16 autocast by default)."""
     from advise_cache.ifm import create_ifm
 
-    return ifm if ifm.precision == "fp32" else create_ifm(model, "none", str(ifm.device), "fp32", seed)
-
-
-def _tokens_for_codecs(model: str, device: str, clips: list[np.ndarray], args) -> list[np.ndarray]:
-    """Tokens of the first videos' crops, enough for the codec test (float16, as stored)."""
-    import torch
-
-    from advise_cache.ifm import create_ifm
-
-    ifm = create_ifm(model, "none", device, "auto", args.seed)
-    out, total = [], 0
-    for clip in clips:
-        if total >= min(args.codec_frames, 128):  # the codec test cycles them
-            break
-        out.append(np.concatenate([ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu().numpy()
-                                   for i in range(0, len(clip), 64)]))
-        total += len(clip)
-    return out
+    return create_ifm(model, "none", str(ifm.device), "fp32", seed)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
 
     out = tmp_path / "BENCH.md"
     assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--writer-frames", "128",
-                               "--out", str(out)]) == 0
+                               "--codec-frames", "24", "--codec-reads", "10", "--out", str(out)]) == 0
     text = out.read_text()
     assert "<!-- bench_extract:start -->" in text and "## Extraction (pipelines/bench_extract.py)" in text
     stage = next(line for line in text.splitlines() if line.startswith("| test-vit | cpu fp32"))
@@ -27,4 +27,6 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
     error = next(line for line in text.splitlines() if line.startswith("| test-vit | 32 |"))
     rel_l2, cos_mean = (float(c) for c in error.strip("|").split("|")[2:4])
     assert 0 < rel_l2 < 0.1 and 0.99 < cos_mean <= 1.0  # bf16 differs from fp32, slightly
+    codecs = [line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| test-vit | ")]
+    assert codecs[-3:] == ["none", "lz4", "zstd"]
     assert capsys.readouterr().out.strip().startswith("## Extraction")

@@ -1,5 +1,6 @@
-"""The loader benchmark runs (one tiny round), so that a rename in the library cannot break it
-silently; its figures come from `make bench-loader`, never from a test."""
+"""The loader benchmark runs (one tiny round of the readers, two training steps of each mode), so
+that a rename in the library cannot break it silently; its figures come from `make bench-loader`,
+never from a test."""
 
 from __future__ import annotations
 
@@ -17,4 +18,6 @@ def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| ceiling: minimal preadv reader |" in out and "| `ClipLoader` (this commit) |" in out
     assert "loader / ceiling:" in out
+    assert "| `train.train` from the store |" in out and "| `train_step` on a batch in memory | " in out
+    assert "from the store / in memory:" in out
     sys.modules.pop("bench_loader", None)

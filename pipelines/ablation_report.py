@@ -1,0 +1,152 @@
+"""The report of an ablation (pipelines/ablation.py): results.csv, results.md and results.png,
+means and sample standard deviations over seeds, and the cost of pooling the grid."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+SOURCE = {"spatial-res": "Figure 3", "channel-dim": "Figure 4", "tmm-depth": "Figure 5",
+          "tmm-width": "Figure 6", "temporal": "Table 5", "ifm": "Table 4"}
+AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)", "channel-dim": "channel pool C (channels into "
+        "the TMM)", "tmm-depth": "TMM blocks", "tmm-width": "TMM hidden width", "temporal": "temporal module",
+        "ifm": "image model(s)"}
+LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
+CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "tmm", "blocks", "hidden",
+               "out_dim", "spatial_pool", "channel_pool", "clip", "params", "flops", "prp_acc",
+               "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
+               "seconds", "note")
+METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc")
+
+
+# -- report ------------------------------------------------------------------------------------
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({k: "" if row.get(k) is None else row.get(k) for k in CSV_COLUMNS} for row in rows)
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (dataset, setting): each metric its mean over seeds, `<metric>_sd` its sample
+    standard deviation, `seeds` how many."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["setting"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0], seeds=len(group))
+        for key in METRICS:
+            row[key], row[f"{key}_sd"] = _mean_sd([r.get(key) for r in group])
+        out.append(row)
+    return out
+
+
+def pooling_costs(rows: list[dict]) -> dict:
+    """spatial-res: per dataset, Acc_ft on the full grid minus Acc_ft pooled to the smallest
+    grid, paired by seed: (mean, sd, seeds, full, smallest)."""
+    costs = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset and r["x"] is not None]
+        if not mine:
+            continue
+        full, smallest = max(r["x"] for r in mine), min(r["x"] for r in mine)
+        by_seed = {}
+        for r in mine:
+            by_seed.setdefault(r.get("seed", 0), {})[r["x"]] = r["acc_ft"]
+        diffs = [v[full] - v[smallest] for v in by_seed.values() if full in v and smallest in v]
+        if diffs and full != smallest:
+            costs[dataset] = (*_mean_sd(diffs), len(diffs), full, smallest)
+    return costs
+
+
+def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[str]) -> str:
+    base, seeds = recipe.base_tmm, recipe.seeds
+    several = len(seeds) > 1
+
+    def cell(r, key, signed=False):
+        if (m := r[key]) is None or (isinstance(m, float) and math.isnan(m)):
+            return "—"
+        sd = r.get(f"{key}_sd")
+        text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
+        return f"{text} ± {100 * sd:.1f}" if several and sd is not None else text
+
+    out = [f"## Ablation {name} (the paper's {SOURCE[name]})", "",
+           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), fine-tuning "
+           f"{recipe.ft_epochs} epochs (batch {recipe.ft_batch_size})"
+           + (f", at most {recipe.max_steps} steps each" if recipe.max_steps else "")
+           + f", lr {recipe.lr:g} at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 "
+           f"over {recipe.views} views" + ("; accuracies are mean ± sample sd over the seeds" if several else "")
+           + f". Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, out {base['out_dim']} ({base['preset']} "
+           "preset). Params and FLOPs (multiply-accumulates) are the model's with the 4-way PRP head, for one clip.",
+           "", "| dataset | setting | clip | params (M) | FLOPs (G) | PRP acc | Acc_ft | Acc_scratch | ΔAcc |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in aggregate(rows):
+        out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} | {r['flops'] / 1e9:.3g} "
+                   f"| {cell(r, 'prp_acc')} | {cell(r, 'acc_ft')} | {cell(r, 'acc_scratch')} "
+                   f"| {cell(r, 'delta_acc', signed=True)} |")
+    out += ["", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − Acc_scratch "
+            "(the same fine-tuning from a random TMM)."]
+    if name == "spatial-res":
+        for dataset, (m, sd, n, full, small) in pooling_costs(rows).items():
+            out.append(f"- {dataset}: pooling the grid from {full:g} to {small:g} costs {100 * m:+.1f} ± "
+                       f"{100 * sd:.1f} points of Acc_ft (paired by seed, {n} seed(s)).")
+    for dataset, n in {r["dataset"]: r.get("test_videos") for r in rows}.items():
+        if n:
+            out.append(f"- {dataset}: {n} test videos, so one video is {100 / n:.1f} points of accuracy.")
+    out += [f"- {n}" for n in notes + [f"not finished: {m}" for m in missing]
+            + sorted({f"{r['setting']}: {r['note']}" for r in rows if r.get("note")})]
+    return "\n".join(out) + "\n"
+
+
+def plot(path: Path, name: str, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = aggregate(rows)
+    numeric = all(r["x"] is not None for r in rows)
+    labels = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        mine.sort(key=lambda r: r["x"] if numeric else labels.index(r["setting"]))
+        xs = [r["x"] if numeric else labels.index(r["setting"]) for r in mine]
+        for ax, key in zip(axes, ("acc_ft", "delta_acc")):
+            ys = [math.nan if r[key] is None else 100 * r[key] for r in mine]
+            err = [0.0 if r.get(f"{key}_sd") is None else 100 * r[f"{key}_sd"] for r in mine]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=dataset)
+    seeds = max(r["seeds"] for r in rows)
+    for ax, what in zip(axes, ("Acc_ft (%)", "ΔAcc = Acc_ft − Acc_scratch (points)")):
+        ax.set_ylabel(what)
+        ax.set_xlabel(AXIS[name])
+        ax.grid(alpha=0.3)
+        if numeric:
+            if name in LOG_X:
+                ax.set_xscale("log", base=2)
+            ticks = sorted({r["x"] for r in rows})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+            if name in DESCENDING:
+                ax.invert_xaxis()  # as the paper lists them: from no pooling down
+        else:
+            ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[0].legend()
+    fig.suptitle(f"{name} (the paper's {SOURCE[name]})"
+                 + (f": mean ± sample sd over {seeds} seeds" if seeds > 1 else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+

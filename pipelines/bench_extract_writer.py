@@ -1,0 +1,187 @@
+"""The store side of the extraction benchmark (pipelines/bench_extract.py runs these): the
+writer alone against the writer of commit 1aa8d33 and raw write + fsync of the same bytes,
+and every token codec's size, write and read speed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from common import num, pct, say, token_store
+
+WRITER_TARGET_OLD, WRITER_TARGET_RAW = 3.0, 0.8
+WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
+PER_SHARD = 64
+
+
+@dataclass
+class WriterRow:
+    model: str
+    frames: int
+    videos: int
+    shards: int
+    mb: float
+    threads: int
+    fps: dict = field(default_factory=dict)  # new, old, raw, raw1 (raw with one thread): best rounds
+    rounds: int = 0
+
+
+# -- the writer ------------------------------------------------------------------------------
+def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
+    """`IFMArrays.write_video` as of commit 1aa8d33 (the writer thread called it with the
+    float32 tokens the model loop had brought back): zarr writes, fill-value checks
+    included, then fsync of each shard and of its four parent folders."""
+    n = int(arrays.frames[video])
+    start = int(arrays.offset[video])
+    per = int(arrays.meta["frames_per_shard"])
+    tokens = tokens.astype(arrays.tokens.dtype, copy=False)
+    for lo in range(0, n, per):
+        arrays.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
+    written = 0
+    for p in arrays._shard_paths(video):
+        if p.exists():
+            for target in (p, *p.parents[:4]):
+                fd = os.open(target, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            written += p.stat().st_size
+    arrays.group["status"][video] = 1
+    return written
+
+
+def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int,
+                 seed: int) -> WriterRow:
+    """The same tokens through the new writer, the old one and raw writes, in alternating
+    rounds; the best round of each."""
+    import torch
+
+    from advise_cache.extract import ExtractSummary, _Shard, _Writer, ifm_key
+    from advise_cache.shards import shard_index
+
+    rng = np.random.default_rng(seed)
+    lengths = []
+    while sum(lengths) < frames:
+        lengths.append(int(rng.integers(*WRITER_LENGTHS)))
+    # Random tokens (nothing to compress, no zero to skip); every video a prefix of them.
+    big = rng.standard_normal((WRITER_LENGTHS[1], *shape), dtype=np.float32)
+    big16 = torch.from_numpy(big.astype(np.float16))
+    key, per, total = ifm_key(model), PER_SHARD, sum(lengths)
+    shards = [(v, k) for v, n in enumerate(lengths) for k in range(-(-n // per))]
+    row = WriterRow(model, total, len(lengths), len(shards), total * int(np.prod(shape)) * 2 / 1e6, threads)
+
+    def new(path: Path) -> float:
+        arrays = token_store(path, key, shape, lengths, fill=False)
+        summary = ExtractSummary(str(path), key, len(lengths))
+        writer = _Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
+        for v in range(len(lengths)):
+            writer.expect(v, arrays.shards_of(v))
+        t0 = time.perf_counter()
+        for v, k in shards:
+            buf = big16[: lengths[v]][k * per : (k + 1) * per]
+            writer.put(_Shard(v, k, len(buf), buf, len(buf)))
+        writer.close()
+        seconds = time.perf_counter() - t0
+        if writer.error is not None:
+            raise writer.error
+        if summary.done != len(lengths) or summary.frames != total:
+            raise RuntimeError(f"the writer stored {summary.done} of {len(lengths)} videos")
+        if not np.array_equal(arrays.read_frames(len(lengths) - 1, [lengths[-1] - 1])[0],
+                              big16[lengths[-1] - 1].numpy()):
+            raise RuntimeError("a frame read back differs from the one written")
+        return total / seconds
+
+    def old(path: Path) -> float:
+        arrays = token_store(path, key, shape, lengths, fill=False)
+        t0 = time.perf_counter()
+        for v, n in enumerate(lengths):
+            old_write_video(arrays, v, big[:n])
+        return total / (time.perf_counter() - t0)
+
+    def raw(path: Path, n_threads: int) -> float:
+        path.mkdir(parents=True)
+        blobs = [big16[: lengths[v]][k * per : (k + 1) * per].numpy() for v, k in shards]
+        blobs = [(data, shard_index(len(data), per, data[0].nbytes)) for data in blobs]
+
+        def put(i: int) -> None:
+            fd = os.open(path / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, memoryview(blobs[i][0]).cast("B"))
+                os.write(fd, blobs[i][1])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(n_threads) as ex:
+            list(ex.map(put, range(len(blobs))))
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        return total / (time.perf_counter() - t0)
+
+    base = work / "writer"
+    for rounds in range(1, repeats + 1):
+        shutil.rmtree(base, ignore_errors=True)
+        got = {"new": new(base / "new.zarr"), "old": old(base / "old.zarr"),
+               "raw": raw(base / "raw", threads), "raw1": raw(base / "raw1", 1)}
+        say(f"[writer {key}] round {rounds}: " + ", ".join(f"{k} {v:.0f}" for k, v in got.items()) + " frames/s")
+        row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
+        row.rounds = rounds
+    shutil.rmtree(base, ignore_errors=True)
+    return row
+
+
+# -- codecs ----------------------------------------------------------------------------------
+def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int, seed: int) -> list[list]:
+    """Write the same tokens with every codec into a store; time writing and random reads, through
+    plain zarr (`tokens[row]`) and through `IFMArrays.read_frames`. Table rows."""
+    import zarr
+
+    from advise_cache.extract import ifm_key
+    from advise_cache.store import CODECS, open_store
+
+    clips, total, i = [], 0, 0
+    while total < frames:  # cycle the videos: chunks are compressed one frame at a time
+        clips.append(tokens[i % len(tokens)].astype(np.float16, copy=False))
+        total += len(clips[-1])
+        i += 1
+    starts = np.cumsum([0] + [len(c) for c in clips])
+    draws = np.random.default_rng(seed).integers(0, total, reads)  # uniform over frames, like a sampler
+    picks = [(int(v), int(r - starts[v])) for r, v in zip(draws, np.searchsorted(starts, draws, "right") - 1)]
+    raw, key, rows, base = clips[0][0].nbytes, ifm_key(model), [], {}
+    for codec in CODECS:
+        path = work / "codecs" / f"{key}-{codec}.zarr"
+        arrays = token_store(path, key, clips[0].shape[1:], [len(c) for c in clips], fill=False, codec=codec)
+        t0 = time.perf_counter()
+        stored = sum(arrays.write_video(v, clip) for v, clip in enumerate(clips))
+        write_s = time.perf_counter() - t0
+        plain = zarr.open_array(path / "ifm" / key / "tokens", mode="r")
+        rows_at = [int(arrays.offset[v]) + r for v, r in picks]
+        reader = open_store(path).ifm(key)
+        seconds = []
+        for read, where in ((plain.__getitem__, rows_at), (lambda vr: reader.read_frames(vr[0], [vr[1]]), picks)):
+            for w in where[:8]:  # warm: open files, shard indexes
+                read(w)
+            t0 = time.perf_counter()
+            for w in where:
+                read(w)
+            seconds.append(time.perf_counter() - t0)
+        v, r = picks[0]
+        if not np.array_equal(reader.read_frames(v, [r])[0], clips[v][r]):
+            raise RuntimeError(f"codec {codec}: a frame read back differs from the one written")
+        say(f"[{key}] codec {codec}: {stored / total / 1e3:.1f} kB/frame, write {write_s:.2f} s")
+        base = base or {"bytes": stored, "seconds": seconds[1]}
+        rows.append([model, codec, total, f"{raw / 1e3:.1f}", f"{stored / total / 1e3:.1f}", f"{raw * total / stored:.2f}",
+                     pct(1 - stored / base["bytes"]), num(total * raw / write_s / 1e6), num(reads / seconds[0]),
+                     num(reads / seconds[1]), f"{base['seconds'] / seconds[1]:.2f}x"])
+        shutil.rmtree(path, ignore_errors=True)
+    return rows
+
+

@@ -1,0 +1,199 @@
+"""What the benchmark scripts share: machine facts, a memory probe, number and table formats,
+running a measurement in a fresh process, stores of random tokens, and BENCHMARKS.md sections.
+
+Each script owns the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
+`write_section` replaces only that, so the scripts can run in any order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Measured numbers. Each section is written by the script named in its heading, between\n"
+    "its own `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; rerunning a script\n"
+    "replaces its section and leaves the rest of this file alone.\n"
+)
+RESULT = "BENCH_RESULT "  # prefix of the one stdout line a child process answers with
+
+
+def say(message: str) -> None:
+    """Progress for the person running a benchmark (stderr; stdout holds the report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the machine -----------------------------------------------------------------------------
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def load_1min() -> str:
+    lines = _lines("/proc/loadavg")
+    return lines[0].split()[0] if lines else "unknown"
+
+
+def git_stamp() -> str:
+    """The commit measured, and whether the library had uncommitted changes."""
+    try:
+        def git(*a: str) -> str:
+            # no optional locks: never refresh the index under other people's git commands
+            return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *a], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "advise_cache")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes in advise_cache/" if dirty else "")
+
+
+def describe_machine(device: str, packages=("zarr", "decord", "open_clip_torch")) -> dict[str, str]:
+    """The machine rows of a section: date, CPU and RAM, GPU, software, code, load at the start."""
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    mem = next((int(ln.split()[1]) for ln in _lines("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "none used"
+    versions = ", ".join(f"{p} {_version(p)}" for p in packages)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "CPU": f"{cpu}, {os.cpu_count()} cores ({usable} usable), {mem / 2**20:.0f} GiB RAM",
+        "GPU": gpu,
+        "software": f"Python {platform.python_version()}, torch {torch.__version__} "
+                    f"({torch.get_num_threads()} threads), {versions}",
+        "code": git_stamp(),
+        "load average (1 min) at start": load_1min(),
+    }
+
+
+def memory() -> tuple[int, int]:
+    """(resident, peak resident) bytes of this process, from /proc (VmRSS, VmHWM)."""
+    got = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in _lines("/proc/self/status")
+           if ln.startswith(("VmRSS:", "VmHWM:"))}
+    if "VmHWM" not in got:  # no /proc: getrusage's peak (KiB on Linux, bytes on macOS)
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        got["VmHWM"] = peak if sys.platform == "darwin" else peak * 1024
+    return got.get("VmRSS", 0), got["VmHWM"]
+
+
+# -- numbers and tables ----------------------------------------------------------------------
+def num(x: float | None) -> str:
+    """A rate or a time with the digits that matter: 1,234 / 12.3 / 1.23 / 0.123."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 1 \
+        else f"{x:.3f}"
+
+
+def pct(x: float | None) -> str:
+    return f"{100 * x:.0f}%" if x is not None and math.isfinite(x) else "n/a"
+
+
+def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
+    """A markdown table: the first `left` columns aligned left, numbers to the right."""
+    rule = ["---" if i < left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(map(str, line)) + " |" for line in (header, rule, *rows)]
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem that holds `path` (its longest mount point in /proc/mounts)."""
+    best, kind = "", "unknown filesystem"
+    for parts in (ln.split() for ln in _lines("/proc/mounts")):
+        if len(parts) > 2 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+def machine_table(facts: dict) -> list[str]:
+    return table(["machine", ""], [list(kv) for kv in facts.items()], left=2)
+
+
+def command_line(script: str, argv) -> str:
+    return " ".join(["python", f"pipelines/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+# -- one measurement per fresh process --------------------------------------------------------
+def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
+    """Run `script --child SPEC` in a fresh interpreter (its own peak memory, nothing shared)
+    and return the dict its `child_main` printed."""
+    argv = [sys.executable, str(Path(__file__).with_name(script)), "--child", json.dumps(spec)]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, **(env or {})})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{script} {spec.get('mode', '')}: the child process failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def child_main(measure, spec: dict) -> int:
+    """The child's side: quiet logging, no hub, one measurement, one answer line."""
+    import logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.ERROR)  # open_clip warns about the random weights asked for
+    print(RESULT + json.dumps(measure(spec)), flush=True)
+    return 0
+
+
+# -- stores of random tokens ------------------------------------------------------------------
+def token_store(path: Path, key: str, shape: tuple[int, int, int], lengths: list[int], seed: int = 0,
+                fill: bool = True, codec: str | None = None):
+    """A real store of `len(lengths)` train videos of random float16 tokens of `shape` (h, w, D)
+    under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written."""
+    import numpy as np
+
+    from advise_cache.store import DEFAULT_CODEC, create_store, open_store
+
+    n = len(lengths)
+    table_ = {"name": [f"v{i:05d}" for i in range(n)], "path": [""] * n, "split": ["train"] * n,
+              "label": [i % 4 for i in range(n)], "fps": [25.0] * n, "source_frames": list(lengths),
+              "probe_error": [""] * n}
+    create_store(path, "bench", str(path.parent), ["a", "b", "c", "d"], table_)
+    info = {"model": key, "pretrained": "none", "weights_sha256": None, "input_size": 224,
+            "grid": list(shape[:2]), "dim": shape[2], "normalisation": None, "precision": "fp32"}
+    arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC)
+    rng = np.random.default_rng(seed)
+    for v, frames in enumerate(lengths if fill else []):
+        arrays.write_video(v, rng.standard_normal((frames, *shape), dtype=np.float32).astype(np.float16))
+    return arrays
+
+
+# -- BENCHMARKS.md ---------------------------------------------------------------------------
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace the text between NAME's markers (or append them); leave the rest alone."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else HEADER
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif start in text or end in text:
+        raise SystemExit(f"{path}: the {name} markers are damaged; mend them by hand")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    say(f"wrote the {name} section of {path}")
