@@ -40,17 +40,12 @@ from tqdm import tqdm
 
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
-from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Shard, Writer
+from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import create_ifm
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
-
-# The stages' former private names, which pipelines/bench_extract.py still imports from here.
-# TODO(issue 13): delete once it imports InlineDecoder, PoolDecoder, Shard, Writer from
-# extract_stages.
-_InlineDecoder, _PoolDecoder, _Shard, _Writer = InlineDecoder, PoolDecoder, Shard, Writer
 
 EXIT_SOME_FAILED = 3  # documented in the README: the run finished but some videos failed
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}

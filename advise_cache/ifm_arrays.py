@@ -140,7 +140,7 @@ class IFMArrays:
         frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
         for v in videos:
             v, n = int(v), int(self.frames[v])
-            for k, path in enumerate(self._shard_paths(v)):
+            for k, path in enumerate(self.shard_paths(v)):
                 try:
                     size = path.stat().st_size
                 except FileNotFoundError:
@@ -154,7 +154,7 @@ class IFMArrays:
         return out
 
     # -- writing ------------------------------------------------------------------------
-    def _shard_paths(self, video: int) -> list[Path]:
+    def shard_paths(self, video: int) -> list[Path]:
         per = int(self.meta["frames_per_shard"])
         first = int(self.offset[video]) // per
         count = -(-int(self.frames[video]) // per)
@@ -175,7 +175,7 @@ class IFMArrays:
     def clear_video(self, video: int) -> None:
         """Forget whatever an interrupted run wrote for this video (claimed, not done)."""
         self._owned(video)
-        for p in self._shard_paths(video):
+        for p in self.shard_paths(video):
             p.unlink(missing_ok=True)
 
     def write_shard(self, video: int, index: int, tokens: np.ndarray) -> int:
@@ -190,7 +190,7 @@ class IFMArrays:
             raise StoreError(f"video {video} shard {index}: got tokens {tokens.shape}, "
                              f"expected {(rows, *self.tokens.shape[1:])}")
         self._owned(video)
-        path = self._shard_paths(video)[index]
+        path = self.shard_paths(video)[index]
         data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
         with self._status_lock:
             self._shard_crcs[(video, index)] = _crc(data)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from advise_cache.errors import MismatchError
@@ -321,13 +322,17 @@ def forward_cost(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, in
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     counter = FlopCounterMode(display=False)
-    was_training = model.training
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        with torch.no_grad(), counter:
+        # Fused attention (nn.MultiheadAttention's inference path, the CPU flash kernel) is
+        # invisible to the counter: a ViT's attention is counted through the plain math kernel.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
             model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     flops = counter.get_total_flops()
     return {"macs": flops // 2, "flops": flops}
 

@@ -117,7 +117,9 @@ def run_setting(folder: Path) -> dict:
     from advise_cache.evaluate import evaluate
     from advise_cache.models import TMMConfig, model_stats
     from advise_cache.sampling import SamplerConfig
-    from advise_cache.train import CHECKPOINT, TrainConfig, train
+    from advise_cache.checkpoint import CHECKPOINT
+    from advise_cache.train import train
+    from advise_cache.train_config import TrainConfig
 
     spec = json.loads((folder / "setting.json").read_text())
     s, r = spec["setting"], spec["recipe"]
@@ -155,7 +157,7 @@ def run_setting(folder: Path) -> dict:
         "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"], "x": s["x"],
         "store": s["store"], "ifm": "+".join(s["ifm"]),
         **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
-        "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "flops": stats["flops"],
+        "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "macs": stats["macs"],
         "prp_acc": prp["acc"] if prp else None, "prp_steps": prp["step"] if prp else 0,
         "acc_ft": ft["top1"], "top5_ft": ft["top5"], "acc_scratch": fts["scratch"]["top1"],
         "delta_acc": ft["top1"] - fts["scratch"]["top1"] if prp else None, "ft_steps": ft["step"],

@@ -14,7 +14,7 @@ AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)", "channel-dim"
         "ifm": "image model(s)"}
 LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
 CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "tmm", "blocks", "hidden",
-               "out_dim", "spatial_pool", "channel_pool", "clip", "params", "flops", "prp_acc",
+               "out_dim", "spatial_pool", "channel_pool", "clip", "params", "macs", "prp_acc",
                "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
                "seconds", "note")
 METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc")
@@ -87,11 +87,11 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
            + f", lr {recipe.lr:g} at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 "
            f"over {recipe.views} views" + ("; accuracies are mean ± sample sd over the seeds" if several else "")
            + f". Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, out {base['out_dim']} ({base['preset']} "
-           "preset). Params and FLOPs (multiply-accumulates) are the model's with the 4-way PRP head, for one clip.",
-           "", "| dataset | setting | clip | params (M) | FLOPs (G) | PRP acc | Acc_ft | Acc_scratch | ΔAcc |",
+           "preset). Params and MACs (multiply-accumulates, the paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
+           "", "| dataset | setting | clip | params (M) | GMACs | PRP acc | Acc_ft | Acc_scratch | ΔAcc |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in aggregate(rows):
-        out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} | {r['flops'] / 1e9:.3g} "
+        out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} | {r['macs'] / 1e9:.3g} "
                    f"| {cell(r, 'prp_acc')} | {cell(r, 'acc_ft')} | {cell(r, 'acc_scratch')} "
                    f"| {cell(r, 'delta_acc', signed=True)} |")
     out += ["", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − Acc_scratch "

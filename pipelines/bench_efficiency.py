@@ -6,7 +6,7 @@
 
 This script owns the "online vs from the cache" figure. Per configuration, for one batch of
 PRP clips of 224 x 224 frames: trainable parameters, forward multiply-accumulates per clip
-(`models.count_flops` / `model_stats`), peak memory, and seconds per iteration of
+(`models.forward_cost` / `model_stats`), peak memory, and seconds per iteration of
 `train.train_step` (the trainer's step, label smoothing included) plus producing its batch:
 online-B16/-L14 run the frozen image model (random weights) on the frames every step;
 cached-B16/-L14 read the tokens from a store of random float16 tokens through `ClipLoader`;
@@ -50,12 +50,14 @@ def measure(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from advise_cache.ifm import create_ifm, resolve_device
+    from advise_cache.ifm import create_ifm
     from advise_cache.loader import ClipLoader, TokenSource
-    from advise_cache.models import R3D50, TMMConfig, count_flops, count_params, create_model, model_stats
+    from advise_cache.models import R3D50, TMMConfig, count_params, create_model, forward_cost, model_stats
     from advise_cache.sampling import SamplerConfig, prp_epoch
+    from advise_cache.runtime import resolve_device
     from advise_cache.store import open_store
-    from advise_cache.train import TrainConfig, train_step
+    from advise_cache.train import train_step
+    from advise_cache.train_config import TrainConfig
 
     torch.set_num_threads(spec["threads"])
     device = resolve_device(spec["device"])
@@ -66,11 +68,11 @@ def measure(spec: dict) -> dict:
     b, t = spec["batch_size"], spec["frames"]
     rng = np.random.default_rng(spec["seed"])
     labels = torch.from_numpy(rng.integers(0, RATES, b)).to(device)
-    flops_ifm = 0
+    macs_ifm = 0
     if ifm_name is None:
         model = R3D50(RATES).to(device)
         with torch.device("meta"):
-            flops_model = count_flops(R3D50(RATES), (3, t, SIZE, SIZE))
+            macs_model = forward_cost(R3D50(RATES), (3, t, SIZE, SIZE))["macs"]
         pixels = torch.randn(b, 3, t, SIZE, SIZE, device=device)  # as the IFM sees them, made once
 
         def batches():
@@ -80,12 +82,12 @@ def measure(spec: dict) -> dict:
         grid, dim = TOKENS[ifm_name]
         cfg = TMMConfig(in_dim=dim)
         model = create_model(cfg, RATES).to(device)
-        flops_model = model_stats(cfg, RATES, clip=(t, grid, grid, dim))["flops"]
+        macs_model = model_stats(cfg, RATES, clip=(t, grid, grid, dim))["macs"]
         if spec["config"].startswith("online"):
             ifm = create_ifm(ifm_name, "none", str(device), "auto", spec["seed"])
             if tuple(ifm.grid) != (grid, grid) or ifm.dim != dim:
                 raise SystemExit(f"{ifm_name} gives {ifm.grid} x {ifm.dim} tokens, expected {grid} x {dim}")
-            flops_ifm = t * count_flops(ifm.backbone, (3, SIZE, SIZE))
+            macs_ifm = t * forward_cost(ifm.backbone, (3, SIZE, SIZE))["macs"]
             frames = torch.from_numpy(rng.integers(0, 256, (b * t, SIZE, SIZE, 3), dtype=np.uint8))
 
             def batches():
@@ -128,8 +130,8 @@ def measure(spec: dict) -> dict:
             break
     peak = memory()[1]
     return {"config": spec["config"], "method": method, "ifm": ifm_name, "device": str(device),
-            "params": count_params(model), "flops_ifm": flops_ifm, "flops_model": flops_model,
-            "flops": flops_ifm + flops_model, "baseline_rss": baseline,
+            "params": count_params(model), "macs_ifm": macs_ifm, "macs_model": macs_model,
+            "macs": macs_ifm + macs_model, "baseline_rss": baseline,
             "memory": torch.cuda.max_memory_allocated(device) if cuda else peak - baseline,
             "seconds": statistics.median(timed), "iters": len(timed), "wall": time.perf_counter() - t_start}
 
@@ -152,8 +154,8 @@ def render(machine: dict, rows: list[dict], args, command: str) -> str:
                    f"{'peak GPU memory allocated' if cuda else 'peak memory added'} (GB)", "s / iteration",
                    "every round's s / iteration"],
                   [[r["method"], r["ifm"] or "—", f"{r['params'] / 1e6:.2f}",
-                    f"{r['flops'] / 1e9:.1f} ({r['flops_ifm'] / 1e9:.1f} + {r['flops_model'] / 1e9:.2f})"
-                    if r["flops_ifm"] else f"{r['flops'] / 1e9:.2f}", gb(r["memory"]), f"{r['seconds']:.3f}",
+                    f"{r['macs'] / 1e9:.1f} ({r['macs_ifm'] / 1e9:.1f} + {r['macs_model'] / 1e9:.2f})"
+                    if r["macs_ifm"] else f"{r['macs'] / 1e9:.2f}", gb(r["memory"]), f"{r['seconds']:.3f}",
                     f"{', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed)"] for r in rows], left=2),
            "", "GMACs: multiply-accumulates, 10^9 (the paper's \"FLOPs\"). Decoding is left out (pixels made "
            "once), so the ratios below understate what the cache saves."]
@@ -178,7 +180,7 @@ def render(machine: dict, rows: list[dict], args, command: str) -> str:
             out.append(f"- R3D-50 vs AdViSe online ({ifm} run every step): {versus(r3d, online)}.")
         if online and cached:
             out.append(f"- AdViSe online vs from the cache ({ifm}): {versus(online, cached)}, "
-                       f"{online['flops'] / cached['flops']:.0f}x the forward MACs.")
+                       f"{online['macs'] / cached['macs']:.0f}x the forward MACs.")
     return "\n".join(out) + "\n"
 
 

@@ -17,7 +17,7 @@ least disturbed run is the closest to what the code does):
   (`ExtractSummary.loop_seconds`) and steady (`steady_seconds`: from the model's first batch
   to the last video stored), the figure judged against IFM alone.
 
-The writer alone: the same random float16 tokens written by `extract._Writer`, by the writer
+The writer alone: the same random float16 tokens written by `extract_stages.Writer`, by the writer
 of commit 1aa8d33 (reproduced below: one thread, float32 → float16 on the CPU, zarr slice
 assignment, fsync of each shard and four parents), and as raw write + fsync of the same shard
 bytes, in alternating rounds. On the CPU every codec of `store.CODECS` is timed on real
@@ -129,11 +129,11 @@ def write_manifest(path: Path, videos: list[tuple[Path, int]]) -> Path:
 def time_decode(videos: list[tuple[Path, int]], spec, workers: int) -> tuple[float, list[np.ndarray]]:
     """Frames/s of the run's decode processes (or in line, for 0), counted from the first
     chunk handed over, and the crops of every video (copied out of the ring)."""
-    from advise_cache.extract import _InlineDecoder, _PoolDecoder
+    from advise_cache.extract_stages import InlineDecoder, PoolDecoder
 
     tasks = [(v, str(p), spec, 1, n) for v, (p, n) in enumerate(videos)]
     clips = [np.empty((n, spec.size, spec.size, 3), np.uint8) for _, n in videos]
-    decoder = _InlineDecoder(tasks) if workers <= 0 else _PoolDecoder(tasks, workers, spec.size)
+    decoder = InlineDecoder(tasks) if workers <= 0 else PoolDecoder(tasks, workers, spec.size)
     remaining, t0, counted = len(tasks), None, 0
     try:
         while remaining:
@@ -275,7 +275,7 @@ def render(machine: dict, rows, writer_rows, codec_rows, errors, args, command: 
     if writer_rows:
         out += ["", f"The writer alone, frames/s: the same random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
                 f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each made durable before its video is marked "
-                "done) written by `extract._Writer`, by the writer of commit 1aa8d33 (one thread, fed float32 as the "
+                "done) written by `extract_stages.Writer`, by the writer of commit 1aa8d33 (one thread, fed float32 as the "
                 "old model loop did), and as raw shard-sized files with write + fsync. Rounds alternate the three.", "",
                 *table(["tokens", "videos / shards / frames", "MB", "rounds", f"new writer ({writer_rows[0].threads} "
                         "threads)", "writer of 1aa8d33", "raw write + fsync (same threads)", "raw, 1 thread",

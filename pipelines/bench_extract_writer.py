@@ -43,7 +43,7 @@ def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
     for lo in range(0, n, per):
         arrays.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
     written = 0
-    for p in arrays._shard_paths(video):
+    for p in arrays.shard_paths(video):
         if p.exists():
             for target in (p, *p.parents[:4]):
                 fd = os.open(target, os.O_RDONLY)
@@ -62,7 +62,8 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
     rounds; the best round of each."""
     import torch
 
-    from advise_cache.extract import ExtractSummary, _Shard, _Writer, ifm_key
+    from advise_cache.extract import ExtractSummary, ifm_key
+    from advise_cache.extract_stages import Shard, Writer
     from advise_cache.shards import shard_index
 
     rng = np.random.default_rng(seed)
@@ -79,13 +80,13 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
     def new(path: Path) -> float:
         arrays = token_store(path, key, shape, lengths, fill=False)
         summary = ExtractSummary(str(path), key, len(lengths))
-        writer = _Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
+        writer = Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
         for v in range(len(lengths)):
             writer.expect(v, arrays.shards_of(v))
         t0 = time.perf_counter()
         for v, k in shards:
             buf = big16[: lengths[v]][k * per : (k + 1) * per]
-            writer.put(_Shard(v, k, len(buf), buf, len(buf)))
+            writer.put(Shard(v, k, len(buf), buf, len(buf)))
         writer.close()
         seconds = time.perf_counter() - t0
         if writer.error is not None:

@@ -173,7 +173,8 @@ def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = 
     from advise_cache.loader import TokenSource
     from advise_cache.sampling import SamplerConfig
     from advise_cache.store import open_store
-    from advise_cache.train import TrainConfig, train
+    from advise_cache.train import train
+    from advise_cache.train_config import TrainConfig
 
     cuda = args.device.startswith("cuda")
     b, warm, steps = args.train_batch, args.warmup, args.steps
@@ -206,7 +207,8 @@ def resident_step(args) -> dict:
     import torch
 
     from advise_cache.models import TMMConfig, create_model
-    from advise_cache.train import TrainConfig, train_step
+    from advise_cache.train import train_step
+    from advise_cache.train_config import TrainConfig
 
     cuda = args.device.startswith("cuda")
     device, b = torch.device(args.device), args.train_batch

@@ -94,9 +94,9 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
         assert int(r["prp_steps"]) == 2 and int(r["ft_steps"]) == 2
         assert int(r["params"]) > 0
     assert rows[0]["params"] == rows[1]["params"]  # pooling adds no weights ...
-    assert int(rows[1]["flops"]) < int(rows[0]["flops"])  # ... and saves compute
+    assert int(rows[1]["macs"]) < int(rows[0]["macs"])  # ... and saves compute
     md = (folder / "results.md").read_text()
-    assert "| dataset | setting | clip | params (M) | FLOPs (G) |" in md
+    assert "| dataset | setting | clip | params (M) | GMACs |" in md
     assert md.count("| synthetic |") == 2
     assert (folder / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = sorted(folder.glob("synthetic/*/result.json"))

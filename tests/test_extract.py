@@ -87,7 +87,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synt
     def dying_write(self, video, index, tokens):
         calls["n"] += 1
         if calls["n"] == 12:  # die half-way through writing a shard, a few videos in
-            path = self._shard_paths(video)[index]
+            path = self.shard_paths(video)[index]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(tokens.tobytes()[:1000])
             raise KeyboardInterrupt
@@ -235,7 +235,7 @@ def test_cli_extract_info_verify(tmp_path):
     assert r.exit_code == 0 and "ok" in r.output
     # Break it: drop a shard of a done video; verify must notice.
     a = open_store(out).ifm("test-vit")
-    a._shard_paths(int(np.flatnonzero(a.status() == DONE)[0]))[0].unlink()
+    a.shard_paths(int(np.flatnonzero(a.status() == DONE)[0]))[0].unlink()
     r = runner.invoke(app, ["verify", str(out)])
     assert r.exit_code == 1 and "missing" in r.output
 

@@ -249,3 +249,16 @@ def test_bad_input_raises():
         model(tokens())  # 9 > 7
     with pytest.raises(MismatchError):
         model_stats(small(), 2, clip=(8, 14, 14, 768))
+
+
+def test_forward_cost_counts_a_vits_attention():
+    # test-vit: 64-px input, 16-px patches (16 tokens + class token), width 64, MLP 256, two
+    # blocks, a 64 -> 32 projection of the class token. Worked out by hand: fused attention
+    # kernels are invisible to torch's counter, so the two attention products must be counted.
+    from advise_cache.ifm import create_ifm
+
+    n, w = 17, 64
+    block = 3 * n * w * w + n * w * w + 2 * n * w * 256 + 2 * n * n * w  # qkv, out, MLP, attention
+    expected = 16 * 3 * 16 * 16 * w + 2 * block + w * 32
+    ifm = create_ifm("test-vit", "none", "cpu", "fp32", 0)
+    assert forward_cost(ifm.backbone, (3, 64, 64))["macs"] == expected

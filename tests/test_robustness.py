@@ -171,7 +171,7 @@ def test_extract_repairs_a_done_video_whose_shard_is_damaged(tiny_root, tiny_sto
     shutil.copytree(tiny_store, out)
     store = open_store(out)
     name = str(store.videos.name[2])
-    shard = store.ifm("test-vit")._shard_paths(2)[1]
+    shard = store.ifm("test-vit").shard_paths(2)[1]
     if damage == "delete":
         shard.unlink()
     else:
@@ -379,7 +379,7 @@ def test_verify_names_a_video_whose_shard_cannot_be_read(tiny_store, tmp_path, h
     shutil.copytree(tiny_store, out)
     store = open_store(out)
     name = str(store.videos.name[1])
-    shard = store.ifm("test-vit")._shard_paths(1)[0]
+    shard = store.ifm("test-vit").shard_paths(1)[0]
     data = bytearray(shard.read_bytes())
     if how == "truncate":
         shard.write_bytes(bytes(data[:100]))
@@ -424,7 +424,7 @@ def test_verify_deep_finds_a_flipped_finite_value(tiny_store, tmp_path):
     assert r.exit_code == 0 and "ok" in r.output, r.output
     store = open_store(out)
     name = str(store.videos.name[3])
-    shard = store.ifm("test-vit")._shard_paths(3)[0]
+    shard = store.ifm("test-vit").shard_paths(3)[0]
     data = bytearray(shard.read_bytes())
     data[1000] ^= 0x01  # the lowest mantissa bit of one float16: still finite, still non-zero
     shard.write_bytes(bytes(data))
