@@ -38,7 +38,7 @@ def atomic_create(target: Path, build) -> bool:
             raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_build(tmp)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -49,6 +49,18 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _remove_build(tmp: Path, settle: float = 0.05, limit: float = 2.0) -> None:
+    """Remove a failed build's folder. zarr may still be finishing writes it started beside
+    the one that failed (its asyncio.gather does not stop them), which recreate folders
+    under `tmp` after a first sweep: sweep until it stays gone for a moment."""
+    deadline = time.monotonic() + limit
+    while True:
+        shutil.rmtree(tmp, ignore_errors=True)
+        time.sleep(settle)
+        if not tmp.exists() or time.monotonic() > deadline:
+            return
 
 
 def building(folder: Path) -> tuple[list[Path], list[Path]]:

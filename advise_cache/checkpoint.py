@@ -53,6 +53,7 @@ class CheckpointMeta:
     version: str = __version__
     step: int | None = None  # None in config.json, which describes a run before its first step
     metrics: dict | None = None  # the last epoch's metrics line
+    first_loss: float | None = None  # the run's first logged loss: what divergence is judged against
 
     def to_dict(self) -> dict:
         """Plain JSON types, in the order checkpoint.json has always shown them."""
@@ -75,6 +76,8 @@ class CheckpointMeta:
             d["step"] = self.step
         if self.metrics is not None:
             d["metrics"] = self.metrics
+        if self.first_loss is not None:
+            d["first_loss"] = self.first_loss
         return _plain(d)
 
     @classmethod
@@ -85,7 +88,8 @@ class CheckpointMeta:
                    fingerprint=d["fingerprint"], store=d["store"], dataset=d["dataset"],
                    init=d.get("init"), trainable_params=int(d["trainable_params"]),
                    world=int(d.get("world", 1)), precision=d.get("precision", "fp32"),
-                   version=d.get("version", ""), step=d.get("step"), metrics=d.get("metrics"))
+                   version=d.get("version", ""), step=d.get("step"), metrics=d.get("metrics"),
+                   first_loss=d.get("first_loss"))
 
 
 @dataclass

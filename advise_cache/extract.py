@@ -41,7 +41,7 @@ from tqdm import tqdm
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
-from .ifm import create_ifm
+from .ifm import check_weights, create_ifm
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
 
@@ -244,7 +244,9 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.out.exists() and not cfg.out.is_dir():
         raise StoreError(f"--out {cfg.out} is a file, not a store")
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
-    # The weights before any store: a model that cannot be built leaves nothing behind.
+    # The weights before any store: a model that cannot be built leaves nothing behind;
+    # weights not on this machine are told before open_clip's slow import.
+    check_weights(cfg.model, cfg.pretrained)
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)

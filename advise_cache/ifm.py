@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import logging
 import os
 import socket
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -248,6 +252,48 @@ def _create_timm(name: str, pretrained: str, seed: int):
 
 
 # -- weights that are not on this machine: one fast, clear error instead of a minute of retries
+def check_weights(name: str, pretrained: str = "auto") -> None:
+    """Raise the WeightsError `create_ifm` would raise for weights that are neither a file
+    nor in the hub cache and cannot be downloaded, without importing open_clip or timm
+    (their imports pull in torchvision and torch._dynamo: seconds before a one-line error).
+    What it cannot decide cheaply (timm's tags, unknown names) it leaves to `create_ifm`."""
+    pretrained = _resolve_pretrained(name, pretrained)  # a missing file fails here
+    if pretrained in ("none", "hub") or Path(pretrained).is_file():
+        return
+    if name.startswith("timm/") or name in TIMM_ALIASES:
+        return  # timm's table lives in its model files: only its own import reads it
+    cfg = _open_clip_pretrained_cfg(name, pretrained)
+    if cfg:
+        _cached_or_reachable(name, pretrained, _open_clip_sources(cfg))
+
+
+def _open_clip_pretrained_cfg(name: str, tag: str) -> dict:
+    """open_clip's entry for `tag` of `name` ({} if unknown), read from its pretrained.py
+    alone: that module needs only its package's constants and version, not the package's
+    __init__, which imports every model. Loaded under a private name, so a later
+    `import open_clip` is untouched; any surprise from a newer open_clip means {} (and
+    `create_ifm` checks the weights the slow way)."""
+    if "open_clip" in sys.modules:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        return get_pretrained_cfg(name, tag)
+    private = "_advise_cache_open_clip_table"
+    try:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            return {}
+        package = types.ModuleType(private)
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules[private] = package
+        return importlib.import_module(f"{private}.pretrained").get_pretrained_cfg(name, tag)
+    except Exception as e:  # noqa: BLE001 - only a shortcut; create_ifm has the last word
+        log.debug("open_clip's weights table could not be read on its own: %s", first_line(e))
+        return {}
+    finally:
+        for key in [k for k in sys.modules if k == private or k.startswith(private + ".")]:
+            del sys.modules[key]
+
+
 def _open_clip_sources(cfg: dict) -> tuple[list[tuple[str, str]], str]:
     """Where open_clip would fetch a tag's weights from: hub (repo, file) pairs and a URL."""
     hub = []

@@ -57,7 +57,21 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(AdviseCacheError):
-    """The loss became NaN or Inf."""
+    """The loss or the weights became NaN or Inf, or the loss diverged (`divergence_limit`)."""
+
+
+# A run has diverged when an epoch's mean loss is over DIVERGED_FACTOR times the larger of
+# chance, ln(classes) (the loss of a uniform guess), and the run's first logged loss. A run
+# that learns stays near or below both; 10x chance with the 4 PRP rates (13.9) means the right
+# class gets about e^-14 of the probability on average: confidently wrong, the mark of a too
+# high learning rate even while the weights stay finite. A spike that its epoch recovers
+# from does not count; a diverged epoch never replaces the last good checkpoint.
+DIVERGED_FACTOR = 10.0
+
+
+def divergence_limit(num_classes: int, first_loss: float | None) -> float:
+    """The epoch mean loss above which a run counts as diverged."""
+    return DIVERGED_FACTOR * max(math.log(max(num_classes, 2)), first_loss or 0.0)
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -278,6 +292,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         init=str(cfg.init) if cfg.init else None, trainable_params=count_params(model),
         world=d.world, precision=precision)
     step = 0
+    first_loss = None  # the run's first logged loss: part of what divergence is measured against
     final: dict = {}  # what a finished run returns when asked to resume
     metrics_path = cfg.out / "metrics.jsonl"
     if s["ckpt"] is not None:
@@ -287,6 +302,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         if scaler is not None and ckpt.scaler is not None:
             scaler.load_state_dict(ckpt.scaler)
         step = ckpt.step
+        first_loss = ckpt.meta.first_loss
         final = ckpt.meta.metrics or {}
         if d.main:
             _truncate_metrics(metrics_path, step)
@@ -346,6 +362,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
                     raise TrainingDiverged(
                         f"loss became {loss_v} at step {step}; stopped. The last good checkpoint is "
                         f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
+                first_loss = loss_v if first_loss is None else first_loss
                 sums += (loss_sum, correct, clips)
                 dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
                 if d.main:
@@ -364,14 +381,21 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         if d.main:
             _append(metrics_path, final)
         epoch_done = step % steps_per_epoch == 0
+        limit = divergence_limit(s["num_classes"], first_loss)
+        if final["loss"] > limit:
+            raise TrainingDiverged(
+                f"the loss diverged: epoch {epoch} averaged {final['loss']:.4g}, more than {DIVERGED_FACTOR:g}x "
+                f"chance or the first loss, whichever is larger ({limit:.4g}); stopped at step {step} (a lower "
+                f"--lr may help). The last good checkpoint is {cfg.out / CHECKPOINT}"
+                + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
         if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
             if not _finite_weights(model):
                 raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. The last good "
                                        f"checkpoint is {cfg.out / CHECKPOINT}")
             if d.main:
                 save_checkpoint(cfg.out, Checkpoint(
-                    replace(meta, step=step, metrics=final), model.state_dict(), opt.state_dict(),
-                    step, epoch, None if scaler is None else scaler.state_dict()))
+                    replace(meta, step=step, metrics=final, first_loss=first_loss), model.state_dict(),
+                    opt.state_dict(), step, epoch, None if scaler is None else scaler.state_dict()))
         if epoch_done:
             epoch += 1
     bar.close()

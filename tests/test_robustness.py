@@ -3,6 +3,7 @@ damaged stores end in a correct store or one clear line, never in silently wrong
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -336,17 +337,18 @@ def test_out_at_a_file_is_refused(tmp_path):
     assert r.exit_code == 2 and "is a file" in r.output and len(r.output.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
-def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path):
+def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        r = runner.invoke(app, ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr"),
-                                "--model", "test-vit", "--pretrained", "none", "--device", "cpu"])
-    finally:
-        ro.chmod(0o755)
+    # What access(2) says of a folder we may not write (chmod does not stop root: injected).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: not (Path(p) == ro and mode & os.W_OK)
+                        and real_access(p, mode, *a, **kw))
+    r = runner.invoke(app, ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr"),
+                            "--model", "test-vit", "--pretrained", "none", "--device", "cpu"])
+    monkeypatch.undo()
     assert r.exit_code == 2 and "not writable" in r.output
+    assert list(ro.iterdir()) == []
 
 
 def _damage_store(store: Path, how: str) -> None:
@@ -402,15 +404,24 @@ def test_a_dangling_link_is_recorded_as_failed_not_skipped(tmp_path):
     assert "does not exist" in summary.failed[0]["reason"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads unreadable folders")
-def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path):
+def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path, monkeypatch):
     write_video(tmp_path / "data" / "a" / "good.mp4", 9, seed=1)
     hidden = write_video(tmp_path / "data" / "b" / "inner" / "x.mp4", 9, seed=2).parent
-    hidden.chmod(0)
-    try:
-        summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
-    finally:
-        hidden.chmod(0o755)
+    # Listing the folder fails as it does for a folder we may not read (root reads through
+    # chmod 0, so the kernel's EACCES is injected where the listing asks for it).
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def refuse(real):
+        def listing(p=".", *a, **kw):
+            if isinstance(p, (str, os.PathLike)) and Path(p) == hidden:  # not a folder's fd
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+            return real(p, *a, **kw)
+        return listing
+
+    monkeypatch.setattr(os, "scandir", refuse(real_scandir))
+    monkeypatch.setattr(os, "listdir", refuse(real_listdir))
+    summary = extract_videos(extract_config(tmp_path / "data", tmp_path / "s.zarr", dataset="folder"))
+    monkeypatch.undo()
     assert summary.done == 1
     assert [f["name"] for f in summary.failed] == ["b/inner"]
     assert "cannot be read" in summary.failed[0]["reason"]
