@@ -5,7 +5,7 @@ task does not, and pooling the grid to 1 costs a motion task more accuracy than 
 
 Both are measured as pipelines/demo.py measures them: a linear probe (logistic regression on
 the frozen TMM's pooled features, fitted on the train split, scored on the test split), on
-stores smaller than the demo's and with a shorter PRP so that CI can afford them (under a
+stores smaller than the demo's and with a shorter PRP so that CI can afford them (about a
 minute for the file on 2 idle cores). The seed is fixed, so the tests never flake; README
 ("make demo") has the effects at the demo's size over three seeds. MARGIN was fixed before
 the first run. POOL_MARGIN was set from the test-set size after exploratory runs of several
