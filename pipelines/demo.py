@@ -3,9 +3,9 @@
     make demo                      # or: python pipelines/demo.py --out demo --seed 0 --seeds 3
 
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
-frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only the order differs, like
-Diving48) and `motion` (a small disc moving at one of four speeds, 1:2:4:8 like PRP's
-playback rates). For each family it generates the videos and extracts `test-vit` tokens into
+frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
+the order differs, like Diving48) and `motion` (a small disc moving at one of four speeds,
+1:2:4:8 like PRP's playback rates). For each family it generates the videos and extracts `test-vit` tokens into
 a store once; then, for each seed, it pretrains the TMM with PRP and measures
 
 - a linear probe (logistic regression on the frozen TMM's pooled features, fitted on the
