@@ -8,7 +8,15 @@ here, and writing real mpeg4 files means decoding is exercised downstream exactl
 UCF101 or Diving48. Two families mirror the two kinds of benchmark in the paper, a third
 is made for PRP:
 
-- appearance (like UCF101): one frame is enough; each class is a distinct coloured shape.
+- appearance (like UCF101): one frame is enough; each class is a distinct coloured shape,
+  large (from a sixth of the centre square, the smallest triangle, to four fifths, the
+  largest disc), moving in a way that is the same for every class. Large, because in real
+  appearance datasets the class is mostly carried by what covers much of the frame (a
+  scene, a big object, their colours), and that survives a spatial average of the tokens:
+  pooling the grid to 1 should cost an appearance task little and a motion task much (the
+  paper's Finding 1). With a small shape (format 2) the random-init test-vit's average over
+  the grid diluted its look as much as it diluted a moving disc's position, and pooling
+  cost the appearance family as many points as the motion family.
 - temporal (like Diving48): every single frame looks alike; only the order of frames
   tells the class. A grey disc's brightness follows one of four profiles over the video:
   rising, falling, rising then falling, falling then rising. Each profile passes through
@@ -79,7 +87,7 @@ _FAMILIES = {
 _FPS_CHOICES = (12, 15, 24, 25, 30)
 MARKER = "SYNTHETIC.json"
 # Bump when the pictures change, so an old root is not mistaken for a current one.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 
 _SHAPE_COLOURS = {
     "appearance_red_disc": (225.0, 35.0, 35.0),
@@ -90,7 +98,7 @@ _SHAPE_COLOURS = {
 _GREY = 190.0  # the temporal object; brighter than any background pixel at gain 1
 # Ranges as fractions of min(width, height) (radii) or as a global gain; a ramp's start
 # and end are drawn from the same pair of ranges in both directions.
-_APPEARANCE_RADIUS = (0.14, 0.24)
+_APPEARANCE_RADIUS = (0.35, 0.5)  # format 2 had (0.14, 0.24): see the docstring
 _TEMPORAL_RADIUS = (0.15, 0.3)
 _MOTION_RADIUS = (0.08, 0.12)
 _MOTION_BASE_SPEED = 0.01  # fraction of min(width, height) per frame at speed 1

@@ -3,9 +3,9 @@
     make demo                      # or: python pipelines/demo.py --out demo --seed 0 --seeds 3
 
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
-frame looks, like UCF101), `temporal` (every frame looks alike, only the order differs, like
-Diving48) and `motion` (a small disc moving at one of four speeds, 1:2:4:8 like PRP's
-playback rates). For each family it generates the videos and extracts `test-vit` tokens into
+frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
+the order differs, like Diving48) and `motion` (a small disc moving at one of four speeds,
+1:2:4:8 like PRP's playback rates). For each family it generates the videos and extracts `test-vit` tokens into
 a store once; then, for each seed, it pretrains the TMM with PRP and measures
 
 - a linear probe (logistic regression on the frozen TMM's pooled features, fitted on the
@@ -133,7 +133,8 @@ def run_seed(family: str, seed: int, args) -> dict:
     import torch
 
     torch.set_num_threads(1)  # one process per core: much faster than two threads fighting
-    from advise_cache.evaluate import evaluate, load_model
+    from advise_cache.checkpoint import load_model
+    from advise_cache.evaluate import evaluate
     from advise_cache.models import TMMConfig
     from advise_cache.sampling import SamplerConfig
     from advise_cache.store import open_store
