@@ -35,6 +35,11 @@ $(VENV)/.installed: pyproject.toml
 test: venv
 	$(PY) -m pytest
 
+# ruff: the lint rules and the formatter's style are in pyproject.toml; CI runs this before the tests.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 demo: venv
 	$(PY) pipelines/demo.py --out $(DEMO) --device $(DEVICE) --seed $(SEED)
 

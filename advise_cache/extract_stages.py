@@ -108,7 +108,7 @@ class PoolDecoder:
             except queue.Empty:
                 dead = [p for p in self.procs if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"decode process {dead[0].name} died (exit code {dead[0].exitcode})")
+                    raise RuntimeError(f"decode process {dead[0].name} died (exit code {dead[0].exitcode})") from None
                 continue
             if event[0] == "frames":
                 _, video, start, n, slot = event

@@ -127,7 +127,7 @@ def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | Non
     for start in range(0, len(indices), chunk):
         batch = indices[start : start + chunk]
         frames = _decoding(path, f"decoding failed at frames {batch[0]}-{batch[-1]}",
-                           lambda: vr.get_batch(batch).asnumpy())
+                           lambda batch=batch: vr.get_batch(batch).asnumpy())
         yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
 
 
@@ -286,6 +286,6 @@ def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, ...]) -
             except Exception as e:  # a bug, not a bad file: the parent stops the run
                 results.put(("error", video, f"{type(e).__name__}: {first_line(e)}"))
                 return
-        del ring
+        ring = None  # the view must go before the segment can close
     finally:
         shm.close()
