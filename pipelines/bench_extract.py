@@ -67,7 +67,7 @@ class Row:
 
 
 # -- the video set ---------------------------------------------------------------------------
-def make_videos(root: Path, frames: int, width: int, height: int, seed: int) -> list[tuple[Path, int]]:
+def make_videos(root: Path, frames: int, seed: int) -> list[tuple[Path, int]]:
     """Videos holding at least `frames` frames, interleaved by class, with their frame counts.
     At most GENERATED frames are generated; the rest are hard links to them under other names
     (decoding costs the same; generating is slow)."""
@@ -76,7 +76,7 @@ def make_videos(root: Path, frames: int, width: int, height: int, seed: int) -> 
 
     per_class = math.ceil(1.2 * min(frames, GENERATED) / (sum(VIDEO_FRAMES) / 2) / 8)  # 8 classes, 20% margin
     generate_synthetic(root, family="both", seed=seed, train_per_class=per_class, test_per_class=0,
-                       min_frames=VIDEO_FRAMES[0], max_frames=VIDEO_FRAMES[1], width=width, height=height)
+                       min_frames=VIDEO_FRAMES[0], max_frames=VIDEO_FRAMES[1], width=WIDTH, height=HEIGHT)
     paths = sorted(root.glob("train/*/*.mp4"), key=lambda p: (p.stem[-3:], p.parent.name))
     base = [(p, probe_video(p).frames) for p in paths]
     videos, total, copy = list(base), sum(n for _, n in base), 1
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_extract-"))
     t_start = time.perf_counter()
     try:
-        videos = make_videos(work / "videos", max(n for _, n in plan), WIDTH, HEIGHT, args.seed)
+        videos = make_videos(work / "videos", max(n for _, n in plan), args.seed)
         say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in "
             f"{time.perf_counter() - t_start:.0f} s")
         machine = describe_machine(device, packages=("zarr", "numcodecs", "decord", "open_clip_torch"))
