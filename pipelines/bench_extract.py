@@ -39,8 +39,9 @@ DEFAULT_FRAMES = {"cpu": {"test-vit": 2048, "ViT-B-16": 48}, "cuda": {"test-vit"
 DEFAULT_BATCH = {("cpu", "ViT-B-16"): 16}
 DEFAULT_ROUNDS = {("cpu", "ViT-B-16"): 4}
 # --quick: a smoke run of every stage, seconds on the CPU
-QUICK = dict(models="test-vit", frames=96, repeats=1, workers=1, writer_frames=128, codec_frames=24)
-FULL = dict(writer_frames=1536, codec_frames=512)
+QUICK = {"models": "test-vit", "frames": 96, "repeats": 1, "workers": 1, "writer_frames": 128,
+         "codec_frames": 24}
+FULL = {"writer_frames": 1536, "codec_frames": 512}
 WIDTH, HEIGHT = 320, 240  # of the generated videos
 MAX_SECONDS = 400  # start no further round of a model after this
 GENERATED = 2048  # frames of video generated; larger sets repeat them under other names

@@ -35,12 +35,12 @@ WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first t
 # Store videos x frames; readers' batch, clips a round, rounds; training batch, rounds, timed
 # and untimed steps. A flag of the same name overrides one.
 SIZES = {
-    "cpu": dict(videos=96, frames=48, batch_size=32, clips=2048, rounds=5, train_batch=8, train_rounds=3,
-                steps=6, warmup=1),
-    "cuda": dict(videos=256, frames=48, batch_size=128, clips=8192, rounds=5, train_batch=128, train_rounds=1,
-                 steps=200, warmup=20),
-    "quick": dict(videos=8, frames=16, batch_size=4, clips=40, rounds=1, train_batch=2, train_rounds=1,
-                  steps=2, warmup=1),
+    "cpu": {"videos": 96, "frames": 48, "batch_size": 32, "clips": 2048, "rounds": 5, "train_batch": 8,
+            "train_rounds": 3, "steps": 6, "warmup": 1},
+    "cuda": {"videos": 256, "frames": 48, "batch_size": 128, "clips": 8192, "rounds": 5, "train_batch": 128,
+             "train_rounds": 1, "steps": 200, "warmup": 20},
+    "quick": {"videos": 8, "frames": 16, "batch_size": 4, "clips": 40, "rounds": 1, "train_batch": 2,
+              "train_rounds": 1, "steps": 2, "warmup": 1},
 }
 
 
