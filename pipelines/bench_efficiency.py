@@ -141,7 +141,7 @@ def render(machine: dict, rows: list[dict], args, argv) -> str:
            f"iteration(s), then the median of the timed ones (at least {args.iters}, more until "
            f"{args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. Each "
            f"configuration in a fresh process, {args.rounds} round(s) of all of them in turn, the best round "
-           "kept.", "",
+           "kept" + ("." if cuda else "; memory in another process (below)."), "",
            *table(["configuration", "image model", "trainable params (M)",
                    "forward GMACs per clip (IFM + model)",
                    f"{'peak GPU memory allocated' if cuda else 'peak memory added'} (GB)", "s / iteration",

@@ -94,13 +94,7 @@ def make_videos(root: Path, frames: int, seed: int) -> list[tuple[Path, int]]:
 
 def take(videos: list[tuple[Path, int]], frames: int) -> list[tuple[Path, int]]:
     """The first videos that together hold at least `frames` frames (all, if they hold fewer)."""
-    out, total = [], 0
-    for video in videos:
-        if total >= frames:
-            break
-        out.append(video)
-        total += video[1]
-    return out
+    return videos[: int(np.searchsorted(np.cumsum([n for _, n in videos]), frames)) + 1]
 
 
 def write_manifest(path: Path, videos: list[tuple[Path, int]]) -> Path:
