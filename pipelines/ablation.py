@@ -5,24 +5,11 @@
         --epochs 200 --ft-epochs 50 --jobs 2
     .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
 
-    spatial-res   SFU spatial pool 14, 9, 5, 3, 1                      (Figure 3)
-    channel-dim   SFU channel pool 768, 192, 48, 12, 3                 (Figure 4)
-    tmm-depth     TMM blocks 1, 2, 4, 6, 8                             (Figure 5)
-    tmm-width     TMM hidden width 64, 256, 512, 1024, 2048            (Figure 6)
-    temporal      TMM vs average pooling (`tmm none`), per IFM         (Table 5)
-    ifm           each IFM of the store, and every pair concatenated   (Table 4)
-
-Each setting runs in OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining),
-ft/ (fine-tuned from prp/; multi-view test top-1: Acc_ft) and scratch/ (the same from a random
-TMM: ΔAcc = Acc_ft - Acc_scratch), then result.json (params and MACs from `models.model_stats`).
-A setting with a result.json is skipped; trainings run with `resume=True` (a killed one goes on,
-a finished one returns its metrics), an eval.json is not redone; OUT/<ablation>/recipe.json
-refuses a second recipe. results.csv, .md and .png hold every finished setting (ablation_report).
-Settings that do not fit a store are replaced by analogues, with a note: spatial-res starts at
-the store's full grid; channel-dim takes the paper's factors 4^-k of the store's D; `temporal`
-with `tmm none` has nothing to pretrain (Acc_ft is from scratch). Without --cache the three
-synthetic stores (test-vit, 4 x 4 x 64; `test-vit-seed1` as a second IFM for `ifm`) are built
-under --data and the synthetic recipe applies (RECIPES). --jobs N: a pool of N processes.
+Each setting (ablation_plan.py) runs in OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP
+pretraining), ft/ (fine-tuned from it: Acc_ft) and scratch/ (from a random TMM: ΔAcc = Acc_ft -
+Acc_scratch), then result.json; trainings resume, a finished setting is skipped, and
+OUT/<ablation>/recipe.json refuses a second recipe. results.csv, .md and .png (ablation_report.py)
+hold every finished setting. Without --cache the synthetic stores are built under --data.
 """
 
 from __future__ import annotations
@@ -32,6 +19,7 @@ import datetime
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -40,11 +28,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-# The rules that make the settings, and the report, live beside this file; the names tests use are re-exported.
-from ablation_plan import ABLATIONS, Setting, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
+# The settings' rules and the report live beside this file; the names tests use are re-exported.
+from ablation_plan import (ABLATIONS, channel_values, describe_store, label_stores, plan,  # noqa: F401
+                           spatial_values)
 from ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
+from common import REPO, quiet
 
-REPO = Path(__file__).resolve().parents[1]
 # The synthetic stores and videos per class (train, test): the demo's sizes (pipelines/demo.py).
 SYNTHETIC = {"synthetic-appearance": (12, 6), "synthetic-temporal": (12, 6), "synthetic-motion": (12, 12)}
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
@@ -64,7 +53,8 @@ class Recipe:
     seeds: tuple[int, ...] = (0,)
     train_split: str = "train"
     test_split: str = "test"
-    base_tmm: dict = field(default_factory=lambda: {"blocks": 1, "hidden": 256, "out_dim": 1024, "preset": "ours"})
+    base_tmm: dict = field(default_factory=lambda: {"blocks": 1, "hidden": 256, "out_dim": 1024,
+                                                    "preset": "ours"})
     prp_clips: int = 4  # PRP clips per video per epoch
 
 
@@ -100,11 +90,11 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
                 print(f"building {out} ({key}): extracting tokens, once", flush=True)
                 generate_synthetic(data / dataset, dataset.split("-", 1)[1], 0, train_per_class=train_n,
                                    test_per_class=test_n)
-                summary = extract_videos(ExtractConfig(dataset=dataset, root=data / dataset, out=out, model="test-vit",
-                                                       pretrained="none", name=key, seed=seed, workers=0,
-                                                       device="cpu", progress=False))
-                if summary.failed:
-                    raise SystemExit(f"extracting {out} failed for {len(summary.failed)} videos: {summary.failed[0]}")
+                cfg = ExtractConfig(dataset=dataset, root=data / dataset, out=out, model="test-vit",
+                                    pretrained="none", name=key, seed=seed, workers=0, device="cpu",
+                                    progress=False)
+                if failed := extract_videos(cfg).failed:
+                    raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
             stores.append(out)
     return stores
 
@@ -112,12 +102,12 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
 # -- one setting -------------------------------------------------------------------------------
 def run_setting(folder: Path) -> dict:
     """PRP, the two fine-tunes and their evaluations of the setting in `folder`; writes and
-    returns its result.json. Trainings resume (a finished one returns its metrics: the library's
-    resume); an evaluation with an eval.json is not repeated (the library keeps none)."""
+    returns its result.json. Trainings resume (a finished one returns its metrics); an
+    evaluation with an eval.json is not repeated (the library keeps none)."""
+    from advise_cache.checkpoint import CHECKPOINT
     from advise_cache.evaluate import evaluate
     from advise_cache.models import TMMConfig, model_stats
     from advise_cache.sampling import SamplerConfig
-    from advise_cache.checkpoint import CHECKPOINT
     from advise_cache.train import train
     from advise_cache.train_config import TrainConfig
 
@@ -127,9 +117,11 @@ def run_setting(folder: Path) -> dict:
     t0 = time.perf_counter()
     stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
     common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"], "lr": r["lr"],
-              "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none", "resume": True,
-              "device": spec["device"], "seed": s["seed"], "progress": False, "loader_threads": 1 if spec["preload"] else 4}
-    tag = f"[{s['dataset']} | {s['ablation']} {s['label']}" + (f" | seed {s['seed']}]" if s["seeds"] > 1 else "]")
+              "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
+              "resume": True, "device": spec["device"], "seed": s["seed"], "progress": False,
+              "loader_threads": 1 if spec["preload"] else 4}
+    seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
+    tag = f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}]"
 
     def stage(cfg) -> dict:
         what = "PRP" if cfg.task == "prp" else ("fine-tune" if cfg.init else "fine-tune from scratch")
@@ -147,15 +139,17 @@ def run_setting(folder: Path) -> dict:
 
     prp = None
     if tmm.tmm != "none":
-        prp = stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"], batch_size=r["batch_size"],
-                                sampler=SamplerConfig(clips_per_video=r["prp_clips"]), **common))
+        sampler = SamplerConfig(clips_per_video=r["prp_clips"])
+        prp = stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"],
+                                batch_size=r["batch_size"], sampler=sampler, **common))
     fts = {name: stage(TrainConfig(out=folder / name, task="classify", epochs=r["ft_epochs"],
                                    batch_size=r["ft_batch_size"], init=init, **common))
-           for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None)) if prp or name == "scratch"}
+           for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
+           if prp or name == "scratch"}
     ft = fts.get("ft", fts["scratch"])
     result = {
-        "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"], "x": s["x"],
-        "store": s["store"], "ifm": "+".join(s["ifm"]),
+        "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"],
+        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]),
         **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
         "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "macs": stats["macs"],
         "prp_acc": prp["acc"] if prp else None, "prp_steps": prp["step"] if prp else 0,
@@ -184,26 +178,18 @@ def _worker_threads(threads: int) -> None:
 
 
 def run_settings(folders: list[Path], jobs: int) -> list[Path]:
-    """Run the settings in `folders`, `jobs` at a time in a process pool; the folders that failed."""
-    failed = []
-    if jobs <= 1:
-        for folder in folders:
-            try:
-                run_setting(folder)
-            except Exception:  # noqa: BLE001 -- one broken setting should not cost the others
-                traceback.print_exc()
-                failed.append(folder)
-        return failed
-    import multiprocessing
-
+    """Run the settings in `folders`, `jobs` at a time in a process pool (a broken setting costs
+    no other); the folders that failed."""
     if str(Path(__file__).parent) not in sys.path:  # spawned workers import this module by name
         sys.path.insert(0, str(Path(__file__).parent))
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads,
-                             initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
+    failed, jobs = [], max(1, jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(run_setting, folder): folder for folder in folders}
         for future in as_completed(futures):
-            if future.exception() is not None:
-                print(f"FAILED {futures[future]}: {future.exception()!r}", flush=True)
+            if (error := future.exception()) is not None:
+                print(f"FAILED {futures[future]}:", *traceback.format_exception(error), flush=True)
                 failed.append(futures[future])
     return failed
 
@@ -212,23 +198,24 @@ def run_settings(folders: list[Path], jobs: int) -> list[Path]:
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=ABLATIONS)
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "ablations", help="this ablation writes into OUT/<name>/")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "ablations", help="writes into OUT/<name>/")
     p.add_argument("--cache", help="comma-separated stores, one per dataset (default: the synthetic ones)")
     p.add_argument("--data", type=Path, default=REPO / "data", help="where the synthetic stores live")
-    p.add_argument("--ifm", default="", help="IFM key(s): a,b concatenates them for the SFU/TMM ablations; for "
-                   "temporal and ifm, the keys to compare (default: all)")
+    p.add_argument("--ifm", default="", help="IFM key(s): a,b concatenates them for the SFU/TMM ablations; "
+                   "for temporal and ifm, the keys to compare (default: all)")
     p.add_argument("--settings", default="", help="run only these settings (comma-separated labels)")
-    p.add_argument("--recipe", choices=RECIPES, help="named recipe (default: synthetic without --cache, else full); "
-                   "the flags below override its fields")
+    p.add_argument("--recipe", choices=RECIPES, help="named recipe (default: synthetic without --cache, else "
+                   "full); the flags below override its fields")
     for flag, kind, what in (("epochs", int, "PRP epochs"), ("ft-epochs", int, "fine-tuning epochs"),
                              ("batch-size", int, "PRP batch"), ("ft-batch-size", int, "fine-tuning batch"),
                              ("max-steps", int, "stop every training after this many steps"),
                              ("lr", float, "learning rate at batch 32, scaled linearly"),
-                             ("prp-clips", int, "PRP clips per video per epoch"), ("views", int, "test clips per video"),
-                             ("blocks", int, "base TMM blocks"), ("hidden", int, "base TMM hidden width"),
-                             ("out-dim", int, "base TMM block output width"), ("seeds", int, "how many seeds")):
+                             ("prp-clips", int, "PRP clips per video per epoch"),
+                             ("views", int, "test clips per video"), ("blocks", int, "base TMM blocks"),
+                             ("hidden", int, "base TMM hidden width"), ("seeds", int, "how many seeds"),
+                             ("out-dim", int, "base TMM block output width")):
         p.add_argument(f"--{flag}", type=kind, help=what)
-    p.add_argument("--preset", choices=("ours", "paper"), help="base TMM: ours, or the paper's (`TMMConfig.paper`)")
+    p.add_argument("--preset", choices=("ours", "paper"), help="base TMM: ours, or `TMMConfig.paper`")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction,
                    help="hold each store's split in RAM (default: on for the synthetic stores)")
     p.add_argument("--train-split", default="train")
@@ -242,11 +229,12 @@ def parse_args(argv) -> argparse.Namespace:
     if args.seeds is not None and args.seeds < 1 or args.seed < 0:
         raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
     seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
-    given = {k: getattr(args, k) for k in ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr",
-                                           "prp_clips", "views") if getattr(args, k) is not None}
-    tmm = {k: getattr(args, k) for k in ("blocks", "hidden", "out_dim", "preset") if getattr(args, k) is not None}
-    args.recipe = replace(recipe, **given, seeds=seeds, train_split=args.train_split, test_split=args.test_split,
-                          base_tmm={**recipe.base_tmm, **tmm})
+    given = {k: v for k, v in vars(args).items() if v is not None and k in (
+        "epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views")}
+    tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim",
+                                                                          "preset")}
+    args.recipe = replace(recipe, **given, seeds=seeds, train_split=args.train_split,
+                          test_split=args.test_split, base_tmm={**recipe.base_tmm, **tmm})
     args.seeds = seeds
     args.preload = not args.cache if args.preload is None else args.preload
     return args
@@ -254,7 +242,6 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging()
     stores = synthetic_stores(args.data, args.name == "ifm") if not args.cache else [
         Path(p) for p in args.cache.split(",") if p]
@@ -278,12 +265,12 @@ def main(argv=None) -> int:
             write_json(folder / "setting.json", {"setting": asdict(s), "recipe": asdict(args.recipe),
                                                  "device": args.device, "preload": args.preload})
             todo.append(folder)
-    print(f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} already "
-          f"finished, {len(todo)} to run", flush=True)
+    print(f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} "
+          f"already finished, {len(todo)} to run", flush=True)
     failed = run_settings(todo, args.jobs)
-    rows = [json.loads((out / s.folder / "result.json").read_text()) for s in settings
-            if (out / s.folder / "result.json").exists()]
-    missing = [f"{s.dataset} {s.label}" for s in settings if not (out / s.folder / "result.json").exists()]
+    done = [(s, out / s.folder / "result.json") for s in settings]
+    rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
+    missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
     text = render(args.name, rows, args.recipe, notes, missing)
     if rows:
         write_csv(out / "results.csv", rows)
@@ -301,16 +288,16 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
     if path.exists():
         if (theirs := json.loads(path.read_text())) != mine:
             diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
-            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
+            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or "
+                             "remove it")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, mine)
 
 
 def setup_logging() -> None:
-    """The library's warnings; nothing from other loggers (open_clip warns about the random weights
-    the synthetic stores ask for); this script prints its own progress."""
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    """The library's warnings and no other's; this script prints its own progress."""
+    quiet()
     logging.getLogger("advise_cache").setLevel(logging.WARNING)
 
 

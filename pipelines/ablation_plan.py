@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class StoreInfo:
             raise SystemExit(f"{self.path} has no IFM {', '.join(missing)}; it holds {', '.join(self.keys)}")
         if len({self.grids[k] for k in keys}) > 1 or len({self.strides[k] for k in keys}) > 1:
             raise SystemExit(f"{self.path}: {'+'.join(keys)} cannot be concatenated (grids "
-                             f"{[self.grids[k] for k in keys]}, frame strides {[self.strides[k] for k in keys]})")
+                             f"{[self.grids[k] for k in keys]}, frame strides "
+                             f"{[self.strides[k] for k in keys]})")
 
 
 @dataclass(frozen=True)
@@ -103,16 +105,13 @@ def describe_store(path: Path) -> StoreInfo:
 
 def label_stores(infos: list[StoreInfo]) -> list[StoreInfo]:
     """Datasets label the lines; two stores of one dataset are told apart by their names."""
-    count = {}
-    for info in infos:
-        count[info.dataset] = count.get(info.dataset, 0) + 1
+    count = Counter(info.dataset for info in infos)
     return [info if count[info.dataset] == 1
             else replace(info, dataset=f"{info.dataset} ({Path(info.path).stem})") for info in infos]
 
 
 def base_tmm(args, in_dim: int):
-    """The recipe's base TMM; its preset is the CLI's `--preset`: ours (TMMConfig's defaults) or
-    paper (`TMMConfig.paper`)."""
+    """The recipe's base TMM, from TMMConfig's defaults (preset ours) or `TMMConfig.paper`."""
     from advise_cache.models import TMMConfig
 
     b = args.recipe.base_tmm

@@ -7,11 +7,13 @@ import csv
 import math
 from pathlib import Path
 
+from common import table
+
 SOURCE = {"spatial-res": "Figure 3", "channel-dim": "Figure 4", "tmm-depth": "Figure 5",
           "tmm-width": "Figure 6", "temporal": "Table 5", "ifm": "Table 4"}
-AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)", "channel-dim": "channel pool C (channels into "
-        "the TMM)", "tmm-depth": "TMM blocks", "tmm-width": "TMM hidden width", "temporal": "temporal module",
-        "ifm": "image model(s)"}
+AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)",
+        "channel-dim": "channel pool C (channels into the TMM)", "tmm-depth": "TMM blocks",
+        "tmm-width": "TMM hidden width", "temporal": "temporal module", "ifm": "image model(s)"}
 LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
 CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "tmm", "blocks", "hidden",
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "macs", "prp_acc",
@@ -80,22 +82,22 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
         text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
         return f"{text} ± {100 * sd:.1f}" if several and sd is not None else text
 
+    steps = f", at most {recipe.max_steps} steps each" if recipe.max_steps else ""
+    spread = "; accuracies are mean ± sample sd over the seeds" if several else ""
     out = [f"## Ablation {name} (the paper's {SOURCE[name]})", "",
-           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), fine-tuning "
-           f"{recipe.ft_epochs} epochs (batch {recipe.ft_batch_size})"
-           + (f", at most {recipe.max_steps} steps each" if recipe.max_steps else "")
-           + f", lr {recipe.lr:g} at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 "
-           f"over {recipe.views} views" + ("; accuracies are mean ± sample sd over the seeds" if several else "")
-           + f". Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, out {base['out_dim']} ({base['preset']} "
-           "preset). Params and MACs (multiply-accumulates, the paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
-           "", "| dataset | setting | clip | params (M) | GMACs | PRP acc | Acc_ft | Acc_scratch | ΔAcc |",
-           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in aggregate(rows):
-        out.append(f"| {r['dataset']} | {r['setting']} | {r['clip']} | {r['params'] / 1e6:.3g} | {r['macs'] / 1e9:.3g} "
-                   f"| {cell(r, 'prp_acc')} | {cell(r, 'acc_ft')} | {cell(r, 'acc_scratch')} "
-                   f"| {cell(r, 'delta_acc', signed=True)} |")
-    out += ["", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − Acc_scratch "
-            "(the same fine-tuning from a random TMM)."]
+           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
+           f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} "
+           f"at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
+           f"{recipe.views} views{spread}. Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, "
+           f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
+           "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.", "",
+           *table(["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch",
+                   "ΔAcc"],
+                  [[r["dataset"], r["setting"], r["clip"], f"{r['params'] / 1e6:.3g}",
+                    f"{r['macs'] / 1e9:.3g}", cell(r, "prp_acc"), cell(r, "acc_ft"), cell(r, "acc_scratch"),
+                    cell(r, "delta_acc", True)] for r in aggregate(rows)], left=3),
+           "", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
+           "Acc_scratch (the same fine-tuning from a random TMM)."]
     if name == "spatial-res":
         for dataset, (m, sd, n, full, small) in pooling_costs(rows).items():
             out.append(f"- {dataset}: pooling the grid from {full:g} to {small:g} costs {100 * m:+.1f} ± "

@@ -1,25 +1,17 @@
-"""Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50.
+"""Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50. This
+script owns the "online vs from the cache" figure.
 
     .venv/bin/python pipelines/bench_efficiency.py    # make bench-efficiency; ~15 min on 2 CPU cores
     python3 pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
     .venv/bin/python pipelines/bench_efficiency.py --configs cached-B16,r3d50 --no-write
 
-This script owns the "online vs from the cache" figure. Per configuration, for one batch of
-PRP clips of 224 x 224 frames: trainable parameters, forward multiply-accumulates per clip
-(`models.forward_cost` / `model_stats`), peak memory, and seconds per iteration of
-`train.train_step` (the trainer's step, label smoothing included) plus producing its batch:
-online-B16/-L14 run the frozen image model (random weights) on the frames every step;
-cached-B16/-L14 read the tokens from a store of random float16 tokens through `ClipLoader`;
-r3d50 trains `models.R3D50` end to end. Decoding is left out (pixels made once), which
-favours the online and R3D-50 rows (decoding alone: bench_extract.py). Each configuration runs
-in a fresh process, --rounds rounds in turn, the best kept. Memory: on CUDA
-`max_memory_allocated`; on the CPU a second process's peak RSS over that after the imports,
-glibc told to unmap blocks of 64 KiB or more when freed, so the peak follows live tensors.
+Per configuration: trainable parameters, forward MACs per clip (`models.forward_cost`), peak
+memory and seconds per `train.train_step` plus producing its batch (frozen IFM on the frames,
+`ClipLoader` from a store of random tokens, or R3D-50 on pixels; decoding left out).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (BENCHMARKS, child_main, command_line, describe_machine, load_1min, machine_table, memory,
-                    run_child, say, table, token_store, write_section)
+from common import (child_main, clock, describe_machine, heading, memory, parser, publish, run_child, say,
+                    table, token_store)
 
 CONFIGS = {  # name: (method, image model or None)
     "online-B16": ("AdViSe online (IFM every step)", "ViT-B-16"),
@@ -41,7 +33,9 @@ CONFIGS = {  # name: (method, image model or None)
 }
 TOKENS = {"ViT-B-16": (14, 768), "ViT-L-14": (16, 1024)}  # grid and width at 224 px
 SIZE, RATES = 224, 4
+STORE_VIDEOS, STORE_FRAMES = 4, 48  # each generated store
 PAPER = {"time": 3.4, "memory": 8.2}  # R3D-50 over AdViSe in the paper's Table 6
+# glibc unmaps blocks of 64 KiB or more when freed: the peak RSS follows live tensors
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
@@ -53,8 +47,8 @@ def measure(spec: dict) -> dict:
     from advise_cache.ifm import create_ifm
     from advise_cache.loader import ClipLoader, TokenSource
     from advise_cache.models import R3D50, TMMConfig, count_params, create_model, forward_cost, model_stats
-    from advise_cache.sampling import SamplerConfig, prp_epoch
     from advise_cache.runtime import resolve_device
+    from advise_cache.sampling import SamplerConfig, prp_epoch
     from advise_cache.store import open_store
     from advise_cache.train import train_step
     from advise_cache.train_config import TrainConfig
@@ -117,16 +111,15 @@ def measure(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     times, it, t_start = [], batches(), time.perf_counter()
     while True:
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0 = clock(device)
         x, y = next(it)
         loss, _ = train_step(model, opt, x, y, recipe.label_smoothing, torch.bfloat16 if cuda else None)
         loss.item()  # waits for the step, as the trainer's metrics do
         times.append(time.perf_counter() - t0)
         timed = times[spec["warmup"]:]
         say(f"[{spec['config']}] iteration {len(times)}: {times[-1]:.2f} s")
-        if len(timed) >= spec["max_iters"] or (len(timed) >= spec["iters"] and sum(timed) >= spec["min_time"]):
+        enough = len(timed) >= spec["iters"] and sum(timed) >= spec["min_time"]
+        if enough or len(timed) >= spec["max_iters"]:
             break
     peak = memory()[1]
     return {"config": spec["config"], "method": method, "ifm": ifm_name, "device": str(device),
@@ -140,24 +133,25 @@ def gb(x: float) -> str:
     return f"{x / 1e9:.2f}"
 
 
-def render(machine: dict, rows: list[dict], args, command: str) -> str:
+def render(machine: dict, rows: list[dict], args, argv) -> str:
     cuda = args.device.startswith("cuda")
-    out = ["## Training efficiency, the paper's Table 6 (pipelines/bench_efficiency.py)", "",
-           f"Written by `{command}`; rerun it to replace this section.", "", *machine_table(machine), "",
+    out = [*heading("Training efficiency, the paper's Table 6", "bench_efficiency.py", argv, machine),
            f"One PRP training iteration (`train.train_step`: forward, backward, AdamW step) on a batch of "
            f"{args.batch_size} clips of {args.frames} frames at {SIZE} x {SIZE}; {args.warmup} warm-up "
            f"iteration(s), then the median of the timed ones (at least {args.iters}, more until "
-           f"{args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. Each configuration "
-           f"in a fresh process, {args.rounds} round(s) of all of them in turn, the best round kept"
-           + ("." if cuda else "; memory in another process (below)."), "",
-           *table(["configuration", "image model", "trainable params (M)", "forward GMACs per clip (IFM + model)",
+           f"{args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. Each "
+           f"configuration in a fresh process, {args.rounds} round(s) of all of them in turn, the best round "
+           "kept" + ("." if cuda else "; memory in another process (below)."), "",
+           *table(["configuration", "image model", "trainable params (M)",
+                   "forward GMACs per clip (IFM + model)",
                    f"{'peak GPU memory allocated' if cuda else 'peak memory added'} (GB)", "s / iteration",
                    "every round's s / iteration"],
                   [[r["method"], r["ifm"] or "—", f"{r['params'] / 1e6:.2f}",
                     f"{r['macs'] / 1e9:.1f} ({r['macs_ifm'] / 1e9:.1f} + {r['macs_model'] / 1e9:.2f})"
                     if r["macs_ifm"] else f"{r['macs'] / 1e9:.2f}", gb(r["memory"]), f"{r['seconds']:.3f}",
-                    f"{', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed)"] for r in rows], left=2),
-           "", "GMACs: multiply-accumulates, 10^9 (the paper's \"FLOPs\"). Decoding is left out (pixels made "
+                    f"{', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed)"] for r in rows],
+                  left=2),
+           "", "GMACs: 10^9 multiply-accumulates (the paper's \"FLOPs\"). Decoding is left out (pixels made "
            "once), so the ratios below understate what the cache saves."]
     if not cuda:
         out += [f"Peak memory added: peak resident memory minus that after the imports "
@@ -168,7 +162,8 @@ def render(machine: dict, rows: list[dict], args, command: str) -> str:
     by = {r["config"]: r for r in rows}
 
     def versus(a: dict, b: dict) -> str:
-        return f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, {a['memory'] / b['memory']:.1f}x the memory"
+        return (f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, "
+                f"{a['memory'] / b['memory']:.1f}x the memory")
 
     out.append("")
     for ifm, tag in (("ViT-B-16", "B16"), ("ViT-L-14", "L14")):
@@ -184,36 +179,24 @@ def render(machine: dict, rows: list[dict], args, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (one device per run)")
-    p.add_argument("--batch-size", type=int, default=2, help="clips per iteration")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip")
-    p.add_argument("--warmup", type=int, default=1, help="iterations before timing")
-    p.add_argument("--iters", type=int, default=2, help="timed iterations, at least")
-    p.add_argument("--min-time", type=float, default=20.0, help="time more iterations until this many seconds")
-    p.add_argument("--max-iters", type=int, default=30, help="timed iterations, at most")
-    p.add_argument("--rounds", type=int, default=2, help="timing runs of every configuration; the best is kept")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    p.add_argument("--store-videos", type=int, default=4, help="videos in each generated store")
-    p.add_argument("--store-frames", type=int, default=48, help="frames per video in each generated store")
-    p.add_argument("--out", type=Path, default=BENCHMARKS, help="the markdown file to update")
-    p.add_argument("--no-write", action="store_true", help="print the table only")
-    p.add_argument("--save-json", type=Path, help="also write the raw measurements here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
+    for flag, kind, default, what in (
+            ("batch-size", int, 2, "clips per iteration"), ("frames", int, 8, "frames per clip"),
+            ("warmup", int, 1, "iterations before timing"), ("iters", int, 2, "timed iterations, at least"),
+            ("min-time", float, 20.0, "time more iterations until this many seconds"),
+            ("max-iters", int, 30, "timed iterations, at most"),
+            ("rounds", int, 2, "timing runs of every configuration; the best is kept"),
+            ("threads", int, os.cpu_count() or 1, "torch threads")):
+        p.add_argument(f"--{flag}", type=kind, default=default, help=what)
+    p.add_argument("--save-json", type=Path, help="also write the raw measurements here")
+    args = p.parse_args(argv)
     if args.child:
         return child_main(measure, json.loads(args.child))
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if unknown := [c for c in configs if c not in CONFIGS]:
         raise SystemExit(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    command = command_line("bench_efficiency.py", argv)
     machine = describe_machine(args.device, packages=("zarr", "open_clip_torch"))
     work = Path(tempfile.mkdtemp(prefix="bench_efficiency-"))
     keys = ("device", "batch_size", "frames", "warmup", "iters", "min_time", "max_iters", "threads", "seed")
@@ -227,11 +210,12 @@ def main(argv=None) -> int:
                 grid, dim = TOKENS[ifm_name]
                 stores[ifm_name] = str(work / f"{ifm_name}.zarr")
                 token_store(Path(stores[ifm_name]), ifm_name, (grid, grid, dim),
-                            [args.store_frames] * args.store_videos, args.seed)
+                            [STORE_FRAMES] * STORE_VIDEOS, args.seed)
+        specs = {name: {**spec, "config": name, "store": stores.get(CONFIGS[name][1])} for name in configs}
         for _ in range(args.rounds):  # every configuration in turn; each keeps its best round
             for name in configs:
                 say(f"[{name}] timing run: starting in a fresh process")
-                row = run_child("bench_efficiency.py", {**spec, "config": name, "store": stores.get(CONFIGS[name][1])})
+                row = run_child("bench_efficiency.py", specs[name])
                 best = rows.get(name)
                 row["rounds"] = [*(best["rounds"] if best else []), row["seconds"]]
                 if best is None or row["seconds"] < best["seconds"]:
@@ -241,21 +225,17 @@ def main(argv=None) -> int:
         if not args.device.startswith("cuda"):
             for name in configs:
                 say(f"[{name}] memory run: starting in a fresh process")
-                mem = run_child("bench_efficiency.py", {**spec, "config": name, "store": stores.get(CONFIGS[name][1]),
-                                                        "iters": 1, "min_time": 0.0, "max_iters": 1}, MALLOC_ENV)
+                once = {**specs[name], "iters": 1, "min_time": 0.0, "max_iters": 1}
+                mem = run_child("bench_efficiency.py", once, MALLOC_ENV)
                 rows[name]["memory_timing_run"], rows[name]["memory"] = rows[name]["memory"], mem["memory"]
                 rows[name]["baseline_rss"] = mem["baseline_rss"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    machine["load average (1 min) at end"] = load_1min()
     rows = [rows[name] for name in configs]
-    text = render(machine, rows, args, command)
-    print(text)
+    text = render(machine, rows, args, argv)
     if args.save_json:
         args.save_json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    if not args.no_write:
-        write_section(args.out, "bench_efficiency_gpu" if args.device.startswith("cuda") else "bench_efficiency", text)
-    return 0
+    return publish(text, args, "bench_efficiency" + ("_gpu" if args.device.startswith("cuda") else ""))
 
 
 if __name__ == "__main__":

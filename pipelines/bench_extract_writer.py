@@ -1,6 +1,5 @@
-"""The store side of the extraction benchmark (pipelines/bench_extract.py runs these): the
-writer alone against the writer of commit 1aa8d33 and raw write + fsync of the same bytes,
-and every token codec's size, write and read speed."""
+"""The store side of pipelines/bench_extract.py: the writer against the writer of commit 1aa8d33
+and raw write + fsync of the same bytes; every token codec's size, write and read speed."""
 
 from __future__ import annotations
 
@@ -132,7 +131,7 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
         shutil.rmtree(base, ignore_errors=True)
         got = {"new": new(base / "new.zarr"), "old": old(base / "old.zarr"),
                "raw": raw(base / "raw", threads), "raw1": raw(base / "raw1", 1)}
-        say(f"[writer {key}] round {rounds}: " + ", ".join(f"{k} {v:.0f}" for k, v in got.items()) + " frames/s")
+        say(f"[writer {key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
         row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
         row.rounds = rounds
     shutil.rmtree(base, ignore_errors=True)
@@ -140,7 +139,8 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
 
 
 # -- codecs ----------------------------------------------------------------------------------
-def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int, seed: int) -> list[list]:
+def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int,
+                 seed: int) -> list[list]:
     """Write the same tokens with every codec into a store; time writing and random reads, through
     plain zarr (`tokens[row]`) and through `IFMArrays.read_frames`. Table rows."""
     import zarr
@@ -167,7 +167,8 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
         rows_at = [int(arrays.offset[v]) + r for v, r in picks]
         reader = open_store(path).ifm(key)
         seconds = []
-        for read, where in ((plain.__getitem__, rows_at), (lambda vr: reader.read_frames(vr[0], [vr[1]]), picks)):
+        readers = ((plain.__getitem__, rows_at), (lambda vr: reader.read_frames(vr[0], [vr[1]]), picks))
+        for read, where in readers:
             for w in where[:8]:  # warm: open files, shard indexes
                 read(w)
             t0 = time.perf_counter()
@@ -179,9 +180,10 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
             raise RuntimeError(f"codec {codec}: a frame read back differs from the one written")
         say(f"[{key}] codec {codec}: {stored / total / 1e3:.1f} kB/frame, write {write_s:.2f} s")
         base = base or {"bytes": stored, "seconds": seconds[1]}
-        rows.append([model, codec, total, f"{raw / 1e3:.1f}", f"{stored / total / 1e3:.1f}", f"{raw * total / stored:.2f}",
-                     pct(1 - stored / base["bytes"]), num(total * raw / write_s / 1e6), num(reads / seconds[0]),
-                     num(reads / seconds[1]), f"{base['seconds'] / seconds[1]:.2f}x"])
+        rows.append([model, codec, total, f"{raw / 1e3:.1f}", f"{stored / total / 1e3:.1f}",
+                     f"{raw * total / stored:.2f}", pct(1 - stored / base["bytes"]),
+                     num(total * raw / write_s / 1e6), num(reads / seconds[0]), num(reads / seconds[1]),
+                     f"{base['seconds'] / seconds[1]:.2f}x"])
         shutil.rmtree(path, ignore_errors=True)
     return rows
 

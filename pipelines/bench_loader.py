@@ -4,20 +4,15 @@
     python3 pipelines/bench_loader.py --device cuda             # part of `make bench-gpu`
     .venv/bin/python pipelines/bench_loader.py --quick --no-write   # a look (and the smoke test)
 
-A store of ViT-B-16-shaped tokens (14 x 14 x 768 float16 a frame, random values) is made once
-in data/bench_loader/ and read from the page cache. One PRP plan (8 frames a clip) is read, in
-rounds that alternate the readers, by: the ceiling (shards opened and indexes read beforehand,
-then a thread pool `preadv`ing each frame into its slot of one torch-allocated (B, T, h, w, D)
-buffer); `ClipLoader`, the consumer doing nothing; and the `ClipLoader` of commit 1aa8d33 (its
-package from `git archive`, in a fresh process; it returns float32 batches). Then training,
-in rounds alternating the modes: `train.train` from the store, timed through `on_step`, against
-the same `train.train_step` on a batch already in memory; on CUDA also `--compile` and
-`--preload gpu`, with peak GPU memory, the GPU synchronised at the first and last timed step.
+From a store of random ViT-B-16-shaped tokens in the page cache, rounds alternate the readers
+of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader`, and the `ClipLoader` of
+commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes:
+`train.train` from the store (timed through `on_step`) and `train.train_step` on a batch in
+memory; on CUDA also `--compile` and `--preload gpu`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,14 +24,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import (BENCHMARKS, REPO, child_main, describe_machine, load_1min, machine_table, num, pct,
-                    run_child, say, table, token_store, write_section)
+from common import (REPO, child_main, clock, describe_machine, heading, num, parser, pct, publish, run_child,
+                    say, table, token_store)
 
 SHAPE = (14, 14, 768)  # ViT-B-16 at 224 px
 FRAME_BYTES = int(np.prod(SHAPE)) * 2
 BASELINE = "1aa8d33"
 TARGET_CEILING, TARGET_BASELINE, TARGET_TRAIN = 0.8, 10.0, 0.9  # training: 0.8 on the CPU
 WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first time
+# Store videos x frames; readers' batch, clips a round, rounds; training batch, rounds, timed
+# and untimed steps. A flag of the same name overrides one.
+SIZES = {
+    "cpu": {"videos": 96, "frames": 48, "batch_size": 32, "clips": 2048, "rounds": 5, "train_batch": 8,
+            "train_rounds": 3, "steps": 6, "warmup": 1},
+    "cuda": {"videos": 256, "frames": 48, "batch_size": 128, "clips": 8192, "rounds": 5, "train_batch": 128,
+             "train_rounds": 1, "steps": 200, "warmup": 20},
+    "quick": {"videos": 8, "frames": 16, "batch_size": 4, "clips": 40, "rounds": 1, "train_batch": 2,
+              "train_rounds": 1, "steps": 2, "warmup": 1},
+}
 
 
 def ensure_store(work: Path, videos: int, frames: int, seed: int) -> Path:
@@ -54,13 +59,8 @@ def ensure_store(work: Path, videos: int, frames: int, seed: int) -> Path:
 
 
 def warm_page_cache(path: Path) -> int:
-    total = 0
-    for p in path.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    total += len(chunk)
-    return total
+    """Bytes read: every file of the store once (a shard is 64 frames, about 19 MB)."""
+    return sum(len(p.read_bytes()) for p in path.rglob("*") if p.is_file())
 
 
 def make_plan(store_path: Path, clips: int, seed: int):
@@ -76,7 +76,8 @@ def make_plan(store_path: Path, clips: int, seed: int):
 
 # -- the readers -----------------------------------------------------------------------------
 def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
-    """Clips/s of the minimal reader over the plan (see the module's docstring)."""
+    """Clips/s of the minimal reader over the plan: shards opened and indexes read beforehand,
+    then a thread pool `preadv`ing each frame into its slot of one (B*T, frame bytes) buffer."""
     import torch
 
     from advise_cache.store import open_store
@@ -124,12 +125,8 @@ def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> f
     loader = ClipLoader(source, plan, batch, threads=threads, device=torch.device(device))
     for b, _ in enumerate(loader):
         if b == WARMUP_BATCHES - 1:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (len(loader) - WARMUP_BATCHES) * batch / (time.perf_counter() - t0)
+            t0 = clock(device)
+    return (len(loader) - WARMUP_BATCHES) * batch / (clock(device) - t0)
 
 
 def baseline_package(work: Path) -> Path | None:
@@ -139,7 +136,8 @@ def baseline_package(work: Path) -> Path | None:
         return target
     target.mkdir(parents=True, exist_ok=True)
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "advise_cache"], capture_output=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "advise_cache"],
+                                 capture_output=True)
     except OSError:
         archive = None
     if archive is None or archive.returncode != 0:
@@ -157,8 +155,10 @@ def old_loader(spec: dict) -> dict:
 
     store.FORMAT = spec["format"]  # read the same store; the code that reads frames is 1aa8d33's
     plan = np.load(spec["plan"])
-    reqs = [ClipRequest(int(v), idx, int(y)) for v, idx, y in zip(plan["video"], plan["indices"], plan["label"])]
-    loader = ClipLoader(TokenSource(store.open_store(spec["store"])), reqs, spec["batch"], threads=spec["threads"])
+    reqs = [ClipRequest(int(v), idx, int(y))
+            for v, idx, y in zip(plan["video"], plan["indices"], plan["label"])]
+    source = TokenSource(store.open_store(spec["store"]))
+    loader = ClipLoader(source, reqs, spec["batch"], threads=spec["threads"])
     for b, _ in enumerate(loader):
         if b == WARMUP_BATCHES - 1:
             t0 = time.perf_counter()
@@ -183,16 +183,14 @@ def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = 
 
     def on_step(step, loss):
         if step in (warm, warm + steps):
-            if cuda:
-                torch.cuda.synchronize(args.device)
-            marks[step] = time.perf_counter()
+            marks[step] = clock(args.device)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
     out = Path(tempfile.mkdtemp(prefix="bench_loader-run-"))
-    cfg = TrainConfig(cache=store_path, out=out / "run", task="prp", epochs=1, batch_size=b, device=args.device,
-                      progress=False, preload=preload, loader_threads=args.threads, log_every=10**9,
-                      max_steps=warm + steps, compile=compile_, seed=args.seed,
+    cfg = TrainConfig(cache=store_path, out=out / "run", task="prp", epochs=1, batch_size=b,
+                      device=args.device, progress=False, preload=preload, loader_threads=args.threads,
+                      log_every=10**9, max_steps=warm + steps, compile=compile_, seed=args.seed,
                       sampler=SamplerConfig(clips_per_video=-(-(warm + steps + 2) * b // n_videos)))
     try:
         final = train(cfg, on_step=on_step)
@@ -225,9 +223,7 @@ def resident_step(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
-            if cuda:
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
         loss, _ = train_step(model, opt, x16.to(compute, memory_format=layout), y, recipe.label_smoothing,
                              torch.bfloat16 if cuda else None)
     loss.item()
@@ -247,8 +243,8 @@ def training(store_path: Path, args) -> tuple[list[dict], float]:
     for rnd in range(args.train_rounds):
         for mode in list(modes)[:: 1 if rnd % 2 == 0 else -1]:
             runs[mode].append(modes[mode]())
-        say(f"training round {rnd + 1}: " + ", ".join(f"{num(v[-1]['clips_per_s'])}" for v in runs.values())
-            + " clips/s")
+        rates = ", ".join(f"{num(v[-1]['clips_per_s'])}" for v in runs.values())
+        say(f"training round {rnd + 1}: {rates} clips/s")
     store_runs, resident_runs = list(runs.values())[:2]
     ratio = statistics.median(a["clips_per_s"] / r["clips_per_s"] for a, r in zip(store_runs, resident_runs))
     resident = statistics.median(r["clips_per_s"] for r in resident_runs)
@@ -263,69 +259,47 @@ def training(store_path: Path, args) -> tuple[list[dict], float]:
 
 
 # -- the report ------------------------------------------------------------------------------
-def render(facts, args, readers: list[list], ratios: dict, train_rows: list[list]) -> str:
+def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: list[list]) -> str:
     cuda = args.device.startswith("cuda")
     target_train = TARGET_TRAIN if cuda else TARGET_CEILING
-    lines = [f"## Loader ({'GPU' if cuda else 'CPU'}; pipelines/bench_loader.py)", "",
-             f"Written by `pipelines/bench_loader.py{' --device ' + args.device if cuda else ''}`.", "",
-             *machine_table(facts), "",
+    lines = [*heading(f"Loader, {'GPU' if cuda else 'CPU'}", "bench_loader.py", argv, facts),
              f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, "
              f"{8 * FRAME_BYTES / 1e6:.2f} MB a clip) from the page cache; store of {args.videos} videos x "
-             f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} rounds, "
-             "each reader once per round; medians over the rounds.", "",
+             f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} "
+             "rounds, each reader once per round; medians over the rounds.", "",
              *table(["reader", "clips/s", "GB/s", "of the ceiling"], readers), "",
              f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
              "median of the per-round ratios."]
     if "baseline" in ratios:
-        lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x (target >= {TARGET_BASELINE:.0f}x).")
-    lines += ["", f"Training: default TMM (1 block, hidden 256), PRP, {'bf16 autocast' if cuda else 'fp32'}, batch "
-              f"{args.train_batch}, {args.steps} timed steps after {args.warmup}, {args.train_rounds} round(s) "
-              "alternating the modes; medians over the rounds.", "",
-              *table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"], train_rows), "",
+        lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x "
+                     f"(target >= {TARGET_BASELINE:.0f}x).")
+    lines += ["", f"Training: default TMM (1 block, hidden 256), PRP, {'bf16 autocast' if cuda else 'fp32'}, "
+              f"batch {args.train_batch}, {args.steps} timed steps after {args.warmup}, {args.train_rounds} "
+              "round(s) alternating the modes; medians over the rounds.", "",
+              *table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"],
+                     train_rows), "",
               f"- from the store / in memory: {pct(ratios['train'])}, median of the per-round ratios "
-              f"(target >= {pct(target_train)}). Peak host memory of training is bench_efficiency.py's figure."]
+              f"(target >= {pct(target_train)}). Peak host memory of training is bench_efficiency.py's "
+              "figure."]
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--work", type=Path, default=REPO / "data" / "bench_loader")
-    p.add_argument("--videos", type=int, default=None, help="default: 96 (cpu), 256 (cuda)")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=None, help="readers' batch; default: 32 (cpu), 128 (cuda)")
-    p.add_argument("--train-batch", type=int, default=None, help="training's batch; default: 8 (cpu), 128 (cuda)")
-    p.add_argument("--threads", type=int, default=None, help="default: 4 (cpu), the cores (cuda)")
-    p.add_argument("--clips", type=int, default=None, help="clips read by each reader per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--train-rounds", type=int, default=None, help="default: 3 (cpu), 1 (cuda)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps; default: 6 (cpu), 200 (cuda)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed training steps; default: 1 (cpu), 20 (cuda)")
+def main(argv=None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--work", type=Path, default=REPO / "data" / "bench_loader", help="where the store lives")
+    for key in SIZES["cpu"]:
+        p.add_argument("--" + key.replace("_", "-"), type=int, help=", ".join(
+            f"{kind} {size[key]}" for kind, size in SIZES.items()))
+    p.add_argument("--threads", type=int, help="reading threads; default: 4 (cpu), the cores up to 16 (cuda)")
     p.add_argument("--no-baseline", action="store_true", help=f"skip the loader at {BASELINE}")
     p.add_argument("--quick", action="store_true", help="a tiny store and one short round")
-    p.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    args.videos = args.videos or (8 if args.quick else 256 if cuda else 96)
-    args.frames = 16 if args.quick else args.frames
-    args.batch_size = args.batch_size or (4 if args.quick else 128 if cuda else 32)
-    args.train_batch = args.train_batch or (2 if args.quick else 128 if cuda else 8)
-    args.threads = args.threads or (min(16, os.cpu_count() or 4) if cuda else 4)
-    args.clips = args.clips or (40 if args.quick else 8192 if cuda else 2048)
-    args.rounds = 1 if args.quick else args.rounds
-    args.train_rounds = 1 if args.quick else args.train_rounds or (1 if cuda else 3)
-    args.steps = 2 if args.quick else args.steps or (200 if cuda else 6)
-    args.warmup = 1 if args.quick else args.warmup or (20 if cuda else 1)
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
     if args.child:
         return child_main(old_loader, json.loads(args.child))
     cuda = args.device.startswith("cuda")
+    for key, value in SIZES["quick" if args.quick else "cuda" if cuda else "cpu"].items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    args.threads = args.threads or (min(16, os.cpu_count() or 4) if cuda else 4)
     store_path = ensure_store(args.work, args.videos, args.frames, args.seed)
     say(f"warming the page cache: {warm_page_cache(store_path) / 1e9:.2f} GB read")
     facts = describe_machine(args.device, packages=("zarr",))
@@ -340,13 +314,14 @@ def main(argv=None) -> int:
         if package is not None:  # the old loader is slow: an eighth of the plan is plenty
             base = plan[: max(2 * WARMUP_BATCHES, len(plan) // 8 // args.batch_size) * args.batch_size]
             plan_file = args.work / "plan.npz"
-            np.savez(plan_file, video=np.array([r.video for r in base]), indices=np.stack([r.indices for r in base]),
-                     label=np.array([r.label for r in base]))
+            np.savez(plan_file, video=np.array([r.video for r in base]),
+                     indices=np.stack([r.indices for r in base]), label=np.array([r.label for r in base]))
             from advise_cache.store import open_store
 
             spec = {"store": str(store_path), "plan": str(plan_file), "batch": args.batch_size,
                     "threads": args.threads, "format": open_store(store_path).meta["format"]}
-            rate["baseline"].append(run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})["clips_per_s"])
+            answer = run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})
+            rate["baseline"].append(answer["clips_per_s"])
         say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
     names = {"ceiling": "ceiling: minimal preadv reader", "loader": "`ClipLoader` (this commit)",
              "baseline": f"`ClipLoader` at {BASELINE}"}
@@ -365,12 +340,8 @@ def main(argv=None) -> int:
         readers.append(["`ClipLoader` to the GPU (pinned, side-stream copy)", num(med),
                         f"{med * 8 * FRAME_BYTES / 1e9:.2f}", pct(med / statistics.median(rate["ceiling"]))])
     train_rows, ratios["train"] = training(store_path, args)
-    facts["load average (1 min) at end"] = load_1min()
-    section = render(facts, args, readers, ratios, train_rows)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS, "bench_loader_gpu" if cuda else "bench_loader", section)
-    return 0
+    section = render(facts, args, argv, readers, ratios, train_rows)
+    return publish(section, args, "bench_loader_gpu" if cuda else "bench_loader")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
-"""What the benchmark scripts share: machine facts, a memory probe, number and table formats,
-running a measurement in a fresh process, stores of random tokens, and BENCHMARKS.md sections.
-
-Each script owns the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
-`write_section` replaces only that, so the scripts can run in any order.
-"""
+"""What the benchmark scripts share: flags, machine facts, a memory probe, number and table
+formats, a measurement in a fresh process, stores of random tokens, and BENCHMARKS.md sections
+(each script owns the text between its `<!-- NAME:start -->` and `<!-- NAME:end -->`)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
+import logging
 import math
 import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -31,6 +31,32 @@ RESULT = "BENCH_RESULT "  # prefix of the one stdout line a child process answer
 def say(message: str) -> None:
     """Progress for the person running a benchmark (stderr; stdout holds the report)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def quiet() -> None:
+    """Random weights only: never wait on a hub; open_clip's warnings about them are known."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes; a script adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:K (a section of the GPU's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=BENCHMARKS, help="the markdown file to update")
+    p.add_argument("--no-write", action="store_true", help="print the section only")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def clock(device) -> float:
+    """perf_counter, once a CUDA `device` has finished the work queued on it."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 # -- the machine -----------------------------------------------------------------------------
@@ -55,12 +81,11 @@ def load_1min() -> str:
 
 def git_stamp() -> str:
     """The commit measured, and whether the library had uncommitted changes."""
+    # no optional locks: never refresh the index under other people's git commands
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]
     try:
-        def git(*a: str) -> str:
-            # no optional locks: never refresh the index under other people's git commands
-            return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *a], capture_output=True,
-                                  text=True, check=True).stdout.strip()
-        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "advise_cache")
+        head, dirty = (subprocess.run([*git, *a], capture_output=True, text=True, check=True).stdout.strip()
+                       for a in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "advise_cache"]))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" with uncommitted changes in advise_cache/" if dirty else "")
@@ -99,6 +124,15 @@ def memory() -> tuple[int, int]:
     return got.get("VmRSS", 0), got["VmHWM"]
 
 
+def filesystem(path: Path) -> str:
+    """The type of the filesystem that holds `path` (its longest mount point in /proc/mounts)."""
+    best, kind = "", "unknown filesystem"
+    for parts in (ln.split() for ln in _lines("/proc/mounts")):
+        if len(parts) > 2 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
 # -- numbers and tables ----------------------------------------------------------------------
 def num(x: float | None) -> str:
     """A rate or a time with the digits that matter: 1,234 / 12.3 / 1.23 / 0.123."""
@@ -118,21 +152,13 @@ def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
     return ["| " + " | ".join(map(str, line)) + " |" for line in (header, rule, *rows)]
 
 
-def filesystem(path: Path) -> str:
-    """The type of the filesystem that holds `path` (its longest mount point in /proc/mounts)."""
-    best, kind = "", "unknown filesystem"
-    for parts in (ln.split() for ln in _lines("/proc/mounts")):
-        if len(parts) > 2 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
-            best, kind = parts[1], parts[2]
-    return kind
-
-
-def machine_table(facts: dict) -> list[str]:
-    return table(["machine", ""], [list(kv) for kv in facts.items()], left=2)
-
-
-def command_line(script: str, argv) -> str:
-    return " ".join(["python", f"pipelines/{script}", *(sys.argv[1:] if argv is None else argv)])
+def heading(title: str, script: str, argv, machine: dict) -> list[str]:
+    """A section's first lines: its title, the command that wrote it, the machine (load now: at the end)."""
+    command = " ".join(["python", f"pipelines/{script}", *(sys.argv[1:] if argv is None else argv)])
+    facts = {**machine, "load average (1 min) at end": load_1min()}
+    return [f"## {title} (pipelines/{script})", "",
+            f"Written by `{command}`; rerun it to replace this section.", "",
+            *table(["machine", ""], [list(kv) for kv in facts.items()], left=2), ""]
 
 
 # -- one measurement per fresh process --------------------------------------------------------
@@ -140,19 +166,17 @@ def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
     """Run `script --child SPEC` in a fresh interpreter (its own peak memory, nothing shared)
     and return the dict its `child_main` printed."""
     argv = [sys.executable, str(Path(__file__).with_name(script)), "--child", json.dumps(spec)]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, **(env or {})})
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode or not lines:
-        raise SystemExit(f"{script} {spec.get('mode', '')}: the child process failed (exit {proc.returncode})")
+        raise SystemExit(f"{script}: the child process failed (exit {proc.returncode}) on {spec}")
     return json.loads(lines[-1][len(RESULT):])
 
 
 def child_main(measure, spec: dict) -> int:
     """The child's side: quiet logging, no hub, one measurement, one answer line."""
-    import logging
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.ERROR)  # open_clip warns about the random weights asked for
+    quiet()
     print(RESULT + json.dumps(measure(spec)), flush=True)
     return 0
 
@@ -197,3 +221,11 @@ def write_section(path: Path, name: str, section: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
     say(f"wrote the {name} section of {path}")
+
+
+def publish(text: str, args, name: str) -> int:
+    """Print a section; write it into args.out unless --no-write."""
+    print(text)
+    if not args.no_write:
+        write_section(args.out, name, text)
+    return 0

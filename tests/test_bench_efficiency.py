@@ -24,8 +24,7 @@ def bench(monkeypatch):
 
 def test_cached_config_runs_in_fresh_processes(bench, capsys):
     """The whole script: a store of random tokens, a timing and a memory process, the table."""
-    assert bench.main(["--configs", "cached-B16", *TINY, "--store-videos", "1", "--store-frames", "8",
-                       "--no-write"]) == 0
+    assert bench.main(["--configs", "cached-B16", *TINY, "--no-write"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| AdViSe from the cache | ViT-B-16 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -12,8 +12,7 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
     import bench_extract
 
     out = tmp_path / "BENCH.md"
-    assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--writer-frames", "128",
-                               "--codec-frames", "24", "--codec-reads", "10", "--out", str(out)]) == 0
+    assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--out", str(out)]) == 0
     text = out.read_text()
     assert "<!-- bench_extract:start -->" in text and "## Extraction (pipelines/bench_extract.py)" in text
     stage = next(line for line in text.splitlines() if line.startswith("| test-vit | cpu fp32"))
