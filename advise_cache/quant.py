@@ -55,20 +55,22 @@ def dequantize_numpy(q: np.ndarray) -> np.ndarray:
 
 
 def error_sums(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """(3,) float64 sums over the tokens of x (..., D): squared error, squared norm, cosine
-    similarity between each token and its dequantised copy. Summed per video, they give its
-    relative L2 error sqrt(e / n) and mean cosine c / tokens, on the device, no sync."""
+    """(3,) float64 sums over the tokens of x (..., D) and q, their int8 packing: squared error,
+    squared norm, and 1 - cosine similarity between each token and its decoded copy (taken as
+    |u - v|^2 / 2 of the unit vectors, which keeps its precision where the cosine is near 1).
+    Summed per video on the device, no sync; `summarise_error` turns them into figures."""
     x = x.float().reshape(-1, x.shape[-1])
     y = dequantize(q, torch.float32).reshape(x.shape)
-    err = (x - y).square().sum(dim=1)
     norm = x.square().sum(dim=1)
-    cos = torch.nn.functional.cosine_similarity(x, y, dim=1, eps=1e-12)
-    cos = torch.where(norm > 0, cos, torch.ones_like(cos))  # a zero token is kept exactly
-    return torch.stack([err.sum(), norm.sum(), cos.sum()]).double()
+    err = (x - y).square().sum(dim=1)
+    u = x / norm.sqrt().clamp_min(1e-30)[:, None]
+    v = y / y.norm(dim=1).clamp_min(1e-30)[:, None]
+    deficit = (u - v).square().sum(dim=1) / 2  # a zero token decodes to zero: 0
+    return torch.stack([err.sum(), norm.sum(), deficit.sum()]).double()
 
 
 def summarise_error(sums, tokens: int) -> tuple[float, float]:
     """(relative L2 error, mean cosine similarity) of a video from its `error_sums` total."""
-    err, norm, cos = (float(s) for s in sums)
+    err, norm, deficit = (float(s) for s in sums)
     rel = (err / norm) ** 0.5 if norm > 0 else 0.0
-    return rel, cos / tokens if tokens else 1.0
+    return rel, 1.0 - deficit / tokens if tokens else 1.0
