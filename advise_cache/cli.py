@@ -112,7 +112,7 @@ def extract(
     writers: Annotated[int, typer.Option(help="Threads writing shards.")] = EXTRACT.writers,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = EXTRACT.device,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = EXTRACT.precision,
-    dtype: Annotated[str, typer.Option(help="Stored token dtype: float16 or float32.")] = EXTRACT.dtype,
+    dtype: Annotated[str, typer.Option(help="Stored token dtype: float16, float32, or int8 (one float16 scale per token, about half of float16's bytes; error recorded per video).")] = EXTRACT.dtype,
     codec: Annotated[Optional[str], typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
     frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = EXTRACT.frames_per_shard,
     shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "/".join(map(str, EXTRACT.shard)),
@@ -180,6 +180,11 @@ def info(
                    f"{m['dtype']} stride {m['frame_stride']} codec {m['codec']}")
         typer.echo(f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
                    f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)")
+        q = m.get("quant_error")
+        if q and q["videos"]:
+            typer.echo(f"    int8 error vs float tokens ({q['videos']} videos): relative L2 mean "
+                       f"{q['rel_l2_mean']:.2%}, worst {q['rel_l2_worst']:.2%} ({q['worst_video']}); "
+                       f"cosine mean {q['cos_mean']:.5f}, worst {q['cos_worst']:.5f}")
         for f in m["failed"]:
             typer.echo(f"    failed {f['name']}: {f['reason']}")
     if not s["ifms"]:
@@ -203,11 +208,14 @@ def verify(
     """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
 
+    from .integrity import quant_notes
     from .integrity import verify as verify_store
     from .store import open_store
 
-    problems = verify_store(open_store(store), progress=lambda it: tqdm(it, desc="verify", unit="video"),
-                            deep=deep)
+    opened = open_store(store)
+    problems = verify_store(opened, progress=lambda it: tqdm(it, desc="verify", unit="video"), deep=deep)
+    for note in quant_notes(opened):  # told, not counted: a lossy store is not a damaged one
+        typer.echo(f"note: {note}")
     for p in problems:
         typer.echo(p)
     typer.echo(f"{len(problems)} problem(s)" if problems else "ok")

@@ -6,7 +6,8 @@ how benchmarks time them:
 - `InlineDecoder` (in this process) or `PoolDecoder` (decode processes writing crops into a
   ring of shared memory) hand over chunks of a video's crops as events;
 - `ModelLoop` fills fixed-size batches across video boundaries, runs the image model and
-  copies the tokens, cast on the device, into per-shard host buffers (`Shard`);
+  copies the tokens, cast (or quantised to int8) on the device, into per-shard host buffers
+  (`Shard`);
 - `Writer` threads write each finished shard as its own file and mark a video done once all
   its shards are durable.
 """
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import AdviseCacheError, DecodeError
+from .quant import error_sums, quantize, summarise_error
 from .video import decode_worker, iter_crops, sigint_blocked
 
 CHUNK = 16  # frames a decode process hands over at a time (one shared-memory slot)
@@ -145,6 +147,7 @@ class Shard:
     rows: int
     buf: torch.Tensor
     filled: int = 0
+    quant: torch.Tensor | None = None  # int8, on the video's last shard: its error sums (host)
 
 
 class Writer:
@@ -156,6 +159,7 @@ class Writer:
         self.arrays, self.summary, self.release, self.on_done = arrays, summary, release, on_done
         self.queue: queue.Queue = queue.Queue(maxsize=2 * threads)
         self.left: dict[int, int] = {}  # video -> shards not yet written
+        self.quant: dict[int, tuple[float, float]] = {}  # video -> int8 error (rel L2, cosine)
         self.bytes: dict[int, int] = {}
         self.lock = threading.Lock()
         self.error: BaseException | None = None
@@ -177,11 +181,14 @@ class Writer:
                 nbytes = self.arrays.write_shard(v, shard.index, shard.buf[: shard.rows].numpy())
                 self.release(shard.buf)
                 with self.lock:
+                    if shard.quant is not None:
+                        tokens = int(self.arrays.frames[v]) * int(np.prod(self.arrays.grid))
+                        self.quant[v] = summarise_error(shard.quant.tolist(), tokens)
                     self.left[v] -= 1
                     self.bytes[v] += nbytes
                     last = self.left[v] == 0
                 if last:
-                    self.arrays.finish_video(v)
+                    self.arrays.finish_video(v, self.quant.pop(v, None))
                     with self.lock:
                         self.summary.done += 1
                         self.summary.frames += int(self.arrays.frames[v])
@@ -220,6 +227,10 @@ class ModelLoop:
         self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
         self.cuda = ifm.device.type == "cuda"
         self.dtype = getattr(torch, str(np.dtype(arrays.tokens.dtype)))
+        # int8: the model's tokens are quantised on the device, and each video's error against
+        # them summed there (quant.error_sums) until its last shard takes the total to the host.
+        self.quantised = arrays.quantised
+        self.error_sums: dict[int, torch.Tensor] = {}
         size = ifm.spec.size
         self.staging = [torch.empty((batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
                         for _ in range(2)]
@@ -274,11 +285,18 @@ class ModelLoop:
         if self.cuda:
             self.staged[self.cur] = torch.cuda.Event()
             self.staged[self.cur].record()
-        tokens = self.ifm.encode(x, dtype=self.dtype)
+        if self.quantised:
+            floats = self.ifm.encode(x, dtype=torch.float32)
+            tokens = quantize(floats)
+        else:
+            tokens = self.ifm.encode(x, dtype=self.dtype)
         complete = []
         for video, row, pos, n in self.pieces:
             if video in self.dropped:
                 continue
+            if self.quantised:
+                sums = error_sums(floats[pos : pos + n], tokens[pos : pos + n])
+                self.error_sums[video] = sums + self.error_sums[video] if video in self.error_sums else sums
             while n:
                 index, r = divmod(row, self.per)
                 shard = self._shard(video, index)
@@ -286,6 +304,10 @@ class ModelLoop:
                 shard.buf[r : r + take].copy_(tokens[pos : pos + take], non_blocking=True)
                 shard.filled += take
                 if shard.filled == shard.rows:
+                    if self.quantised and index == self.arrays.shards_of(video) - 1:
+                        sums = self.error_sums.pop(video)  # the video's last rows: its total
+                        shard.quant = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=self.cuda)
+                        shard.quant.copy_(sums, non_blocking=True)  # read after this batch's event
                     complete.append(self.open.pop((video, index)))
                 row, pos, n = row + take, pos + take, n - take
         done = None
@@ -310,6 +332,7 @@ class ModelLoop:
     def drop(self, video: int) -> None:
         """A video failed part-way: forget its rows (stream order keeps reuse of its buffers safe)."""
         self.dropped.add(video)
+        self.error_sums.pop(video, None)
         for key in [key for key in self.open if key[0] == video]:
             self.release(self.open.pop(key).buf)
 

@@ -22,11 +22,15 @@ import google_crc32c
 import numpy as np
 import zarr
 
+from . import __version__
 from .errors import StoreError
+from .quant import SCHEME
 from .shards import ShardReader, index_bytes, shard_index
 
 PENDING, DONE, FAILED = 0, 1, 2  # a video's `status`
 NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
+TOKEN_DTYPES = ("float16", "float32", "int8")  # int8: quant.py's packing, one scale per token
+QUANT_ERROR_ARRAYS = ("quant_rel_l2", "quant_cos")  # per video, int8 groups only
 
 
 def attributes(node) -> dict:
@@ -45,6 +49,11 @@ class IFMArrays:
         self.tokens = self.group["tokens"]
         self.offset = self.group["offset"][:]
         self.frames = self.group["frames"][:]
+        dtype, scheme = self.meta.get("dtype"), self.meta.get("quantisation")
+        if dtype not in TOKEN_DTYPES or (dtype == "int8" and scheme != SCHEME):
+            raise StoreError(f"image model {key!r} stores tokens as {dtype} ({scheme or 'no scheme'}), which this "
+                             f"advise-cache {__version__} cannot decode: upgrade advise-cache")
+        self.quantised = dtype == "int8"
         self._direct = _plain_shards(self.tokens)
         self._reader: ShardReader | None = None
         self._status_lock = threading.Lock()  # status/reason writes come from several threads
@@ -61,7 +70,13 @@ class IFMArrays:
 
     @property
     def dim(self) -> int:
+        """D, the model's width (an int8 row holds D + 2 bytes: see `row_dim`)."""
         return int(self.meta["dim"])
+
+    @property
+    def row_dim(self) -> int:
+        """Last-axis length of `tokens` as stored: D, or D + 2 for int8 (the scale)."""
+        return int(self.tokens.shape[-1])
 
     def status(self) -> np.ndarray:
         return self.group["status"][:]
@@ -212,10 +227,10 @@ class IFMArrays:
             _fsync(folder)
         return path.stat().st_size
 
-    def finish_video(self, video: int) -> None:
+    def finish_video(self, video: int, quant_error: tuple[float, float] | None = None) -> None:
         """Mark a video done once all its shards are written: the folder listing the shards
         is made durable once per video (and the token folder once), then the status, and the
-        claim is given up."""
+        claim is given up. `quant_error`: an int8 video's (relative L2 error, mean cosine)."""
         self._owned(video)
         if not self._token_dir_synced:
             _fsync(self._token_dir)
@@ -225,18 +240,22 @@ class IFMArrays:
             crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
             if self._checksums is not None:  # before the status: a done video always has its checksum
                 self._checksums[video] = NO_CHECKSUM if None in crcs else video_checksum(crcs)
+            if self.quantised and quant_error is not None:
+                for name, value in zip(QUANT_ERROR_ARRAYS, quant_error):
+                    self.group[name][video] = value
             self.group["status"][video] = DONE
         self.release([video])
 
-    def write_video(self, video: int, tokens: np.ndarray) -> int:
-        """Write all of a video's rows, make them durable, then mark it done. Returns bytes."""
+    def write_video(self, video: int, tokens: np.ndarray, quant_error: tuple[float, float] | None = None) -> int:
+        """Write all of a video's rows (as stored: int8 rows already packed), make them durable,
+        then mark it done. Returns bytes."""
         n = int(self.frames[video])
         if tokens.shape != (n, *self.tokens.shape[1:]):
             raise StoreError(f"video {video}: got tokens {tokens.shape}, expected {(n, *self.tokens.shape[1:])}")
         per = int(self.meta["frames_per_shard"])
         tokens = tokens.astype(self.tokens.dtype, copy=False)
         written = sum(self.write_shard(video, k, tokens[k * per : (k + 1) * per]) for k in range(self.shards_of(video)))
-        self.finish_video(video)
+        self.finish_video(video, quant_error)
         return written
 
     def mark_failed(self, video: int, reason: str) -> None:
@@ -286,6 +305,13 @@ class IFMArrays:
         per = int(self.meta["frames_per_shard"])
         le = np.dtype(self.tokens.dtype).newbyteorder("<")
         return video_checksum([_crc(np.ascontiguousarray(x[k : k + per], le)) for k in range(0, len(x), per)])
+
+    def quant_errors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per video, the relative L2 error and mean cosine similarity of an int8 group's tokens
+        against the float tokens they were made from (NaN: not measured); None unless int8."""
+        if not self.quantised:
+            return None
+        return tuple(self.group[name][:] for name in QUANT_ERROR_ARRAYS)
 
     def read_video(self, video: int) -> np.ndarray:
         base = int(self.offset[video])

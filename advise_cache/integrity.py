@@ -13,7 +13,13 @@ import numpy as np
 
 from .errors import first_line
 from .ifm_arrays import DONE, NO_CHECKSUM, PENDING
-from .store import Store
+from .quant import SCALE_BYTES, dequantize_numpy
+from .store import Store, quant_error_summary
+
+# A video of an int8 store whose tokens lose more than this (relative L2, against the float
+# tokens at extraction) is named by `verify`: about 7x what Gaussian tokens of width 768 lose
+# (0.7%); outlier channels far above the rest of a token cause it.
+ABNORMAL_QUANT_ERROR = 0.05
 
 
 def verify(store: Store, check_values: bool = True, progress=None, deep: bool = False) -> list[str]:
@@ -30,8 +36,10 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
         stride = int(a.meta["frame_stride"])
         status = a.status()
         h, w = a.grid
-        if a.tokens.shape[1:] != (h, w, a.dim):
-            problems.append(f"{key}: tokens shape {a.tokens.shape} does not match grid {h}x{w} dim {a.dim}")
+        row = a.dim + (SCALE_BYTES if a.quantised else 0)  # int8: each token's float16 scale
+        if a.tokens.shape[1:] != (h, w, row):
+            problems.append(f"{key}: tokens shape {a.tokens.shape} does not match grid {h}x{w} dim {a.dim}"
+                            + (" (+2 bytes of scale: int8)" if a.quantised else ""))
         expected = -(-table.source_frames // stride)
         ends = a.offset + -(-a.frames // per) * per
         for v in range(len(table)):
@@ -61,8 +69,35 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                 if sums is not None and sums[v] != NO_CHECKSUM and a.computed_checksum(int(v), x) != sums[v]:
                     problems.append(f"{key}: {table.name[v]}: its tokens differ from the checksum written at "
                                     "extraction (corrupted on disk)")
+                if a.quantised:  # the values the loader will see: int8 times each token's scale
+                    x = dequantize_numpy(x)
                 if not np.isfinite(x).all():
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():
                     problems.append(f"{key}: {table.name[v]}: some of its frames are missing (all zero)")
     return problems
+
+
+def quant_notes(store: Store) -> list[str]:
+    """What `verify` tells about int8 groups besides problems: the recorded quantisation error
+    (mean, worst), each done video above ABNORMAL_QUANT_ERROR, and done videos never measured."""
+    notes = []
+    table = store.videos
+    for key in store.ifm_keys():
+        a = store.ifm(key)
+        errors = a.quant_errors()
+        if errors is None:
+            continue
+        done = a.status() == DONE
+        s = quant_error_summary(errors, done, table.name)
+        if s["videos"]:
+            notes.append(f"{key}: int8 error over {s['videos']} videos: relative L2 mean {s['rel_l2_mean']:.2%}, "
+                         f"worst {s['rel_l2_worst']:.2%} ({s['worst_video']}); cosine mean {s['cos_mean']:.5f}, "
+                         f"worst {s['cos_worst']:.5f}")
+        rel = errors[0]
+        for v in np.flatnonzero(done & (rel > ABNORMAL_QUANT_ERROR)):
+            notes.append(f"{key}: {table.name[v]}: int8 relative L2 error {rel[v]:.2%} is above "
+                         f"{ABNORMAL_QUANT_ERROR:.0%}: its tokens may need float16 (--dtype float16, another --name)")
+        if s["unmeasured"]:
+            notes.append(f"{key}: {s['unmeasured']} done videos have no recorded int8 error")
+    return notes

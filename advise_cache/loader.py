@@ -1,7 +1,7 @@
 """Batches of cached tokens for sampled clips: one copy per byte, layout changes on the device.
 
     loader = ClipLoader(source, plan, batch_size=32, device=torch.device("cuda"))
-    for x, y in loader:  # x: (B, D, T, h, w) in the stored dtype, on the device; y: (B,) int64
+    for x, y in loader:  # x: (B, D, T, h, w) in the stored dtype (float16 from int8), on the device
         x = x.float()    # the cast (and anything else) happens where x lives
 
 A batch is filled in place: every frame of every clip is read (`preadv`, see shards.py)
@@ -9,7 +9,9 @@ straight into its slot of a preallocated (B, T, h, w, D) buffer, the stored layo
 small thread pool. Permuted to (B, D, T, h, w) that buffer is already a channels_last_3d view,
 so nothing on the host converts layout or dtype. On CUDA the buffers are pinned and the copy
 to the device runs asynchronously on a side stream while the model works on the previous
-batch; a ring of buffers lets reading run `prefetch` batches ahead.
+batch; a ring of buffers lets reading run `prefetch` batches ahead. An int8 store's rows
+(D values and a float16 scale per token, quant.py) travel as stored and are dequantised to
+float16 on the device, after the copy, on the same side stream.
 
 `TokenSource` reads clips from one or several IFMs of a store; several are concatenated along
 channels (on the device, from one buffer per IFM). `preload` keeps the videos a run samples
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import MismatchError, StoreError
+from .quant import dequantize
 from .sampling import ClipRequest
 from .store import DONE, Store
 
@@ -62,7 +65,10 @@ class TokenSource:
         dtypes = {np.dtype(a.tokens.dtype).newbyteorder("=") for a in self.arrays}
         if len(dtypes) != 1:
             raise MismatchError(f"cannot concatenate IFMs stored as {', '.join(map(str, dtypes))}")
-        self.dtype = dtypes.pop()
+        self.stored_dtype = dtypes.pop()  # what the buffers hold
+        self.quantised = self.arrays[0].quantised
+        self.row_dims = [a.row_dim for a in self.arrays]  # D_k, or D_k + 2 for int8
+        self.dtype = np.dtype(np.float16) if self.quantised else self.stored_dtype  # what clips come out as
         for a in self.arrays:
             a.check_offsets()
         status = np.stack([a.status() for a in self.arrays])
@@ -86,7 +92,7 @@ class TokenSource:
         videos = np.unique(np.asarray(videos, np.int64))
         counts = self.frames[videos].astype(np.int64)
         total = int(counts.sum())
-        need = total * int(np.prod(self.grid)) * self.dim * self.dtype.itemsize
+        need = total * int(np.prod(self.grid)) * sum(self.row_dims) * self.stored_dtype.itemsize
         free = _free_bytes(device if on_device else torch.device("cpu"))
         if free is not None and need > 0.9 * free:
             where = "GPU" if on_device else "RAM"
@@ -96,8 +102,8 @@ class TokenSource:
         start[videos] = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(videos) else []
         pin = device.type == "cuda" and not on_device
         resident = []
-        for a, reader, d in zip(self.arrays, self._readers, self.dims):
-            host = torch.empty((total, *self.grid, d), dtype=_torch_dtype(self.dtype), pin_memory=pin)
+        for a, reader, d in zip(self.arrays, self._readers, self.row_dims):  # kept as stored
+            host = torch.empty((total, *self.grid, d), dtype=_torch_dtype(self.stored_dtype), pin_memory=pin)
             view = host.numpy()
             for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
                 rows = int(a.offset[v]) + np.arange(n)
@@ -118,7 +124,8 @@ class TokenSource:
 
     def fill(self, videos: np.ndarray, indices: np.ndarray, outs: list[np.ndarray],
              pool: ThreadPoolExecutor | None = None, tasks: int = 1) -> None:
-        """Write clip b's frames into outs[k][b] (one (B, T, h, w, D_k) buffer per IFM)."""
+        """Write clip b's frames, as stored, into outs[k][b] (one (B, T, h, w, row_dims[k]) buffer
+        per IFM)."""
         for k, (a, reader, out) in enumerate(zip(self.arrays, self._readers, outs)):
             rows = self.rows(k, videos, indices).reshape(-1)
             flat = out.reshape(len(rows), *out.shape[2:])
@@ -128,17 +135,25 @@ class TokenSource:
                 _read_rows(a, reader, rows, flat, pool, tasks)
 
     def clip(self, video: int, indices: np.ndarray) -> np.ndarray:
-        """(T, h, w, D) tokens of one clip, in the stored dtype."""
+        """(T, h, w, D) tokens of one clip, in `self.dtype` (an int8 store's dequantised on the
+        CPU: this serves evaluation and plots, a clip at a time, not the training loader)."""
         indices = np.asarray(indices, np.int64)
         _check_indices(self.frames, np.array([video]), indices[None])
-        outs = [np.empty((1, len(indices), *self.grid, d), self.dtype) for d in self.dims]
+        outs = [np.empty((1, len(indices), *self.grid, d), self.stored_dtype) for d in self.row_dims]
         if self.resident is not None and self.resident[0].device.type != "cpu":
             rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None]).reshape(-1))
             for out, r in zip(outs, self.resident):
                 out[0] = r[rows.to(r.device)].cpu().numpy()
         else:
             self.fill(np.array([video]), indices[None], outs)
-        return outs[0][0] if len(outs) == 1 else np.concatenate([o[0] for o in outs], axis=-1)
+        return self.decode([torch.from_numpy(o[0]) for o in outs]).numpy()
+
+    def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Rows as stored, one tensor (..., row_dims[k]) per IFM → (..., D) tokens in `self.dtype`,
+        computed where the parts are (int8: dequantised there)."""
+        if self.quantised:
+            parts = [dequantize(p, torch.float16) for p in parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:
@@ -176,8 +191,8 @@ def collate(clips: list[np.ndarray]) -> torch.Tensor:
 class ClipLoader:
     """Iterates (x, y) batches for a plan of clip requests, reading ahead in the background.
 
-    x is (B, D, T, h, w) in the stored dtype, a channels_last_3d view of the stored layout, on
-    `device`; y is (B,) int64. On the CPU, x shares memory with one of the loader's buffers and
+    x is (B, D, T, h, w) in the stored dtype (float16 for int8, dequantised on `device`), a
+    channels_last_3d view of the stored layout, on `device`; y is (B,) int64. On the CPU, x shares memory with one of the loader's buffers and
     stays valid until the next batch is asked for (copy it to keep it longer).
     """
 
@@ -211,8 +226,8 @@ class ClipLoader:
 
     def _buffers(self, rows: int) -> list[torch.Tensor]:
         pin = self.device.type == "cuda"
-        return [torch.empty((rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.dtype),
-                            pin_memory=pin) for d in self.source.dims]
+        return [torch.empty((rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.stored_dtype),
+                            pin_memory=pin) for d in self.source.row_dims]
 
     def __iter__(self):
         src, dev = self.source, self.device
@@ -299,15 +314,15 @@ class ClipLoader:
         """(x, y, event, buffers the consumer holds) for a filled host batch `used` (views of `bufs`)."""
         y = torch.from_numpy(labels)
         if side is None:  # CPU: the consumer reads the buffer itself
-            if len(used) == 1:
+            if len(used) == 1 and not self.source.quantised:
                 return used[0], y, None, bufs
-            x = torch.cat(used, dim=-1)
+            x = self.source.decode(used)
             free.put((bufs, None))
             return x, y, None, None
         with torch.cuda.stream(side):
             parts = [b.to(self.device, non_blocking=True) for b in used]
             y = y.pin_memory().to(self.device, non_blocking=True)
-            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            x = self.source.decode(parts)
             event = torch.cuda.Event()
             event.record(side)
         free.put((bufs, event))  # refilled once this copy has finished
@@ -321,7 +336,7 @@ class ClipLoader:
                 rows = torch.from_numpy(src.rows(k, videos, indices).reshape(-1)).pin_memory()
                 rows = rows.to(r.device, non_blocking=True)
                 parts.append(r.index_select(0, rows).view(len(videos), self.frames, *r.shape[1:]))
-            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            x = src.decode(parts)
             y = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(side)

@@ -47,7 +47,18 @@ import zarr.codecs
 from . import __version__
 from .atomic import atomic_create, building, clean_leftovers
 from .errors import StoreError, first_line
-from .ifm_arrays import DONE, FAILED, NO_CHECKSUM, PENDING, IFMArrays, attributes, slot_offsets
+from .ifm_arrays import (
+    DONE,
+    FAILED,
+    NO_CHECKSUM,
+    PENDING,
+    QUANT_ERROR_ARRAYS,
+    TOKEN_DTYPES,
+    IFMArrays,
+    attributes,
+    slot_offsets,
+)
+from .quant import SCALE_BYTES, SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +274,18 @@ class Store:
                              "not starting with '.' (it names a folder inside the store)")
         if codec not in CODECS:
             raise StoreError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
-        if dtype not in ("float16", "float32"):
-            raise StoreError(f"unsupported token dtype {dtype!r}; use float16 or float32")
+        if dtype not in TOKEN_DTYPES:
+            raise StoreError(f"unsupported token dtype {dtype!r}; use {', '.join(TOKEN_DTYPES)}")
         table = self.videos
         frames = -(-table.source_frames // frame_stride)  # ceil
         offset, total = slot_offsets(frames, frames_per_shard)
         h, w = info["grid"]
         meta = dict(info, dtype=dtype, frame_stride=frame_stride, frames_per_shard=frames_per_shard,
                     codec=codec, version=__version__)
+        # int8: each token's D values then its float16 scale, 2 more bytes (quant.py)
+        row = info["dim"] + (SCALE_BYTES if dtype == "int8" else 0)
+        if dtype == "int8":
+            meta["quantisation"] = SCHEME
         ifm_dir = self.path / "ifm"
         if "ifm" not in self.group:
             ifm_dir.mkdir(exist_ok=True)
@@ -281,8 +296,8 @@ class Store:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             g.attrs["advise_cache"] = meta
             g.create_array(
-                "tokens", shape=(total, h, w, info["dim"]), dtype=dtype,
-                chunks=(1, h, w, info["dim"]), shards=(frames_per_shard, h, w, info["dim"]),
+                "tokens", shape=(total, h, w, row), dtype=dtype,
+                chunks=(1, h, w, row), shards=(frames_per_shard, h, w, row),
                 compressors=CODECS[codec], fill_value=0, dimension_names=("row", "y", "x", "channel"),
             )
             n = len(table)
@@ -297,6 +312,10 @@ class Store:
                            dimension_names=("video",))
             g.create_array("checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM,
                            dimension_names=("video",))
+            if dtype == "int8":  # measured at extraction against the float tokens (NaN: not yet)
+                for name in QUANT_ERROR_ARRAYS:
+                    g.create_array(name, shape=(n,), chunks=(1,), dtype="float32", fill_value=float("nan"),
+                                   dimension_names=("video",))
 
         atomic_create(ifm_dir / key, build)
         _consolidate(self.path)
@@ -406,4 +425,21 @@ def summarize(store: Store) -> dict:
             "frames": int(a.frames[done].sum()),
             "bytes": a.stored_bytes(),
         }
+        errors = a.quant_errors()
+        if errors is not None:
+            out["ifms"][key]["quant_error"] = quant_error_summary(errors, done, table.name)
+    return out
+
+
+def quant_error_summary(errors: tuple[np.ndarray, np.ndarray], done: np.ndarray, names) -> dict:
+    """Mean and worst of the per-video quantisation errors of an int8 group's done videos."""
+    rel, cos = errors
+    measured = done & np.isfinite(rel) & np.isfinite(cos)
+    out = {"videos": int(measured.sum()), "unmeasured": int((done & ~measured).sum())}
+    if measured.any():
+        idx = np.flatnonzero(measured)
+        worst = int(idx[np.argmax(rel[idx])])
+        out.update(rel_l2_mean=float(rel[idx].mean()), rel_l2_worst=float(rel[worst]),
+                   cos_mean=float(cos[idx].mean()), cos_worst=float(cos[idx].min()),
+                   worst_video=str(names[worst]))
     return out
