@@ -13,6 +13,7 @@ classes in the same order (`check_classes`). `load_model` does both and builds t
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from .errors import MismatchError
 from .loader import TokenSource
 from .models import ClipClassifier, TMMConfig, create_model
 from .train_config import TrainConfig, config_from_dict, config_to_dict
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 SIDECAR = "checkpoint.json"
@@ -194,7 +197,14 @@ def token_source(meta: CheckpointMeta, store, what: str) -> TokenSource:
     checked to be the features it was trained on."""
     trained = meta.fingerprint["ifms"]
     source = TokenSource(store, trained if set(trained) <= set(store.ifm_keys()) else None)
-    check_features(meta.fingerprint, store.fingerprint(source.keys), what)
+    fingerprint = store.fingerprint(source.keys)
+    check_features(meta.fingerprint, fingerprint, what)
+    was, now = (int(f["features"][0].get("frame_stride") or 1) for f in (meta.fingerprint, fingerprint))
+    if was != now:  # the same features, but the clip stride counts stored frames
+        stride = meta.config.sampler.stride
+        log.warning("%s: its clip stride, %d stored frames, was %d frames of the video on the store it was "
+                    "trained on (frame stride %d) and is %d here (frame stride %d)",
+                    what, stride, stride * was, was, stride * now, now)
     return source
 
 

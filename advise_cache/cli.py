@@ -118,20 +118,26 @@ def extract(
     shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "/".join(map(str, EXTRACT.shard)),
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = EXTRACT.seed,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Probe the videos and print the store's size (per frame, in all, for each --frame-stride/--dtype) and the free space where it goes; write nothing.")] = False,
 ):
     """Decode every video, run the frozen image model once per frame, store the patch tokens.
 
     Dataset layouts (as downloaded, mmaction2's, torchvision's): docs/DATASETS.md.
+    A run that the disk cannot hold stops before writing anything (see --dry-run).
     """
     flags = dict(locals())
     from .datasets import default_root
-    from .extract import extract_videos, parse_shard
+    from .extract import extract_videos, parse_shard, plan_extraction
 
     cfg = ExtractConfig(**{
         **_same_name_fields(ExtractConfig, flags),
         "root": root or default_root(dataset), "out": out or Path(f"{dataset.lower()}.zarr"),
         "codec": codec or EXTRACT.codec, "shard": parse_shard(shard),
     })
+    if dry_run:
+        plan = plan_extraction(cfg)
+        typer.echo(json.dumps(asdict(plan), indent=2, default=str) if json_out else "\n".join(plan.lines()))
+        return
     summary = extract_videos(cfg)
     if json_out:
         typer.echo(json.dumps(asdict(summary), indent=2))
@@ -276,7 +282,8 @@ def _train_command(task: str):
         weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TRAIN.weight_decay,
         label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
         frames: Annotated[int, typer.Option(help="Frames per clip.")] = SAMPLER.frames,
-        stride: Annotated[int, typer.Option(help="Base stride between clip frames (stored frames).")] = SAMPLER.stride,
+        stride: Annotated[int, typer.Option(help="Base stride between clip frames, in stored frames (a store made with --frame-stride 2 holds every 2nd frame).")] = SAMPLER.stride,
+        source_stride: Annotated[Optional[int], typer.Option(help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2).")] = TRAIN.source_stride,
         rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(map(str, SAMPLER.rates)),
         jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
         clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
-from .ifm import check_weights, create_ifm
+from .ifm import check_weights, create_ifm, model_shape
+from .plan import SizePlan, check_fits, size_plan
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
 
@@ -197,18 +198,25 @@ def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, fl
 
 
 # -- main side -----------------------------------------------------------------------------
-def _ensure_store(cfg: ExtractConfig, index, workers: int) -> None:
+def _existing_store(cfg: ExtractConfig, index):
+    """The store at --out, checked to hold this dataset's video list; None when there is none."""
+    if not (cfg.out / "zarr.json").exists():
+        return None
+    store = open_store(cfg.out)
     names = [r.name for r in index.records]
-    if (cfg.out / "zarr.json").exists():
-        store = open_store(cfg.out)
-        splits = [r.split for r in index.records]
-        if (store.videos.name.tolist(), store.videos.split.tolist(), store.dataset) != (names, splits, index.dataset):
-            raise StoreError(
-                f"{cfg.out} was built from another video list ({store.dataset} split {store.source['split']},"
-                f" {len(store.videos)} videos; now {index.dataset} split {index.official_split}, {len(names)}"
-                " videos). Use a new --out"
-            )
-        return
+    splits = [r.split for r in index.records]
+    if (store.videos.name.tolist(), store.videos.split.tolist(), store.dataset) != (names, splits, index.dataset):
+        raise StoreError(
+            f"{cfg.out} was built from another video list ({store.dataset} split {store.source['split']},"
+            f" {len(store.videos)} videos; now {index.dataset} split {index.official_split}, {len(names)}"
+            " videos). Use a new --out"
+        )
+    return store
+
+
+def _probe_table(cfg: ExtractConfig, index, workers: int) -> dict:
+    """The video table of a new store: every video probed for its frames and rate."""
+    names = [r.name for r in index.records]
     if cfg.out.exists() and any(cfg.out.iterdir()):
         raise StoreError(f"{cfg.out} exists and is not a store; refusing to write into it")
     parent = next(p for p in (cfg.out, *cfg.out.absolute().parents) if p.exists())
@@ -226,23 +234,69 @@ def _ensure_store(cfg: ExtractConfig, index, workers: int) -> None:
         "source_frames": [p[0] for p in probes],
         "probe_error": [p[2] for p in probes],
     }
-    create_store(cfg.out, index.dataset, str(index.root), index.classes, table, index.source())
+    return table
 
 
-def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
-    """Run stage 1 for this process's share of the videos; return what it did."""
+def _written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
+    """Videos this run will not write: done or failed in a group of the same stride and dtype."""
+    if key not in store.ifm_keys():
+        return np.zeros(len(store.videos), bool)
+    a = store.ifm(key)
+    if (a.meta["frame_stride"], a.meta["dtype"]) != (cfg.frame_stride, cfg.dtype):
+        return np.zeros(len(store.videos), bool)  # add_ifm refuses this group anyway
+    return a.status() != PENDING
+
+
+def _plan(cfg: ExtractConfig, key: str, grid, dim: int, store, table: dict | None) -> SizePlan:
+    frames = store.videos.source_frames if table is None else np.asarray(table["source_frames"], np.int64)
+    written = _written(store, key, cfg) if table is None else np.zeros(len(frames), bool)
+    return size_plan(cfg.out, cfg.model, grid, dim, frames, written, cfg.frame_stride, cfg.dtype,
+                     cfg.frames_per_shard, cfg.codec)
+
+
+def _ensure_store(cfg: ExtractConfig, index, workers: int, key: str, grid, dim: int) -> None:
+    """Create the store unless it exists; either way refuse, before writing, one that cannot fit."""
+    store = _existing_store(cfg, index)
+    table = None if store is not None else _probe_table(cfg, index, workers)
+    check_fits(_plan(cfg, key, grid, dim, store, table))
+    if table is not None:
+        create_store(cfg.out, index.dataset, str(index.root), index.classes, table, index.source())
+
+
+def _check_flags(cfg: ExtractConfig) -> str:
+    """The numbers and the key a user passes, checked before any work; returns the key."""
     if cfg.frame_stride < 1 or (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.frames_per_shard < 1:
         raise AdviseCacheError("--frame-stride, --batch-size and --frames-per-shard must be >= 1")
     if cfg.writers < 1:
         raise AdviseCacheError("--writers must be >= 1")
-    t0 = time.perf_counter()
-    (k, n), device = resolve_launch(cfg.shard, cfg.device)
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
                                "'.' (it names a folder inside the store)")
     if cfg.out.exists() and not cfg.out.is_dir():
         raise StoreError(f"--out {cfg.out} is a file, not a store")
+    return key
+
+
+def plan_extraction(cfg: ExtractConfig) -> SizePlan:
+    """`extract --dry-run`: the store's size for these settings and the free space where it
+    goes. Probes the videos (or reads an existing store's table), loads no weights, writes nothing."""
+    key = _check_flags(cfg)
+    index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
+    grid, dim = model_shape(cfg.model)
+    store = _existing_store(cfg, index)
+    table = None
+    if store is None:
+        workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
+        table = _probe_table(cfg, index, workers)
+    return _plan(cfg, key, grid, dim, store, table)
+
+
+def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
+    """Run stage 1 for this process's share of the videos; return what it did."""
+    key = _check_flags(cfg)
+    t0 = time.perf_counter()
+    (k, n), device = resolve_launch(cfg.shard, cfg.device)
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     # The weights before any store: a model that cannot be built leaves nothing behind;
     # weights not on this machine are told before open_clip's slow import.
@@ -251,7 +305,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
     try:
-        _ensure_store(cfg, index, workers)
+        _ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim)
         store = open_store(cfg.out, mode="a")
         arrays = store.add_ifm(key, ifm.info(), cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
     except OSError as e:  # a read-only folder, a full disk

@@ -131,6 +131,27 @@ def _check_flags(cfg: TrainConfig) -> None:
         raise AdviseCacheError(f"--rates must differ from each other, got {','.join(map(str, cfg.sampler.rates))}")
 
 
+def resolve_stride(cfg: TrainConfig) -> TrainConfig:
+    """The config with the sampler's stride in stored frames. A store extracted with
+    --frame-stride s holds source frames 0, s, 2s, ... of each video, so a base stride of
+    `source_stride` source frames is source_stride / s stored frames, served exactly only when
+    s divides it. Without a source stride, sampler.stride counts stored frames as given."""
+    fs = int(open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta["frame_stride"])
+    if cfg.source_stride is None:
+        if fs > 1:
+            log.warning("--stride %d counts stored frames: %s keeps every %d-th frame, so clip frames are %d "
+                        "frames of the video apart (--source-stride N counts frames of the video)",
+                        cfg.sampler.stride, cfg.cache, fs, cfg.sampler.stride * fs)
+        return cfg
+    if cfg.source_stride < 1 or cfg.source_stride % fs:
+        raise MismatchError(
+            f"--source-stride {cfg.source_stride}: {cfg.cache} holds every {fs}-th frame of each video "
+            f"(extracted with --frame-stride {fs}), so clip frames can only be a multiple of {fs} frames "
+            f"apart; use --source-stride {fs} or {2 * fs}, or a store extracted with a --frame-stride "
+            f"that divides {cfg.source_stride}")
+    return replace(cfg, sampler=replace(cfg.sampler, stride=cfg.source_stride // fs))
+
+
 def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
     if cfg.task not in TASKS:
@@ -248,6 +269,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
 def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     error, s = None, None
     try:
+        cfg = resolve_stride(cfg)
         s = _setup(cfg, d)
     except AdviseCacheError as e:
         error = e

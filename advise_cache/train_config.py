@@ -34,6 +34,10 @@ class TrainConfig:
     weight_decay: float = 1e-6
     label_smoothing: float = 0.05
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # The base stride in frames of the videos, when given: the run sets sampler.stride (which
+    # counts stored frames) to it divided by the store's frame stride, and refuses a source
+    # stride the store does not hold (see `train.resolve_stride`).
+    source_stride: int | None = None
     clip_mode: str = "stride"  # classification clips: "stride" or "segment"
     tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
     init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)

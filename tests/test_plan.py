@@ -1,0 +1,145 @@
+"""The size plan (issue 12): `extract --dry-run` prints what a store will take and writes
+nothing; its bytes are the bytes extraction writes; a run the disk cannot hold is refused
+before anything is written, naming the options that would fit. A disk that fills during a run
+anyway is tests/test_storage_errors.py's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract_config, write_video
+from typer.testing import CliRunner
+
+from advise_cache import plan as plan_mod
+from advise_cache.cli import app
+from advise_cache.extract import extract_videos, plan_extraction
+from advise_cache.ifm import create_ifm, model_shape
+from advise_cache.integrity import verify
+from advise_cache.shards import index_bytes
+from advise_cache.store import open_store
+
+runner = CliRunner()
+FRAMES = (7, 10, 12, 9, 1)  # shards of 4: full, cut, and a one-frame video
+PER = 4
+# The whole store folder beyond the plan's bytes: zarr.json files, the video table and three
+# one-chunk files per video (status, reason, checksum): 28,366 bytes for these five videos at
+# either stride when this test was written.
+METADATA_TOLERANCE = 40_000
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for i, frames in enumerate(FRAMES):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", frames, seed=i)
+    return root
+
+
+def config(root: Path, out: Path, **kw):
+    return extract_config(root, out, dataset="folder", frames_per_shard=PER, **kw)
+
+
+def args(root: Path, out: Path, *more: str) -> list[str]:
+    return ["extract", "folder", "--root", str(root), "--out", str(out), "--model", "test-vit", "--pretrained",
+            "none", "--device", "cpu", "--workers", "0", "--frames-per-shard", str(PER), *more]
+
+
+def messages(output: str) -> list[str]:
+    bar = re.compile(r"(probe|extract [\w.-]+):\s+\d+%\|")
+    return [t for t in re.split(r"[\r\n]", output) if t.strip() and not bar.match(t)]
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_plan_is_the_bytes_extraction_writes(root, tmp_path, stride):
+    out = tmp_path / "s.zarr"
+    plan = plan_extraction(config(root, out, frame_stride=stride))
+    assert not out.exists()  # the dry run wrote nothing
+    rows = [-(-n // stride) for n in FRAMES]
+    frame = 4 * 4 * 64 * 2  # test-vit: a 4x4 grid of 64 float16 channels
+    assert plan.chosen.frame_bytes == frame and plan.chosen.frames == sum(rows)
+    assert plan.chosen.bytes == sum(r * frame + -(-r // PER) * index_bytes(PER) for r in rows)
+
+    assert extract_videos(config(root, out, frame_stride=stride)).done == len(FRAMES)
+    # The shard files are exactly the plan; the whole folder adds only metadata.
+    assert folder_bytes(out / "ifm" / "test-vit" / "tokens" / "c") == plan.chosen.bytes
+    assert 0 < folder_bytes(out) - plan.chosen.bytes < METADATA_TOLERANCE
+    # Once extracted, nothing is left to write.
+    again = plan_extraction(config(root, out, frame_stride=stride))
+    assert again.chosen.bytes == plan.chosen.bytes and again.chosen.to_write == 0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(root, tmp_path):
+    out = tmp_path / "new" / "s.zarr"
+    r = runner.invoke(app, args(root, out, "--dry-run"))
+    assert r.exit_code == 0, r.output
+    text = "\n".join(messages(r.output))
+    assert f"plan for {out}: test-vit tokens 4x4x64 float16, frame stride 1" in text
+    assert f"frames: {sum(FRAMES)} in the videos, {sum(FRAMES)} stored" in text
+    assert "bytes per frame: 2048 (4x4 tokens x 128 bytes)" in text
+    assert "free where the store goes: " in text and ": fits" in text
+    assert "time: unknown" in text
+    assert re.search(r"stride 2 +float16: .*fits", text), text
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_store_the_disk_cannot_hold_is_refused_before_writing(root, tmp_path, monkeypatch):
+    out = tmp_path / "s.zarr"
+    plan = plan_extraction(config(root, out))
+    half = next(o for o in plan.options if o.frame_stride == 2 and o.dtype == "float16")
+    # Room for the stride-2 store, not for the stride-1 one.
+    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: half.needed)
+    r = runner.invoke(app, args(root, out))
+    assert r.exit_code == 2, r.output
+    told = messages(r.output)
+    assert len(told) == 1 and told[0].startswith(f"error: {out} needs "), r.output
+    assert "nothing was written. these would fit: --frame-stride 2 (" in told[0], told[0]
+    assert "or an --out on a disk with" in told[0]
+    assert not out.exists()
+    # The option it names does fit, and makes a whole store.
+    r = runner.invoke(app, args(root, out, "--frame-stride", "2"))
+    assert r.exit_code == 0, r.output
+    assert verify(open_store(out)) == []
+
+
+def test_when_no_option_fits_it_asks_for_another_out(root, tmp_path, monkeypatch):
+    out = tmp_path / "s.zarr"
+    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: 1000)
+    r = runner.invoke(app, args(root, out))
+    assert r.exit_code == 2, r.output
+    told = messages(r.output)
+    assert len(told) == 1 and "nothing was written. use an --out on a disk with " in told[0], r.output
+    assert "(--frame-stride 2 would not fit either)" in told[0]
+    assert not out.exists()
+
+
+def test_a_resumed_run_needs_room_only_for_what_is_left(root, tmp_path, monkeypatch):
+    out = tmp_path / "s.zarr"
+    assert extract_videos(config(root, out)).done == len(FRAMES)
+    monkeypatch.setattr(plan_mod, "free_bytes", lambda path: plan_mod.SLACK_FIXED)
+    assert extract_videos(config(root, out)).already_done == len(FRAMES)
+
+
+def test_model_shape_needs_no_weights():
+    ifm = create_ifm("test-vit", "none", "cpu")
+    assert model_shape("test-vit") == (ifm.grid, ifm.dim)
+    # Architectures whose weights this machine does not have: built on the meta device.
+    assert model_shape("ViT-B-16") == ((14, 14), 768)
+    assert model_shape("DINOv2-B-14") == ((16, 16), 768)
+
+
+def test_a_new_dtype_is_one_line_of_the_table(monkeypatch):
+    """int8 with a float16 scale per token: D + 2 bytes, offered beside float16 once extract stores it."""
+    monkeypatch.setitem(plan_mod.TOKEN_BYTES, "int8", lambda dim: dim + 2)
+    plan = plan_mod.size_plan(Path("x.zarr"), "ViT-B-16", (14, 14), 768, np.array([250, 100]), np.zeros(2, bool),
+                              1, "float16", 64)
+    by = {(o.frame_stride, o.dtype): o for o in plan.options}
+    assert set(by) == {(1, "float16"), (1, "int8"), (2, "float16"), (2, "int8")}
+    assert by[1, "float16"].frame_bytes == 301_056 and by[1, "int8"].frame_bytes == 196 * 770
+    assert by[2, "int8"].flags() == "--frame-stride 2 --dtype int8"
