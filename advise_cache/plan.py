@@ -32,6 +32,7 @@ from .shards import index_bytes
 TOKEN_BYTES: dict[str, Callable[[int], int]] = {
     "float16": lambda dim: 2 * dim,
     "float32": lambda dim: 4 * dim,
+    "int8": lambda dim: dim + 2,  # one byte a channel and a float16 scale (quant.py)
 }
 PLAN_DTYPES = ("float16", "int8")  # the savings shown side by side, where extract stores them
 PLAN_STRIDES = (1, 2)

@@ -56,22 +56,23 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_the_plan_is_the_bytes_extraction_writes(root, tmp_path, stride):
+@pytest.mark.parametrize("stride, dtype", [(1, "float16"), (2, "float16"), (2, "int8")])
+def test_the_plan_is_the_bytes_extraction_writes(root, tmp_path, stride, dtype):
     out = tmp_path / "s.zarr"
-    plan = plan_extraction(config(root, out, frame_stride=stride))
+    plan = plan_extraction(config(root, out, frame_stride=stride, dtype=dtype))
     assert not out.exists()  # the dry run wrote nothing
     rows = [-(-n // stride) for n in FRAMES]
-    frame = 4 * 4 * 64 * 2  # test-vit: a 4x4 grid of 64 float16 channels
+    # test-vit: a 4x4 grid of 64 channels, float16 or int8 with a float16 scale per token
+    frame = 4 * 4 * (64 * 2 if dtype == "float16" else 64 + 2)
     assert plan.chosen.frame_bytes == frame and plan.chosen.frames == sum(rows)
     assert plan.chosen.bytes == sum(r * frame + -(-r // PER) * index_bytes(PER) for r in rows)
 
-    assert extract_videos(config(root, out, frame_stride=stride)).done == len(FRAMES)
+    assert extract_videos(config(root, out, frame_stride=stride, dtype=dtype)).done == len(FRAMES)
     # The shard files are exactly the plan; the whole folder adds only metadata.
     assert folder_bytes(out / "ifm" / "test-vit" / "tokens" / "c") == plan.chosen.bytes
     assert 0 < folder_bytes(out) - plan.chosen.bytes < METADATA_TOLERANCE
     # Once extracted, nothing is left to write.
-    again = plan_extraction(config(root, out, frame_stride=stride))
+    again = plan_extraction(config(root, out, frame_stride=stride, dtype=dtype))
     assert again.chosen.bytes == plan.chosen.bytes and again.chosen.to_write == 0
 
 
@@ -115,7 +116,7 @@ def test_when_no_option_fits_it_asks_for_another_out(root, tmp_path, monkeypatch
     assert r.exit_code == 2, r.output
     told = messages(r.output)
     assert len(told) == 1 and "nothing was written. use an --out on a disk with " in told[0], r.output
-    assert "(--frame-stride 2 would not fit either)" in told[0]
+    assert "(--dtype int8, --frame-stride 2, --frame-stride 2 --dtype int8 would not fit either)" in told[0]
     assert not out.exists()
 
 
@@ -134,9 +135,8 @@ def test_model_shape_needs_no_weights():
     assert model_shape("DINOv2-B-14") == ((16, 16), 768)
 
 
-def test_a_new_dtype_is_one_line_of_the_table(monkeypatch):
-    """int8 with a float16 scale per token: D + 2 bytes, offered beside float16 once extract stores it."""
-    monkeypatch.setitem(plan_mod.TOKEN_BYTES, "int8", lambda dim: dim + 2)
+def test_the_plan_offers_int8_beside_float16():
+    """int8 with a float16 scale per token: D + 2 bytes."""
     plan = plan_mod.size_plan(Path("x.zarr"), "ViT-B-16", (14, 14), 768, np.array([250, 100]), np.zeros(2, bool),
                               1, "float16", 64)
     by = {(o.frame_stride, o.dtype): o for o in plan.options}
