@@ -16,7 +16,7 @@ import logging
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -98,22 +98,22 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 @user_errors
 def extract(
     dataset: Annotated[str, typer.Argument(help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]")],
-    root: Annotated[Optional[Path], typer.Option(help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset.")] = None,
+    out: Annotated[Path | None, typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder.")] = None,
     split: Annotated[int, typer.Option(help="Official split number (1-3) where the dataset has several.")] = EXTRACT.split,
-    annotations: Annotated[Optional[Path], typer.Option(help="Folder of the split/label files when they are not under --root.")] = EXTRACT.annotations,
+    annotations: Annotated[Path | None, typer.Option(help="Folder of the split/label files when they are not under --root.")] = EXTRACT.annotations,
     holdout: Annotated[bool, typer.Option(help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'.")] = EXTRACT.holdout,
     model: Annotated[str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")] = EXTRACT.model,
     pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = EXTRACT.pretrained,
-    name: Annotated[Optional[str], typer.Option(help="Key of this model in the store (default: from --model).")] = EXTRACT.name,
+    name: Annotated[str | None, typer.Option(help="Key of this model in the store (default: from --model).")] = EXTRACT.name,
     frame_stride: Annotated[int, typer.Option(help="Keep every N-th frame.")] = EXTRACT.frame_stride,
-    batch_size: Annotated[Optional[int], typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = EXTRACT.batch_size,
-    workers: Annotated[Optional[int], typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = EXTRACT.workers,
+    batch_size: Annotated[int | None, typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = EXTRACT.batch_size,
+    workers: Annotated[int | None, typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = EXTRACT.workers,
     writers: Annotated[int, typer.Option(help="Threads writing shards.")] = EXTRACT.writers,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = EXTRACT.device,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = EXTRACT.precision,
     dtype: Annotated[str, typer.Option(help="Stored token dtype: float16, float32, or int8 (one float16 scale per token, about half of float16's bytes; error recorded per video).")] = EXTRACT.dtype,
-    codec: Annotated[Optional[str], typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
+    codec: Annotated[str | None, typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
     frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = EXTRACT.frames_per_shard,
     shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "/".join(map(str, EXTRACT.shard)),
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = EXTRACT.seed,
@@ -268,14 +268,14 @@ def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r
 def _train_command(task: str):
     def command(
         cache: Annotated[Path, typer.Option(help="The store to train from.")],
-        out: Annotated[Optional[Path], typer.Option(help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none.")] = None,
-        init: Annotated[Optional[Path], typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = TRAIN.init,
+        out: Annotated[Path | None, typer.Option(help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none.")] = None,
+        init: Annotated[Path | None, typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = TRAIN.init,
         scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
         linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = TRAIN.linear_probe,
         ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = ",".join(TRAIN.ifm),
         split: Annotated[str, typer.Option(help="Split to train on.")] = TRAIN.split,
         epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = TRAIN.epochs,
-        max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
+        max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
         batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = TRAIN.batch_size,
         lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = TRAIN.lr,
         warmup_epochs: Annotated[float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")] = TRAIN.warmup_epochs,
@@ -283,7 +283,7 @@ def _train_command(task: str):
         label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
         frames: Annotated[int, typer.Option(help="Frames per clip.")] = SAMPLER.frames,
         stride: Annotated[int, typer.Option(help="Base stride between clip frames, in stored frames (a store made with --frame-stride 2 holds every 2nd frame).")] = SAMPLER.stride,
-        source_stride: Annotated[Optional[int], typer.Option(help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2).")] = TRAIN.source_stride,
+        source_stride: Annotated[int | None, typer.Option(help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2).")] = TRAIN.source_stride,
         rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(map(str, SAMPLER.rates)),
         jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
         clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,
@@ -345,7 +345,7 @@ app.command("finetune", help="Train the TMM and a new head on the store's labels
 @app.command()
 @user_errors
 def stats(
-    cache: Annotated[Optional[Path], typer.Option(help="Take the clip's grid and dim from this store.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Take the clip's grid and dim from this store.")] = None,
     clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
     classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
     tmm: Tmm = TMM.tmm, blocks: Blocks = TMM.blocks, hidden: Hidden = TMM.hidden,
@@ -387,8 +387,8 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
     views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    clip_mode: Annotated[Optional[str], typer.Option(help="stride or segment (default: as trained).")] = None,
-    confusion: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")] = None,
+    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    confusion: Annotated[Path | None, typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
@@ -418,8 +418,8 @@ def visualize(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder): the first model row.")],
     video: Annotated[str, typer.Option(help="Name of the video in the store (as `info` lists them).")],
     out: Annotated[Path, typer.Option(help="The figure to write (PNG).")],
-    compare: Annotated[Optional[list[Path]], typer.Option(help="More checkpoints, a row each (repeatable).")] = None,
-    video_root: Annotated[Optional[Path], typer.Option(help="Where the dataset root is now, if it moved since extraction.")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(help="More checkpoints, a row each (repeatable).")] = None,
+    video_root: Annotated[Path | None, typer.Option(help="Where the dataset root is now, if it moved since extraction.")] = None,
     frames: Annotated[int, typer.Option(help="Frames of the clip (columns).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
 ):
@@ -439,14 +439,15 @@ def embed(
     out: Annotated[Path, typer.Option(help="The .npz to write: embeddings, names, labels, classes, meta.")],
     views: Annotated[int, typer.Option(help="Clips per video; their pooled features are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to embed, or all.")] = "test",
-    clip_mode: Annotated[Optional[str], typer.Option(help="stride or segment (default: as trained).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Also draw a 2-D t-SNE coloured by class (PNG).")] = None,
+    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw a 2-D t-SNE coloured by class (PNG).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
 ):
     """One embedding per video (pooled TMM output averaged over views), optionally a t-SNE plot."""
     from tqdm import tqdm
 
-    from .embed import embed as run, plot_embeddings, save_embeddings
+    from .embed import embed as run
+    from .embed import plot_embeddings, save_embeddings
 
     emb = run(cache, checkpoint, views, split, device, clip_mode,
               progress=lambda xs: tqdm(xs, desc="embed", unit="batch"))

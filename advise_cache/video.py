@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
-from pathlib import Path
-
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np

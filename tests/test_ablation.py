@@ -20,7 +20,6 @@ import pytest
 from conftest import load_pipeline
 
 
-
 @pytest.fixture(scope="module")
 def ablation():
     pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")

@@ -102,8 +102,8 @@ def test_a_missing_split_file_names_what_it_sees_instead(tmp_path):
     touch(root / "annotations" / "readme.txt")
     with pytest.raises(LayoutError) as e:
         load_dataset("hmdb51", root)
-    assert str(e.value).startswith(f"hmdb51: expected <class>_test_split1.txt (the official splits "
-                                   f"(http://serre-lab.clps.brown.edu/")
+    assert str(e.value).startswith("hmdb51: expected <class>_test_split1.txt (the official splits "
+                                   "(http://serre-lab.clps.brown.edu/")
     assert f"nothing of that name within {root}; nearby it sees split_info.txt, readme.txt" in str(e.value)
 
 

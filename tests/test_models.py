@@ -14,9 +14,9 @@ from advise_cache.models import (
     TMM,
     Bottleneck3D,
     TMMConfig,
-    forward_cost,
     count_params,
     create_model,
+    forward_cost,
     model_stats,
 )
 
