@@ -153,7 +153,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Summarise a store: videos, image models, frames, bytes, failures."""
-    from .store import open_store, summarize
+    from .store import open_store
+    from .summary import summarize, summary_lines
 
     s = summarize(open_store(store))
     if json_out:
@@ -171,38 +172,8 @@ def info(
         }
         typer.echo(json.dumps({**flat, **s}, indent=2))
         return
-    typer.echo(f"{s['path']}: dataset {s['dataset']} split {s['split']}, {s['videos']} videos "
-               f"({', '.join(f'{k} {v}' for k, v in s['splits'].items())}), {s['classes']} classes")
-    typer.echo(f"  from {s['root']}" + _annotation_text(s["annotations"]))
-    if s["format"] < 2:
-        typer.echo(f"  store format {s['format']}: text columns only zarr-python reads (docs/STORE.md)")
-    if s["missing"]:
-        shown = ", ".join(s["missing"][:5]) + (f" and {len(s['missing']) - 5} more (--json lists all)"
-                                              if len(s["missing"]) > 5 else "")
-        typer.echo(f"  {len(s['missing'])} listed videos missing on disk, not extracted: {shown}")
-    for key, m in s["ifms"].items():
-        per = m["bytes"] / m["frames"] / 1e3 if m["frames"] else 0
-        typer.echo(f"  {key}: {m['model']} ({m['pretrained']}) grid {m['grid'][0]}x{m['grid'][1]} dim {m['dim']} "
-                   f"{m['dtype']} stride {m['frame_stride']} codec {m['codec']}")
-        typer.echo(f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
-                   f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)")
-        q = m.get("quant_error")
-        if q and q["videos"]:
-            typer.echo(f"    int8 error vs float tokens ({q['videos']} videos): relative L2 mean "
-                       f"{q['rel_l2_mean']:.2%}, worst {q['rel_l2_worst']:.2%} ({q['worst_video']}); "
-                       f"cosine mean {q['cos_mean']:.5f}, worst {q['cos_worst']:.5f}")
-        for f in m["failed"]:
-            typer.echo(f"    failed {f['name']}: {f['reason']}")
-    if not s["ifms"]:
-        typer.echo("  no image model extracted yet")
-
-
-def _annotation_text(files: list[str]) -> str:
-    """'; annotations a.txt, b.txt in DIR' for each folder of annotation files."""
-    by_dir: dict[str, list[str]] = {}
-    for f in files:
-        by_dir.setdefault(str(Path(f).parent), []).append(Path(f).name)
-    return "".join(f"; annotations {', '.join(names)} in {d}" for d, names in by_dir.items())
+    for line in summary_lines(s):
+        typer.echo(line)
 
 
 @app.command()

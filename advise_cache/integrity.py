@@ -14,7 +14,8 @@ import numpy as np
 from .errors import first_line
 from .ifm_arrays import DONE, NO_CHECKSUM, PENDING
 from .quant import SCALE_BYTES, dequantize_numpy
-from .store import Store, quant_error_summary
+from .store import Store
+from .summary import quant_error_summary
 
 # A video of an int8 store whose tokens lose more than this (relative L2, against the float
 # tokens at extraction) is named by `verify`: about 7x what Gaussian tokens of width 768 lose

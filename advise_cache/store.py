@@ -47,7 +47,9 @@ import zarr.codecs
 from . import __version__
 from .atomic import atomic_create, building, clean_leftovers
 from .errors import StoreError, first_line
-from .ifm_arrays import (
+
+# The status values are public through this module too (`from advise_cache.store import DONE`).
+from .ifm_arrays import (  # noqa: F401
     DONE,
     FAILED,
     NO_CHECKSUM,
@@ -386,60 +388,3 @@ def _damage(e: BaseException) -> str:
     if isinstance(e, KeyError):
         return f"{e.args[0] if e.args else e} is missing"
     return f"{type(e).__name__}: {first_line(e, 200)}"
-
-
-def summarize(store: Store) -> dict:
-    """The facts `advise-cache info` prints."""
-    table = store.videos
-    source = store.source
-    out = {
-        "path": str(store.path),
-        "format": store.format,
-        "dataset": store.dataset,
-        "root": store.meta.get("root"),
-        "split": source["split"],
-        "annotations": source["annotations"],
-        "classes": len(store.classes),
-        "videos": len(table),
-        "splits": {s: int((table.split == s).sum()) for s in sorted(set(table.split.tolist()))},
-        "missing": source["missing"],
-        "ifms": {},
-    }
-    for key in store.ifm_keys():
-        a = store.ifm(key)
-        status = a.status()
-        done = status == DONE
-        reasons = a.reasons()
-        out["ifms"][key] = {
-            "model": a.meta["model"],
-            "pretrained": a.meta["pretrained"],
-            "grid": list(a.grid),
-            "dim": a.dim,
-            "dtype": a.meta["dtype"],
-            "frame_stride": a.meta["frame_stride"],
-            "codec": a.meta["codec"],
-            "done": int(done.sum()),
-            "pending": int((status == PENDING).sum()),
-            "failed": [{"name": str(table.name[i]), "reason": str(reasons[i])}
-                       for i in np.flatnonzero(status == FAILED)],
-            "frames": int(a.frames[done].sum()),
-            "bytes": a.stored_bytes(),
-        }
-        errors = a.quant_errors()
-        if errors is not None:
-            out["ifms"][key]["quant_error"] = quant_error_summary(errors, done, table.name)
-    return out
-
-
-def quant_error_summary(errors: tuple[np.ndarray, np.ndarray], done: np.ndarray, names) -> dict:
-    """Mean and worst of the per-video quantisation errors of an int8 group's done videos."""
-    rel, cos = errors
-    measured = done & np.isfinite(rel) & np.isfinite(cos)
-    out = {"videos": int(measured.sum()), "unmeasured": int((done & ~measured).sum())}
-    if measured.any():
-        idx = np.flatnonzero(measured)
-        worst = int(idx[np.argmax(rel[idx])])
-        out.update(rel_l2_mean=float(rel[idx].mean()), rel_l2_worst=float(rel[worst]),
-                   cos_mean=float(cos[idx].mean()), cos_worst=float(cos[idx].min()),
-                   worst_video=str(names[worst]))
-    return out

@@ -21,7 +21,8 @@ from advise_cache.errors import AdviseCacheError, StoreError
 from advise_cache.extract import EXIT_SOME_FAILED, extract_videos, parse_shard
 from advise_cache.ifm import create_ifm
 from advise_cache.integrity import verify
-from advise_cache.store import DONE, FAILED, open_store, summarize
+from advise_cache.store import DONE, FAILED, open_store
+from advise_cache.summary import summarize
 from advise_cache.video import decode_frames
 
 runner = CliRunner()

@@ -21,7 +21,8 @@ from advise_cache.integrity import quant_notes, verify
 from advise_cache.loader import ClipLoader, TokenSource
 from advise_cache.quant import dequantize, dequantize_numpy, error_sums, quantize, summarise_error
 from advise_cache.sampling import SamplerConfig, prp_epoch
-from advise_cache.store import DONE, open_store, summarize
+from advise_cache.store import DONE, open_store
+from advise_cache.summary import summarize
 from advise_cache.video import decode_frames
 
 runner = CliRunner()
