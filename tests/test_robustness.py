@@ -257,12 +257,26 @@ def _session(sid: int) -> list[int]:
     return out
 
 
+def _spawned(sid: int) -> list[int]:
+    """Processes of session `sid` started by multiprocessing (workers, its resource tracker)."""
+    out = []
+    for pid in _session(sid):
+        try:
+            if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
 def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
     proc = subprocess.Popen([*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out), "--model",
                              "test-vit", "--pretrained", "none", "--workers", "2", "--batch-size", "4",
                              "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal job is
-    while proc.poll() is None and len(_session(proc.pid)) < 2:  # a first worker is starting
+    # A first spawned worker is starting (not a helper that importing torch may run for a moment,
+    # which would have the signal land while the CLI is still importing).
+    while proc.poll() is None and not _spawned(proc.pid):
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read()
     return proc
@@ -305,7 +319,7 @@ def test_workers_die_with_a_killed_parent():
     proc = subprocess.Popen([sys.executable, "-c", _POOL], start_new_session=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
-        while proc.poll() is None and len(_session(proc.pid)) < 3:
+        while proc.poll() is None and len(_spawned(proc.pid)) < 2:  # the pool's processes are up
             time.sleep(0.05)
         assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)  # the parent only
