@@ -107,6 +107,7 @@ def test_loader_dequantises_the_stored_rows(int8_store):
     store = open_store(int8_store)
     source = TokenSource(store)
     assert source.dim == 64 and source.dtype == np.float16 and source.quantised
+    assert store.ifm().shard_reader() is not None  # read from the shard files, as float16 is, not via zarr
     videos, _ = source.videos("train")
     plan = prp_epoch(videos, source.frames[videos], SamplerConfig(), seed=1, epoch=0)
     loader = ClipLoader(source, plan, batch_size=8)
