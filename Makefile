@@ -19,7 +19,7 @@ ABLATION_OUT ?= runs/ablations
 JOBS ?= 1
 ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $(SEED) \
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
-ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm
+ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
 .PHONY: venv test demo lint clean bench-extract bench-loader bench-efficiency bench-gpu \
 	$(addprefix ablation-,$(ABLATIONS))

@@ -4,6 +4,7 @@
     .venv/bin/python pipelines/ablation.py tmm-depth --cache ucf101.zarr,diving48.zarr \\
         --epochs 200 --ft-epochs 50 --jobs 2
     .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
+    .venv/bin/python pipelines/ablation.py storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
 
 Each setting (ablation_plan.py) runs in OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP
 pretraining), ft/ (fine-tuned from it: Acc_ft) and scratch/ (from a random TMM: ΔAcc = Acc_ft -
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
+import itertools
 import json
 import logging
 import multiprocessing
@@ -37,6 +39,9 @@ from common import REPO, quiet
 # The synthetic stores and videos per class (train, test): the demo's sizes (pipelines/demo.py).
 SYNTHETIC = {"synthetic-appearance": (12, 6), "synthetic-temporal": (12, 6), "synthetic-motion": (12, 12)}
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
+# Stores extracted from each family's videos: (name suffix, token dtype, frame stride).
+ONE_STORE = (("", "float16", 1),)
+STORAGE = ONE_STORE + (("-int8", "int8", 1), ("-s2", "float16", 2), ("-int8-s2", "int8", 2))
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,9 @@ RECIPES = {
 
 
 # -- stores ------------------------------------------------------------------------------------
-def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
-    """The synthetic stores under `data`, built on first use (a lock keeps concurrent ablations
-    from extracting the same store twice)."""
+def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[Path]:
+    """The synthetic stores under `data`, each family's `variants`, built on first use (a lock
+    keeps concurrent ablations from extracting the same store twice)."""
     from advise_cache.extract import ExtractConfig, extract_videos
     from advise_cache.store import DONE, open_store
     from advise_cache.synthetic import generate_synthetic
@@ -81,8 +86,9 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
     stores = []
     with open(data / ".ablation-stores.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for dataset, (train_n, test_n) in SYNTHETIC.items():
-            out = data / f"{dataset}.zarr"
+        for (dataset, (train_n, test_n)), (suffix, dtype, stride) in itertools.product(SYNTHETIC.items(),
+                                                                                       variants):
+            out = data / f"{dataset}{suffix}.zarr"
             for key, seed in [("test-vit", 0)] + ([SECOND_IFM] if second_ifm else []):
                 if (out / "zarr.json").exists() and key in (s := open_store(out)).ifm_keys() \
                         and (s.ifm(key).status() == DONE).all():
@@ -92,7 +98,7 @@ def synthetic_stores(data: Path, second_ifm: bool) -> list[Path]:
                                    test_per_class=test_n)
                 cfg = ExtractConfig(dataset=dataset, root=data / dataset, out=out, model="test-vit",
                                     pretrained="none", name=key, seed=seed, workers=0, device="cpu",
-                                    progress=False)
+                                    dtype=dtype, frame_stride=stride, progress=False)
                 if failed := extract_videos(cfg).failed:
                     raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
             stores.append(out)
@@ -119,7 +125,8 @@ def run_setting(folder: Path) -> dict:
     common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"], "lr": r["lr"],
               "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
               "resume": True, "device": spec["device"], "seed": s["seed"], "progress": False,
-              "loader_threads": 1 if spec["preload"] else 4}
+              "loader_threads": 1 if spec["preload"] else 4,
+              "sampler": SamplerConfig(stride=s.get("stride", 2))}  # a stride-2 store: 1 (ablation_plan)
     seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
     tag = f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}]"
 
@@ -139,9 +146,9 @@ def run_setting(folder: Path) -> dict:
 
     prp = None
     if tmm.tmm != "none":
-        sampler = SamplerConfig(clips_per_video=r["prp_clips"])
+        sampler = replace(common["sampler"], clips_per_video=r["prp_clips"])
         prp = stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"],
-                                batch_size=r["batch_size"], sampler=sampler, **common))
+                                batch_size=r["batch_size"], **{**common, "sampler": sampler}))
     fts = {name: stage(TrainConfig(out=folder / name, task="classify", epochs=r["ft_epochs"],
                                    batch_size=r["ft_batch_size"], init=init, **common))
            for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
@@ -149,7 +156,7 @@ def run_setting(folder: Path) -> dict:
     ft = fts.get("ft", fts["scratch"])
     result = {
         "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"],
-        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]),
+        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]), "stride": s.get("stride", 2),
         **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
         "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "macs": stats["macs"],
         "prp_acc": prp["acc"] if prp else None, "prp_steps": prp["step"] if prp else 0,
@@ -223,8 +230,13 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--jobs", type=int, default=1, help="settings run at once (a process pool)")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"),
+                   help="storage: the file whose section gets the table ('' for none)")
+    p.add_argument("--vit-per-class", type=int, default=1, help="storage: short videos per motion class "
+                   "through a random ViT-B-16, for its int8 error and loader rate (0: none)")
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
+    args.argv = list(argv)  # the command, as reports name it
     recipe = RECIPES[args.recipe or ("full" if args.cache else "synthetic")]
     if args.seeds is not None and args.seeds < 1 or args.seed < 0:
         raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
@@ -243,9 +255,11 @@ def parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging()
-    stores = synthetic_stores(args.data, args.name == "ifm") if not args.cache else [
+    variants = STORAGE if args.name == "storage" else ONE_STORE
+    stores = synthetic_stores(args.data, args.name == "ifm", variants) if not args.cache else [
         Path(p) for p in args.cache.split(",") if p]
-    infos = label_stores([describe_store(p) for p in stores])
+    infos = [describe_store(p) for p in stores]  # storage: a dataset's stores are its settings
+    infos = infos if args.name == "storage" else label_stores(infos)
     out = args.out / args.name
     check_recipe(out, args.recipe)
     settings, notes = [], []
@@ -272,6 +286,10 @@ def main(argv=None) -> int:
     rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
     missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
     text = render(args.name, rows, args.recipe, notes, missing)
+    if args.name == "storage" and rows:
+        from ablation_storage import report
+
+        text = report(text, stores, rows, args)
     if rows:
         write_csv(out / "results.csv", rows)
         (out / "results.md").write_text(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ablation_report import SOURCE
@@ -24,6 +24,7 @@ class StoreInfo:
     dims: dict  # key -> D
     strides: dict  # key -> frame stride at extraction
     frames: int  # frames per clip (the sampler's)
+    dtypes: dict = field(default_factory=dict)  # key -> token dtype in the store
 
     def check(self, keys: tuple[str, ...]) -> None:
         """Refuse keys the store lacks, or that cannot be concatenated."""
@@ -48,6 +49,7 @@ class Setting:
     note: str = ""
     seed: int = 0
     seeds: int = 1  # how many seeds the ablation runs: one keeps the seed out of the folder
+    stride: int = 2  # the samplers' base stride, in stored frames (SamplerConfig.stride)
 
     @property
     def folder(self) -> str:
@@ -100,7 +102,8 @@ def describe_store(path: Path) -> StoreInfo:
     arrays = {k: store.ifm(k) for k in keys}
     return StoreInfo(str(path), store.dataset, keys, {k: tuple(a.grid) for k, a in arrays.items()},
                      {k: a.dim for k, a in arrays.items()},
-                     {k: int(a.meta["frame_stride"]) for k, a in arrays.items()}, SamplerConfig().frames)
+                     {k: int(a.meta["frame_stride"]) for k, a in arrays.items()}, SamplerConfig().frames,
+                     {k: a.meta["dtype"] for k, a in arrays.items()})
 
 
 def label_stores(infos: list[StoreInfo]) -> list[StoreInfo]:
@@ -135,11 +138,11 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
     settings: list[Setting] = []
     t = info.frames
 
-    def add(label, x, keys, tmm, note=""):
+    def add(label, x, keys, tmm, note="", stride=2):
         (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
         for seed in args.seeds:
             settings.append(Setting(name, info.dataset, info.path, str(label), x, tuple(keys),
-                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds)))
+                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds), stride))
 
     if name in PAPER:
         keys = default_ifm(info, args.ifm, notes)
@@ -183,6 +186,13 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
             notes.append(f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
                          "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
                          "to compare IFMs and their concatenation")
+    elif name == "storage":  # one setting per store: its dtype and frame stride
+        key = default_ifm(info, args.ifm, notes)[0]
+        stored, base = info.strides[key], 2  # the recipe's base stride, in source frames
+        if base % stored:
+            notes.append(f"{info.dataset}: a frame-stride-{stored} store cannot serve base stride {base} exactly")
+        add(f"{info.dtypes[key]}, frame stride {stored} (sampler stride {max(1, base // stored)})", None,
+            (key,), base_tmm(args, info.dims[key]), stride=max(1, base // stored))
     else:
         raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     return settings, notes

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from common import table
 
-SOURCE = {"spatial-res": "Figure 3", "channel-dim": "Figure 4", "tmm-depth": "Figure 5",
-          "tmm-width": "Figure 6", "temporal": "Table 5", "ifm": "Table 4"}
+SOURCE = {"spatial-res": "the paper's Figure 3", "channel-dim": "the paper's Figure 4",
+          "tmm-depth": "the paper's Figure 5", "tmm-width": "the paper's Figure 6",
+          "temporal": "the paper's Table 5", "ifm": "the paper's Table 4", "storage": "issue 12"}
 AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)",
         "channel-dim": "channel pool C (channels into the TMM)", "tmm-depth": "TMM blocks",
-        "tmm-width": "TMM hidden width", "temporal": "temporal module", "ifm": "image model(s)"}
+        "tmm-width": "TMM hidden width", "temporal": "temporal module", "ifm": "image model(s)",
+        "storage": "token dtype, frame stride of the store"}
 LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
-CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "tmm", "blocks", "hidden",
+CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "stride", "tmm", "blocks", "hidden",
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "macs", "prp_acc",
                "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
                "seconds", "note")
@@ -84,7 +86,7 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
 
     steps = f", at most {recipe.max_steps} steps each" if recipe.max_steps else ""
     spread = "; accuracies are mean ± sample sd over the seeds" if several else ""
-    out = [f"## Ablation {name} (the paper's {SOURCE[name]})", "",
+    out = [f"## Ablation {name} ({SOURCE[name]})", "",
            f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
            f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} "
            f"at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
@@ -145,7 +147,7 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
             ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[0].legend()
-    fig.suptitle(f"{name} (the paper's {SOURCE[name]})"
+    fig.suptitle(f"{name} ({SOURCE[name]})"
                  + (f": mean ± sample sd over {seeds} seeds" if seeds > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
