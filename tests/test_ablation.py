@@ -60,6 +60,7 @@ def test_plans_on_a_one_ifm_store(ablation, synthetic_store):
     assert labels["tmm-width"] == ["64", "256", "512", "1024", "2048"]
     assert labels["temporal"] == ["test-vit TMM", "test-vit avg-pool"]
     assert labels["ifm"] == ["test-vit"]
+    assert labels["storage"] == ["float16, frame stride 1 (sampler stride 2)"]
     notes = ablation.plan("ifm", info, args)[1]
     assert any("holds one IFM" in n for n in notes)
     full, pooled = ablation.plan("spatial-res", info, args)[0][0::3]
@@ -124,3 +125,38 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
     # Another recipe into the same folder is refused rather than mixed in.
     with pytest.raises(SystemExit, match="another recipe"):
         ablation.main([*argv[:-2], "--settings", "4", "--epochs", "2"])
+
+
+def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, synthetic_root, tmp_path, capsys):
+    from conftest import extract_config
+
+    from advise_cache.extract import extract_videos
+
+    stores = []
+    for dtype, stride in (("float16", 1), ("int8", 1), ("float16", 2), ("int8", 2)):
+        stores.append(tmp_path / f"{dtype}-s{stride}.zarr")
+        assert extract_videos(extract_config(synthetic_root, stores[-1], dtype=dtype, frame_stride=stride)).exit_code == 0
+    bench = tmp_path / "BENCHMARKS.md"
+    out = tmp_path / "runs"
+    assert ablation.main(["storage", "--cache", ",".join(map(str, stores)), "--out", str(out), "--device", "cpu",
+                          "--epochs", "1", "--ft-epochs", "1", "--max-steps", "1", "--batch-size", "8",
+                          "--ft-batch-size", "8", "--hidden", "8", "--out-dim", "16", "--views", "1",
+                          "--vit-per-class", "0", "--benchmarks", str(bench)]) == 0
+    assert "4 settings on 4 store(s)" in capsys.readouterr().out
+    rows = read_csv(out / "storage" / "results.csv")
+    assert [(r["setting"], r["stride"]) for r in rows] == [
+        ("float16, frame stride 1 (sampler stride 2)", "2"), ("int8, frame stride 1 (sampler stride 2)", "2"),
+        ("float16, frame stride 2 (sampler stride 1)", "1"), ("int8, frame stride 2 (sampler stride 1)", "1")]
+    assert all(int(r["ft_steps"]) == 1 and 0.0 <= float(r["acc_ft"]) <= 1.0 for r in rows)
+    for folder in (out / "storage" / "synthetic").iterdir():  # every stage sampled at the setting's stride
+        stride = 1 if "frame-stride-2" in folder.name else 2
+        for stage in ("prp", "ft", "scratch"):
+            assert json.loads((folder / stage / "config.json").read_text())["config"]["sampler"]["stride"] == stride
+    md = (out / "storage" / "results.md").read_text()
+    assert md.count("| synthetic |") == 8  # the ablation's table and the storage table
+    own = md.split("| dataset | store")[1].splitlines()[2:6]
+    assert "(1.00)" in own[0] and own[0].endswith("| — | — |")  # float16 at every frame: the reference
+    assert "(0.5" in own[1] and "(0.5" in own[2] and "(0.2" in own[3]  # bytes per source frame
+    assert not any(ln.endswith("| — | — |") for ln in own[1::2])  # int8: the error recorded in the store
+    section = bench.read_text()
+    assert "<!-- ablation_storage:start -->" in section and "not real CLIP tokens" in section
