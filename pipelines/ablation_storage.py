@@ -42,8 +42,9 @@ def vit_stores(data: Path, per_class: int) -> list[Path]:
     return outs
 
 
-def measure(paths: list[Path]) -> list[dict]:
-    """Per store: its facts from `summarize`, and the median ClipLoader clips/s over ROUNDS rounds."""
+def measure(paths: list[Path], device: str) -> list[dict]:
+    """Per store: its facts from `summarize`, and the median ClipLoader clips/s over ROUNDS rounds
+    (batches delivered on `device`, where int8 is dequantised)."""
     from advise_cache.store import DONE, open_store, summarize
 
     facts, plans = [], []
@@ -57,7 +58,7 @@ def measure(paths: list[Path]) -> list[dict]:
         plans.append(make_plan(path, (BATCHES + WARMUP_BATCHES) * BATCH, 0))
     for _ in range(ROUNDS):
         for f, (source, plan) in zip(facts, plans):
-            f["clips_per_s"].append(loader_now(source, plan, BATCH, threads=4))
+            f["clips_per_s"].append(loader_now(source, plan, BATCH, threads=4, device=device))
     for f in facts:
         f["clips_per_s"] = statistics.median(f["clips_per_s"])
     return facts
@@ -65,8 +66,11 @@ def measure(paths: list[Path]) -> list[dict]:
 
 def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
     """`text` (the ablation's report) with the storage table; also written to args.benchmarks."""
-    machine = describe_machine(args.device)
-    facts = measure(stores + (vit_stores(args.data, args.vit_per_class) if args.vit_per_class else []))
+    from advise_cache.runtime import resolve_device
+
+    device = str(resolve_device(args.device))
+    machine = describe_machine(device)
+    facts = measure(stores + (vit_stores(args.data, args.vit_per_class) if args.vit_per_class else []), device)
     say(f"storage: measured bytes and loader rates of {len(facts)} stores")
     acc = {r["store"]: r for r in aggregate(rows)}
     base = {(f["dataset"], f["model"]): f for f in facts if f["dtype"] == "float16" and f["frame_stride"] == 1}
@@ -96,8 +100,9 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
                    "int8 rel. L2 % mean / worst", "int8 cosine mean / worst"], lines, left=2), "",
            f"Bytes: the store's token shards (shard indexes included) over its frames. Loader: ClipLoader, "
            f"PRP clips of 8 frames, batch {BATCH}, 4 threads, {BATCHES} timed batches after {WARMUP_BATCHES}, "
-           f"median of {ROUNDS} rounds alternating the stores; the test-vit frames are small (4 x 4 x 64), so "
-           "their rates are bound by per-clip work, not bytes. Errors: as recorded in each int8 store.",
+           f"median of {ROUNDS} rounds alternating the stores, batches delivered on {device} (which dequantises "
+           "int8: with no GPU, the CPU itself); the test-vit frames are small (4 x 4 x 64), so their rates are "
+           "bound by per-clip work, not bytes. Errors: as recorded in each int8 store.",
            "", CAVEAT]
     if args.benchmarks:
         section = [*heading("Storage: int8 tokens and frame stride 2, what each costs", "ablation.py",
