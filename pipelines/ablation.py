@@ -125,8 +125,7 @@ def run_setting(folder: Path) -> dict:
     common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"], "lr": r["lr"],
               "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
               "resume": True, "device": spec["device"], "seed": s["seed"], "progress": False,
-              "loader_threads": 1 if spec["preload"] else 4,
-              "sampler": SamplerConfig(stride=s.get("stride", 2))}  # a stride-2 store: 1 (ablation_plan)
+              "loader_threads": 1 if spec["preload"] else 4, "source_stride": s.get("source_stride")}
     seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
     tag = f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}]"
 
@@ -146,9 +145,9 @@ def run_setting(folder: Path) -> dict:
 
     prp = None
     if tmm.tmm != "none":
-        sampler = replace(common["sampler"], clips_per_video=r["prp_clips"])
+        sampler = SamplerConfig(clips_per_video=r["prp_clips"])
         prp = stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"],
-                                batch_size=r["batch_size"], **{**common, "sampler": sampler}))
+                                batch_size=r["batch_size"], sampler=sampler, **common))
     fts = {name: stage(TrainConfig(out=folder / name, task="classify", epochs=r["ft_epochs"],
                                    batch_size=r["ft_batch_size"], init=init, **common))
            for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
@@ -156,7 +155,8 @@ def run_setting(folder: Path) -> dict:
     ft = fts.get("ft", fts["scratch"])
     result = {
         "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"],
-        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]), "stride": s.get("stride", 2),
+        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]),
+        "source_stride": s.get("source_stride"),
         **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
         "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "macs": stats["macs"],
         "prp_acc": prp["acc"] if prp else None, "prp_steps": prp["step"] if prp else 0,

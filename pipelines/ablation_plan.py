@@ -49,7 +49,7 @@ class Setting:
     note: str = ""
     seed: int = 0
     seeds: int = 1  # how many seeds the ablation runs: one keeps the seed out of the folder
-    stride: int = 2  # the samplers' base stride, in stored frames (SamplerConfig.stride)
+    source_stride: int | None = None  # base stride in frames of the video (TrainConfig.source_stride)
 
     @property
     def folder(self) -> str:
@@ -138,11 +138,11 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
     settings: list[Setting] = []
     t = info.frames
 
-    def add(label, x, keys, tmm, note="", stride=2):
+    def add(label, x, keys, tmm, note="", source_stride=None):
         (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
         for seed in args.seeds:
             settings.append(Setting(name, info.dataset, info.path, str(label), x, tuple(keys),
-                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds), stride))
+                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds), source_stride))
 
     if name in PAPER:
         keys = default_ifm(info, args.ifm, notes)
@@ -188,11 +188,9 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
                          "to compare IFMs and their concatenation")
     elif name == "storage":  # one setting per store: its dtype and frame stride
         key = default_ifm(info, args.ifm, notes)[0]
-        stored, base = info.strides[key], 2  # the recipe's base stride, in source frames
-        if base % stored:
-            notes.append(f"{info.dataset}: a frame-stride-{stored} store cannot serve base stride {base} exactly")
-        add(f"{info.dtypes[key]}, frame stride {stored} (sampler stride {max(1, base // stored)})", None,
-            (key,), base_tmm(args, info.dims[key]), stride=max(1, base // stored))
+        stored = info.strides[key]  # the recipe's base stride 2 in source frames is 2 / stored in the store's
+        add(f"{info.dtypes[key]}, frame stride {stored} (sampler stride {2 / stored:g})", None, (key,),
+            base_tmm(args, info.dims[key]), source_stride=2)  # train.resolve_stride refuses what cannot be
     else:
         raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     return settings, notes

@@ -17,7 +17,7 @@ AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)",
         "tmm-width": "TMM hidden width", "temporal": "temporal module", "ifm": "image model(s)",
         "storage": "token dtype, frame stride of the store"}
 LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
-CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "stride", "tmm", "blocks", "hidden",
+CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "source_stride", "tmm", "blocks", "hidden",
                "out_dim", "spatial_pool", "channel_pool", "clip", "params", "macs", "prp_acc",
                "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
                "seconds", "note")

@@ -45,7 +45,8 @@ def vit_stores(data: Path, per_class: int) -> list[Path]:
 def measure(paths: list[Path], device: str) -> list[dict]:
     """Per store: its facts from `summarize`, and the median ClipLoader clips/s over ROUNDS rounds
     (batches delivered on `device`, where int8 is dequantised)."""
-    from advise_cache.store import DONE, open_store, summarize
+    from advise_cache.store import DONE, open_store
+    from advise_cache.summary import summarize
 
     facts, plans = [], []
     for path in paths:

@@ -144,9 +144,9 @@ def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, syntheti
                           "--vit-per-class", "0", "--benchmarks", str(bench)]) == 0
     assert "4 settings on 4 store(s)" in capsys.readouterr().out
     rows = read_csv(out / "storage" / "results.csv")
-    assert [(r["setting"], r["stride"]) for r in rows] == [
+    assert [(r["setting"], r["source_stride"]) for r in rows] == [
         ("float16, frame stride 1 (sampler stride 2)", "2"), ("int8, frame stride 1 (sampler stride 2)", "2"),
-        ("float16, frame stride 2 (sampler stride 1)", "1"), ("int8, frame stride 2 (sampler stride 1)", "1")]
+        ("float16, frame stride 2 (sampler stride 1)", "2"), ("int8, frame stride 2 (sampler stride 1)", "2")]
     assert all(int(r["ft_steps"]) == 1 and 0.0 <= float(r["acc_ft"]) <= 1.0 for r in rows)
     for folder in (out / "storage" / "synthetic").iterdir():  # every stage sampled at the setting's stride
         stride = 1 if "frame-stride-2" in folder.name else 2
