@@ -31,8 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # The settings' rules and the report live beside this file; the names tests use are re-exported.
-from ablation_plan import (ABLATIONS, channel_values, describe_store, label_stores, plan,  # noqa: F401
-                           spatial_values)
+from ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
 from ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
 from common import REPO, quiet
 

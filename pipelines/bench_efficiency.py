@@ -21,8 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (child_main, clock, describe_machine, heading, memory, parser, publish, run_child, say,
-                    table, token_store)
+from common import (
+    child_main,
+    clock,
+    describe_machine,
+    heading,
+    memory,
+    parser,
+    publish,
+    run_child,
+    say,
+    table,
+    token_store,
+)
 
 CONFIGS = {  # name: (method, image model or None)
     "online-B16": ("AdViSe online (IFM every step)", "ViT-B-16"),

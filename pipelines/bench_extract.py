@@ -26,8 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_extract_writer import (PER_SHARD, WRITER_LENGTHS, WRITER_TARGET_OLD, WRITER_TARGET_RAW,
-                                  bench_codecs, bench_writer)
+from bench_extract_writer import (
+    PER_SHARD,
+    WRITER_LENGTHS,
+    WRITER_TARGET_OLD,
+    WRITER_TARGET_RAW,
+    bench_codecs,
+    bench_writer,
+)
 from common import clock, describe_machine, filesystem, heading, num, parser, pct, publish, quiet, say, table
 
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several

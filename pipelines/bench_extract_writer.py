@@ -167,7 +167,7 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
         rows_at = [int(arrays.offset[v]) + r for v, r in picks]
         reader = open_store(path).ifm(key)
         seconds = []
-        readers = ((plain.__getitem__, rows_at), (lambda vr: reader.read_frames(vr[0], [vr[1]]), picks))
+        readers = ((plain.__getitem__, rows_at), (lambda vr, reader=reader: reader.read_frames(vr[0], [vr[1]]), picks))
         for read, where in readers:
             for w in where[:8]:  # warm: open files, shard indexes
                 read(w)

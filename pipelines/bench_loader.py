@@ -24,8 +24,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import (REPO, child_main, clock, describe_machine, heading, num, parser, pct, publish, run_child,
-                    say, table, token_store)
+from common import (
+    REPO,
+    child_main,
+    clock,
+    describe_machine,
+    heading,
+    num,
+    parser,
+    pct,
+    publish,
+    run_child,
+    say,
+    table,
+    token_store,
+)
 
 SHAPE = (14, 14, 768)  # ViT-B-16 at 224 px
 FRAME_BYTES = int(np.prod(SHAPE)) * 2
@@ -109,7 +122,7 @@ def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
         for b in range(n):
             if b == WARMUP_BATCHES:
                 t0 = time.perf_counter()
-            list(pool.map(lambda e: read(e[0], e[1], b * batch * T), zip(edges[:-1], edges[1:])))
+            list(pool.map(lambda e, b=b: read(e[0], e[1], b * batch * T), zip(edges[:-1], edges[1:])))
         seconds = time.perf_counter() - t0
     for fd in fds.values():
         os.close(fd)
