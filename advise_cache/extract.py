@@ -31,7 +31,7 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +280,9 @@ def _check_flags(cfg: ExtractConfig) -> str:
 
 def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     """`extract --dry-run`: the store's size for these settings and the free space where it
-    goes. Probes the videos (or reads an existing store's table), loads no weights, writes nothing."""
+    goes, and the image model's rate measured on random crops. Probes the videos (or reads an
+    existing store's table), loads no weights (random ones of the same architecture cost the
+    same), writes nothing."""
     key = _check_flags(cfg)
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     grid, dim = model_shape(cfg.model)
@@ -289,7 +291,24 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     if store is None:
         workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
         table = _probe_table(cfg, index, workers)
-    return _plan(cfg, key, grid, dim, store, table)
+    plan = _plan(cfg, key, grid, dim, store, table)
+    device = resolve_launch(cfg.shard, cfg.device)[1]
+    ifm = create_ifm(cfg.model, "none", device, cfg.precision, cfg.seed)  # the same compute as the weights'
+    batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
+    return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device))
+
+
+def model_rate(ifm, batch: int, repeats: int = 2) -> float:
+    """Frames/s of the image model alone on random crops: a warm-up batch, then `repeats` timed."""
+    crops = torch.randint(0, 256, (batch, ifm.spec.size, ifm.spec.size, 3), dtype=torch.uint8)
+    ifm.encode(crops, dtype=torch.float16)
+    if ifm.device.type == "cuda":
+        torch.cuda.synchronize(ifm.device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        out = ifm.encode(crops, dtype=torch.float16)
+    out.cpu()  # waits for the device
+    return repeats * batch / (time.perf_counter() - t0)
 
 
 def extract_videos(cfg: ExtractConfig) -> ExtractSummary:

@@ -83,6 +83,7 @@ class Option:
     bytes: int  # tokens and shard indexes of every video
     to_write: int  # of the videos not done yet
     needed: int  # to_write and the fit check's slack
+    frames_left: int = 0  # stored frames of the videos not done yet
 
     def flags(self) -> str:
         return " ".join(f for f in (f"--frame-stride {self.frame_stride}" if self.frame_stride != 1 else "",
@@ -101,6 +102,8 @@ class SizePlan:
     options: tuple[Option, ...]  # PLAN_STRIDES x PLAN_DTYPES where extract stores the dtype
     free: int
     codec: str = "none"
+    model_fps: float | None = None  # the image model alone, measured by `extract --dry-run`
+    device: str = ""
 
     @property
     def fits(self) -> bool:
@@ -119,8 +122,7 @@ class SizePlan:
             + (f"; {_size(c.to_write)} still to write" if c.to_write != c.bytes else ""),
             f"free where the store goes: {_size(self.free)}: "
             + ("fits" if self.fits else f"does NOT fit (needs {_size(c.needed)} with file-system slack)"),
-            ("time: unknown (no extraction rate has been measured for this model here; a run's "
-             "summary reports its frames/s)"),
+            self._time_line(),
             "options (frame stride, dtype: bytes in all):",
         ]
         for o in self.options:
@@ -128,6 +130,22 @@ class SizePlan:
             out.append(f"  stride {o.frame_stride} {o.dtype:>7}: {_size(o.bytes):>10} "
                        f"({o.frame_bytes} bytes/frame; {mark}){'  <- chosen' if o == c else ''}")
         return out
+
+
+    def _time_line(self) -> str:
+        if not self.model_fps:
+            return "time: unknown (no rate measured; a run's summary reports its frames/s)"
+        return (f"time: at least {_duration(self.chosen.frames_left / self.model_fps)}: the image model alone runs "
+                f"{self.model_fps:.1f} frames/s on {self.device} (measured now, random weights of the same "
+                "architecture); decoding runs beside it and can be slower")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _size(n: int) -> str:
@@ -146,7 +164,7 @@ def make_option(source_frames, done, frame_stride: int, dtype: str, grid: tuple[
     to_write = int(per_video[left].sum())
     needed = to_write + BLOCK * (shards_left + 3 * int(left.sum())) + SLACK_FIXED
     return Option(frame_stride, dtype, int(rows.sum()), frame_bytes(grid, dim, dtype), int(per_video.sum()),
-                  to_write, needed)
+                  to_write, needed, int(rows[left].sum()))
 
 
 def size_plan(out: Path, model: str, grid: tuple[int, int], dim: int, source_frames, done,
