@@ -47,6 +47,13 @@ def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", si
     return path
 
 
+def write_folder_tree(root: Path, frames: tuple[int, ...]) -> Path:
+    """A `folder` dataset: video i of frames[i] frames in class folder a or b, alternately."""
+    for i, n in enumerate(frames):
+        write_video(root / "ab"[i % 2] / f"v{i}.mp4", n, seed=i)
+    return root
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     from advise_cache.synthetic import generate_synthetic

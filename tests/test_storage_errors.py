@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config, write_video
+from conftest import extract_config, write_folder_tree
 from typer.testing import CliRunner
 
 from advise_cache import ifm_arrays as store_mod
@@ -32,10 +32,7 @@ FRAMES = (7, 10, 12, 9)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("videos")
-    for i, frames in enumerate(FRAMES):
-        write_video(root / "ab"[i % 2] / f"v{i}.mp4", frames, seed=i)
-    return root
+    return write_folder_tree(tmp_path_factory.mktemp("videos"), FRAMES)
 
 
 @pytest.fixture(scope="module")
