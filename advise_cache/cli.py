@@ -21,10 +21,15 @@ from typing import Annotated
 import typer
 
 from .errors import AdviseCacheError
-from .extract import ExtractConfig
-from .models import TMMConfig
-from .sampling import SamplerConfig
-from .train_config import TrainConfig
+
+try:  # the configs bring torch (a few seconds): a Ctrl-C meanwhile ends quietly, as later
+    from .extract import ExtractConfig
+    from .models import TMMConfig
+    from .sampling import SamplerConfig
+    from .train_config import TrainConfig
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AdViSe as a feature cache: extract frozen image-model tokens once, train from them.")
