@@ -33,7 +33,7 @@ def video_outputs(model: ClipClassifier, source: TokenSource, videos, views: int
     out = []
     for v in videos:
         clips = multi_view_clips(int(source.frames[v]), frames, stride, views, mode)
-        x = collate([source.clip(int(v), idx) for idx in clips])
+        x = collate([source.clip(int(v), idx, device) for idx in clips])
         ys = [fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
         out.append(torch.cat(ys).mean(0).numpy())
     return np.stack(out) if out else np.zeros((0, 0), np.float32)

@@ -134,9 +134,9 @@ class TokenSource:
             else:
                 _read_rows(a, reader, rows, flat, pool, tasks)
 
-    def clip(self, video: int, indices: np.ndarray) -> np.ndarray:
-        """(T, h, w, D) tokens of one clip, in `self.dtype` (an int8 store's dequantised on the
-        CPU: this serves evaluation and plots, a clip at a time, not the training loader)."""
+    def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(T, h, w, D) tokens of one clip on `device`, in `self.dtype`: the rows travel as stored
+        and an int8 store's are dequantised there (evaluation and plots, a clip at a time)."""
         indices = np.asarray(indices, np.int64)
         _check_indices(self.frames, np.array([video]), indices[None])
         outs = [np.empty((1, len(indices), *self.grid, d), self.stored_dtype) for d in self.row_dims]
@@ -146,7 +146,7 @@ class TokenSource:
                 out[0] = r[rows.to(r.device)].cpu().numpy()
         else:
             self.fill(np.array([video]), indices[None], outs)
-        return self.decode([torch.from_numpy(o[0]) for o in outs]).numpy()
+        return self.decode([torch.from_numpy(o[0]).to(device) for o in outs])
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Rows as stored, one tensor (..., row_dims[k]) per IFM → (..., D) tokens in `self.dtype`,
@@ -182,9 +182,10 @@ def _check_indices(frames: np.ndarray, videos: np.ndarray, indices: np.ndarray) 
                          f"{indices[b].tolist()}")
 
 
-def collate(clips: list[np.ndarray]) -> torch.Tensor:
-    """(T, h, w, D) clips → (B, D, T, h, w) float32, for the few places that score single clips."""
-    x = torch.from_numpy(np.stack(clips))
+def collate(clips: list) -> torch.Tensor:
+    """(T, h, w, D) clips (tensors or arrays) → (B, D, T, h, w) float32, where the clips are, for
+    the few places that score single clips."""
+    x = torch.stack([torch.as_tensor(c) for c in clips])
     return x.permute(0, 4, 1, 2, 3).float().contiguous()
 
 

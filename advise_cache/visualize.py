@@ -176,7 +176,7 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
     key = source.keys[0]
     crops = load_frames(store, v, key, video_root)[clip]
     size = crops.shape[1]
-    x = collate([source.clip(v, clip)]).to(dev)
+    x = collate([source.clip(v, clip, dev)])
 
     rows = []
     for checkpoint, (model, meta, src) in zip(checkpoints, loaded):

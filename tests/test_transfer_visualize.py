@@ -204,7 +204,7 @@ def test_activations_are_channel_norms_over_the_same_clip(runs, video, temporal_
         assert row.maps.min() >= 0 and row.maps.max() <= 1 and row.high > row.low
     # The IFM row: the tokens' own channel-wise L2 norm of exactly this clip.
     v = int(np.flatnonzero(store.videos.name == video)[0])
-    tokens = TokenSource(store).clip(v, acts.clip).astype(np.float32)
+    tokens = TokenSource(store).clip(v, acts.clip).numpy().astype(np.float32)
     raw = np.linalg.norm(tokens, axis=-1)
     assert acts.rows[-1].low == pytest.approx(raw.min(), rel=1e-5)
     assert acts.rows[-1].high == pytest.approx(raw.max(), rel=1e-5)
