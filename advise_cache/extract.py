@@ -41,7 +41,7 @@ from tqdm import tqdm
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
-from .ifm import check_weights, create_ifm, model_shape
+from .ifm import check_weights, create_ifm
 from .plan import SizePlan, check_fits, size_plan
 from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
@@ -237,6 +237,12 @@ def _probe_table(cfg: ExtractConfig, index, workers: int) -> dict:
     return table
 
 
+def _store_or_table(cfg: ExtractConfig, index, workers: int):
+    """(the existing store, None), or (None, the probed table of the store to create)."""
+    store = _existing_store(cfg, index)
+    return store, (None if store is not None else _probe_table(cfg, index, workers))
+
+
 def _written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
     """Videos this run will not write: done or failed in a group of the same stride and dtype."""
     if key not in store.ifm_keys():
@@ -256,8 +262,7 @@ def _plan(cfg: ExtractConfig, key: str, grid, dim: int, store, table: dict | Non
 
 def _ensure_store(cfg: ExtractConfig, index, workers: int, key: str, grid, dim: int) -> None:
     """Create the store unless it exists; either way refuse, before writing, one that cannot fit."""
-    store = _existing_store(cfg, index)
-    table = None if store is not None else _probe_table(cfg, index, workers)
+    store, table = _store_or_table(cfg, index, workers)
     check_fits(_plan(cfg, key, grid, dim, store, table))
     if table is not None:
         create_store(cfg.out, index.dataset, str(index.root), index.classes, table, index.source())
@@ -285,15 +290,11 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     same), writes nothing."""
     key = _check_flags(cfg)
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
-    grid, dim = model_shape(cfg.model)
-    store = _existing_store(cfg, index)
-    table = None
-    if store is None:
-        workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
-        table = _probe_table(cfg, index, workers)
-    plan = _plan(cfg, key, grid, dim, store, table)
-    device = resolve_launch(cfg.shard, cfg.device)[1]
-    ifm = create_ifm(cfg.model, "none", device, cfg.precision, cfg.seed)  # the same compute as the weights'
+    # Random weights: the grid, the width and the compute of the real ones.
+    ifm = create_ifm(cfg.model, "none", resolve_launch(cfg.shard, cfg.device)[1], cfg.precision, cfg.seed)
+    workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
+    store, table = _store_or_table(cfg, index, workers)
+    plan = _plan(cfg, key, ifm.grid, ifm.dim, store, table)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
     return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device))
 

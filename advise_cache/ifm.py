@@ -170,37 +170,6 @@ def _check_open_clip_name(name: str) -> None:
         )
 
 
-def model_shape(name: str) -> tuple[tuple[int, int], int]:
-    """(grid, dim) of a model's tokens from its architecture alone: the model is built on the
-    meta device, so no weights are read or allocated (what `extract --dry-run` needs)."""
-    if name.startswith("timm/") or name in TIMM_ALIASES:
-        import timm
-
-        arch, kwargs = TIMM_ALIASES.get(name, (name.removeprefix("timm/"), {}))
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-        except RuntimeError as e:
-            raise WeightsError(f"unknown timm model {arch!r}") from e
-        if not hasattr(model, "patch_embed"):
-            raise WeightsError(f"{arch}: only ViT models give a patch-token grid")
-        return tuple(model.patch_embed.grid_size), int(model.embed_dim)
-    import open_clip
-
-    _check_open_clip_name(name)
-    root = logging.getLogger()  # open_clip warns on the root logger that no weights were loaded
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with torch.device("meta"):
-            visual = open_clip.create_model(name, pretrained=None, device="meta").visual
-    finally:
-        root.setLevel(level)
-    if not hasattr(visual, "grid_size"):
-        raise WeightsError(f"{name}: only ViT image towers give a patch-token grid")
-    return tuple(visual.grid_size), int(visual.transformer.width)
-
-
 def _create_open_clip(name: str, pretrained: str, seed: int):
     import open_clip
 

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from advise_cache import plan as plan_mod
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos, plan_extraction
-from advise_cache.ifm import create_ifm, model_shape
 from advise_cache.integrity import verify
 from advise_cache.shards import index_bytes
 from advise_cache.store import open_store
@@ -125,12 +124,12 @@ def test_a_resumed_run_needs_room_only_for_what_is_left(root, tmp_path, monkeypa
     assert extract_videos(config(root, out)).already_done == len(FRAMES)
 
 
-def test_model_shape_needs_no_weights():
-    ifm = create_ifm("test-vit", "none", "cpu")
-    assert model_shape("test-vit") == (ifm.grid, ifm.dim)
-    # Architectures whose weights this machine does not have: built on the meta device.
-    assert model_shape("ViT-B-16") == ((14, 14), 768)
-    assert model_shape("DINOv2-B-14") == ((16, 16), 768)
+def test_the_dry_run_needs_no_weights(root, tmp_path):
+    # ViT-B-16's weights are not on this machine: the plan runs on random ones of its architecture.
+    plan = plan_extraction(config(root, tmp_path / "s.zarr", model="ViT-B-16", pretrained="openai", batch_size=1))
+    assert (plan.grid, plan.dim) == ((14, 14), 768) and plan.model_fps > 0
+    assert plan.chosen.frame_bytes == 14 * 14 * 768 * 2
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_the_plan_offers_int8_beside_float16():
