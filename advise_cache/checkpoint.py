@@ -86,13 +86,24 @@ class CheckpointMeta:
     @classmethod
     def from_dict(cls, d: dict) -> CheckpointMeta:
         d = _plain(d)
-        return cls(task=d["task"], config=config_from_dict(d["config"]), tmm=TMMConfig(**d["tmm"]),
-                   num_classes=int(d["num_classes"]), classes=list(d.get("classes") or []),
-                   fingerprint=d["fingerprint"], store=d["store"], dataset=d["dataset"],
-                   init=d.get("init"), trainable_params=int(d["trainable_params"]),
-                   world=int(d.get("world", 1)), precision=d.get("precision", "fp32"),
-                   version=d.get("version", ""), step=d.get("step"), metrics=d.get("metrics"),
-                   first_loss=d.get("first_loss"))
+        return cls(
+            task=d["task"],
+            config=config_from_dict(d["config"]),
+            tmm=TMMConfig(**d["tmm"]),
+            num_classes=int(d["num_classes"]),
+            classes=list(d.get("classes") or []),
+            fingerprint=d["fingerprint"],
+            store=d["store"],
+            dataset=d["dataset"],
+            init=d.get("init"),
+            trainable_params=int(d["trainable_params"]),
+            world=int(d.get("world", 1)),
+            precision=d.get("precision", "fp32"),
+            version=d.get("version", ""),
+            step=d.get("step"),
+            metrics=d.get("metrics"),
+            first_loss=d.get("first_loss"),
+        )
 
 
 @dataclass
@@ -123,8 +134,13 @@ def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
     file). The .pt holds the metadata too and is what runs read; a kill between the two leaves
     an older checkpoint.json, which the next `load_checkpoint` rewrites."""
     meta = ckpt.meta.to_dict()
-    state = {"model": ckpt.model, "optimizer": ckpt.optimizer, "step": int(ckpt.step),
-             "epoch": int(ckpt.epoch), "meta": meta}
+    state = {
+        "model": ckpt.model,
+        "optimizer": ckpt.optimizer,
+        "step": int(ckpt.step),
+        "epoch": int(ckpt.epoch),
+        "meta": meta,
+    }
     if ckpt.scaler is not None:
         state["scaler"] = ckpt.scaler
     out = Path(out)
@@ -165,8 +181,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         typed = CheckpointMeta.from_dict(meta)
     except (KeyError, TypeError, ValueError) as e:
         raise MismatchError(f"{path} has metadata this version cannot read ({e!r})") from e
-    return Checkpoint(typed, raw["model"], raw.get("optimizer"), int(raw.get("step", 0)),
-                      int(raw.get("epoch", 0)), raw.get("scaler"))
+    return Checkpoint(
+        typed, raw["model"], raw.get("optimizer"), int(raw.get("step", 0)), int(raw.get("epoch", 0)), raw.get("scaler")
+    )
 
 
 def check_features(trained_on: dict, fingerprint: dict, what: str) -> None:
@@ -175,9 +192,14 @@ def check_features(trained_on: dict, fingerprint: dict, what: str) -> None:
     theirs, ours = trained_on["features"], fingerprint["features"]
     differs = sorted({k for a, b in zip(theirs, ours) for k in FEATURE_KEYS if a.get(k) != b.get(k)})
     if len(theirs) != len(ours) or differs:
+
         def show(fs):
-            return " + ".join(f"{f['model']} ({f['pretrained']}, grid {f['grid']}, dim {f['dim']}, "
-                              f"weights {str(f['weights_sha256'])[:12]})" for f in fs)
+            return " + ".join(
+                f"{f['model']} ({f['pretrained']}, grid {f['grid']}, dim {f['dim']}, "
+                f"weights {str(f['weights_sha256'])[:12]})"
+                for f in fs
+            )
+
         detail = f" (differs in: {', '.join(differs)})" if differs else ""
         raise MismatchError(f"{what} was trained on features {show(theirs)}; this store gives {show(ours)}{detail}")
 
@@ -188,8 +210,10 @@ def check_classes(trained: list[str], classes: list[str], what: str, where: str)
     if theirs and theirs != list(classes):
         i = next((i for i, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))
         got = lambda xs: repr(xs[i]) if i < len(xs) else "nothing"  # noqa: E731
-        raise MismatchError(f"{what} was trained for other classes than {where} holds (class {i}: "
-                            f"{got(theirs)} there, {got(classes)} here)")
+        raise MismatchError(
+            f"{what} was trained for other classes than {where} holds (class {i}: "
+            f"{got(theirs)} there, {got(classes)} here)"
+        )
 
 
 def token_source(meta: CheckpointMeta, store, what: str) -> TokenSource:
@@ -202,14 +226,20 @@ def token_source(meta: CheckpointMeta, store, what: str) -> TokenSource:
     was, now = (int(f["features"][0].get("frame_stride") or 1) for f in (meta.fingerprint, fingerprint))
     if was != now:  # the same features, but the clip stride counts stored frames
         stride = meta.config.sampler.stride
-        log.warning("%s: its clip stride, %d stored frames, was %d frames of the video on the store it was "
-                    "trained on (frame stride %d) and is %d here (frame stride %d)",
-                    what, stride, stride * was, was, stride * now, now)
+        log.warning(
+            "%s: its clip stride, %d stored frames, was %d frames of the video on the store it was "
+            "trained on (frame stride %d) and is %d here (frame stride %d)",
+            what,
+            stride,
+            stride * was,
+            was,
+            stride * now,
+            now,
+        )
     return source
 
 
-def load_model(checkpoint: Path, store, device: torch.device
-               ) -> tuple[ClipClassifier, CheckpointMeta, TokenSource]:
+def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClassifier, CheckpointMeta, TokenSource]:
     """A checkpoint's model in eval mode on `device`, checked against the store it is to be
     used on, with its metadata and the store's tokens it reads."""
     ckpt = load_checkpoint(checkpoint)

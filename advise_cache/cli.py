@@ -31,8 +31,12 @@ except KeyboardInterrupt:
     sys.stderr.write("interrupted\n")
     raise SystemExit(130) from None
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="AdViSe as a feature cache: extract frozen image-model tokens once, train from them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="AdViSe as a feature cache: extract frozen image-model tokens once, train from them.",
+)
 log = logging.getLogger("advise_cache")
 
 # Every flag's default is its config field's default: the configs are the one source of truth.
@@ -102,28 +106,89 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 @app.command()
 @user_errors
 def extract(
-    dataset: Annotated[str, typer.Argument(help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]")],
-    root: Annotated[Path | None, typer.Option(help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset.")] = None,
-    out: Annotated[Path | None, typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder.")] = None,
-    split: Annotated[int, typer.Option(help="Official split number (1-3) where the dataset has several.")] = EXTRACT.split,
-    annotations: Annotated[Path | None, typer.Option(help="Folder of the split/label files when they are not under --root.")] = EXTRACT.annotations,
-    holdout: Annotated[bool, typer.Option(help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'.")] = EXTRACT.holdout,
-    model: Annotated[str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")] = EXTRACT.model,
-    pretrained: Annotated[str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")] = EXTRACT.pretrained,
-    name: Annotated[str | None, typer.Option(help="Key of this model in the store (default: from --model).")] = EXTRACT.name,
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]"
+        ),
+    ],
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset root, as downloaded (layouts: docs/DATASETS.md; for synthetic, where to generate it). Default: $ADVISE_DATA/DATASET, or data/DATASET when ADVISE_DATA is unset."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder."),
+    ] = None,
+    split: Annotated[
+        int, typer.Option(help="Official split number (1-3) where the dataset has several.")
+    ] = EXTRACT.split,
+    annotations: Annotated[
+        Path | None, typer.Option(help="Folder of the split/label files when they are not under --root.")
+    ] = EXTRACT.annotations,
+    holdout: Annotated[
+        bool,
+        typer.Option(
+            help="Also extract the unlabelled test set (Kinetics test.csv, SSv2 test.json) as split 'holdout'."
+        ),
+    ] = EXTRACT.holdout,
+    model: Annotated[
+        str, typer.Option(help="Image model: ViT-B-16, ViT-L-14, MAE-B-16, DINOv2-B-14, timm/<name>, test-vit.")
+    ] = EXTRACT.model,
+    pretrained: Annotated[
+        str, typer.Option(help="Weights: a tag (hub cache), a checkpoint file, 'none' (random), or 'auto'.")
+    ] = EXTRACT.pretrained,
+    name: Annotated[
+        str | None, typer.Option(help="Key of this model in the store (default: from --model).")
+    ] = EXTRACT.name,
     frame_stride: Annotated[int, typer.Option(help="Keep every N-th frame.")] = EXTRACT.frame_stride,
-    batch_size: Annotated[int | None, typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")] = EXTRACT.batch_size,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU).")] = EXTRACT.workers,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Frames per model forward, across videos (default: 256 on CUDA, 64 on CPU).")
+    ] = EXTRACT.batch_size,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Decode processes (0: decode in the main process; default: the usable cores less 2 on CUDA, less 1 on CPU)."
+        ),
+    ] = EXTRACT.workers,
     writers: Annotated[int, typer.Option(help="Threads writing shards.")] = EXTRACT.writers,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ...")] = EXTRACT.device,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = EXTRACT.precision,
-    dtype: Annotated[str, typer.Option(help="Stored token dtype: float16, float32, or int8 (one float16 scale per token, about half of float16's bytes; error recorded per video).")] = EXTRACT.dtype,
-    codec: Annotated[str | None, typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md).")] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto, cpu, cuda, cuda:1, ... Several GPUs: torchrun --nproc_per_node N -m advise_cache.cli extract ..."
+        ),
+    ] = EXTRACT.device,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+    ] = EXTRACT.precision,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Stored token dtype: float16, float32, or int8 (one float16 scale per token, about half of float16's bytes; error recorded per video)."
+        ),
+    ] = EXTRACT.dtype,
+    codec: Annotated[
+        str | None,
+        typer.Option(help="Compression: none, lz4, zstd (default: the store's default, none; see BENCHMARKS.md)."),
+    ] = None,
     frames_per_shard: Annotated[int, typer.Option(help="Frames per shard file.")] = EXTRACT.frames_per_shard,
-    shard: Annotated[str, typer.Option(help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that.")] = "/".join(map(str, EXTRACT.shard)),
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that."
+        ),
+    ] = "/".join(map(str, EXTRACT.shard)),
     seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = EXTRACT.seed,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Probe the videos and print the store's size (per frame, in all, for each --frame-stride/--dtype) and the free space where it goes; write nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Probe the videos and print the store's size (per frame, in all, for each --frame-stride/--dtype) and the free space where it goes; write nothing.",
+        ),
+    ] = False,
 ):
     """Decode every video, run the frozen image model once per frame, store the patch tokens.
 
@@ -134,11 +199,15 @@ def extract(
     from .datasets import default_root
     from .extract import extract_videos, parse_shard, plan_extraction
 
-    cfg = ExtractConfig(**{
-        **_same_name_fields(ExtractConfig, flags),
-        "root": root or default_root(dataset), "out": out or Path(f"{dataset.lower()}.zarr"),
-        "codec": codec or EXTRACT.codec, "shard": parse_shard(shard),
-    })
+    cfg = ExtractConfig(
+        **{
+            **_same_name_fields(ExtractConfig, flags),
+            "root": root or default_root(dataset),
+            "out": out or Path(f"{dataset.lower()}.zarr"),
+            "codec": codec or EXTRACT.codec,
+            "shard": parse_shard(shard),
+        }
+    )
     if dry_run:
         plan = plan_extraction(cfg)
         typer.echo(json.dumps(asdict(plan), indent=2, default=str) if json_out else "\n".join(plan.lines()))
@@ -185,7 +254,9 @@ def info(
 @user_errors
 def verify(
     store: Annotated[Path, typer.Argument(help="A store made by `extract`.")],
-    deep: Annotated[bool, typer.Option("--deep", help="Also compare every video's tokens with the checksum written at extraction.")] = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also compare every video's tokens with the checksum written at extraction.")
+    ] = False,
 ):
     """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
@@ -212,10 +283,25 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise AdviseCacheError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
-def _tmm_config(tmm: str, blocks: int, hidden: int, out_dim: int, temporal_kernel: int,
-                spatial_pool: int, channel_pool: int, head: str, preset: str):
-    kw = dict(tmm=tmm, blocks=blocks, hidden=hidden, out_dim=out_dim, spatial_pool=spatial_pool or None,
-              channel_pool=channel_pool or None)
+def _tmm_config(
+    tmm: str,
+    blocks: int,
+    hidden: int,
+    out_dim: int,
+    temporal_kernel: int,
+    spatial_pool: int,
+    channel_pool: int,
+    head: str,
+    preset: str,
+):
+    kw = dict(
+        tmm=tmm,
+        blocks=blocks,
+        hidden=hidden,
+        out_dim=out_dim,
+        spatial_pool=spatial_pool or None,
+        channel_pool=channel_pool or None,
+    )
     if preset == "paper":
         return TMMConfig.paper(**kw)
     if preset != "ours":
@@ -244,40 +330,81 @@ def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r
 def _train_command(task: str):
     def command(
         cache: Annotated[Path, typer.Option(help="The store to train from.")],
-        out: Annotated[Path | None, typer.Option(help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none.")] = None,
-        init: Annotated[Path | None, typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")] = TRAIN.init,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none."
+            ),
+        ] = None,
+        init: Annotated[
+            Path | None, typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")
+        ] = TRAIN.init,
         scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
         linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = TRAIN.linear_probe,
-        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = ",".join(TRAIN.ifm),
+        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = ",".join(
+            TRAIN.ifm
+        ),
         split: Annotated[str, typer.Option(help="Split to train on.")] = TRAIN.split,
         epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = TRAIN.epochs,
         max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
         batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = TRAIN.batch_size,
         lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = TRAIN.lr,
-        warmup_epochs: Annotated[float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")] = TRAIN.warmup_epochs,
+        warmup_epochs: Annotated[
+            float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")
+        ] = TRAIN.warmup_epochs,
         weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TRAIN.weight_decay,
         label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
         frames: Annotated[int, typer.Option(help="Frames per clip.")] = SAMPLER.frames,
-        stride: Annotated[int, typer.Option(help="Base stride between clip frames, in stored frames (a store made with --frame-stride 2 holds every 2nd frame).")] = SAMPLER.stride,
-        source_stride: Annotated[int | None, typer.Option(help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2).")] = TRAIN.source_stride,
-        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(map(str, SAMPLER.rates)),
+        stride: Annotated[
+            int,
+            typer.Option(
+                help="Base stride between clip frames, in stored frames (a store made with --frame-stride 2 holds every 2nd frame)."
+            ),
+        ] = SAMPLER.stride,
+        source_stride: Annotated[
+            int | None,
+            typer.Option(
+                help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2)."
+            ),
+        ] = TRAIN.source_stride,
+        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(
+            map(str, SAMPLER.rates)
+        ),
         jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
         clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,
         clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = TRAIN.clip_mode,
-        tmm: Tmm = TMM.tmm, blocks: Blocks = TMM.blocks, hidden: Hidden = TMM.hidden,
-        out_dim: OutDim = TMM.out_dim, temporal_kernel: TKernel = TMM.temporal_kernel,
-        spatial_pool: SPool = TMM.spatial_pool or 0, channel_pool: CPool = TMM.channel_pool or 0,
-        head: Head = TMM.head, preset: Preset = "ours",
-        preload: Annotated[str, typer.Option(help="Hold the videos this process samples resident: none, ram "
-                                             "(pinned on CUDA) or gpu (on the device, when they fit).")] = TRAIN.preload,
+        tmm: Tmm = TMM.tmm,
+        blocks: Blocks = TMM.blocks,
+        hidden: Hidden = TMM.hidden,
+        out_dim: OutDim = TMM.out_dim,
+        temporal_kernel: TKernel = TMM.temporal_kernel,
+        spatial_pool: SPool = TMM.spatial_pool or 0,
+        channel_pool: CPool = TMM.channel_pool or 0,
+        head: Head = TMM.head,
+        preset: Preset = "ours",
+        preload: Annotated[
+            str,
+            typer.Option(
+                help="Hold the videos this process samples resident: none, ram "
+                "(pinned on CUDA) or gpu (on the device, when they fit)."
+            ),
+        ] = TRAIN.preload,
         save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = TRAIN.save_every,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = TRAIN.resume,
-        override: Annotated[bool, typer.Option(help="With --resume: accept changed optimisation flags.")] = TRAIN.override,
+        override: Annotated[
+            bool, typer.Option(help="With --resume: accept changed optimisation flags.")
+        ] = TRAIN.override,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = TRAIN.device,
-        precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")] = TRAIN.precision,
+        precision: Annotated[
+            str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")
+        ] = TRAIN.precision,
         seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = TRAIN.seed,
-        loader_threads: Annotated[int, typer.Option(help="Threads reading clips from the store.")] = TRAIN.loader_threads,
-        log_every: Annotated[int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")] = TRAIN.log_every,
+        loader_threads: Annotated[
+            int, typer.Option(help="Threads reading clips from the store.")
+        ] = TRAIN.loader_threads,
+        log_every: Annotated[
+            int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")
+        ] = TRAIN.log_every,
         compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TRAIN.compile,
     ):
         flags = dict(locals())
@@ -290,32 +417,42 @@ def _train_command(task: str):
         if out is None:
             out = default_run_dir(cache, task, scratch, tmm)
             typer.echo(f"run folder: {out}")
-        sampler = SamplerConfig(**{**_same_name_fields(SamplerConfig, flags),
-                                   "rates": _ints(rates, "--rates")})
-        cfg = TrainConfig(**{
-            **_same_name_fields(TrainConfig, flags),
-            "out": out, "task": task, "ifm": tuple(k for k in ifm.split(",") if k), "sampler": sampler,
-            "tmm": _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool,
-                               channel_pool, head, preset),
-        })
+        sampler = SamplerConfig(**{**_same_name_fields(SamplerConfig, flags), "rates": _ints(rates, "--rates")})
+        cfg = TrainConfig(
+            **{
+                **_same_name_fields(TrainConfig, flags),
+                "out": out,
+                "task": task,
+                "ifm": tuple(k for k in ifm.split(",") if k),
+                "sampler": sampler,
+                "tmm": _tmm_config(
+                    tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset
+                ),
+            }
+        )
         try:
             final = train(cfg)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted; add --resume to the same command to continue {out} from its last "
-                       "checkpoint", err=True)
+            typer.echo(
+                f"interrupted; add --resume to the same command to continue {out} from its last checkpoint", err=True
+            )
             raise typer.Exit(130) from None
         if final:
-            typer.echo(f"{out}: epoch {final['epoch']} step {final['step']}: loss {final['loss']:.4f} "
-                       f"acc {final['acc']:.3f}, {final['clips_per_s']:.1f} clips/s, "
-                       f"waiting for data {100 * final['data_wait_frac']:.1f}% of the time")
+            typer.echo(
+                f"{out}: epoch {final['epoch']} step {final['step']}: loss {final['loss']:.4f} "
+                f"acc {final['acc']:.3f}, {final['clips_per_s']:.1f} clips/s, "
+                f"waiting for data {100 * final['data_wait_frac']:.1f}% of the time"
+            )
 
     return user_errors(command)
 
 
 app.command("train", help="Pretrain the TMM with Playback Rate Perception, straight from the store.")(
-    _train_command("prp"))
+    _train_command("prp")
+)
 app.command("finetune", help="Train the TMM and a new head on the store's labels (from --init or --scratch).")(
-    _train_command("classify"))
+    _train_command("classify")
+)
 
 
 @app.command()
@@ -324,10 +461,15 @@ def stats(
     cache: Annotated[Path | None, typer.Option(help="Take the clip's grid and dim from this store.")] = None,
     clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
     classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
-    tmm: Tmm = TMM.tmm, blocks: Blocks = TMM.blocks, hidden: Hidden = TMM.hidden,
-    out_dim: OutDim = TMM.out_dim, temporal_kernel: TKernel = TMM.temporal_kernel,
-    spatial_pool: SPool = TMM.spatial_pool or 0, channel_pool: CPool = TMM.channel_pool or 0,
-    head: Head = TMM.head, preset: Preset = "ours",
+    tmm: Tmm = TMM.tmm,
+    blocks: Blocks = TMM.blocks,
+    hidden: Hidden = TMM.hidden,
+    out_dim: OutDim = TMM.out_dim,
+    temporal_kernel: TKernel = TMM.temporal_kernel,
+    spatial_pool: SPool = TMM.spatial_pool or 0,
+    channel_pool: CPool = TMM.channel_pool or 0,
+    head: Head = TMM.head,
+    preset: Preset = "ours",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Trainable parameters and forward cost of the TMM for one clip: multiply-accumulates (the
@@ -344,8 +486,10 @@ def stats(
     if json_out:
         typer.echo(json.dumps({**s, "clip": [t, h, w, d], "preset": preset}))
     else:
-        typer.echo(f"clip {t}x{h}x{w}x{d} ({preset}): {s['params'] / 1e6:.2f} M trainable parameters, "
-                   f"{s['macs'] / 1e9:.2f} G multiply-accumulates forward")
+        typer.echo(
+            f"clip {t}x{h}x{w}x{d} ({preset}): {s['params'] / 1e6:.2f} M trainable parameters, "
+            f"{s['macs'] / 1e9:.2f} G multiply-accumulates forward"
+        )
 
 
 def _store_grid_dim(cache: Path) -> tuple[int, int, int]:
@@ -364,7 +508,9 @@ def evaluate(
     views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
-    confusion: Annotated[Path | None, typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
@@ -375,13 +521,23 @@ def evaluate(
 
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     png = confusion or run_dir / f"confusion-{split}.png"
-    r = run(cache, checkpoint, views, split, device, clip_mode, png,
-            progress=lambda xs: tqdm(xs, desc="evaluate", unit="batch", disable=json_out))
+    r = run(
+        cache,
+        checkpoint,
+        views,
+        split,
+        device,
+        clip_mode,
+        png,
+        progress=lambda xs: tqdm(xs, desc="evaluate", unit="batch", disable=json_out),
+    )
     if json_out:
         typer.echo(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
         return
-    typer.echo(f"{r['videos']} videos of {r['split']}, {r['views']} views: top-1 {100 * r['top1']:.2f}%  "
-               f"top-5 {100 * r['top5']:.2f}%")
+    typer.echo(
+        f"{r['videos']} videos of {r['split']}, {r['views']} views: top-1 {100 * r['top1']:.2f}%  "
+        f"top-5 {100 * r['top5']:.2f}%"
+    )
     for c, acc in r["per_class"].items():
         typer.echo(f"  {c}: {100 * acc:.1f}%")
     typer.echo(f"confusion matrix: {r['confusion_png']}")
@@ -395,7 +551,9 @@ def visualize(
     video: Annotated[str, typer.Option(help="Name of the video in the store (as `info` lists them).")],
     out: Annotated[Path, typer.Option(help="The figure to write (PNG).")],
     compare: Annotated[list[Path] | None, typer.Option(help="More checkpoints, a row each (repeatable).")] = None,
-    video_root: Annotated[Path | None, typer.Option(help="Where the dataset root is now, if it moved since extraction.")] = None,
+    video_root: Annotated[
+        Path | None, typer.Option(help="Where the dataset root is now, if it moved since extraction.")
+    ] = None,
     frames: Annotated[int, typer.Option(help="Frames of the clip (columns).")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
 ):
@@ -403,8 +561,10 @@ def visualize(
     from .visualize import visualize as run
 
     acts = run(cache, [checkpoint, *(compare or [])], video, out, frames, video_root, device)
-    typer.echo(f"{out}: {len(acts.rows)} rows ({', '.join(r.label.splitlines()[0] for r in acts.rows)}) "
-               f"x {len(acts.frames)} frames of {video}")
+    typer.echo(
+        f"{out}: {len(acts.rows)} rows ({', '.join(r.label.splitlines()[0] for r in acts.rows)}) "
+        f"x {len(acts.frames)} frames of {video}"
+    )
 
 
 @app.command()
@@ -425,8 +585,9 @@ def embed(
     from .embed import embed as run
     from .embed import plot_embeddings, save_embeddings
 
-    emb = run(cache, checkpoint, views, split, device, clip_mode,
-              progress=lambda xs: tqdm(xs, desc="embed", unit="batch"))
+    emb = run(
+        cache, checkpoint, views, split, device, clip_mode, progress=lambda xs: tqdm(xs, desc="embed", unit="batch")
+    )
     save_embeddings(out, emb)
     typer.echo(f"{out}: {emb.embeddings.shape[0]} videos x {emb.embeddings.shape[1]} dims")
     if plot is not None:

@@ -31,8 +31,14 @@ SPLIT_FOLDERS = ("train", "val", "test")
 DOCS = "docs/DATASETS.md"
 # Folders that archivers add beside the data: never a class or a split.
 _IGNORED_FOLDERS = ("__MACOSX",)
-_STANDARD_SUBFOLDERS = ("ucfTrainTestlist", "annotations", "testTrainMulti_7030_splits", "labels",
-                        "label", "kinetics400")  # where distributions put annotation files
+_STANDARD_SUBFOLDERS = (
+    "ucfTrainTestlist",
+    "annotations",
+    "testTrainMulti_7030_splits",
+    "labels",
+    "label",
+    "kinetics400",
+)  # where distributions put annotation files
 _MISSING_SHOWN = 5  # names quoted in the missing-videos warning
 _NEARBY_BUDGET = 20_000  # directory entries the nearby-file search may look at
 
@@ -113,9 +119,7 @@ def missing_file(
     found = nearby_files(req, [pattern] if pattern else list(names))
     if found:
         folders = unique(p.parent for p in found)
-        hint = f"found {', '.join(str(p) for p in found[:3])}: try " + " or ".join(
-            suggest(req, f) for f in folders[:2]
-        )
+        hint = f"found {', '.join(str(p) for p in found[:3])}: try " + " or ".join(suggest(req, f) for f in folders[:2])
     else:
         suffixes = {Path(n).suffix for n in names}
         others = [p for p in nearby_files(req, [f"*{s}" for s in suffixes]) if p.parent in dirs]
@@ -167,8 +171,7 @@ def listed_records(
     """Records for (relative path, label, split) triples, under the first of root/<subdir>
     that holds the most of them; a record's name is its relative path minus the extension."""
     videos = pick_video_dir(req, subdirs, [rel for rel, _, _ in listed])
-    records = [VideoRecord(rel.rsplit(".", 1)[0], videos / rel, label, part)
-               for rel, label, part in listed]
+    records = [VideoRecord(rel.rsplit(".", 1)[0], videos / rel, label, part) for rel, label, part in listed]
     return videos, records
 
 
@@ -217,28 +220,27 @@ def finish_index(
         found = nearby_files(req, [example.name])
         if found:
             shared = shared_tail(found[0], example)  # file name, class folder, ...
-            hint = (f"found {found[0]}: the videos are in {found[0].parents[shared - 1]}, not in "
-                    f"{example.parents[shared - 1]}; {hint}")
-        elif archives := [p for p in nearby_files(req, ["*.rar", "*.zip", "*.tar", "*.tar.gz", "*.tgz"])
-                          if p.is_relative_to(req.root)]:
+            hint = (
+                f"found {found[0]}: the videos are in {found[0].parents[shared - 1]}, not in "
+                f"{example.parents[shared - 1]}; {hint}"
+            )
+        elif archives := [
+            p for p in nearby_files(req, ["*.rar", "*.zip", "*.tar", "*.tar.gz", "*.tgz"]) if p.is_relative_to(req.root)
+        ]:
             names = ", ".join(p.name for p in archives[:3])
             hint = f"found the archives {names}: unpack them first; {hint}"
-        req.fail(f"none of the {len(missing)} listed videos exists; expected {expected}, "
-                 f"e.g. {example} ({hint})")
+        req.fail(f"none of the {len(missing)} listed videos exists; expected {expected}, e.g. {example} ({hint})")
     missing_names = sorted(r.name for r in missing)
     if missing_names:
         log.warning(
-            "%s: %d of the %d listed videos are missing on disk and will not be extracted "
-            "(first: %s)",
+            "%s: %d of the %d listed videos are missing on disk and will not be extracted (first: %s)",
             req.dataset,
             len(missing_names),
             len(by_name),
             ", ".join(missing_names[:_MISSING_SHOWN]),
         )
     present.sort(key=lambda r: (r.split, r.name))
-    return DatasetIndex(
-        req.dataset, req.root, list(classes), present, missing_names, req.split, tuple(files)
-    )
+    return DatasetIndex(req.dataset, req.root, list(classes), present, missing_names, req.split, tuple(files))
 
 
 def check_split(req: Request, allowed: tuple[int, ...]) -> None:
@@ -247,9 +249,7 @@ def check_split(req: Request, allowed: tuple[int, ...]) -> None:
         req.fail(f"expected split {choices} (the official splits); got {req.split!r}")
 
 
-def read_csv(
-    req: Request, path: Path, header: tuple[str, ...], needed: tuple[str, ...]
-) -> list[dict[str, str]]:
+def read_csv(req: Request, path: Path, header: tuple[str, ...], needed: tuple[str, ...]) -> list[dict[str, str]]:
     """Rows of a CSV file that must have at least the `needed` columns of `header`.
     A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped."""
     columns = ",".join(header)
@@ -279,8 +279,7 @@ def read_json(req: Request, path: Path):
 
 def entry_fields(req: Request, path: Path, entry: object, *keys: str) -> list:
     if not isinstance(entry, dict) or not all(k in entry for k in keys):
-        req.fail(f"expected every entry of {path} to have the keys {', '.join(keys)}; "
-                 f"found {str(entry)[:80]}")
+        req.fail(f"expected every entry of {path} to have the keys {', '.join(keys)}; found {str(entry)[:80]}")
     return [entry[k] for k in keys]
 
 
@@ -290,8 +289,7 @@ def bad_line(req: Request, path: Path, lineno: int, expected: str) -> NoReturn:
 
 def subfolders(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_FOLDERS
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_FOLDERS
     )
 
 
@@ -301,15 +299,17 @@ def in_ignored(path: Path, top: Path) -> bool:
 
 def is_video(path: Path) -> bool:
     # "._x.mp4" files are macOS metadata, not videos.
-    return (
-        path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".") and path.is_file()
-    )
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
 def is_dangling_video(path: Path) -> bool:
     """A link named like a video whose target is gone: kept, so its failure is recorded."""
-    return (path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
-            and path.is_symlink() and not path.exists())
+    return (
+        path.suffix.lower() in VIDEO_EXTENSIONS
+        and not path.name.startswith(".")
+        and path.is_symlink()
+        and not path.exists()
+    )
 
 
 def unreadable_folders(top: Path) -> list[Path]:

@@ -106,9 +106,7 @@ def load_dataset(
         if not ann.is_dir():
             raise LayoutError(f"{dataset}: --annotations {ann} is not a folder")
     if holdout and dataset not in _HAS_HOLDOUT:
-        raise LayoutError(
-            f"{dataset}: has no unlabelled test set; --holdout applies to {', '.join(_HAS_HOLDOUT)}"
-        )
+        raise LayoutError(f"{dataset}: has no unlabelled test set; --holdout applies to {', '.join(_HAS_HOLDOUT)}")
     index = adapter(Request(dataset, root, split, ann, holdout))
     log.info(
         "%s: %d videos, %d classes, %d missing",

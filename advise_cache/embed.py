@@ -38,8 +38,15 @@ class Embeddings:
     meta: dict
 
 
-def embed(cache: Path, checkpoint: Path, views: int = 4, split: str = "test", device: str = "auto",
-          mode: str | None = None, progress=None) -> Embeddings:
+def embed(
+    cache: Path,
+    checkpoint: Path,
+    views: int = 4,
+    split: str = "test",
+    device: str = "auto",
+    mode: str | None = None,
+    progress=None,
+) -> Embeddings:
     """Per video of `split` ("all" for every split), the view-averaged pooled TMM output."""
     if views < 1:
         raise MismatchError("--views must be >= 1")
@@ -48,21 +55,32 @@ def embed(cache: Path, checkpoint: Path, views: int = 4, split: str = "test", de
     model, meta, source = load_model(checkpoint, store, dev)
     videos, skipped = source.videos(None if split == "all" else split)
     if not len(videos):
-        raise StoreError(f"{cache}: no done video in split {split!r} "
-                         f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))}, or all)")
+        raise StoreError(
+            f"{cache}: no done video in split {split!r} "
+            f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))}, or all)"
+        )
     if skipped:
         log.warning("skipping %d video(s) of split %r that are not done in the store", skipped, split)
     sampler = meta.config.sampler
     mode = mode or meta.config.clip_mode
     iterate = progress or (lambda xs: xs)
-    features = np.concatenate([
-        video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev,
-                      what="features")
-        for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
-    ]).astype(np.float32)
-    info = {"checkpoint": str(checkpoint), "store": str(cache), "split": split, "views": views,
-            "clip_mode": mode, "frames": sampler.frames, "stride": sampler.stride,
-            "task": meta.task, "skipped": skipped}
+    features = np.concatenate(
+        [
+            video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev, what="features")
+            for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
+        ]
+    ).astype(np.float32)
+    info = {
+        "checkpoint": str(checkpoint),
+        "store": str(cache),
+        "split": split,
+        "views": views,
+        "clip_mode": mode,
+        "frames": sampler.frames,
+        "stride": sampler.stride,
+        "task": meta.task,
+        "skipped": skipped,
+    }
     names = np.array([str(n) for n in store.videos.name[videos]])  # zarr gives StringDType; npz wants <U
     return Embeddings(features, names, store.videos.label[videos].astype(np.int64), store.classes, info)
 
@@ -71,14 +89,19 @@ def save_embeddings(path: Path, emb: Embeddings) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to any name
-        np.savez(f, embeddings=emb.embeddings, names=emb.names, labels=emb.labels,
-                 classes=np.asarray(emb.classes, dtype=str), meta=json.dumps(emb.meta))
+        np.savez(
+            f,
+            embeddings=emb.embeddings,
+            names=emb.names,
+            labels=emb.labels,
+            classes=np.asarray(emb.classes, dtype=str),
+            meta=json.dumps(emb.meta),
+        )
 
 
 def load_embeddings(path: Path) -> Embeddings:
     with np.load(path, allow_pickle=False) as z:
-        return Embeddings(z["embeddings"], z["names"], z["labels"], z["classes"].tolist(),
-                          json.loads(str(z["meta"])))
+        return Embeddings(z["embeddings"], z["names"], z["labels"], z["classes"].tolist(), json.loads(str(z["meta"])))
 
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -117,8 +140,10 @@ def plot_embeddings(emb: Embeddings, path: Path, seed: int = 0) -> np.ndarray:
     ax.set_xticks([])
     ax.set_yticks([])
     m = emb.meta
-    ax.set_title(f"t-SNE of pooled TMM outputs: {len(xy)} videos of {m['split']}, {m['views']} views\n"
-                 f"{m['checkpoint']}", fontsize=9)
+    ax.set_title(
+        f"t-SNE of pooled TMM outputs: {len(xy)} videos of {m['split']}, {m['views']} views\n{m['checkpoint']}",
+        fontsize=9,
+    )
     if len(present) <= 30:
         ax.legend(fontsize=7, loc="best", markerscale=1.2)
     fig.tight_layout()

@@ -26,8 +26,18 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def video_outputs(model: ClipClassifier, source: TokenSource, videos, views: int, frames: int, stride: int,
-                  mode: str, device: torch.device, batch_size: int = 32, what: str = "logits") -> np.ndarray:
+def video_outputs(
+    model: ClipClassifier,
+    source: TokenSource,
+    videos,
+    views: int,
+    frames: int,
+    stride: int,
+    mode: str,
+    device: torch.device,
+    batch_size: int = 32,
+    what: str = "logits",
+) -> np.ndarray:
     """Per video, the mean over `views` clips of the logits (or of the pooled `features`)."""
     fn = model if what == "logits" else model.features
     out = []
@@ -39,8 +49,16 @@ def video_outputs(model: ClipClassifier, source: TokenSource, videos, views: int
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(cache: Path, checkpoint: Path, views: int = 4, split: str = "test", device: str = "auto",
-             mode: str | None = None, confusion_png: Path | None = None, progress=None) -> dict:
+def evaluate(
+    cache: Path,
+    checkpoint: Path,
+    views: int = 4,
+    split: str = "test",
+    device: str = "auto",
+    mode: str | None = None,
+    confusion_png: Path | None = None,
+    progress=None,
+) -> dict:
     """Top-1/top-5 and per-class accuracy of a classification checkpoint on a store's split."""
     if views < 1:
         raise MismatchError("--views must be >= 1")
@@ -61,10 +79,12 @@ def evaluate(cache: Path, checkpoint: Path, views: int = 4, split: str = "test",
     sampler = meta.config.sampler
     mode = mode or meta.config.clip_mode
     iterate = progress or (lambda xs: xs)
-    logits = np.concatenate([
-        video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev)
-        for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
-    ])
+    logits = np.concatenate(
+        [
+            video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev)
+            for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
+        ]
+    )
     classes = store.classes
     ranked = np.argsort(-logits, axis=1)
     top1 = ranked[:, 0] == labels

@@ -110,9 +110,13 @@ class ExtractSummary:
         out = [
             f"store {self.store}  ifm {self.ifm}" + (f"  part {k}/{n}" if n > 1 else ""),
             f"videos: {self.done} extracted, {self.already_done} already done, {len(self.failed)} failed"
-            f" (of {self.videos})" + (f"; {self.busy} left to another process extracting them now"
-                                      if self.busy else "") + (f"; {self.missing} listed videos missing on disk (`advise-cache info`"
-                                      " names them)" if self.missing else ""),
+            f" (of {self.videos})"
+            + (f"; {self.busy} left to another process extracting them now" if self.busy else "")
+            + (
+                f"; {self.missing} listed videos missing on disk (`advise-cache info` names them)"
+                if self.missing
+                else ""
+            ),
             f"frames: {self.frames} in {self.seconds:.1f} s ({fps:.1f} frames/s; {self.device}, batch "
             f"{self.batch_size}, {self.workers} decode processes)",
             f"bytes: {self.bytes / 1e6:.1f} MB ({per / 1e3:.1f} kB per frame)",
@@ -186,12 +190,12 @@ def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, fl
             results = map(probe_or_reason, paths)
         else:
             # spawn: forking a process that has already started torch's thread pools can deadlock.
-            pool = ProcessPoolExecutor(min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"),
-                                       initializer=init_worker)
+            pool = ProcessPoolExecutor(
+                min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"), initializer=init_worker
+            )
             with sigint_blocked():  # the pool starts its processes (and its manager thread) here
                 results = pool.map(probe_or_reason, paths, chunksize=8)
-        return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress,
-                         leave=False))
+        return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress, leave=False))
     finally:
         if pool is not None:  # its workers ignore Ctrl-C: they finish the probe in hand, then go
             pool.shutdown(wait=True, cancel_futures=True)
@@ -256,8 +260,9 @@ def _written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
 def _plan(cfg: ExtractConfig, key: str, grid, dim: int, store, table: dict | None) -> SizePlan:
     frames = store.videos.source_frames if table is None else np.asarray(table["source_frames"], np.int64)
     written = _written(store, key, cfg) if table is None else np.zeros(len(frames), bool)
-    return size_plan(cfg.out, cfg.model, grid, dim, frames, written, cfg.frame_stride, cfg.dtype,
-                     cfg.frames_per_shard, cfg.codec)
+    return size_plan(
+        cfg.out, cfg.model, grid, dim, frames, written, cfg.frame_stride, cfg.dtype, cfg.frames_per_shard, cfg.codec
+    )
 
 
 def _ensure_store(cfg: ExtractConfig, index, workers: int, key: str, grid, dim: int) -> None:
@@ -276,8 +281,10 @@ def _check_flags(cfg: ExtractConfig) -> str:
         raise AdviseCacheError("--writers must be >= 1")
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
-        raise AdviseCacheError(f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
-                               "'.' (it names a folder inside the store)")
+        raise AdviseCacheError(
+            f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
+            "'.' (it names a folder inside the store)"
+        )
     if cfg.out.exists() and not cfg.out.is_dir():
         raise StoreError(f"--out {cfg.out} is a file, not a store")
     return key
@@ -332,8 +339,16 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
     table = store.videos
     mine = np.arange(len(table))[k::n]
-    summary = ExtractSummary(str(cfg.out), key, len(mine), workers=workers, batch_size=batch, shard=(k, n),
-                             device=str(ifm.device), missing=len(store.source["missing"]))
+    summary = ExtractSummary(
+        str(cfg.out),
+        key,
+        len(mine),
+        workers=workers,
+        batch_size=batch,
+        shard=(k, n),
+        device=str(ifm.device),
+        missing=len(store.source["missing"]),
+    )
     try:
         status = arrays.status()
         _repair(arrays, table, [int(v) for v in mine if status[v] == DONE])
@@ -345,19 +360,18 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         ours = set(todo)
         summary.busy = sum(1 for v in pending if v not in ours and status[v] == PENDING)
         reasons = arrays.reasons() if (status[mine] == FAILED).any() else None
-        summary.failed = [{"name": str(table.name[v]), "reason": str(reasons[v])}
-                          for v in mine if status[v] == FAILED]
+        summary.failed = [{"name": str(table.name[v]), "reason": str(reasons[v])} for v in mine if status[v] == FAILED]
         summary.already_done = int((status[mine] == DONE).sum())
         if summary.busy:
-            log.warning("%d videos are being extracted by another process; this one leaves them to it",
-                        summary.busy)
+            log.warning("%d videos are being extracted by another process; this one leaves them to it", summary.busy)
         _run(cfg, ifm, arrays, table, todo, workers, batch, summary)
     except OSError as e:
         if e.errno not in _STORAGE_ERRORS:
             raise
         # What is done stays done (a video is marked done only once durable); the rest resumes.
-        raise StoreError(f"writing {cfg.out} failed: {e.strerror}; fix that and run the same command "
-                         "again to continue") from e
+        raise StoreError(
+            f"writing {cfg.out} failed: {e.strerror}; fix that and run the same command again to continue"
+        ) from e
     finally:
         arrays.release()
     summary.seconds = time.perf_counter() - t0
@@ -437,4 +451,3 @@ def _fail(arrays, table, v, reason, summary) -> None:
     arrays.mark_failed(v, reason)
     summary.failed.append({"name": str(table.name[v]), "reason": reason})
     log.warning("failed %s: %s", table.name[v], reason)
-

@@ -91,8 +91,12 @@ class PoolDecoder:
         for _ in range(workers):
             self.tasks.put(None)
         self.procs = [
-            ctx.Process(target=decode_worker, args=(self.tasks, self.results, self.free, self.shm.name, self.shape),
-                        daemon=True, name=f"decode-{i}")
+            ctx.Process(
+                target=decode_worker,
+                args=(self.tasks, self.results, self.free, self.shm.name, self.shape),
+                daemon=True,
+                name=f"decode-{i}",
+            )
             for i in range(workers)
         ]
         try:
@@ -164,8 +168,9 @@ class Writer:
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self.stop = False
-        self.threads = [threading.Thread(target=self._loop, name=f"store-writer-{i}", daemon=True)
-                        for i in range(threads)]
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"store-writer-{i}", daemon=True) for i in range(threads)
+        ]
         for t in self.threads:
             t.start()
 
@@ -232,8 +237,7 @@ class ModelLoop:
         self.quantised = arrays.quantised
         self.error_sums: dict[int, torch.Tensor] = {}
         size = ifm.spec.size
-        self.staging = [torch.empty((batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
-                        for _ in range(2)]
+        self.staging = [torch.empty((batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2)]
         self.staged = [None, None]  # CUDA events: when each staging buffer may be refilled
         self.cur, self.fill, self.pieces = 0, 0, []
         self.first_launch: float | None = None  # perf_counter of the first batch run

@@ -245,8 +245,9 @@ def _create_timm(name: str, pretrained: str, seed: int):
         raise WeightsError(f"{arch}: only ViT models give a patch-token grid")
     cfg = timm.data.resolve_data_config({}, model=model)
     size = model.patch_embed.img_size[0]
-    spec = PixelSpec(size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     interpolation=cfg.get("interpolation", "bicubic"))
+    spec = PixelSpec(
+        size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=cfg.get("interpolation", "bicubic")
+    )
     grid = tuple(model.patch_embed.grid_size)
     prefix = getattr(model, "num_prefix_tokens", 1)
 

@@ -51,8 +51,10 @@ class IFMArrays:
         self.frames = self.group["frames"][:]
         dtype, scheme = self.meta.get("dtype"), self.meta.get("quantisation")
         if dtype not in TOKEN_DTYPES or (dtype == "int8" and scheme != SCHEME):
-            raise StoreError(f"image model {key!r} stores tokens as {dtype} ({scheme or 'no scheme'}), which this "
-                             f"advise-cache {__version__} cannot decode: upgrade advise-cache")
+            raise StoreError(
+                f"image model {key!r} stores tokens as {dtype} ({scheme or 'no scheme'}), which this "
+                f"advise-cache {__version__} cannot decode: upgrade advise-cache"
+            )
         self.quantised = dtype == "int8"
         self._direct = _plain_shards(self.tokens)
         self._reader: ShardReader | None = None
@@ -97,8 +99,9 @@ class IFMArrays:
     def _lock(self, video: int, kind: int) -> bool:
         if self._claims_fd is None:
             try:
-                self._claims_fd = os.open(self.store.path / "ifm" / self.key / "claims.lock",
-                                          os.O_RDWR | os.O_CREAT, 0o644)
+                self._claims_fd = os.open(
+                    self.store.path / "ifm" / self.key / "claims.lock", os.O_RDWR | os.O_CREAT, 0o644
+                )
             except OSError as e:
                 raise StoreError(f"cannot write into {self.store.path}: {e.strerror}") from None
         try:
@@ -136,8 +139,9 @@ class IFMArrays:
     def _owned(self, video: int) -> None:
         """Writing needs the video's claim; take it now if it is pending and free."""
         if video not in self._claimed and not self.claim([video]):
-            raise StoreError(f"video {video} of {self.key} is done, failed, or being written by another "
-                             "process; not touching it")
+            raise StoreError(
+                f"video {video} of {self.key} is done, failed, or being written by another process; not touching it"
+            )
 
     def reopen(self, video: int) -> None:
         """Put a claimed video back to pending (its shards are damaged; extract writes it again)."""
@@ -163,8 +167,7 @@ class IFMArrays:
                     break
                 want = min(per, n - k * per) * frame + index_bytes(per)
                 if self._direct and size != want:
-                    out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, "
-                                   f"expected {want}"))
+                    out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, expected {want}"))
                     break
         return out
 
@@ -180,8 +183,10 @@ class IFMArrays:
         """Refuse a damaged offset table, which would read another video's rows."""
         expected, _ = slot_offsets(self.frames, int(self.meta["frames_per_shard"]))
         if not np.array_equal(self.offset, expected):
-            raise StoreError(f"{self.store.path}: the offset table of {self.key} is damaged "
-                             "(`advise-cache verify` lists the videos affected)")
+            raise StoreError(
+                f"{self.store.path}: the offset table of {self.key} is damaged "
+                "(`advise-cache verify` lists the videos affected)"
+            )
 
     def shards_of(self, video: int) -> int:
         """How many shards hold this video's rows."""
@@ -202,8 +207,9 @@ class IFMArrays:
         n = int(self.frames[video])
         rows = min(per, n - index * per)
         if not 0 <= index < self.shards_of(video) or tokens.shape != (rows, *self.tokens.shape[1:]):
-            raise StoreError(f"video {video} shard {index}: got tokens {tokens.shape}, "
-                             f"expected {(rows, *self.tokens.shape[1:])}")
+            raise StoreError(
+                f"video {video} shard {index}: got tokens {tokens.shape}, expected {(rows, *self.tokens.shape[1:])}"
+            )
         self._owned(video)
         path = self.shard_paths(video)[index]
         data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))

@@ -39,8 +39,10 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
         h, w = a.grid
         row = a.dim + (SCALE_BYTES if a.quantised else 0)  # int8: each token's float16 scale
         if a.tokens.shape[1:] != (h, w, row):
-            problems.append(f"{key}: tokens shape {a.tokens.shape} does not match grid {h}x{w} dim {a.dim}"
-                            + (" (+2 bytes of scale: int8)" if a.quantised else ""))
+            problems.append(
+                f"{key}: tokens shape {a.tokens.shape} does not match grid {h}x{w} dim {a.dim}"
+                + (" (+2 bytes of scale: int8)" if a.quantised else "")
+            )
         expected = -(-table.source_frames // stride)
         ends = a.offset + -(-a.frames // per) * per
         for v in range(len(table)):
@@ -52,12 +54,15 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
             if a.offset[v] % per or (v and a.offset[v] != ends[v - 1]) or ends[v] > a.tokens.shape[0]:
                 problems.append(f"{key}: {name}: offset {a.offset[v]} is not where its slot starts")
         damaged = dict(a.damaged(np.flatnonzero(status == DONE)))
-        problems += [f"{key}: {table.name[v]}: {why} (`advise-cache extract` writes it again)"
-                     for v, why in damaged.items()]
+        problems += [
+            f"{key}: {table.name[v]}: {why} (`advise-cache extract` writes it again)" for v, why in damaged.items()
+        ]
         sums = a.checksums() if deep else None
         if deep and sums is None:
-            problems.append(f"{key}: no checksums recorded (extracted before advise-cache kept them): "
-                            "--deep cannot check its values")
+            problems.append(
+                f"{key}: no checksums recorded (extracted before advise-cache kept them): "
+                "--deep cannot check its values"
+            )
         if check_values or deep:
             for v in (progress or iter)(np.flatnonzero(status == DONE)):
                 if v in damaged:
@@ -68,8 +73,10 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                     problems.append(f"{key}: {table.name[v]}: its shards cannot be read ({first_line(e, 200)})")
                     continue
                 if sums is not None and sums[v] != NO_CHECKSUM and a.computed_checksum(int(v), x) != sums[v]:
-                    problems.append(f"{key}: {table.name[v]}: its tokens differ from the checksum written at "
-                                    "extraction (corrupted on disk)")
+                    problems.append(
+                        f"{key}: {table.name[v]}: its tokens differ from the checksum written at "
+                        "extraction (corrupted on disk)"
+                    )
                 if a.quantised:  # the values the loader will see: int8 times each token's scale
                     x = dequantize_numpy(x)
                 if not np.isfinite(x).all():
@@ -92,13 +99,17 @@ def quant_notes(store: Store) -> list[str]:
         done = a.status() == DONE
         s = quant_error_summary(errors, done, table.name)
         if s["videos"]:
-            notes.append(f"{key}: int8 error over {s['videos']} videos: relative L2 mean {s['rel_l2_mean']:.2%}, "
-                         f"worst {s['rel_l2_worst']:.2%} ({s['worst_video']}); cosine mean {s['cos_mean']:.5f}, "
-                         f"worst {s['cos_worst']:.5f}")
+            notes.append(
+                f"{key}: int8 error over {s['videos']} videos: relative L2 mean {s['rel_l2_mean']:.2%}, "
+                f"worst {s['rel_l2_worst']:.2%} ({s['worst_video']}); cosine mean {s['cos_mean']:.5f}, "
+                f"worst {s['cos_worst']:.5f}"
+            )
         rel = errors[0]
         for v in np.flatnonzero(done & (rel > ABNORMAL_QUANT_ERROR)):
-            notes.append(f"{key}: {table.name[v]}: int8 relative L2 error {rel[v]:.2%} is above "
-                         f"{ABNORMAL_QUANT_ERROR:.0%}: its tokens may need float16 (--dtype float16, another --name)")
+            notes.append(
+                f"{key}: {table.name[v]}: int8 relative L2 error {rel[v]:.2%} is above "
+                f"{ABNORMAL_QUANT_ERROR:.0%}: its tokens may need float16 (--dtype float16, another --name)"
+            )
         if s["unmeasured"]:
             notes.append(f"{key}: {s['unmeasured']} done videos have no recorded int8 error")
     return notes

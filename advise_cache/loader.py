@@ -52,8 +52,7 @@ class TokenSource:
         grids = {a.grid for a in self.arrays}
         if len(grids) != 1:
             raise MismatchError(
-                "cannot concatenate IFMs with different grids: "
-                + ", ".join(f"{a.key} {a.grid}" for a in self.arrays)
+                "cannot concatenate IFMs with different grids: " + ", ".join(f"{a.key} {a.grid}" for a in self.arrays)
             )
         frames = [a.frames for a in self.arrays]
         if any(not np.array_equal(frames[0], f) for f in frames[1:]):
@@ -96,8 +95,10 @@ class TokenSource:
         free = _free_bytes(device if on_device else torch.device("cpu"))
         if free is not None and need > 0.9 * free:
             where = "GPU" if on_device else "RAM"
-            raise StoreError(f"--preload needs {need / 1e9:.1f} GB of {where}; only {free / 1e9:.1f} GB "
-                             "are free. Train without --preload (the loader reads from the store)")
+            raise StoreError(
+                f"--preload needs {need / 1e9:.1f} GB of {where}; only {free / 1e9:.1f} GB "
+                "are free. Train without --preload (the loader reads from the store)"
+            )
         start = np.full(len(self.frames), -1, np.int64)
         start[videos] = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(videos) else []
         pin = device.type == "cuda" and not on_device
@@ -122,8 +123,14 @@ class TokenSource:
             return start[:, None] + indices
         return self.arrays[k].offset[videos][:, None] + indices
 
-    def fill(self, videos: np.ndarray, indices: np.ndarray, outs: list[np.ndarray],
-             pool: ThreadPoolExecutor | None = None, tasks: int = 1) -> None:
+    def fill(
+        self,
+        videos: np.ndarray,
+        indices: np.ndarray,
+        outs: list[np.ndarray],
+        pool: ThreadPoolExecutor | None = None,
+        tasks: int = 1,
+    ) -> None:
         """Write clip b's frames, as stored, into outs[k][b] (one (B, T, h, w, row_dims[k]) buffer
         per IFM)."""
         for k, (a, reader, out) in enumerate(zip(self.arrays, self._readers, outs)):
@@ -178,8 +185,7 @@ def _check_indices(frames: np.ndarray, videos: np.ndarray, indices: np.ndarray) 
     bad = (indices < 0) | (indices >= n)
     if bad.any():
         b = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise StoreError(f"video {int(videos[b])} has {int(n[b, 0])} frames; a clip asks for "
-                         f"{indices[b].tolist()}")
+        raise StoreError(f"video {int(videos[b])} has {int(n[b, 0])} frames; a clip asks for {indices[b].tolist()}")
 
 
 def collate(clips: list) -> torch.Tensor:
@@ -197,9 +203,17 @@ class ClipLoader:
     stays valid until the next batch is asked for (copy it to keep it longer).
     """
 
-    def __init__(self, source: TokenSource, plan: list[ClipRequest], batch_size: int,
-                 prefetch: int = 2, threads: int = 4, skip_batches: int = 0, drop_last: bool = True,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        source: TokenSource,
+        plan: list[ClipRequest],
+        batch_size: int,
+        prefetch: int = 2,
+        threads: int = 4,
+        skip_batches: int = 0,
+        drop_last: bool = True,
+        device: torch.device | str | None = None,
+    ):
         if batch_size < 1:
             raise StoreError("batch size must be >= 1")
         self.source = source
@@ -210,9 +224,14 @@ class ClipLoader:
         if len(lengths) > 1:
             raise StoreError(f"clips of one plan must have equal lengths, got {sorted(lengths)}")
         self.frames = lengths.pop() if lengths else 0
-        self._arrays = [(np.array([r.video for r in b], np.int64),
-                         np.stack([np.asarray(r.indices, np.int64) for r in b]),
-                         np.array([r.label for r in b], np.int64)) for b in self.batches]
+        self._arrays = [
+            (
+                np.array([r.video for r in b], np.int64),
+                np.stack([np.asarray(r.indices, np.int64) for r in b]),
+                np.array([r.label for r in b], np.int64),
+            )
+            for b in self.batches
+        ]
         for videos, indices, _ in self._arrays:  # a bad plan fails here, not mid-epoch
             _check_indices(source.frames, videos, indices)
         self.prefetch = max(1, prefetch)
@@ -227,8 +246,12 @@ class ClipLoader:
 
     def _buffers(self, rows: int) -> list[torch.Tensor]:
         pin = self.device.type == "cuda"
-        return [torch.empty((rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.stored_dtype),
-                            pin_memory=pin) for d in self.source.row_dims]
+        return [
+            torch.empty(
+                (rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.stored_dtype), pin_memory=pin
+            )
+            for d in self.source.row_dims
+        ]
 
     def __iter__(self):
         src, dev = self.source, self.device
@@ -310,8 +333,7 @@ class ClipLoader:
             stop.set()
             thread.join()
 
-    def _deliver(self, used: list[torch.Tensor], bufs: list[torch.Tensor], labels: np.ndarray, side,
-                 free: queue.Queue):
+    def _deliver(self, used: list[torch.Tensor], bufs: list[torch.Tensor], labels: np.ndarray, side, free: queue.Queue):
         """(x, y, event, buffers the consumer holds) for a filled host batch `used` (views of `bufs`)."""
         y = torch.from_numpy(labels)
         if side is None:  # CPU: the consumer reads the buffer itself

@@ -61,8 +61,7 @@ class TMMConfig:
                 raise MismatchError(f"{name} must be at least 1 or None, got {value}")
         if self.channel_pool is not None and self.channel_pool > self.in_dim:
             raise MismatchError(
-                f"channel_pool {self.channel_pool} exceeds in_dim {self.in_dim}: "
-                "pooling cannot add channels"
+                f"channel_pool {self.channel_pool} exceeds in_dim {self.in_dim}: pooling cannot add channels"
             )
         if self.temporal_kernel % 2 == 0:
             # An even kernel cannot be padded symmetrically, so T would change.
@@ -140,13 +139,14 @@ class Bottleneck3D(nn.Module):
         if temporal_kernel % 2 == 0:
             raise MismatchError(f"temporal_kernel must be odd, got {temporal_kernel}")
         self.conv1 = nn.Conv3d(
-            in_dim, hidden, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0),
+            in_dim,
+            hidden,
+            (temporal_kernel, 1, 1),
+            padding=(temporal_kernel // 2, 0, 0),
             bias=False,
         )
         self.bn1 = nn.BatchNorm3d(hidden)
-        self.conv2 = nn.Conv3d(
-            hidden, hidden, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
-        )
+        self.conv2 = nn.Conv3d(hidden, hidden, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
         self.bn2 = nn.BatchNorm3d(hidden)
         self.conv3 = nn.Conv3d(hidden, out_dim, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(out_dim)
@@ -194,9 +194,7 @@ class TMM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.config.in_dim:
-            raise MismatchError(
-                f"expected tokens (B, {self.config.in_dim}, T, h, w), got {tuple(x.shape)}"
-            )
+            raise MismatchError(f"expected tokens (B, {self.config.in_dim}, T, h, w), got {tuple(x.shape)}")
         return self.blocks(self.sfu(x))
 
 
@@ -271,9 +269,7 @@ class R3D50(nn.Module):
             raise MismatchError(f"stem_temporal_kernel must be 1 or 3, got {stem_temporal_kernel}")
         kt = stem_temporal_kernel
         self.stem = nn.Sequential(
-            nn.Conv3d(
-                in_channels, 64, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False
-            ),
+            nn.Conv3d(in_channels, 64, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False),
             nn.BatchNorm3d(64),
             nn.ReLU(inplace=True),
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),

@@ -54,9 +54,7 @@ def load_ucf101(req: Request) -> DatasetIndex:
     listed = []  # (relative path, label, split)
     files = [class_file]
     for part in ("train", "test"):
-        list_file = find_file(
-            req, [lists], [f"{part}list0{req.split}.txt"], f"the official split files ({_UCF_URL})"
-        )
+        list_file = find_file(req, [lists], [f"{part}list0{req.split}.txt"], f"the official split files ({_UCF_URL})")
         files.append(list_file)
         for lineno, line in read_lines(list_file):
             rel = line.split()[0]
@@ -83,8 +81,7 @@ def load_hmdb51(req: Request) -> DatasetIndex:
         if split_files:
             break
     if not split_files:
-        missing_file(req, dirs, [f"<class>{suffix}"], f"the official splits ({_HMDB_URL})",
-                      pattern=f"*{suffix}")
+        missing_file(req, dirs, [f"<class>{suffix}"], f"the official splits ({_HMDB_URL})", pattern=f"*{suffix}")
     # Classes in sorted class-name order, as torchvision and mmaction2 number them: the
     # split files sort differently ("climb_stairs_test..." before "climb_test...").
     by_class = {f.name[: -len(suffix)]: f for f in split_files}
@@ -130,8 +127,7 @@ def load_diving48(req: Request) -> DatasetIndex:
         for entry in read_json(req, split_file):
             vid, label = entry_fields(req, split_file, entry, "vid_name", "label")
             if not isinstance(label, int) or not 0 <= label < len(classes):
-                req.fail(f"{split_file} gives {vid!r} the label {label!r}; "
-                         f"expected an integer in [0, {len(classes)})")
+                req.fail(f"{split_file} gives {vid!r} the label {label!r}; expected an integer in [0, {len(classes)})")
             listed.append((f"{vid}.mp4", label, part))
     videos, candidates = listed_records(req, listed, ["rgb", "videos", "."])
     return finish_index(req, classes, candidates, f"<vid_name>.mp4 videos in {videos}/", files)
@@ -180,8 +176,7 @@ def load_ssv2(req: Request) -> DatasetIndex:
             # Templates carry "[something]"; the label map spells it "something".
             key = template.replace("[", "").replace("]", "")
             if key not in label_map:
-                req.fail(f"{split_file} gives video {vid} the template {template!r}, "
-                         f"which {labels_file} does not list")
+                req.fail(f"{split_file} gives video {vid} the template {template!r}, which {labels_file} does not list")
             listed.append((f"{vid}.webm", label_map[key], part))
     subdirs = ["20bn-something-something-v2", "videos", "."]
     videos, candidates = listed_records(req, listed, subdirs)
@@ -217,9 +212,7 @@ def load_kinetics400(req: Request) -> DatasetIndex:
     folder = train_csv.parent
     files, tables = [], {}
     for role in parts:
-        path = train_csv if role == "train" else find_file(
-            req, [folder], list(_KINETICS_CSV[role]), what
-        )
+        path = train_csv if role == "train" else find_file(req, [folder], list(_KINETICS_CSV[role]), what)
         files.append(path)
         tables[role] = (path, read_csv(req, path, header, header[1:4]))
     classes = sorted({row["label"] for row in tables["train"][1] if row.get("label")})
@@ -240,8 +233,10 @@ def load_kinetics400(req: Request) -> DatasetIndex:
             try:
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             except ValueError:
-                req.fail(f"{path} has a row with time_start {row['time_start']!r}, "
-                         f"time_end {row['time_end']!r}; expected numbers")
+                req.fail(
+                    f"{path} has a row with time_start {row['time_start']!r}, "
+                    f"time_end {row['time_end']!r}; expected numbers"
+                )
             stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
             label_name = row.get("label") or ""
             if label_name and label_name not in lookup:
@@ -249,8 +244,7 @@ def load_kinetics400(req: Request) -> DatasetIndex:
             label = lookup[label_name] if label_name else -1
             video = replacements.get(stem) or on_disk.get(stem) or default / f"{stem}.mp4"
             candidates.append(VideoRecord(f"{role}/{stem}", video, label, parts[role]))
-    expected = (f"<youtube_id>_<start:06d>_<end:06d>.mp4 in {req.root}/<split>/ or "
-                "<split>/<label>/ (or videos_<split>/)")
+    expected = f"<youtube_id>_<start:06d>_<end:06d>.mp4 in {req.root}/<split>/ or <split>/<label>/ (or videos_<split>/)"
     return finish_index(req, classes, candidates, expected, files)
 
 

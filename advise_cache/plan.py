@@ -58,8 +58,9 @@ def stored_frames(source_frames, frame_stride: int) -> np.ndarray:
     return -(-np.asarray(source_frames, np.int64) // frame_stride)
 
 
-def video_bytes(source_frames, frame_stride: int, grid: tuple[int, int], dim: int, dtype: str,
-                frames_per_shard: int) -> np.ndarray:
+def video_bytes(
+    source_frames, frame_stride: int, grid: tuple[int, int], dim: int, dtype: str, frames_per_shard: int
+) -> np.ndarray:
     """Bytes of each video's shard files: its rows' tokens and one index per shard."""
     rows = stored_frames(source_frames, frame_stride)
     shards = -(-rows // frames_per_shard)
@@ -86,8 +87,14 @@ class Option:
     frames_left: int = 0  # stored frames of the videos not done yet
 
     def flags(self) -> str:
-        return " ".join(f for f in (f"--frame-stride {self.frame_stride}" if self.frame_stride != 1 else "",
-                                    f"--dtype {self.dtype}" if self.dtype != "float16" else "") if f)
+        return " ".join(
+            f
+            for f in (
+                f"--frame-stride {self.frame_stride}" if self.frame_stride != 1 else "",
+                f"--dtype {self.dtype}" if self.dtype != "float16" else "",
+            )
+            if f
+        )
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,8 @@ class SizePlan:
         h, w = self.grid
         out = [
             f"plan for {self.out}: {self.model} tokens {h}x{w}x{self.dim} {c.dtype}, frame stride "
-            f"{c.frame_stride}" + (f", codec {self.codec} (bytes below are an upper bound)"
-                                   if self.codec != "none" else ""),
+            f"{c.frame_stride}"
+            + (f", codec {self.codec} (bytes below are an upper bound)" if self.codec != "none" else ""),
             f"videos: {self.videos}; frames: {self.source_frames} in the videos, {c.frames} stored",
             f"bytes per frame: {c.frame_bytes} ({h}x{w} tokens x {token_bytes(self.dim, c.dtype)} bytes)",
             f"bytes in all: {_size(c.bytes)} (tokens and shard indexes)"
@@ -127,17 +134,20 @@ class SizePlan:
         ]
         for o in self.options:
             mark = "fits" if o.needed <= self.free else "does not fit"
-            out.append(f"  stride {o.frame_stride} {o.dtype:>7}: {_size(o.bytes):>10} "
-                       f"({o.frame_bytes} bytes/frame; {mark}){'  <- chosen' if o == c else ''}")
+            out.append(
+                f"  stride {o.frame_stride} {o.dtype:>7}: {_size(o.bytes):>10} "
+                f"({o.frame_bytes} bytes/frame; {mark}){'  <- chosen' if o == c else ''}"
+            )
         return out
-
 
     def _time_line(self) -> str:
         if not self.model_fps:
             return "time: unknown (no rate measured; a run's summary reports its frames/s)"
-        return (f"time: at least {_duration(self.chosen.frames_left / self.model_fps)}: the image model alone runs "
-                f"{self.model_fps:.1f} frames/s on {self.device} (measured now, random weights of the same "
-                "architecture); decoding runs beside it and can be slower")
+        return (
+            f"time: at least {_duration(self.chosen.frames_left / self.model_fps)}: the image model alone runs "
+            f"{self.model_fps:.1f} frames/s on {self.device} (measured now, random weights of the same "
+            "architecture); decoding runs beside it and can be slower"
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -155,20 +165,39 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def make_option(source_frames, done, frame_stride: int, dtype: str, grid: tuple[int, int], dim: int,
-                frames_per_shard: int) -> Option:
+def make_option(
+    source_frames, done, frame_stride: int, dtype: str, grid: tuple[int, int], dim: int, frames_per_shard: int
+) -> Option:
     per_video = video_bytes(source_frames, frame_stride, grid, dim, dtype, frames_per_shard)
     rows = stored_frames(source_frames, frame_stride)
     left = ~np.asarray(done, bool)
     shards_left = int((-(-rows[left] // frames_per_shard)).sum())
     to_write = int(per_video[left].sum())
     needed = to_write + BLOCK * (shards_left + 3 * int(left.sum())) + SLACK_FIXED
-    return Option(frame_stride, dtype, int(rows.sum()), frame_bytes(grid, dim, dtype), int(per_video.sum()),
-                  to_write, needed, int(rows[left].sum()))
+    return Option(
+        frame_stride,
+        dtype,
+        int(rows.sum()),
+        frame_bytes(grid, dim, dtype),
+        int(per_video.sum()),
+        to_write,
+        needed,
+        int(rows[left].sum()),
+    )
 
 
-def size_plan(out: Path, model: str, grid: tuple[int, int], dim: int, source_frames, done,
-              frame_stride: int, dtype: str, frames_per_shard: int, codec: str = "none") -> SizePlan:
+def size_plan(
+    out: Path,
+    model: str,
+    grid: tuple[int, int],
+    dim: int,
+    source_frames,
+    done,
+    frame_stride: int,
+    dtype: str,
+    frames_per_shard: int,
+    codec: str = "none",
+) -> SizePlan:
     """The plan of `out`: `source_frames` per video (from the probe or the store's table);
     `done` marks the videos this image model already holds with these settings."""
     grid = tuple(grid)
@@ -176,12 +205,25 @@ def size_plan(out: Path, model: str, grid: tuple[int, int], dim: int, source_fra
     chosen = make_option(source_frames, done, frame_stride, dtype, grid, dim, frames_per_shard)
     nothing_done = np.zeros(len(source_frames), bool)
     options = tuple(
-        chosen if (s, d) == (frame_stride, dtype)
+        chosen
+        if (s, d) == (frame_stride, dtype)
         else make_option(source_frames, nothing_done, s, d, grid, dim, frames_per_shard)
-        for s in PLAN_STRIDES for d in PLAN_DTYPES if d in TOKEN_BYTES
+        for s in PLAN_STRIDES
+        for d in PLAN_DTYPES
+        if d in TOKEN_BYTES
     )
-    return SizePlan(Path(out), model, grid, dim, len(source_frames), int(source_frames.sum()), chosen,
-                    options, free_bytes(out), codec)
+    return SizePlan(
+        Path(out),
+        model,
+        grid,
+        dim,
+        len(source_frames),
+        int(source_frames.sum()),
+        chosen,
+        options,
+        free_bytes(out),
+        codec,
+    )
 
 
 def check_fits(plan: SizePlan) -> None:
@@ -191,8 +233,11 @@ def check_fits(plan: SizePlan) -> None:
     c = plan.chosen
     smaller = [o for o in plan.options if o.needed <= plan.free and o.flags()]
     where = f"an --out on a disk with {_size(c.needed)} free"
-    fix = (f"these would fit: {'; '.join(f'{o.flags()} ({_size(o.bytes)})' for o in smaller)}; or {where}"
-           if smaller else f"use {where}")
+    fix = (
+        f"these would fit: {'; '.join(f'{o.flags()} ({_size(o.bytes)})' for o in smaller)}; or {where}"
+        if smaller
+        else f"use {where}"
+    )
     savings = ", ".join(o.flags() for o in plan.options if o.flags() and o not in smaller)
     raise StoreError(
         f"{plan.out} needs {_size(c.needed)} ({plan.model} {c.dtype}, frame stride {c.frame_stride}: "

@@ -96,9 +96,7 @@ def _valid_start_range(n: int, frames: int, stride: int) -> int:
     return max(n - frames * stride, 0)
 
 
-def sample_fixed_stride_clip(
-    rng: np.random.Generator, n: int, frames: int = 8, stride: int = 2
-) -> np.ndarray:
+def sample_fixed_stride_clip(rng: np.random.Generator, n: int, frames: int = 8, stride: int = 2) -> np.ndarray:
     """`frames` indices `stride` apart from a random start, modulo n.
 
     The start is uniform in [0, max(n - frames * stride, 0)] (one `rng.integers` draw), the
@@ -120,9 +118,7 @@ def _segments(n: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-def sample_segment_clip(
-    rng: np.random.Generator, n: int, frames: int = 8, jitter: bool = True
-) -> np.ndarray:
+def sample_segment_clip(rng: np.random.Generator, n: int, frames: int = 8, jitter: bool = True) -> np.ndarray:
     """One index per equal segment of [0, n): a uniform frame inside each (one vectorised
     `rng.integers` draw of size `frames`) or, with jitter=False, the segment's middle
     (start + length // 2, no draw). Indices are non-decreasing; for n < frames frames repeat.
@@ -135,9 +131,7 @@ def sample_segment_clip(
     return starts + lengths // 2
 
 
-def multi_view_clips(
-    n: int, frames: int = 8, stride: int = 2, views: int = 1, mode: str = "stride"
-) -> np.ndarray:
+def multi_view_clips(n: int, frames: int = 8, stride: int = 2, views: int = 1, mode: str = "stride") -> np.ndarray:
     """Deterministic test views of a video of n frames, shape (views, frames), int64.
 
     "stride": clips of `frames` indices `stride` apart whose starts are evenly spaced over
@@ -183,9 +177,7 @@ def _check_videos(videos: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     return videos, lengths
 
 
-def _shard(
-    clips: list[ClipRequest], rng: np.random.Generator, rank: int, world: int
-) -> list[ClipRequest]:
+def _shard(clips: list[ClipRequest], rng: np.random.Generator, rank: int, world: int) -> list[ClipRequest]:
     """Shuffle, drop the last len % world clips so every rank gets as many, take [rank::world].
 
     Equal counts keep DDP ranks in step (no rank waits on a batch another never makes); the

@@ -57,8 +57,9 @@ class ShardReader:
     """Reads rows of one sharded, uncompressed (rows, *frame_shape) array into given buffers.
     One caller at a time (a loader's producer thread); the reads it starts may run in parallel."""
 
-    def __init__(self, token_dir: Path, frames_per_shard: int, frame_shape: tuple[int, ...],
-                 dtype, max_open: int | None = None):
+    def __init__(
+        self, token_dir: Path, frames_per_shard: int, frame_shape: tuple[int, ...], dtype, max_open: int | None = None
+    ):
         self.token_dir = Path(token_dir)
         self.per = int(frames_per_shard)
         self.frame_shape = tuple(frame_shape)
@@ -76,8 +77,9 @@ class ShardReader:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreError(f"shard file {path} is missing: the store is damaged "
-                             "(`advise-cache verify` lists what is affected)") from None
+            raise StoreError(
+                f"shard file {path} is missing: the store is damaged (`advise-cache verify` lists what is affected)"
+            ) from None
         try:
             size = os.fstat(fd).st_size
             n, end = 16 * self.per, index_bytes(self.per)
@@ -92,8 +94,10 @@ class ShardReader:
             present = offsets != EMPTY
             bad = present & ((nbytes != self.frame_bytes) | (offsets + nbytes > size - end))
             if bad.any():
-                raise StoreError(f"shard file {path}: chunk {int(np.flatnonzero(bad)[0])} points outside "
-                                 "the file or has the wrong size")
+                raise StoreError(
+                    f"shard file {path}: chunk {int(np.flatnonzero(bad)[0])} points outside "
+                    "the file or has the wrong size"
+                )
             return fd, offsets.view(np.int64).copy()  # EMPTY reads as -1; real offsets fit int64
         except BaseException:
             os.close(fd)
@@ -120,14 +124,16 @@ class ShardReader:
                 _, (fd, _) = self._open.popitem(last=False)
                 os.close(fd)
 
-    def read_into(self, rows: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor | None = None,
-                  tasks: int = 1) -> None:
+    def read_into(
+        self, rows: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor | None = None, tasks: int = 1
+    ) -> None:
         """Fill out[i] with row rows[i]. `out` is C-contiguous with frames of this array's shape
         and dtype; the reads are split into `tasks` parts run on `pool` (reads release the GIL)."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if out.shape != (len(rows), *self.frame_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"buffer {out.shape} {out.dtype} does not fit {len(rows)} frames "
-                             f"of {self.frame_shape} {self.dtype}")
+            raise ValueError(
+                f"buffer {out.shape} {out.dtype} does not fit {len(rows)} frames of {self.frame_shape} {self.dtype}"
+            )
         fds, offsets = self._locate(rows)
         fds, offsets = fds.tolist(), offsets.tolist()
         flat = out.reshape(len(rows), -1).view(np.uint8)

@@ -97,8 +97,9 @@ class VideoTable:
         return len(self.name)
 
 
-def create_store(path: Path, dataset: str, root: str, classes: list[str], table: dict,
-                 source: dict | None = None) -> None:
+def create_store(
+    path: Path, dataset: str, root: str, classes: list[str], table: dict, source: dict | None = None
+) -> None:
     """Create a store holding the dataset's video table; no IFM yet. Atomic.
 
     `source` says where the video list came from (`DatasetIndex.source()`): the official
@@ -133,8 +134,7 @@ def create_store(path: Path, dataset: str, root: str, classes: list[str], table:
             encoded = [str(x).encode("utf-8") for x in table[field]]
             ends = np.cumsum([len(b) for b in encoded], dtype="int64").reshape(n)
             data = np.frombuffer(b"".join(encoded), dtype="uint8")
-            _column(v, f"{field}_end", ends, ("video",),
-                    {"text": f"{field}_utf8", "encoding": "utf-8"})
+            _column(v, f"{field}_end", ends, ("video",), {"text": f"{field}_utf8", "encoding": "utf-8"})
             _column(v, f"{field}_utf8", data, (f"{field}_byte",))
         _consolidate(tmp)
 
@@ -144,9 +144,15 @@ def create_store(path: Path, dataset: str, root: str, classes: list[str], table:
 
 def _column(group, name: str, values: np.ndarray, dims: tuple[str, ...], attrs: dict | None = None):
     """A one-chunk array holding `values`, with its dimension names."""
-    arr = group.create_array(name, shape=values.shape, chunks=(max(len(values), 1),),
-                             dtype=values.dtype, fill_value=0, dimension_names=dims,
-                             attributes=attrs or {})
+    arr = group.create_array(
+        name,
+        shape=values.shape,
+        chunks=(max(len(values), 1),),
+        dtype=values.dtype,
+        fill_value=0,
+        dimension_names=dims,
+        attributes=attrs or {},
+    )
     if len(values):
         arr[:] = values
     return arr
@@ -187,8 +193,7 @@ def _read_table(group, fmt: int) -> VideoTable:
         ends = v[f"{f}_end"][:]
         data = v[f"{f}_utf8"][:].tobytes()
         starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-        cols[f] = np.array([data[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())],
-                           dtype=strings)
+        cols[f] = np.array([data[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())], dtype=strings)
     return VideoTable(**cols)
 
 
@@ -203,8 +208,7 @@ class Store:
         self.meta = attributes(self.group)
         fmt = self.meta.get("format")
         if not isinstance(fmt, int) or "classes" not in self.meta:
-            raise StoreError(f"{self.path} is a Zarr group but not an advise-cache store "
-                             "(no advise_cache attributes)")
+            raise StoreError(f"{self.path} is a Zarr group but not an advise-cache store (no advise_cache attributes)")
         if fmt not in READABLE_FORMATS:
             made = self.meta.get("version", "?")
             raise StoreError(
@@ -238,8 +242,11 @@ class Store:
     def source(self) -> dict:
         """Where the video list came from: official split, annotation files, missing videos
         (format 1 stores did not record them: split 1, none, none)."""
-        return {"split": self.meta.get("split", 1), "annotations": list(self.meta.get("annotations", [])),
-                "missing": list(self.meta.get("missing", []))}
+        return {
+            "split": self.meta.get("split", 1),
+            "annotations": list(self.meta.get("annotations", [])),
+            "missing": list(self.meta.get("missing", [])),
+        }
 
     def ifm_keys(self) -> list[str]:
         if "ifm" not in self.group:
@@ -248,8 +255,9 @@ class Store:
         try:
             return sorted(k for k, _ in self.group["ifm"].groups() if not k.startswith("."))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"{self.path}: its image models cannot be listed, the store is damaged: "
-                             f"{_damage(e)}") from e
+            raise StoreError(
+                f"{self.path}: its image models cannot be listed, the store is damaged: {_damage(e)}"
+            ) from e
 
     def ifm(self, key: str | None = None) -> IFMArrays:
         keys = self.ifm_keys()
@@ -268,12 +276,21 @@ class Store:
                 raise StoreError(f"{self.path}: image model {key!r} is damaged: {_damage(e)}") from e
         return self._ifms[key]
 
-    def add_ifm(self, key: str, info: dict, frame_stride: int, frames_per_shard: int,
-                codec: str = DEFAULT_CODEC, dtype: str = "float16") -> IFMArrays:
+    def add_ifm(
+        self,
+        key: str,
+        info: dict,
+        frame_stride: int,
+        frames_per_shard: int,
+        codec: str = DEFAULT_CODEC,
+        dtype: str = "float16",
+    ) -> IFMArrays:
         """Create the IFM's group (atomically) or check that an existing one matches."""
         if not SAFE_KEY.fullmatch(key):
-            raise StoreError(f"image model key {key!r}: use letters, digits, '-', '_' and '.', "
-                             "not starting with '.' (it names a folder inside the store)")
+            raise StoreError(
+                f"image model key {key!r}: use letters, digits, '-', '_' and '.', "
+                "not starting with '.' (it names a folder inside the store)"
+            )
         if codec not in CODECS:
             raise StoreError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
         if dtype not in TOKEN_DTYPES:
@@ -282,8 +299,14 @@ class Store:
         frames = -(-table.source_frames // frame_stride)  # ceil
         offset, total = slot_offsets(frames, frames_per_shard)
         h, w = info["grid"]
-        meta = dict(info, dtype=dtype, frame_stride=frame_stride, frames_per_shard=frames_per_shard,
-                    codec=codec, version=__version__)
+        meta = dict(
+            info,
+            dtype=dtype,
+            frame_stride=frame_stride,
+            frames_per_shard=frames_per_shard,
+            codec=codec,
+            version=__version__,
+        )
         # int8: each token's D values then its float16 scale, 2 more bytes (quant.py)
         row = info["dim"] + (SCALE_BYTES if dtype == "int8" else 0)
         if dtype == "int8":
@@ -298,33 +321,58 @@ class Store:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             g.attrs["advise_cache"] = meta
             g.create_array(
-                "tokens", shape=(total, h, w, row), dtype=dtype,
-                chunks=(1, h, w, row), shards=(frames_per_shard, h, w, row),
-                compressors=CODECS[codec], fill_value=0, dimension_names=("row", "y", "x", "channel"),
+                "tokens",
+                shape=(total, h, w, row),
+                dtype=dtype,
+                chunks=(1, h, w, row),
+                shards=(frames_per_shard, h, w, row),
+                compressors=CODECS[codec],
+                fill_value=0,
+                dimension_names=("row", "y", "x", "channel"),
             )
             n = len(table)
             for name, values in (("offset", offset), ("frames", frames)):
-                a = g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0,
-                                   dimension_names=("video",))
+                a = g.create_array(
+                    name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0, dimension_names=("video",)
+                )
                 if n:
                     a[:] = values
-            g.create_array("status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING,
-                           dimension_names=("video",))
-            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="",
-                           dimension_names=("video",))
-            g.create_array("checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM,
-                           dimension_names=("video",))
+            g.create_array(
+                "status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING, dimension_names=("video",)
+            )
+            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="", dimension_names=("video",))
+            g.create_array(
+                "checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM, dimension_names=("video",)
+            )
             if dtype == "int8":  # measured at extraction against the float tokens (NaN: not yet)
                 for name in QUANT_ERROR_ARRAYS:
-                    g.create_array(name, shape=(n,), chunks=(1,), dtype="float32", fill_value=float("nan"),
-                                   dimension_names=("video",))
+                    g.create_array(
+                        name,
+                        shape=(n,),
+                        chunks=(1,),
+                        dtype="float32",
+                        fill_value=float("nan"),
+                        dimension_names=("video",),
+                    )
 
         atomic_create(ifm_dir / key, build)
         _consolidate(self.path)
         self.group = _open_group(self.path, self.mode)
         arrays = self.ifm(key)
-        keep = ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim", "dtype",
-                "frame_stride", "frames_per_shard", "codec", "normalisation", "precision")
+        keep = (
+            "model",
+            "pretrained",
+            "weights_sha256",
+            "input_size",
+            "grid",
+            "dim",
+            "dtype",
+            "frame_stride",
+            "frames_per_shard",
+            "codec",
+            "normalisation",
+            "precision",
+        )
         diff = [k for k in keep if json.dumps(arrays.meta.get(k)) != json.dumps(meta.get(k))]
         if diff:
             detail = "; ".join(f"{k}: store {arrays.meta.get(k)!r}, now {meta.get(k)!r}" for k in diff)
@@ -339,8 +387,21 @@ class Store:
         out = []
         for key in keys:
             m = self.ifm(key).meta
-            out.append({k: m.get(k) for k in ("model", "pretrained", "weights_sha256", "input_size",
-                                               "normalisation", "grid", "dim", "frame_stride")})
+            out.append(
+                {
+                    k: m.get(k)
+                    for k in (
+                        "model",
+                        "pretrained",
+                        "weights_sha256",
+                        "input_size",
+                        "normalisation",
+                        "grid",
+                        "dim",
+                        "frame_stride",
+                    )
+                }
+            )
         return {"ifms": keys, "features": out}
 
     def table_problems(self) -> list[str]:

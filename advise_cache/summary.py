@@ -43,8 +43,9 @@ def summarize(store: Store) -> dict:
             "codec": a.meta["codec"],
             "done": int(done.sum()),
             "pending": int((status == PENDING).sum()),
-            "failed": [{"name": str(table.name[i]), "reason": str(reasons[i])}
-                       for i in np.flatnonzero(status == FAILED)],
+            "failed": [
+                {"name": str(table.name[i]), "reason": str(reasons[i])} for i in np.flatnonzero(status == FAILED)
+            ],
             "frames": int(a.frames[done].sum()),
             "bytes": a.stored_bytes(),
         }
@@ -62,35 +63,48 @@ def quant_error_summary(errors: tuple[np.ndarray, np.ndarray], done: np.ndarray,
     if measured.any():
         idx = np.flatnonzero(measured)
         worst = int(idx[np.argmax(rel[idx])])
-        out.update(rel_l2_mean=float(rel[idx].mean()), rel_l2_worst=float(rel[worst]),
-                   cos_mean=float(cos[idx].mean()), cos_worst=float(cos[idx].min()),
-                   worst_video=str(names[worst]))
+        out.update(
+            rel_l2_mean=float(rel[idx].mean()),
+            rel_l2_worst=float(rel[worst]),
+            cos_mean=float(cos[idx].mean()),
+            cos_worst=float(cos[idx].min()),
+            worst_video=str(names[worst]),
+        )
     return out
 
 
 def summary_lines(s: dict) -> list[str]:
     """`summarize`'s facts as the lines `advise-cache info` prints."""
     out: list[str] = []
-    out.append(f"{s['path']}: dataset {s['dataset']} split {s['split']}, {s['videos']} videos "
-               f"({', '.join(f'{k} {v}' for k, v in s['splits'].items())}), {s['classes']} classes")
+    out.append(
+        f"{s['path']}: dataset {s['dataset']} split {s['split']}, {s['videos']} videos "
+        f"({', '.join(f'{k} {v}' for k, v in s['splits'].items())}), {s['classes']} classes"
+    )
     out.append(f"  from {s['root']}" + _annotation_text(s["annotations"]))
     if s["format"] < 2:
         out.append(f"  store format {s['format']}: text columns only zarr-python reads (docs/STORE.md)")
     if s["missing"]:
-        shown = ", ".join(s["missing"][:5]) + (f" and {len(s['missing']) - 5} more (--json lists all)"
-                                              if len(s["missing"]) > 5 else "")
+        shown = ", ".join(s["missing"][:5]) + (
+            f" and {len(s['missing']) - 5} more (--json lists all)" if len(s["missing"]) > 5 else ""
+        )
         out.append(f"  {len(s['missing'])} listed videos missing on disk, not extracted: {shown}")
     for key, m in s["ifms"].items():
         per = m["bytes"] / m["frames"] / 1e3 if m["frames"] else 0
-        out.append(f"  {key}: {m['model']} ({m['pretrained']}) grid {m['grid'][0]}x{m['grid'][1]} dim {m['dim']} "
-                   f"{m['dtype']} stride {m['frame_stride']} codec {m['codec']}")
-        out.append(f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
-                   f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)")
+        out.append(
+            f"  {key}: {m['model']} ({m['pretrained']}) grid {m['grid'][0]}x{m['grid'][1]} dim {m['dim']} "
+            f"{m['dtype']} stride {m['frame_stride']} codec {m['codec']}"
+        )
+        out.append(
+            f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
+            f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)"
+        )
         q = m.get("quant_error")
         if q and q["videos"]:
-            out.append(f"    int8 error vs float tokens ({q['videos']} videos): relative L2 mean "
-                       f"{q['rel_l2_mean']:.2%}, worst {q['rel_l2_worst']:.2%} ({q['worst_video']}); "
-                       f"cosine mean {q['cos_mean']:.5f}, worst {q['cos_worst']:.5f}")
+            out.append(
+                f"    int8 error vs float tokens ({q['videos']} videos): relative L2 mean "
+                f"{q['rel_l2_mean']:.2%}, worst {q['rel_l2_worst']:.2%} ({q['worst_video']}); "
+                f"cosine mean {q['cos_mean']:.5f}, worst {q['cos_worst']:.5f}"
+            )
         for f in m["failed"]:
             out.append(f"    failed {f['name']}: {f['reason']}")
     if not s["ifms"]:

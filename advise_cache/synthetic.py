@@ -128,9 +128,7 @@ def generate_synthetic(
     `LayoutError` if it holds another one or unrelated files.
     """
     if family not in _FAMILIES:
-        raise LayoutError(
-            f"unknown synthetic family {family!r}: choose one of {', '.join(_FAMILIES)}"
-        )
+        raise LayoutError(f"unknown synthetic family {family!r}: choose one of {', '.join(_FAMILIES)}")
     if seed < 0 or min(train_per_class, test_per_class) < 0 or not 1 <= min_frames <= max_frames:
         raise ValueError(
             "need seed >= 0, per-class counts >= 0 and 1 <= min_frames <= max_frames, got "
@@ -161,15 +159,12 @@ def generate_synthetic(
     marker = root / MARKER
     if marker.exists():
         found = json.loads(marker.read_text())
-        differ = [
-            f"{k}={found.get(k)!r}, asked {v!r}" for k, v in params.items() if found.get(k) != v
-        ]
+        differ = [f"{k}={found.get(k)!r}, asked {v!r}" for k, v in params.items() if found.get(k) != v]
         if not differ:
             log.info("synthetic dataset already at %s", root)
             return root
         raise LayoutError(
-            f"{root} already holds a synthetic dataset with other parameters "
-            f"({'; '.join(differ)}); pick another root"
+            f"{root} already holds a synthetic dataset with other parameters ({'; '.join(differ)}); pick another root"
         )
 
     expected = {
@@ -184,9 +179,7 @@ def generate_synthetic(
         for name in classes:
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(counts[split]):
-                rng = np.random.default_rng(
-                    [seed, _SPLITS.index(split), _ALL_CLASSES.index(name), i]
-                )
+                rng = np.random.default_rng([seed, _SPLITS.index(split), _ALL_CLASSES.index(name), i])
                 final = root / split / name / f"{name}_{i:03d}.mp4"
                 partial = final.with_name(final.name + ".partial")
                 fps = int(rng.choice(_FPS_CHOICES))
@@ -235,10 +228,7 @@ def _clear_unfinished(root: Path, expected: set[Path]) -> None:
             )
         )
         if not ours:
-            raise LayoutError(
-                f"{root} is not empty and not a synthetic dataset (found {path}); "
-                "pick another root"
-            )
+            raise LayoutError(f"{root} is not empty and not a synthetic dataset (found {path}); pick another root")
     for path in list(root.rglob("*")):
         if path.is_file() and path not in expected:
             path.unlink()

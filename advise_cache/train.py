@@ -98,23 +98,33 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
     if cfg.task == "prp":
         plan = prp_epoch(videos, lengths, cfg.sampler, seed, epoch, rank, world)
     else:
-        plan = classification_epoch(videos, lengths, labels, seed, epoch, cfg.sampler.frames,
-                                    cfg.sampler.stride, cfg.clip_mode, rank, world)
+        plan = classification_epoch(
+            videos, lengths, labels, seed, epoch, cfg.sampler.frames, cfg.sampler.stride, cfg.clip_mode, rank, world
+        )
     return plan[:keep]
 
 
 def _check_flags(cfg: TrainConfig) -> None:
     """Every number a user passes, checked before any work: one clear line instead of a
     traceback (or a run that silently does something else)."""
+
     def finite(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
         ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
         if not ok:
             bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise AdviseCacheError(f"{name} must be a finite number {bound}"
-                                   + (f" and <= {hi}" if math.isfinite(hi) else "") + f", got {value}")
-    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size),
-                        ("--save-every", cfg.save_every), ("--loader-threads", cfg.loader_threads),
-                        ("--log-every", cfg.log_every)):
+            raise AdviseCacheError(
+                f"{name} must be a finite number {bound}"
+                + (f" and <= {hi}" if math.isfinite(hi) else "")
+                + f", got {value}"
+            )
+
+    for name, value in (
+        ("--epochs", cfg.epochs),
+        ("--batch-size", cfg.batch_size),
+        ("--save-every", cfg.save_every),
+        ("--loader-threads", cfg.loader_threads),
+        ("--log-every", cfg.log_every),
+    ):
         if value < 1:
             raise AdviseCacheError(f"{name} must be >= 1, got {value}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -139,16 +149,22 @@ def resolve_stride(cfg: TrainConfig) -> TrainConfig:
     fs = int(open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta["frame_stride"])
     if cfg.source_stride is None:
         if fs > 1:
-            log.warning("--stride %d counts stored frames: %s keeps every %d-th frame, so clip frames are %d "
-                        "frames of the video apart (--source-stride N counts frames of the video)",
-                        cfg.sampler.stride, cfg.cache, fs, cfg.sampler.stride * fs)
+            log.warning(
+                "--stride %d counts stored frames: %s keeps every %d-th frame, so clip frames are %d "
+                "frames of the video apart (--source-stride N counts frames of the video)",
+                cfg.sampler.stride,
+                cfg.cache,
+                fs,
+                cfg.sampler.stride * fs,
+            )
         return cfg
     if cfg.source_stride < 1 or cfg.source_stride % fs:
         raise MismatchError(
             f"--source-stride {cfg.source_stride}: {cfg.cache} holds every {fs}-th frame of each video "
             f"(extracted with --frame-stride {fs}), so clip frames can only be a multiple of {fs} frames "
             f"apart; use --source-stride {fs} or {2 * fs}, or a store extracted with a --frame-stride "
-            f"that divides {cfg.source_stride}")
+            f"that divides {cfg.source_stride}"
+        )
     return replace(cfg, sampler=replace(cfg.sampler, stride=cfg.source_stride // fs))
 
 
@@ -165,8 +181,10 @@ def prepare(cfg: TrainConfig):
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
-        raise StoreError(f"{cfg.cache}: no done video in split {cfg.split!r} "
-                         f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))})")
+        raise StoreError(
+            f"{cfg.cache}: no done video in split {cfg.split!r} "
+            f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))})"
+        )
     labels = store.videos.label[videos]
     classes = store.classes
     if cfg.task == "classify":
@@ -179,9 +197,15 @@ def prepare(cfg: TrainConfig):
     return store, source, videos, skipped, labels, num_classes, fingerprint
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               label_smoothing: float = 0.0, autocast_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float = 0.0,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch on the model's device. Returns (loss, logits), detached
     and still on the device: nothing here waits for the GPU."""
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -200,13 +224,29 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
 
 # What makes a resumed run the same run: its optimisation and sampling. Device, threads,
 # preloading and logging may change between the two halves.
-RECIPE_KEYS = ("split", "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "label_smoothing",
-               "sampler", "clip_mode", "linear_probe", "seed", "ifm", "init")
+RECIPE_KEYS = (
+    "split",
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "sampler",
+    "clip_mode",
+    "linear_probe",
+    "seed",
+    "ifm",
+    "init",
+)
 
 
 def _changed_recipe(before: dict, now: dict) -> str:
-    return "; ".join(f"--{k.replace('_', '-')} {before.get(k)!r} then, {now.get(k)!r} now"
-                     for k in RECIPE_KEYS if before.get(k) != now.get(k))
+    return "; ".join(
+        f"--{k.replace('_', '-')} {before.get(k)!r} then, {now.get(k)!r} now"
+        for k in RECIPE_KEYS
+        if before.get(k) != now.get(k)
+    )
 
 
 def _finite_weights(model: torch.nn.Module) -> bool:
@@ -236,8 +276,10 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
         raise AdviseCacheError("--precision fp16 needs a CUDA device; use fp32 or bf16")
     tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
     if tmm_cfg.spatial_pool and tmm_cfg.spatial_pool > min(source.grid):
-        raise MismatchError(f"--spatial-pool {tmm_cfg.spatial_pool} is larger than the store's "
-                            f"{source.grid[0]}x{source.grid[1]} token grid")
+        raise MismatchError(
+            f"--spatial-pool {tmm_cfg.spatial_pool} is larger than the store's "
+            f"{source.grid[0]}x{source.grid[1]} token grid"
+        )
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:
         check_features(init.meta.fingerprint, fingerprint, f"--init {cfg.init}")
@@ -245,8 +287,9 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     plan0 = _plan(cfg, source, videos, labels, 0, d)
     steps_per_epoch = len(plan0) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise AdviseCacheError(f"{len(plan0)} clips per epoch per process is fewer than --batch-size "
-                               f"{cfg.batch_size}; lower it")
+        raise AdviseCacheError(
+            f"{len(plan0)} clips per epoch per process is fewer than --batch-size {cfg.batch_size}; lower it"
+        )
     ckpt = None
     if cfg.resume and (cfg.out / CHECKPOINT).exists():
         ckpt = load_checkpoint(cfg.out)
@@ -257,13 +300,28 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
             check_classes(ckpt.meta.classes, store.classes, f"the run in {cfg.out}", str(cfg.cache))
         changed = _changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
         if changed and not cfg.override:
-            raise MismatchError(f"{cfg.out} was started with other settings ({changed}); resume with the same "
-                                "flags, or pass --override to continue with the new ones")
+            raise MismatchError(
+                f"{cfg.out} was started with other settings ({changed}); resume with the same "
+                "flags, or pass --override to continue with the new ones"
+            )
     elif d.main and (cfg.out / CHECKPOINT).exists():
         raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
-    return dict(store=store, source=source, videos=videos, skipped=skipped, labels=labels,
-                num_classes=num_classes, fingerprint=fingerprint, device=device, precision=precision,
-                tmm_cfg=tmm_cfg, init=init, plan0=plan0, steps_per_epoch=steps_per_epoch, ckpt=ckpt)
+    return dict(
+        store=store,
+        source=source,
+        videos=videos,
+        skipped=skipped,
+        labels=labels,
+        num_classes=num_classes,
+        fingerprint=fingerprint,
+        device=device,
+        precision=precision,
+        tmm_cfg=tmm_cfg,
+        init=init,
+        plan0=plan0,
+        steps_per_epoch=steps_per_epoch,
+        ckpt=ckpt,
+    )
 
 
 def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
@@ -308,11 +366,19 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     input_dtype = compute or torch.float32
 
     meta = CheckpointMeta(
-        task=cfg.task, config=cfg, tmm=tmm_cfg, num_classes=s["num_classes"],
+        task=cfg.task,
+        config=cfg,
+        tmm=tmm_cfg,
+        num_classes=s["num_classes"],
         classes=store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
-        fingerprint=s["fingerprint"], store=str(Path(cfg.cache).resolve()), dataset=store.dataset,
-        init=str(cfg.init) if cfg.init else None, trainable_params=count_params(model),
-        world=d.world, precision=precision)
+        fingerprint=s["fingerprint"],
+        store=str(Path(cfg.cache).resolve()),
+        dataset=store.dataset,
+        init=str(cfg.init) if cfg.init else None,
+        trainable_params=count_params(model),
+        world=d.world,
+        precision=precision,
+    )
     step = 0
     first_loss = None  # the run's first logged loss: part of what divergence is measured against
     final: dict = {}  # what a finished run returns when asked to resume
@@ -339,21 +405,24 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         log.info("preloaded %d videos (%.1f GB) into %s", len(mine), held / 1e9, cfg.preload)
     train_model = model
     if d.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if cuda else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
     if s["skipped"] and d.main:
         log.warning("skipping %d video(s) of split %r that are not done in the store", s["skipped"], cfg.split)
 
-    bar = tqdm(total=last_step, initial=step, desc=f"{cfg.task} {cfg.out.name}", unit="step",
-               disable=not (cfg.progress and d.main))
+    bar = tqdm(
+        total=last_step,
+        initial=step,
+        desc=f"{cfg.task} {cfg.out.name}",
+        unit="step",
+        disable=not (cfg.progress and d.main),
+    )
     epoch = step // steps_per_epoch
     while step < last_step:
         skip = step - epoch * steps_per_epoch
         plan = s["plan0"] if epoch == 0 else _plan(cfg, source, videos, labels, epoch, d)
-        loader = ClipLoader(source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip,
-                            device=device)
+        loader = ClipLoader(source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip, device=device)
         model.train()
         if cfg.linear_probe:
             model.tmm.eval()  # frozen: BatchNorm statistics stay those of the checkpoint
@@ -383,23 +452,41 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
                 if not math.isfinite(loss_v):
                     raise TrainingDiverged(
                         f"loss became {loss_v} at step {step}; stopped. The last good checkpoint is "
-                        f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
+                        f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)")
+                    )
                 first_loss = loss_v if first_loss is None else first_loss
                 sums += (loss_sum, correct, clips)
                 dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
                 if d.main:
-                    _append(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "loss": loss_v,
-                                           "acc": acc_v, "lr": lr, "clips_per_s": clips / dt})
+                    _append(
+                        metrics_path,
+                        {
+                            "kind": "step",
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss_v,
+                            "acc": acc_v,
+                            "lr": lr,
+                            "clips_per_s": clips / dt,
+                        },
+                    )
                 bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
                 bar.update(window_steps)
                 window_steps = 0
             if step >= last_step:
                 break
         seconds = time.perf_counter() - t_epoch
-        final = {"kind": "epoch", "epoch": epoch, "step": step, "loss": float(sums[0] / max(sums[2], 1)),
-                 "acc": float(sums[1] / max(sums[2], 1)), "clips": int(sums[2]),
-                 "clips_per_s": float(sums[2] / seconds),
-                 "data_wait_frac": loader.wait_seconds / seconds, "seconds": seconds}
+        final = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": step,
+            "loss": float(sums[0] / max(sums[2], 1)),
+            "acc": float(sums[1] / max(sums[2], 1)),
+            "clips": int(sums[2]),
+            "clips_per_s": float(sums[2] / seconds),
+            "data_wait_frac": loader.wait_seconds / seconds,
+            "seconds": seconds,
+        }
         if d.main:
             _append(metrics_path, final)
         epoch_done = step % steps_per_epoch == 0
@@ -409,15 +496,26 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
                 f"the loss diverged: epoch {epoch} averaged {final['loss']:.4g}, more than {DIVERGED_FACTOR:g}x "
                 f"chance or the first loss, whichever is larger ({limit:.4g}); stopped at step {step} (a lower "
                 f"--lr may help). The last good checkpoint is {cfg.out / CHECKPOINT}"
-                + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)"))
+                + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)")
+            )
         if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
             if not _finite_weights(model):
-                raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. The last good "
-                                       f"checkpoint is {cfg.out / CHECKPOINT}")
+                raise TrainingDiverged(
+                    f"the weights became NaN or Inf by step {step}; stopped. The last good "
+                    f"checkpoint is {cfg.out / CHECKPOINT}"
+                )
             if d.main:
-                save_checkpoint(cfg.out, Checkpoint(
-                    replace(meta, step=step, metrics=final, first_loss=first_loss), model.state_dict(),
-                    opt.state_dict(), step, epoch, None if scaler is None else scaler.state_dict()))
+                save_checkpoint(
+                    cfg.out,
+                    Checkpoint(
+                        replace(meta, step=step, metrics=final, first_loss=first_loss),
+                        model.state_dict(),
+                        opt.state_dict(),
+                        step,
+                        epoch,
+                        None if scaler is None else scaler.state_dict(),
+                    ),
+                )
         if epoch_done:
             epoch += 1
     bar.close()

@@ -59,8 +59,7 @@ def _reader(path: Path):
     if path.is_symlink() and not path.exists():
         raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
     if path.is_dir():
-        raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are "
-                          "not extracted")
+        raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are not extracted")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -69,11 +68,8 @@ def _reader(path: Path):
         return decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # decord raises RuntimeError or its own DECORDError
         if "cannot find video stream" in str(e):
-            raise DecodeError(
-                f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)"
-            ) from e
+            raise DecodeError(f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)") from e
         raise DecodeError(f"{path}: cannot open as video ({first_line(e, 200)})") from e
-
 
 
 def _decoding(path: Path, what: str, fn):
@@ -112,8 +108,9 @@ def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
     return np.concatenate([crops for _, crops in iter_crops(path, spec, stride)])
 
 
-def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | None = None,
-               chunk: int = _DECODE_BATCH, out=None):
+def iter_crops(
+    path: Path, spec: PixelSpec, stride: int = 1, expected: int | None = None, chunk: int = _DECODE_BATCH, out=None
+):
     """Decode a video `chunk` frames at a time: yields (first row, (n, S, S, 3) uint8 crops).
     `out()`, when given, returns the buffer each chunk's crops are written into (a slot of
     shared memory). `expected` rows, when given, are checked before anything is decoded."""
@@ -125,8 +122,9 @@ def iter_crops(path: Path, spec: PixelSpec, stride: int = 1, expected: int | Non
         raise DecodeError(f"{path}: decoder sees {len(indices)} frames, the store expects {expected}")
     for start in range(0, len(indices), chunk):
         batch = indices[start : start + chunk]
-        frames = _decoding(path, f"decoding failed at frames {batch[0]}-{batch[-1]}",
-                           lambda batch=batch: vr.get_batch(batch).asnumpy())
+        frames = _decoding(
+            path, f"decoding failed at frames {batch[0]}-{batch[-1]}", lambda batch=batch: vr.get_batch(batch).asnumpy()
+        )
         yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
 
 

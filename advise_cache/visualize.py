@@ -64,8 +64,7 @@ def find_video(store: Store, name: str) -> int:
     if not len(hits):
         names = store.videos.name
         close = [str(n) for n in names if name.lower() in str(n).lower()][:5] or [str(n) for n in names[:5]]
-        raise StoreError(f"{store.path} has no video named {name!r} ({len(names)} videos; "
-                         f"e.g. {', '.join(close)})")
+        raise StoreError(f"{store.path} has no video named {name!r} ({len(names)} videos; e.g. {', '.join(close)})")
     return int(hits[0])
 
 
@@ -79,15 +78,21 @@ def video_path(store: Store, video: int, video_root: Path | None = None) -> Path
     try:
         rel = recorded.relative_to(root)
     except ValueError:
-        raise StoreError(f"{store.path}: video path {recorded} is not under the recorded dataset root "
-                         f"{root}; cannot place it under --video-root") from None
+        raise StoreError(
+            f"{store.path}: video path {recorded} is not under the recorded dataset root "
+            f"{root}; cannot place it under --video-root"
+        ) from None
     return Path(video_root) / rel
 
 
 def pixel_spec(meta: dict) -> PixelSpec:
     """The IFM's pixel preprocessing, as recorded in the store."""
-    return PixelSpec(size=int(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                     interpolation=meta.get("interpolation", "bicubic"))
+    return PixelSpec(
+        size=int(meta["input_size"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        interpolation=meta.get("interpolation", "bicubic"),
+    )
 
 
 def load_frames(store: Store, video: int, key: str, video_root: Path | None = None) -> np.ndarray:
@@ -98,13 +103,18 @@ def load_frames(store: Store, video: int, key: str, video_root: Path | None = No
     try:
         frames = decode_frames(path, pixel_spec(meta), int(meta["frame_stride"]))
     except DecodeError as e:
-        hint = "" if video_root else (f"; if the dataset moved from {store.meta.get('root')}, "
-                                      "give its new place with --video-root")
+        hint = (
+            ""
+            if video_root
+            else (f"; if the dataset moved from {store.meta.get('root')}, give its new place with --video-root")
+        )
         raise DecodeError(f"cannot read video {name}: {e}{hint}") from e
     expected = int(store.ifm(key).frames[video])
     if len(frames) != expected:
-        raise DecodeError(f"{path} decodes to {len(frames)} frames but the store holds {expected} for "
-                          f"{name}; the file changed since extraction")
+        raise DecodeError(
+            f"{path} decodes to {len(frames)} frames but the store holds {expected} for "
+            f"{name}; the file changed since extraction"
+        )
     return frames
 
 
@@ -130,8 +140,9 @@ def _row(label: str, raw: np.ndarray, size: int) -> ActivationRow:
     return ActivationRow(label, upsample(normalise(raw), size), float(raw.min()), float(raw.max()))
 
 
-def _describe(checkpoint: Path, meta: CheckpointMeta, model: ClipClassifier, x: torch.Tensor,
-              classes: list[str]) -> str:
+def _describe(
+    checkpoint: Path, meta: CheckpointMeta, model: ClipClassifier, x: torch.Tensor, classes: list[str]
+) -> str:
     path = Path(checkpoint)
     name = path.name if path.is_dir() else path.parent.name
     if meta.task == "prp":
@@ -151,9 +162,15 @@ def _describe(checkpoint: Path, meta: CheckpointMeta, model: ClipClassifier, x: 
 
 
 @torch.no_grad()
-def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames: int = 8,
-                        video_root: Path | None = None, device: str = "auto",
-                        seed: int = UNTRAINED_SEED) -> Activations:
+def compute_activations(
+    cache: Path,
+    checkpoints: list[Path],
+    video: str,
+    frames: int = 8,
+    video_root: Path | None = None,
+    device: str = "auto",
+    seed: int = UNTRAINED_SEED,
+) -> Activations:
     """Activation maps of each checkpoint's TMM, an untrained TMM and the IFM on one clip.
 
     The clip is the centre view (`multi_view_clips`, one view) of `frames` frames with the
@@ -181,8 +198,10 @@ def compute_activations(cache: Path, checkpoints: list[Path], video: str, frames
     rows = []
     for checkpoint, (model, meta, src) in zip(checkpoints, loaded):
         if src.keys != source.keys:
-            raise MismatchError(f"{checkpoint} reads image models {src.keys}; {checkpoints[0]} reads "
-                                f"{source.keys}: compare checkpoints trained on the same features")
+            raise MismatchError(
+                f"{checkpoint} reads image models {src.keys}; {checkpoints[0]} reads "
+                f"{source.keys}: compare checkpoints trained on the same features"
+            )
         fmap = model.feature_maps(x)[0]
         rows.append(_row(_describe(checkpoint, meta, model, x, store.classes), channel_norm(fmap), size))
 
@@ -216,8 +235,7 @@ def figure_size(rows: int, cols: int, size: int) -> tuple[int, int]:
     """Pixel (width, height) of the figure: `rows` model rows under the frames row, `cols`
     frames, crops of `size` pixels."""
     cell = cell_pixels(size)
-    return (LABEL + cols * cell + (cols - 1) * GAP + BAR,
-            TITLE + (rows + 1) * cell + rows * GAP + BOTTOM)
+    return (LABEL + cols * cell + (cols - 1) * GAP + BAR, TITLE + (rows + 1) * cell + rows * GAP + BOTTOM)
 
 
 def _raw_range(row: ActivationRow) -> str:
@@ -268,11 +286,23 @@ def plot_activations(acts: Activations, out: Path, cmap: str = "jet", dpi: int =
         fig.text(x / width, y / height, s, **kw)
 
     top = height - TITLE  # the grid's top edge
-    text(width / 2, height - 6, f"{acts.video}: activation = {ACTIVATION},\n"
-         "min-max normalised per row over the clip", ha="center", va="top", fontsize=9)
+    text(
+        width / 2,
+        height - 6,
+        f"{acts.video}: activation = {ACTIVATION},\nmin-max normalised per row over the clip",
+        ha="center",
+        va="top",
+        fontsize=9,
+    )
     for c in range(cols):
-        text(LABEL + c * (cell + GAP) + cell / 2, top + 3, f"frame {acts.source_frames[c]}",
-             ha="center", va="bottom", fontsize=8)
+        text(
+            LABEL + c * (cell + GAP) + cell / 2,
+            top + 3,
+            f"frame {acts.source_frames[c]}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     for r in range(nrows):
         row = acts.rows[r - 1] if r else None
         label = "frames" if row is None else f"{row.label}\n{_raw_range(row)}"
@@ -290,8 +320,15 @@ def plot_activations(acts: Activations, out: Path, cmap: str = "jet", dpi: int =
     return width, height
 
 
-def visualize(cache: Path, checkpoints: list[Path], video: str, out: Path, frames: int = 8,
-              video_root: Path | None = None, device: str = "auto") -> Activations:
+def visualize(
+    cache: Path,
+    checkpoints: list[Path],
+    video: str,
+    out: Path,
+    frames: int = 8,
+    video_root: Path | None = None,
+    device: str = "auto",
+) -> Activations:
     """`compute_activations`, then `plot_activations` to `out`."""
     acts = compute_activations(cache, checkpoints, video, frames, video_root, device)
     plot_activations(acts, out)

@@ -57,8 +57,7 @@ class Recipe:
     seeds: tuple[int, ...] = (0,)
     train_split: str = "train"
     test_split: str = "test"
-    base_tmm: dict = field(default_factory=lambda: {"blocks": 1, "hidden": 256, "out_dim": 1024,
-                                                    "preset": "ours"})
+    base_tmm: dict = field(default_factory=lambda: {"blocks": 1, "hidden": 256, "out_dim": 1024, "preset": "ours"})
     prp_clips: int = 4  # PRP clips per video per epoch
 
 
@@ -67,8 +66,14 @@ class Recipe:
 # 4 x 4 grids; tmm-width and tmm-depth still vary it) and three seeds, so that differences can
 # be told from the seed spread. "full": the trainer's recipe, for real stores.
 RECIPES = {
-    "synthetic": Recipe(batch_size=16, ft_batch_size=8, lr=2e-3, seeds=(0, 1, 2), prp_clips=8,
-                        base_tmm={"blocks": 1, "hidden": 64, "out_dim": 256, "preset": "ours"}),
+    "synthetic": Recipe(
+        batch_size=16,
+        ft_batch_size=8,
+        lr=2e-3,
+        seeds=(0, 1, 2),
+        prp_clips=8,
+        base_tmm={"blocks": 1, "hidden": 64, "out_dim": 256, "preset": "ours"},
+    ),
     "full": Recipe(),
 }
 
@@ -85,19 +90,33 @@ def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[P
     stores = []
     with open(data / ".ablation-stores.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for (dataset, (train_n, test_n)), (suffix, dtype, stride) in itertools.product(SYNTHETIC.items(),
-                                                                                       variants):
+        for (dataset, (train_n, test_n)), (suffix, dtype, stride) in itertools.product(SYNTHETIC.items(), variants):
             out = data / f"{dataset}{suffix}.zarr"
             for key, seed in [("test-vit", 0)] + ([SECOND_IFM] if second_ifm else []):
-                if (out / "zarr.json").exists() and key in (s := open_store(out)).ifm_keys() \
-                        and (s.ifm(key).status() == DONE).all():
+                if (
+                    (out / "zarr.json").exists()
+                    and key in (s := open_store(out)).ifm_keys()
+                    and (s.ifm(key).status() == DONE).all()
+                ):
                     continue
                 print(f"building {out} ({key}): extracting tokens, once", flush=True)
-                generate_synthetic(data / dataset, dataset.split("-", 1)[1], 0, train_per_class=train_n,
-                                   test_per_class=test_n)
-                cfg = ExtractConfig(dataset=dataset, root=data / dataset, out=out, model="test-vit",
-                                    pretrained="none", name=key, seed=seed, workers=0, device="cpu",
-                                    dtype=dtype, frame_stride=stride, progress=False)
+                generate_synthetic(
+                    data / dataset, dataset.split("-", 1)[1], 0, train_per_class=train_n, test_per_class=test_n
+                )
+                cfg = ExtractConfig(
+                    dataset=dataset,
+                    root=data / dataset,
+                    out=out,
+                    model="test-vit",
+                    pretrained="none",
+                    name=key,
+                    seed=seed,
+                    workers=0,
+                    device="cpu",
+                    dtype=dtype,
+                    frame_stride=stride,
+                    progress=False,
+                )
                 if failed := extract_videos(cfg).failed:
                     raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
             stores.append(out)
@@ -121,10 +140,21 @@ def run_setting(folder: Path) -> dict:
     tmm = TMMConfig(**s["tmm"])
     t0 = time.perf_counter()
     stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
-    common = {"cache": Path(s["store"]), "ifm": tuple(s["ifm"]), "split": r["train_split"], "lr": r["lr"],
-              "max_steps": r["max_steps"], "tmm": tmm, "preload": "ram" if spec["preload"] else "none",
-              "resume": True, "device": spec["device"], "seed": s["seed"], "progress": False,
-              "loader_threads": 1 if spec["preload"] else 4, "source_stride": s.get("source_stride")}
+    common = {
+        "cache": Path(s["store"]),
+        "ifm": tuple(s["ifm"]),
+        "split": r["train_split"],
+        "lr": r["lr"],
+        "max_steps": r["max_steps"],
+        "tmm": tmm,
+        "preload": "ram" if spec["preload"] else "none",
+        "resume": True,
+        "device": spec["device"],
+        "seed": s["seed"],
+        "progress": False,
+        "loader_threads": 1 if spec["preload"] else 4,
+        "source_stride": s.get("source_stride"),
+    }
     seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
     tag = f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}]"
 
@@ -132,8 +162,11 @@ def run_setting(folder: Path) -> dict:
         what = "PRP" if cfg.task == "prp" else ("fine-tune" if cfg.init else "fine-tune from scratch")
         t1 = time.perf_counter()
         metrics = train(cfg)
-        print(f"{tag} {what}: {metrics['step']} steps, train acc {100 * metrics['acc']:.1f}% "
-              f"({time.perf_counter() - t1:.0f} s)", flush=True)
+        print(
+            f"{tag} {what}: {metrics['step']} steps, train acc {100 * metrics['acc']:.1f}% "
+            f"({time.perf_counter() - t1:.0f} s)",
+            flush=True,
+        )
         if cfg.task == "prp":
             return metrics
         path = cfg.out / "eval.json"
@@ -145,23 +178,54 @@ def run_setting(folder: Path) -> dict:
     prp = None
     if tmm.tmm != "none":
         sampler = SamplerConfig(clips_per_video=r["prp_clips"])
-        prp = stage(TrainConfig(out=folder / "prp", task="prp", epochs=r["epochs"],
-                                batch_size=r["batch_size"], sampler=sampler, **common))
-    fts = {name: stage(TrainConfig(out=folder / name, task="classify", epochs=r["ft_epochs"],
-                                   batch_size=r["ft_batch_size"], init=init, **common))
-           for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
-           if prp or name == "scratch"}
+        prp = stage(
+            TrainConfig(
+                out=folder / "prp",
+                task="prp",
+                epochs=r["epochs"],
+                batch_size=r["batch_size"],
+                sampler=sampler,
+                **common,
+            )
+        )
+    fts = {
+        name: stage(
+            TrainConfig(
+                out=folder / name,
+                task="classify",
+                epochs=r["ft_epochs"],
+                batch_size=r["ft_batch_size"],
+                init=init,
+                **common,
+            )
+        )
+        for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
+        if prp or name == "scratch"
+    }
     ft = fts.get("ft", fts["scratch"])
     result = {
-        "ablation": s["ablation"], "dataset": s["dataset"], "setting": s["label"], "seed": s["seed"],
-        "x": s["x"], "store": s["store"], "ifm": "+".join(s["ifm"]),
+        "ablation": s["ablation"],
+        "dataset": s["dataset"],
+        "setting": s["label"],
+        "seed": s["seed"],
+        "x": s["x"],
+        "store": s["store"],
+        "ifm": "+".join(s["ifm"]),
         "source_stride": s.get("source_stride"),
         **{k: s["tmm"][k] for k in ("tmm", "blocks", "hidden", "out_dim", "spatial_pool", "channel_pool")},
-        "clip": "x".join(map(str, s["clip"])), "params": stats["params"], "macs": stats["macs"],
-        "prp_acc": prp["acc"] if prp else None, "prp_steps": prp["step"] if prp else 0,
-        "acc_ft": ft["top1"], "top5_ft": ft["top5"], "acc_scratch": fts["scratch"]["top1"],
-        "delta_acc": ft["top1"] - fts["scratch"]["top1"] if prp else None, "ft_steps": ft["step"],
-        "test_videos": ft["videos"], "seconds": round(time.perf_counter() - t0, 1), "note": s["note"],
+        "clip": "x".join(map(str, s["clip"])),
+        "params": stats["params"],
+        "macs": stats["macs"],
+        "prp_acc": prp["acc"] if prp else None,
+        "prp_steps": prp["step"] if prp else 0,
+        "acc_ft": ft["top1"],
+        "top5_ft": ft["top5"],
+        "acc_scratch": fts["scratch"]["top1"],
+        "delta_acc": ft["top1"] - fts["scratch"]["top1"] if prp else None,
+        "ft_steps": ft["step"],
+        "test_videos": ft["videos"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "note": s["note"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(folder / "result.json", result)
@@ -190,8 +254,9 @@ def run_settings(folders: list[Path], jobs: int) -> list[Path]:
         sys.path.insert(0, str(Path(__file__).parent))
     failed, jobs = [], max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads, initargs=(threads,)
+    ) as pool:
         futures = {pool.submit(run_setting, folder): folder for folder in folders}
         for future in as_completed(futures):
             if (error := future.exception()) is not None:
@@ -207,32 +272,56 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablations", help="writes into OUT/<name>/")
     p.add_argument("--cache", help="comma-separated stores, one per dataset (default: the synthetic ones)")
     p.add_argument("--data", type=Path, default=REPO / "data", help="where the synthetic stores live")
-    p.add_argument("--ifm", default="", help="IFM key(s): a,b concatenates them for the SFU/TMM ablations; "
-                   "for temporal and ifm, the keys to compare (default: all)")
+    p.add_argument(
+        "--ifm",
+        default="",
+        help="IFM key(s): a,b concatenates them for the SFU/TMM ablations; "
+        "for temporal and ifm, the keys to compare (default: all)",
+    )
     p.add_argument("--settings", default="", help="run only these settings (comma-separated labels)")
-    p.add_argument("--recipe", choices=RECIPES, help="named recipe (default: synthetic without --cache, else "
-                   "full); the flags below override its fields")
-    for flag, kind, what in (("epochs", int, "PRP epochs"), ("ft-epochs", int, "fine-tuning epochs"),
-                             ("batch-size", int, "PRP batch"), ("ft-batch-size", int, "fine-tuning batch"),
-                             ("max-steps", int, "stop every training after this many steps"),
-                             ("lr", float, "learning rate at batch 32, scaled linearly"),
-                             ("prp-clips", int, "PRP clips per video per epoch"),
-                             ("views", int, "test clips per video"), ("blocks", int, "base TMM blocks"),
-                             ("hidden", int, "base TMM hidden width"), ("seeds", int, "how many seeds"),
-                             ("out-dim", int, "base TMM block output width")):
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="named recipe (default: synthetic without --cache, else full); the flags below override its fields",
+    )
+    for flag, kind, what in (
+        ("epochs", int, "PRP epochs"),
+        ("ft-epochs", int, "fine-tuning epochs"),
+        ("batch-size", int, "PRP batch"),
+        ("ft-batch-size", int, "fine-tuning batch"),
+        ("max-steps", int, "stop every training after this many steps"),
+        ("lr", float, "learning rate at batch 32, scaled linearly"),
+        ("prp-clips", int, "PRP clips per video per epoch"),
+        ("views", int, "test clips per video"),
+        ("blocks", int, "base TMM blocks"),
+        ("hidden", int, "base TMM hidden width"),
+        ("seeds", int, "how many seeds"),
+        ("out-dim", int, "base TMM block output width"),
+    ):
         p.add_argument(f"--{flag}", type=kind, help=what)
     p.add_argument("--preset", choices=("ours", "paper"), help="base TMM: ours, or `TMMConfig.paper`")
-    p.add_argument("--preload", action=argparse.BooleanOptionalAction,
-                   help="hold each store's split in RAM (default: on for the synthetic stores)")
+    p.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        help="hold each store's split in RAM (default: on for the synthetic stores)",
+    )
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="test")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--jobs", type=int, default=1, help="settings run at once (a process pool)")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"),
-                   help="storage: the file whose section gets the table ('' for none)")
-    p.add_argument("--vit-per-class", type=int, default=1, help="storage: short videos per motion class "
-                   "through a random ViT-B-16, for its int8 error and loader rate (0: none)")
+    p.add_argument(
+        "--benchmarks",
+        default=str(REPO / "BENCHMARKS.md"),
+        help="storage: the file whose section gets the table ('' for none)",
+    )
+    p.add_argument(
+        "--vit-per-class",
+        type=int,
+        default=1,
+        help="storage: short videos per motion class "
+        "through a random ViT-B-16, for its int8 error and loader rate (0: none)",
+    )
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
     args.argv = list(argv)  # the command, as reports name it
@@ -240,12 +329,21 @@ def parse_args(argv) -> argparse.Namespace:
     if args.seeds is not None and args.seeds < 1 or args.seed < 0:
         raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
     seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
-    given = {k: v for k, v in vars(args).items() if v is not None and k in (
-        "epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views")}
-    tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim",
-                                                                          "preset")}
-    args.recipe = replace(recipe, **given, seeds=seeds, train_split=args.train_split,
-                          test_split=args.test_split, base_tmm={**recipe.base_tmm, **tmm})
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None
+        and k in ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views")
+    }
+    tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim", "preset")}
+    args.recipe = replace(
+        recipe,
+        **given,
+        seeds=seeds,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        base_tmm={**recipe.base_tmm, **tmm},
+    )
     args.seeds = seeds
     args.preload = not args.cache if args.preload is None else args.preload
     return args
@@ -255,8 +353,11 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging()
     variants = STORAGE if args.name == "storage" else ONE_STORE
-    stores = synthetic_stores(args.data, args.name == "ifm", variants) if not args.cache else [
-        Path(p) for p in args.cache.split(",") if p]
+    stores = (
+        synthetic_stores(args.data, args.name == "ifm", variants)
+        if not args.cache
+        else [Path(p) for p in args.cache.split(",") if p]
+    )
     infos = [describe_store(p) for p in stores]  # storage: a dataset's stores are its settings
     infos = infos if args.name == "storage" else label_stores(infos)
     out = args.out / args.name
@@ -275,11 +376,16 @@ def main(argv=None) -> int:
         folder = out / s.folder
         if not (folder / "result.json").exists():
             folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "setting.json", {"setting": asdict(s), "recipe": asdict(args.recipe),
-                                                 "device": args.device, "preload": args.preload})
+            write_json(
+                folder / "setting.json",
+                {"setting": asdict(s), "recipe": asdict(args.recipe), "device": args.device, "preload": args.preload},
+            )
             todo.append(folder)
-    print(f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} "
-          f"already finished, {len(todo)} to run", flush=True)
+    print(
+        f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} "
+        f"already finished, {len(todo)} to run",
+        flush=True,
+    )
     failed = run_settings(todo, args.jobs)
     done = [(s, out / s.folder / "result.json") for s in settings]
     rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
@@ -294,8 +400,11 @@ def main(argv=None) -> int:
         (out / "results.md").write_text(text)
         plot(out / "results.png", args.name, rows)
     print(f"\n{text}")
-    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}" if rows
-          else "nothing finished: no results written")
+    print(
+        f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}"
+        if rows
+        else "nothing finished: no results written"
+    )
     return 1 if failed or not rows else 0
 
 
@@ -305,8 +414,7 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
     if path.exists():
         if (theirs := json.loads(path.read_text())) != mine:
             diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
-            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or "
-                             "remove it")
+            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, mine)

@@ -12,8 +12,13 @@ from pathlib import Path
 from ablation_report import SOURCE
 
 ABLATIONS = tuple(SOURCE)
-PAPER = {"spatial-res": (14, 9, 5, 3, 1), "channel-dim": (768, 192, 48, 12, 3), "tmm-depth": (1, 2, 4, 6, 8),
-         "tmm-width": (64, 256, 512, 1024, 2048)}
+PAPER = {
+    "spatial-res": (14, 9, 5, 3, 1),
+    "channel-dim": (768, 192, 48, 12, 3),
+    "tmm-depth": (1, 2, 4, 6, 8),
+    "tmm-width": (64, 256, 512, 1024, 2048),
+}
+
 
 @dataclass(frozen=True)
 class StoreInfo:
@@ -31,9 +36,11 @@ class StoreInfo:
         if missing := [k for k in keys if k not in self.keys]:
             raise SystemExit(f"{self.path} has no IFM {', '.join(missing)}; it holds {', '.join(self.keys)}")
         if len({self.grids[k] for k in keys}) > 1 or len({self.strides[k] for k in keys}) > 1:
-            raise SystemExit(f"{self.path}: {'+'.join(keys)} cannot be concatenated (grids "
-                             f"{[self.grids[k] for k in keys]}, frame strides "
-                             f"{[self.strides[k] for k in keys]})")
+            raise SystemExit(
+                f"{self.path}: {'+'.join(keys)} cannot be concatenated (grids "
+                f"{[self.grids[k] for k in keys]}, frame strides "
+                f"{[self.strides[k] for k in keys]})"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,11 @@ def spatial_values(grid: int) -> tuple[list[int], list[str]]:
             values.append(s)
     values = sorted(set(values), reverse=True)
     notes = [f"spatial pool {s} does not fit the {grid}x{grid} grid: skipped" for s in paper if s > grid]
-    notes.append(f"the full grid is {grid}x{grid}, not {paper[0]}x{paper[0]}: using "
-                 f"{', '.join(map(str, values))} (the full grid, the paper's smaller pools, filled "
-                 "with the largest unused sizes below the grid)")
+    notes.append(
+        f"the full grid is {grid}x{grid}, not {paper[0]}x{paper[0]}: using "
+        f"{', '.join(map(str, values))} (the full grid, the paper's smaller pools, filled "
+        "with the largest unused sizes below the grid)"
+    )
     return values, notes
 
 
@@ -87,8 +96,10 @@ def channel_values(dim: int) -> tuple[list[int], list[str]]:
         return list(paper), []
     values = list(dict.fromkeys(max(1, round(dim / 4**k)) for k in range(len(paper))))
     notes = [f"channel pool {c} does not fit {dim}-dim tokens: skipped" for c in paper if c > dim]
-    notes.append(f"tokens are {dim}-dim, not {paper[0]}: using the paper's factors 1, 1/4, 1/16, "
-                 f"1/64, 1/256 of {dim}: {', '.join(map(str, values))}")
+    notes.append(
+        f"tokens are {dim}-dim, not {paper[0]}: using the paper's factors 1, 1/4, 1/16, "
+        f"1/64, 1/256 of {dim}: {', '.join(map(str, values))}"
+    )
     return values, notes
 
 
@@ -100,17 +111,25 @@ def describe_store(path: Path) -> StoreInfo:
     if not (keys := tuple(store.ifm_keys())):
         raise SystemExit(f"{path}: no image model extracted into this store yet")
     arrays = {k: store.ifm(k) for k in keys}
-    return StoreInfo(str(path), store.dataset, keys, {k: tuple(a.grid) for k, a in arrays.items()},
-                     {k: a.dim for k, a in arrays.items()},
-                     {k: int(a.meta["frame_stride"]) for k, a in arrays.items()}, SamplerConfig().frames,
-                     {k: a.meta["dtype"] for k, a in arrays.items()})
+    return StoreInfo(
+        str(path),
+        store.dataset,
+        keys,
+        {k: tuple(a.grid) for k, a in arrays.items()},
+        {k: a.dim for k, a in arrays.items()},
+        {k: int(a.meta["frame_stride"]) for k, a in arrays.items()},
+        SamplerConfig().frames,
+        {k: a.meta["dtype"] for k, a in arrays.items()},
+    )
 
 
 def label_stores(infos: list[StoreInfo]) -> list[StoreInfo]:
     """Datasets label the lines; two stores of one dataset are told apart by their names."""
     count = Counter(info.dataset for info in infos)
-    return [info if count[info.dataset] == 1
-            else replace(info, dataset=f"{info.dataset} ({Path(info.path).stem})") for info in infos]
+    return [
+        info if count[info.dataset] == 1 else replace(info, dataset=f"{info.dataset} ({Path(info.path).stem})")
+        for info in infos
+    ]
 
 
 def base_tmm(args, in_dim: int):
@@ -127,8 +146,9 @@ def default_ifm(info: StoreInfo, wanted: tuple[str, ...], notes: list[str]) -> t
         info.check(wanted)
         return wanted
     if len(info.keys) > 1:
-        notes.append(f"{info.dataset}: the store holds {', '.join(info.keys)}; using {info.keys[0]} "
-                     "(choose with --ifm)")
+        notes.append(
+            f"{info.dataset}: the store holds {', '.join(info.keys)}; using {info.keys[0]} (choose with --ifm)"
+        )
     return info.keys[:1]
 
 
@@ -141,8 +161,22 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
     def add(label, x, keys, tmm, note="", source_stride=None):
         (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
         for seed in args.seeds:
-            settings.append(Setting(name, info.dataset, info.path, str(label), x, tuple(keys),
-                                    asdict(tmm), (t, h, w, dim), note, seed, len(args.seeds), source_stride))
+            settings.append(
+                Setting(
+                    name,
+                    info.dataset,
+                    info.path,
+                    str(label),
+                    x,
+                    tuple(keys),
+                    asdict(tmm),
+                    (t, h, w, dim),
+                    note,
+                    seed,
+                    len(args.seeds),
+                    source_stride,
+                )
+            )
 
     if name in PAPER:
         keys = default_ifm(info, args.ifm, notes)
@@ -168,8 +202,13 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
             info.check((key,))
             base = base_tmm(args, info.dims[key])
             add(f"{key} TMM", None, (key,), base)
-            add(f"{key} avg-pool", None, (key,), replace(base, tmm="none"),
-                "average pooling: nothing to pretrain, Acc_ft is the fine-tune from scratch")
+            add(
+                f"{key} avg-pool",
+                None,
+                (key,),
+                replace(base, tmm="none"),
+                "average pooling: nothing to pretrain, Acc_ft is the fine-tune from scratch",
+            )
     elif name == "ifm":
         keys = args.ifm or info.keys
         for key in keys:
@@ -177,22 +216,29 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
             add(key, None, (key,), base_tmm(args, info.dims[key]))
         for a, b in itertools.combinations(keys, 2):
             if info.grids[a] != info.grids[b] or info.strides[a] != info.strides[b]:
-                notes.append(f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]}, "
-                             f"{info.grids[b]} and frame strides {info.strides[a]}, "
-                             f"{info.strides[b]} must match to concatenate tokens")
+                notes.append(
+                    f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]}, "
+                    f"{info.grids[b]} and frame strides {info.strides[a]}, "
+                    f"{info.strides[b]} must match to concatenate tokens"
+                )
                 continue
             add(f"{a}+{b}", None, (a, b), base_tmm(args, info.dims[a] + info.dims[b]))
         if len(info.keys) < 2:
-            notes.append(f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
-                         "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
-                         "to compare IFMs and their concatenation")
+            notes.append(
+                f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
+                "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
+                "to compare IFMs and their concatenation"
+            )
     elif name == "storage":  # one setting per store: its dtype and frame stride
         key = default_ifm(info, args.ifm, notes)[0]
         stored = info.strides[key]  # the recipe's base stride 2 in source frames is 2 / stored in the store's
-        add(f"{info.dtypes[key]}, frame stride {stored} (sampler stride {2 / stored:g})", None, (key,),
-            base_tmm(args, info.dims[key]), source_stride=2)  # train.resolve_stride refuses what cannot be
+        add(
+            f"{info.dtypes[key]}, frame stride {stored} (sampler stride {2 / stored:g})",
+            None,
+            (key,),
+            base_tmm(args, info.dims[key]),
+            source_stride=2,
+        )  # train.resolve_stride refuses what cannot be
     else:
         raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
     return settings, notes
-
-

@@ -9,18 +9,54 @@ from pathlib import Path
 
 from common import table
 
-SOURCE = {"spatial-res": "the paper's Figure 3", "channel-dim": "the paper's Figure 4",
-          "tmm-depth": "the paper's Figure 5", "tmm-width": "the paper's Figure 6",
-          "temporal": "the paper's Table 5", "ifm": "the paper's Table 4", "storage": "issue 12"}
-AXIS = {"spatial-res": "spatial pool S (S x S grid into the TMM)",
-        "channel-dim": "channel pool C (channels into the TMM)", "tmm-depth": "TMM blocks",
-        "tmm-width": "TMM hidden width", "temporal": "temporal module", "ifm": "image model(s)",
-        "storage": "token dtype, frame stride of the store"}
+SOURCE = {
+    "spatial-res": "the paper's Figure 3",
+    "channel-dim": "the paper's Figure 4",
+    "tmm-depth": "the paper's Figure 5",
+    "tmm-width": "the paper's Figure 6",
+    "temporal": "the paper's Table 5",
+    "ifm": "the paper's Table 4",
+    "storage": "issue 12",
+}
+AXIS = {
+    "spatial-res": "spatial pool S (S x S grid into the TMM)",
+    "channel-dim": "channel pool C (channels into the TMM)",
+    "tmm-depth": "TMM blocks",
+    "tmm-width": "TMM hidden width",
+    "temporal": "temporal module",
+    "ifm": "image model(s)",
+    "storage": "token dtype, frame stride of the store",
+}
 LOG_X, DESCENDING = {"channel-dim", "tmm-width"}, {"spatial-res", "channel-dim"}
-CSV_COLUMNS = ("ablation", "dataset", "setting", "seed", "x", "store", "ifm", "source_stride", "tmm", "blocks", "hidden",
-               "out_dim", "spatial_pool", "channel_pool", "clip", "params", "macs", "prp_acc",
-               "prp_steps", "acc_ft", "top5_ft", "acc_scratch", "delta_acc", "ft_steps", "test_videos",
-               "seconds", "note")
+CSV_COLUMNS = (
+    "ablation",
+    "dataset",
+    "setting",
+    "seed",
+    "x",
+    "store",
+    "ifm",
+    "source_stride",
+    "tmm",
+    "blocks",
+    "hidden",
+    "out_dim",
+    "spatial_pool",
+    "channel_pool",
+    "clip",
+    "params",
+    "macs",
+    "prp_acc",
+    "prp_steps",
+    "acc_ft",
+    "top5_ft",
+    "acc_scratch",
+    "delta_acc",
+    "ft_steps",
+    "test_videos",
+    "seconds",
+    "note",
+)
 METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc")
 
 
@@ -86,29 +122,53 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
 
     steps = f", at most {recipe.max_steps} steps each" if recipe.max_steps else ""
     spread = "; accuracies are mean ± sample sd over the seeds" if several else ""
-    out = [f"## Ablation {name} ({SOURCE[name]})", "",
-           f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
-           f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} "
-           f"at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
-           f"{recipe.views} views{spread}. Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, "
-           f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
-           "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.", "",
-           *table(["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch",
-                   "ΔAcc"],
-                  [[r["dataset"], r["setting"], r["clip"], f"{r['params'] / 1e6:.3g}",
-                    f"{r['macs'] / 1e9:.3g}", cell(r, "prp_acc"), cell(r, "acc_ft"), cell(r, "acc_scratch"),
-                    cell(r, "delta_acc", True)] for r in aggregate(rows)], left=3),
-           "", "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
-           "Acc_scratch (the same fine-tuning from a random TMM)."]
+    out = [
+        f"## Ablation {name} ({SOURCE[name]})",
+        "",
+        f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
+        f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} "
+        f"at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
+        f"{recipe.views} views{spread}. Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, "
+        f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
+        "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
+        "",
+        *table(
+            ["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch", "ΔAcc"],
+            [
+                [
+                    r["dataset"],
+                    r["setting"],
+                    r["clip"],
+                    f"{r['params'] / 1e6:.3g}",
+                    f"{r['macs'] / 1e9:.3g}",
+                    cell(r, "prp_acc"),
+                    cell(r, "acc_ft"),
+                    cell(r, "acc_scratch"),
+                    cell(r, "delta_acc", True),
+                ]
+                for r in aggregate(rows)
+            ],
+            left=3,
+        ),
+        "",
+        "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
+        "Acc_scratch (the same fine-tuning from a random TMM).",
+    ]
     if name == "spatial-res":
         for dataset, (m, sd, n, full, small) in pooling_costs(rows).items():
-            out.append(f"- {dataset}: pooling the grid from {full:g} to {small:g} costs {100 * m:+.1f} ± "
-                       f"{100 * sd:.1f} points of Acc_ft (paired by seed, {n} seed(s)).")
+            out.append(
+                f"- {dataset}: pooling the grid from {full:g} to {small:g} costs {100 * m:+.1f} ± "
+                f"{100 * sd:.1f} points of Acc_ft (paired by seed, {n} seed(s))."
+            )
     for dataset, n in {r["dataset"]: r.get("test_videos") for r in rows}.items():
         if n:
             out.append(f"- {dataset}: {n} test videos, so one video is {100 / n:.1f} points of accuracy.")
-    out += [f"- {n}" for n in notes + [f"not finished: {m}" for m in missing]
-            + sorted({f"{r['setting']}: {r['note']}" for r in rows if r.get("note")})]
+    out += [
+        f"- {n}"
+        for n in notes
+        + [f"not finished: {m}" for m in missing]
+        + sorted({f"{r['setting']}: {r['note']}" for r in rows if r.get("note")})
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -147,10 +207,7 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
             ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[0].legend()
-    fig.suptitle(f"{name} ({SOURCE[name]})"
-                 + (f": mean ± sample sd over {seeds} seeds" if seeds > 1 else ""))
+    fig.suptitle(f"{name} ({SOURCE[name]})" + (f": mean ± sample sd over {seeds} seeds" if seeds > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-

@@ -19,11 +19,13 @@ from bench_loader import WARMUP_BATCHES, loader_now, make_plan
 from common import describe_machine, heading, num, say, table, write_section
 
 ROUNDS, BATCHES, BATCH = 3, 24, 32  # loader: rounds alternate the stores; timed batches of 32 clips
-CAVEAT = ("Random-weight tokens are not real CLIP tokens: real CLIP and DINOv2 features have a few "
-          "outlier channels, which cost 8-bit tokens more precision than these random ones do. Every "
-          "int8 store records its own error per video (relative L2 and cosine against the float tokens "
-          "in hand while extracting); `advise-cache info` and `verify` show it: that is how a user "
-          "checks on real data.")
+CAVEAT = (
+    "Random-weight tokens are not real CLIP tokens: real CLIP and DINOv2 features have a few "
+    "outlier channels, which cost 8-bit tokens more precision than these random ones do. Every "
+    "int8 store records its own error per video (relative L2 and cosine against the float tokens "
+    "in hand while extracting); `advise-cache info` and `verify` show it: that is how a user "
+    "checks on real data."
+)
 
 
 def vit_stores(data: Path, per_class: int) -> list[Path]:
@@ -31,12 +33,22 @@ def vit_stores(data: Path, per_class: int) -> list[Path]:
     from advise_cache.extract import ExtractConfig, extract_videos
     from advise_cache.synthetic import generate_synthetic
 
-    root = generate_synthetic(data / "vit-b16-videos", "motion", 0, train_per_class=per_class,
-                              test_per_class=0, min_frames=16, max_frames=16)
+    root = generate_synthetic(
+        data / "vit-b16-videos", "motion", 0, train_per_class=per_class, test_per_class=0, min_frames=16, max_frames=16
+    )
     outs = [data / f"vit-b16-{dtype}.zarr" for dtype in ("float16", "int8")]
     for out, dtype in zip(outs, ("float16", "int8")):
-        cfg = ExtractConfig(dataset="synthetic-motion", root=root, out=out, model="ViT-B-16", pretrained="none",
-                            dtype=dtype, workers=0, device="cpu", progress=False)
+        cfg = ExtractConfig(
+            dataset="synthetic-motion",
+            root=root,
+            out=out,
+            model="ViT-B-16",
+            pretrained="none",
+            dtype=dtype,
+            workers=0,
+            device="cpu",
+            progress=False,
+        )
         if failed := extract_videos(cfg).failed:
             raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
     return outs
@@ -54,8 +66,7 @@ def measure(paths: list[Path], device: str) -> list[dict]:
         key = store.ifm().key  # the loader's default, as in the settings
         info, done = summarize(store)["ifms"][key], store.ifm(key).status() == DONE
         source_frames = int(store.videos.source_frames[done].sum())
-        facts.append({**info, "dataset": store.dataset, "clips_per_s": [],
-                      "per_source": info["bytes"] / source_frames})
+        facts.append({**info, "dataset": store.dataset, "clips_per_s": [], "per_source": info["bytes"] / source_frames})
         plans.append(make_plan(path, (BATCHES + WARMUP_BATCHES) * BATCH, 0))
     for _ in range(ROUNDS):
         for f, (source, plan) in zip(facts, plans):
@@ -89,24 +100,50 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
     lines = []
     for path, f in zip(stores + [None] * len(facts), facts):
         r, q = acc.get(str(path)), f.get("quant_error", {})
-        lines.append([f["dataset"] if r else f"{f['dataset']}, {f['model']} random weights",
-                      r["setting"] if r else f"{f['dtype']}, frame stride {f['frame_stride']}",
-                      pm(r, "acc_ft"), pm(r, "delta_acc", True), f"{f['bytes'] / f['frames']:,.0f}",
-                      f"{f['per_source']:,.0f}{ratio(f, 'per_source')}",
-                      num(f["clips_per_s"]) + ratio(f, "clips_per_s"),
-                      f"{100 * q['rel_l2_mean']:.2f} / {100 * q['rel_l2_worst']:.2f}" if q.get("videos") else "—",
-                      f"{q['cos_mean']:.5f} / {q['cos_worst']:.5f}" if q.get("videos") else "—"])
-    own = [*table(["dataset", "store (sampler stride in stored frames)", "Acc_ft", "ΔAcc", "bytes / stored frame",
-                   "bytes / source frame (of float16)", "loader clips/s (of float16)",
-                   "int8 rel. L2 % mean / worst", "int8 cosine mean / worst"], lines, left=2), "",
-           f"Bytes: the store's token shards (shard indexes included) over its frames. Loader: ClipLoader, "
-           f"PRP clips of 8 frames, batch {BATCH}, 4 threads, {BATCHES} timed batches after {WARMUP_BATCHES}, "
-           f"median of {ROUNDS} rounds alternating the stores, batches delivered on {device} (which dequantises "
-           "int8: with no GPU, the CPU itself); the test-vit frames are small (4 x 4 x 64), so their rates are "
-           "bound by per-clip work, not bytes. Errors: as recorded in each int8 store.",
-           "", CAVEAT]
+        lines.append(
+            [
+                f["dataset"] if r else f"{f['dataset']}, {f['model']} random weights",
+                r["setting"] if r else f"{f['dtype']}, frame stride {f['frame_stride']}",
+                pm(r, "acc_ft"),
+                pm(r, "delta_acc", True),
+                f"{f['bytes'] / f['frames']:,.0f}",
+                f"{f['per_source']:,.0f}{ratio(f, 'per_source')}",
+                num(f["clips_per_s"]) + ratio(f, "clips_per_s"),
+                f"{100 * q['rel_l2_mean']:.2f} / {100 * q['rel_l2_worst']:.2f}" if q.get("videos") else "—",
+                f"{q['cos_mean']:.5f} / {q['cos_worst']:.5f}" if q.get("videos") else "—",
+            ]
+        )
+    own = [
+        *table(
+            [
+                "dataset",
+                "store (sampler stride in stored frames)",
+                "Acc_ft",
+                "ΔAcc",
+                "bytes / stored frame",
+                "bytes / source frame (of float16)",
+                "loader clips/s (of float16)",
+                "int8 rel. L2 % mean / worst",
+                "int8 cosine mean / worst",
+            ],
+            lines,
+            left=2,
+        ),
+        "",
+        f"Bytes: the store's token shards (shard indexes included) over its frames. Loader: ClipLoader, "
+        f"PRP clips of 8 frames, batch {BATCH}, 4 threads, {BATCHES} timed batches after {WARMUP_BATCHES}, "
+        f"median of {ROUNDS} rounds alternating the stores, batches delivered on {device} (which dequantises "
+        "int8: with no GPU, the CPU itself); the test-vit frames are small (4 x 4 x 64), so their rates are "
+        "bound by per-clip work, not bytes. Errors: as recorded in each int8 store.",
+        "",
+        CAVEAT,
+    ]
     if args.benchmarks:
-        section = [*heading("Storage: int8 tokens and frame stride 2, what each costs", "ablation.py",
-                            args.argv, machine), *own, "", text.replace("\n## ", "\n### ").replace("## ", "### ", 1)]
+        section = [
+            *heading("Storage: int8 tokens and frame stride 2, what each costs", "ablation.py", args.argv, machine),
+            *own,
+            "",
+            text.replace("\n## ", "\n### ").replace("## ", "### ", 1),
+        ]
         write_section(Path(args.benchmarks), "ablation_storage", "\n".join(section))
     return text + "\n" + "\n".join(own) + "\n"

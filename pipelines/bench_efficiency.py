@@ -115,8 +115,9 @@ def measure(spec: dict) -> dict:
                     yield x.to(device, compute, non_blocking=True), y
 
     recipe = TrainConfig(cache=Path(), out=Path())
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
-                            weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
     model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -127,17 +128,27 @@ def measure(spec: dict) -> dict:
         loss, _ = train_step(model, opt, x, y, recipe.label_smoothing, torch.bfloat16 if cuda else None)
         loss.item()  # waits for the step, as the trainer's metrics do
         times.append(time.perf_counter() - t0)
-        timed = times[spec["warmup"]:]
+        timed = times[spec["warmup"] :]
         say(f"[{spec['config']}] iteration {len(times)}: {times[-1]:.2f} s")
         enough = len(timed) >= spec["iters"] and sum(timed) >= spec["min_time"]
         if enough or len(timed) >= spec["max_iters"]:
             break
     peak = memory()[1]
-    return {"config": spec["config"], "method": method, "ifm": ifm_name, "device": str(device),
-            "params": count_params(model), "macs_ifm": macs_ifm, "macs_model": macs_model,
-            "macs": macs_ifm + macs_model, "baseline_rss": baseline,
-            "memory": torch.cuda.max_memory_allocated(device) if cuda else peak - baseline,
-            "seconds": statistics.median(timed), "iters": len(timed), "wall": time.perf_counter() - t_start}
+    return {
+        "config": spec["config"],
+        "method": method,
+        "ifm": ifm_name,
+        "device": str(device),
+        "params": count_params(model),
+        "macs_ifm": macs_ifm,
+        "macs_model": macs_model,
+        "macs": macs_ifm + macs_model,
+        "baseline_rss": baseline,
+        "memory": torch.cuda.max_memory_allocated(device) if cuda else peak - baseline,
+        "seconds": statistics.median(timed),
+        "iters": len(timed),
+        "wall": time.perf_counter() - t_start,
+    }
 
 
 def gb(x: float) -> str:
@@ -146,47 +157,74 @@ def gb(x: float) -> str:
 
 def render(machine: dict, rows: list[dict], args, argv) -> str:
     cuda = args.device.startswith("cuda")
-    out = [*heading("Training efficiency, the paper's Table 6", "bench_efficiency.py", argv, machine),
-           f"One PRP training iteration (`train.train_step`: forward, backward, AdamW step) on a batch of "
-           f"{args.batch_size} clips of {args.frames} frames at {SIZE} x {SIZE}; {args.warmup} warm-up "
-           f"iteration(s), then the median of the timed ones (at least {args.iters}, more until "
-           f"{args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. Each "
-           f"configuration in a fresh process, {args.rounds} round(s) of all of them in turn, the best round "
-           "kept" + ("." if cuda else "; memory in another process (below)."), "",
-           *table(["configuration", "image model", "trainable params (M)",
-                   "forward GMACs per clip (IFM + model)",
-                   f"{'peak GPU memory allocated' if cuda else 'peak memory added'} (GB)", "s / iteration",
-                   "every round's s / iteration"],
-                  [[r["method"], r["ifm"] or "—", f"{r['params'] / 1e6:.2f}",
+    out = [
+        *heading("Training efficiency, the paper's Table 6", "bench_efficiency.py", argv, machine),
+        f"One PRP training iteration (`train.train_step`: forward, backward, AdamW step) on a batch of "
+        f"{args.batch_size} clips of {args.frames} frames at {SIZE} x {SIZE}; {args.warmup} warm-up "
+        f"iteration(s), then the median of the timed ones (at least {args.iters}, more until "
+        f"{args.min_time:g} s, at most {args.max_iters}); {args.threads} torch threads. Each "
+        f"configuration in a fresh process, {args.rounds} round(s) of all of them in turn, the best round "
+        "kept" + ("." if cuda else "; memory in another process (below)."),
+        "",
+        *table(
+            [
+                "configuration",
+                "image model",
+                "trainable params (M)",
+                "forward GMACs per clip (IFM + model)",
+                f"{'peak GPU memory allocated' if cuda else 'peak memory added'} (GB)",
+                "s / iteration",
+                "every round's s / iteration",
+            ],
+            [
+                [
+                    r["method"],
+                    r["ifm"] or "—",
+                    f"{r['params'] / 1e6:.2f}",
                     f"{r['macs'] / 1e9:.1f} ({r['macs_ifm'] / 1e9:.1f} + {r['macs_model'] / 1e9:.2f})"
-                    if r["macs_ifm"] else f"{r['macs'] / 1e9:.2f}", gb(r["memory"]), f"{r['seconds']:.3f}",
-                    f"{', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed)"] for r in rows],
-                  left=2),
-           "", "GMACs: 10^9 multiply-accumulates (the paper's \"FLOPs\"). Decoding is left out (pixels made "
-           "once), so the ratios below understate what the cache saves."]
+                    if r["macs_ifm"]
+                    else f"{r['macs'] / 1e9:.2f}",
+                    gb(r["memory"]),
+                    f"{r['seconds']:.3f}",
+                    f"{', '.join(f'{s:.3f}' for s in r['rounds'])} ({r['iters']} timed)",
+                ]
+                for r in rows
+            ],
+            left=2,
+        ),
+        "",
+        'GMACs: 10^9 multiply-accumulates (the paper\'s "FLOPs"). Decoding is left out (pixels made '
+        "once), so the ratios below understate what the cache saves.",
+    ]
     if not cuda:
-        out += [f"Peak memory added: peak resident memory minus that after the imports "
-                f"({gb(statistics.mean(r['baseline_rss'] for r in rows))} GB), in a second process per "
-                "configuration (warm-up and one iteration) with MALLOC_MMAP_THRESHOLD_=65536 and "
-                "MALLOC_ARENA_MAX=2. With the default allocator (the timing process): "
-                + ", ".join(f"{r['config']} {gb(r['memory_timing_run'])}" for r in rows) + " GB."]
+        out += [
+            f"Peak memory added: peak resident memory minus that after the imports "
+            f"({gb(statistics.mean(r['baseline_rss'] for r in rows))} GB), in a second process per "
+            "configuration (warm-up and one iteration) with MALLOC_MMAP_THRESHOLD_=65536 and "
+            "MALLOC_ARENA_MAX=2. With the default allocator (the timing process): "
+            + ", ".join(f"{r['config']} {gb(r['memory_timing_run'])}" for r in rows)
+            + " GB."
+        ]
     by = {r["config"]: r for r in rows}
 
     def versus(a: dict, b: dict) -> str:
-        return (f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, "
-                f"{a['memory'] / b['memory']:.1f}x the memory")
+        return f"{a['seconds'] / b['seconds']:.1f}x the time per iteration, {a['memory'] / b['memory']:.1f}x the memory"
 
     out.append("")
     for ifm, tag in (("ViT-B-16", "B16"), ("ViT-L-14", "L14")):
         r3d, cached, online = by.get("r3d50"), by.get(f"cached-{tag}"), by.get(f"online-{tag}")
         if r3d and cached:
-            out.append(f"- R3D-50 vs AdViSe from the cache ({ifm} tokens): {versus(r3d, cached)}; the paper, "
-                       f"R3D-50 vs AdViSe: {PAPER['time']}x the time and {PAPER['memory']}x the memory.")
+            out.append(
+                f"- R3D-50 vs AdViSe from the cache ({ifm} tokens): {versus(r3d, cached)}; the paper, "
+                f"R3D-50 vs AdViSe: {PAPER['time']}x the time and {PAPER['memory']}x the memory."
+            )
         if r3d and online:
             out.append(f"- R3D-50 vs AdViSe online ({ifm} run every step): {versus(r3d, online)}.")
         if online and cached:
-            out.append(f"- AdViSe online vs from the cache ({ifm}): {versus(online, cached)}, "
-                       f"{online['macs'] / cached['macs']:.0f}x the forward MACs.")
+            out.append(
+                f"- AdViSe online vs from the cache ({ifm}): {versus(online, cached)}, "
+                f"{online['macs'] / cached['macs']:.0f}x the forward MACs."
+            )
     return "\n".join(out) + "\n"
 
 
@@ -194,12 +232,15 @@ def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     for flag, kind, default, what in (
-            ("batch-size", int, 2, "clips per iteration"), ("frames", int, 8, "frames per clip"),
-            ("warmup", int, 1, "iterations before timing"), ("iters", int, 2, "timed iterations, at least"),
-            ("min-time", float, 20.0, "time more iterations until this many seconds"),
-            ("max-iters", int, 30, "timed iterations, at most"),
-            ("rounds", int, 2, "timing runs of every configuration; the best is kept"),
-            ("threads", int, os.cpu_count() or 1, "torch threads")):
+        ("batch-size", int, 2, "clips per iteration"),
+        ("frames", int, 8, "frames per clip"),
+        ("warmup", int, 1, "iterations before timing"),
+        ("iters", int, 2, "timed iterations, at least"),
+        ("min-time", float, 20.0, "time more iterations until this many seconds"),
+        ("max-iters", int, 30, "timed iterations, at most"),
+        ("rounds", int, 2, "timing runs of every configuration; the best is kept"),
+        ("threads", int, os.cpu_count() or 1, "torch threads"),
+    ):
         p.add_argument(f"--{flag}", type=kind, default=default, help=what)
     p.add_argument("--save-json", type=Path, help="also write the raw measurements here")
     args = p.parse_args(argv)
@@ -220,8 +261,9 @@ def main(argv=None) -> int:
             if name.startswith("cached") and ifm_name not in stores:
                 grid, dim = TOKENS[ifm_name]
                 stores[ifm_name] = str(work / f"{ifm_name}.zarr")
-                token_store(Path(stores[ifm_name]), ifm_name, (grid, grid, dim),
-                            [STORE_FRAMES] * STORE_VIDEOS, args.seed)
+                token_store(
+                    Path(stores[ifm_name]), ifm_name, (grid, grid, dim), [STORE_FRAMES] * STORE_VIDEOS, args.seed
+                )
         specs = {name: {**spec, "config": name, "store": stores.get(CONFIGS[name][1])} for name in configs}
         for _ in range(args.rounds):  # every configuration in turn; each keeps its best round
             for name in configs:

@@ -45,8 +45,7 @@ DEFAULT_FRAMES = {"cpu": {"test-vit": 2048, "ViT-B-16": 48}, "cuda": {"test-vit"
 DEFAULT_BATCH = {("cpu", "ViT-B-16"): 16}
 DEFAULT_ROUNDS = {("cpu", "ViT-B-16"): 4}
 # --quick: a smoke run of every stage, seconds on the CPU
-QUICK = {"models": "test-vit", "frames": 96, "repeats": 1, "workers": 1, "writer_frames": 128,
-         "codec_frames": 24}
+QUICK = {"models": "test-vit", "frames": 96, "repeats": 1, "workers": 1, "writer_frames": 128, "codec_frames": 24}
 FULL = {"writer_frames": 1536, "codec_frames": 512}
 WIDTH, HEIGHT = 320, 240  # of the generated videos
 MAX_SECONDS = 400  # start no further round of a model after this
@@ -82,8 +81,17 @@ def make_videos(root: Path, frames: int, seed: int) -> list[tuple[Path, int]]:
     from advise_cache.video import probe_video
 
     per_class = math.ceil(1.2 * min(frames, GENERATED) / (sum(VIDEO_FRAMES) / 2) / 8)  # 8 classes, 20% margin
-    generate_synthetic(root, family="both", seed=seed, train_per_class=per_class, test_per_class=0,
-                       min_frames=VIDEO_FRAMES[0], max_frames=VIDEO_FRAMES[1], width=WIDTH, height=HEIGHT)
+    generate_synthetic(
+        root,
+        family="both",
+        seed=seed,
+        train_per_class=per_class,
+        test_per_class=0,
+        min_frames=VIDEO_FRAMES[0],
+        max_frames=VIDEO_FRAMES[1],
+        width=WIDTH,
+        height=HEIGHT,
+    )
     paths = sorted(root.glob("train/*/*.mp4"), key=lambda p: (p.stem[-3:], p.parent.name))
     base = [(p, probe_video(p).frames) for p in paths]
     videos, total, copy = list(base), sum(n for _, n in base), 1
@@ -176,9 +184,19 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
     cuda = ifm.device.type == "cuda"
     batch = args.batch_size or DEFAULT_BATCH.get((ifm.device.type, model), 256 if cuda else 64)
     manifest = write_manifest(work / "sets" / tag / "manifest.csv", videos)
-    cfg = ExtractConfig(dataset="manifest", root=manifest, out=work / "stores" / f"{tag}.zarr", model=model,
-                        pretrained="none", workers=workers, writers=args.writers, device=device,
-                        batch_size=batch, seed=args.seed, progress=False)
+    cfg = ExtractConfig(
+        dataset="manifest",
+        root=manifest,
+        out=work / "stores" / f"{tag}.zarr",
+        model=model,
+        pretrained="none",
+        workers=workers,
+        writers=args.writers,
+        device=device,
+        batch_size=batch,
+        seed=args.seed,
+        progress=False,
+    )
     best = Row(model, device, ifm.precision, len(videos), frames, workers, batch)
     clips, t0 = None, time.perf_counter()
     repeats = args.repeats or DEFAULT_ROUNDS.get((ifm.device.type, model), 3)
@@ -193,8 +211,10 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
             raise RuntimeError(f"extraction failed on generated videos: {summary.failed[:2]}")
         full_fps, run_fps = summary.frames / summary.seconds, summary.frames / summary.loop_seconds
         steady = summary.frames / summary.steady_seconds if summary.steady_seconds else float("nan")
-        say(f"[{tag}] round {rounds}: {frames} frames; decode {decode_fps:.1f}, ifm {ifm_fps:.1f}, full "
-            f"{full_fps:.1f}, run {run_fps:.1f}, steady {steady:.1f} frames/s")
+        say(
+            f"[{tag}] round {rounds}: {frames} frames; decode {decode_fps:.1f}, ifm {ifm_fps:.1f}, full "
+            f"{full_fps:.1f}, run {run_fps:.1f}, steady {steady:.1f} frames/s"
+        )
         best.ratios.append(steady / ifm_fps)
         best.decode_fps = max(best.decode_fps, decode_fps)
         best.ifm_fps = max(best.ifm_fps, ifm_fps)
@@ -220,69 +240,161 @@ def token_error(model: str, ifm_fp32, clips: list[np.ndarray], frames: int, seed
     bf16 = create_ifm(model, "none", str(ifm_fp32.device), "bf16", seed)
     if bf16.weights_sha256 != ifm_fp32.weights_sha256:
         raise RuntimeError("the bf16 and fp32 models do not have the same weights")
-    a, b = (torch.cat([m.encode(x[i : i + 64]).double().cpu() for i in range(0, len(x), 64)]).flatten(0, 2)
-            for m in (ifm_fp32, bf16))
+    a, b = (
+        torch.cat([m.encode(x[i : i + 64]).double().cpu() for i in range(0, len(x), 64)]).flatten(0, 2)
+        for m in (ifm_fp32, bf16)
+    )
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)  # per token
-    return [model, len(x), f"{float((a - b).norm() / a.norm()):.2e}", f"{float(cos.mean()):.6f}",
-            f"{float(cos.min()):.6f}", f"{float((a - b).abs().max()):.3g}"]
+    return [
+        model,
+        len(x),
+        f"{float((a - b).norm() / a.norm()):.2e}",
+        f"{float(cos.mean()):.6f}",
+        f"{float(cos.min()):.6f}",
+        f"{float((a - b).abs().max()):.3g}",
+    ]
 
 
 # -- report ----------------------------------------------------------------------------------
 def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, title: str) -> str:
     from advise_cache.store import DEFAULT_CODEC
 
-    out = [*heading(title, "bench_extract.py", argv, machine),
-           f"Frames/s of each stage on the same generated videos ({WIDTH}x{HEIGHT} mpeg4, {VIDEO_FRAMES[0]}-"
-           f"{VIDEO_FRAMES[1]} frames each), random weights, codec {DEFAULT_CODEC}, float16 tokens, "
-           f"{args.writers} writer threads; each column the best round's. Decode alone counts from the first "
-           "chunk handed over; end to end is `ExtractSummary.seconds`, loop `loop_seconds`, steady "
-           "`steady_seconds` (the model's first batch to the last video stored).", "",
-           *table(["model", "device", "videos / frames", "batch", "decode processes", "rounds",
-                   "decode alone", "IFM alone", "full, end to end", "full, loop", "full, steady",
-                   "steady / IFM", "stored kB/frame"],
-                  [[r.model, f"{r.device} {r.precision}", f"{r.videos} / {r.frames}", r.batch, r.workers,
-                    r.rounds, num(r.decode_fps), num(r.ifm_fps), num(r.full_fps), num(r.run_fps),
-                    num(r.steady_fps), pct(r.steady_fps / r.ifm_fps), f"{r.bytes_per_frame / 1e3:.1f}"]
-                   for r in rows], left=3), ""]
+    out = [
+        *heading(title, "bench_extract.py", argv, machine),
+        f"Frames/s of each stage on the same generated videos ({WIDTH}x{HEIGHT} mpeg4, {VIDEO_FRAMES[0]}-"
+        f"{VIDEO_FRAMES[1]} frames each), random weights, codec {DEFAULT_CODEC}, float16 tokens, "
+        f"{args.writers} writer threads; each column the best round's. Decode alone counts from the first "
+        "chunk handed over; end to end is `ExtractSummary.seconds`, loop `loop_seconds`, steady "
+        "`steady_seconds` (the model's first batch to the last video stored).",
+        "",
+        *table(
+            [
+                "model",
+                "device",
+                "videos / frames",
+                "batch",
+                "decode processes",
+                "rounds",
+                "decode alone",
+                "IFM alone",
+                "full, end to end",
+                "full, loop",
+                "full, steady",
+                "steady / IFM",
+                "stored kB/frame",
+            ],
+            [
+                [
+                    r.model,
+                    f"{r.device} {r.precision}",
+                    f"{r.videos} / {r.frames}",
+                    r.batch,
+                    r.workers,
+                    r.rounds,
+                    num(r.decode_fps),
+                    num(r.ifm_fps),
+                    num(r.full_fps),
+                    num(r.run_fps),
+                    num(r.steady_fps),
+                    pct(r.steady_fps / r.ifm_fps),
+                    f"{r.bytes_per_frame / 1e3:.1f}",
+                ]
+                for r in rows
+            ],
+            left=3,
+        ),
+        "",
+    ]
     for r in rows:
         target = TARGET["cpu" if r.device == "cpu" else "cuda"]
-        out.append(f"- {r.model} on {r.device}: steady at {pct(r.steady_fps / r.ifm_fps)} of the model alone "
-                   f"(target {pct(target)}); within each round {', '.join(pct(x) for x in r.ratios)}.")
+        out.append(
+            f"- {r.model} on {r.device}: steady at {pct(r.steady_fps / r.ifm_fps)} of the model alone "
+            f"(target {pct(target)}); within each round {', '.join(pct(x) for x in r.ratios)}."
+        )
     if writer_rows:
-        out += ["", f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
-                f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
-                "done) through `extract_stages.Writer`, the writer of commit 1aa8d33 (one thread, fed "
-                "float32) and raw write + fsync of the shard bytes, in alternating rounds.", "",
-                *table(["tokens", "videos / shards / frames", "MB", "rounds",
-                        f"new writer ({writer_rows[0].threads} threads)", "writer of 1aa8d33",
-                        "raw write + fsync (same threads)", "raw, 1 thread", "new / old", "new / raw",
-                        "new, MB/s"],
-                       [[w.model, f"{w.videos} / {w.shards} / {w.frames}", f"{w.mb:.0f}", w.rounds,
-                         num(w.fps["new"]), num(w.fps["old"]), num(w.fps["raw"]), num(w.fps["raw1"]),
-                         f"{w.fps['new'] / w.fps['old']:.1f}x", pct(w.fps["new"] / w.fps["raw"]),
-                         num(w.fps["new"] * w.mb / w.frames)] for w in writer_rows]),
-                "", f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}."]
+        out += [
+            "",
+            f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
+            f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
+            "done) through `extract_stages.Writer`, the writer of commit 1aa8d33 (one thread, fed "
+            "float32) and raw write + fsync of the shard bytes, in alternating rounds.",
+            "",
+            *table(
+                [
+                    "tokens",
+                    "videos / shards / frames",
+                    "MB",
+                    "rounds",
+                    f"new writer ({writer_rows[0].threads} threads)",
+                    "writer of 1aa8d33",
+                    "raw write + fsync (same threads)",
+                    "raw, 1 thread",
+                    "new / old",
+                    "new / raw",
+                    "new, MB/s",
+                ],
+                [
+                    [
+                        w.model,
+                        f"{w.videos} / {w.shards} / {w.frames}",
+                        f"{w.mb:.0f}",
+                        w.rounds,
+                        num(w.fps["new"]),
+                        num(w.fps["old"]),
+                        num(w.fps["raw"]),
+                        num(w.fps["raw1"]),
+                        f"{w.fps['new'] / w.fps['old']:.1f}x",
+                        pct(w.fps["new"] / w.fps["raw"]),
+                        num(w.fps["new"] * w.mb / w.frames),
+                    ]
+                    for w in writer_rows
+                ],
+            ),
+            "",
+            f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}.",
+        ]
     if errors:
-        out += ["", "bf16 (autocast, as `extract` runs on CUDA) against fp32 tokens of the same weights and "
-                "crops: relative L2 error over all tokens, cosine similarity per token.", "",
-                *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min",
-                        "max abs diff"], errors)]
+        out += [
+            "",
+            "bf16 (autocast, as `extract` runs on CUDA) against fp32 tokens of the same weights and "
+            "crops: relative L2 error over all tokens, cosine similarity per token.",
+            "",
+            *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"], errors),
+        ]
     if codec_rows:
-        out += ["", "Token codecs: each model's tokens written through the store with every codec of "
-                f"`store.CODECS` ({PER_SHARD}-frame shards, fsync; write MB/s of raw bytes), then random "
-                "single frames read from the page cache through plain zarr and through "
-                "`IFMArrays.read_frames`. Random weights: real CLIP weights may compress differently.", "",
-                *table(["tokens", "codec", "frames", "raw kB/frame", "stored kB/frame", "ratio",
-                        "bytes saved", "write MB/s", "read frames/s, zarr `a[i]`",
-                        "read frames/s, `read_frames`", "`read_frames` vs the first codec"],
-                       codec_rows, left=2)]
+        out += [
+            "",
+            "Token codecs: each model's tokens written through the store with every codec of "
+            f"`store.CODECS` ({PER_SHARD}-frame shards, fsync; write MB/s of raw bytes), then random "
+            "single frames read from the page cache through plain zarr and through "
+            "`IFMArrays.read_frames`. Random weights: real CLIP weights may compress differently.",
+            "",
+            *table(
+                [
+                    "tokens",
+                    "codec",
+                    "frames",
+                    "raw kB/frame",
+                    "stored kB/frame",
+                    "ratio",
+                    "bytes saved",
+                    "write MB/s",
+                    "read frames/s, zarr `a[i]`",
+                    "read frames/s, `read_frames`",
+                    "`read_frames` vs the first codec",
+                ],
+                codec_rows,
+                left=2,
+            ),
+        ]
     return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
     p = parser(__doc__)
-    p.add_argument("--models", help="comma-separated image models (default: test-vit,ViT-B-16 on the CPU, "
-                                    "ViT-B-16 on CUDA)")
+    p.add_argument(
+        "--models", help="comma-separated image models (default: test-vit,ViT-B-16 on the CPU, ViT-B-16 on CUDA)"
+    )
     p.add_argument("--frames", type=int, help="frames per model (default: DEFAULT_FRAMES)")
     p.add_argument("--workers", type=int, help="decode processes (default: extract's)")
     p.add_argument("--batch-size", type=int, help="frames per forward (default: 256 on CUDA, 64 on CPU)")
@@ -306,14 +418,16 @@ def main(argv=None) -> int:
 
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
-    plan = [(m, args.frames or DEFAULT_FRAMES["cuda" if cuda else "cpu"].get(m, 64))
-            for m in (m.strip() for m in args.models.split(",")) if m]
+    plan = [
+        (m, args.frames or DEFAULT_FRAMES["cuda" if cuda else "cpu"].get(m, 64))
+        for m in (m.strip() for m in args.models.split(","))
+        if m
+    ]
     work = Path(tempfile.mkdtemp(prefix="bench_extract-"))
     t_start = time.perf_counter()
     try:
         videos = make_videos(work / "videos", max(n for _, n in plan), args.seed)
-        say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in "
-            f"{time.perf_counter() - t_start:.0f} s")
+        say(f"{len(videos)} videos, {sum(n for _, n in videos)} frames ready in {time.perf_counter() - t_start:.0f} s")
         machine = describe_machine(device, packages=("zarr", "numcodecs", "decord", "open_clip_torch"))
         machine["store folder"] = f"{work} ({filesystem(work)})"
         rows, writer_rows, codec_rows, errors = [], [], [], []
@@ -321,19 +435,33 @@ def main(argv=None) -> int:
             row, clips, ifm = bench_model(model, device, take(videos, frames), work, args)
             rows.append(row)
             if cuda or args.quick:
-                fp32 = ifm if ifm.precision == "fp32" else create_ifm(model, "none", str(ifm.device), "fp32",
-                                                                      args.seed)
+                fp32 = ifm if ifm.precision == "fp32" else create_ifm(model, "none", str(ifm.device), "fp32", args.seed)
                 errors.append(token_error(model, fp32, clips, error_frames, args.seed))
             if args.writer_frames:
-                writer_rows.append(bench_writer(model, (*ifm.grid, ifm.dim), work, args.writer_frames,
-                                                args.writers, args.repeats or 3, args.seed))
+                writer_rows.append(
+                    bench_writer(
+                        model,
+                        (*ifm.grid, ifm.dim),
+                        work,
+                        args.writer_frames,
+                        args.writers,
+                        args.repeats or 3,
+                        args.seed,
+                    )
+                )
             if codec_frames:  # tokens of the first videos' crops, float16 as stored
                 tokens, total = [], 0
                 for clip in clips:
                     if total >= min(codec_frames, 128):  # the codec test cycles them
                         break
-                    tokens.append(np.concatenate([ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu()
-                                                  .numpy() for i in range(0, len(clip), 64)]))
+                    tokens.append(
+                        np.concatenate(
+                            [
+                                ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu().numpy()
+                                for i in range(0, len(clip), 64)
+                            ]
+                        )
+                    )
                     total += len(clip)
                 codec_rows += bench_codecs(model, tokens, work, codec_frames, codec_reads, args.seed)
             del ifm, clips

@@ -55,8 +55,7 @@ def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
     return written
 
 
-def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int,
-                 seed: int) -> WriterRow:
+def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int) -> WriterRow:
     """The same tokens through the new writer, the old one and raw writes, in alternating
     rounds; the best round of each."""
     import torch
@@ -92,8 +91,9 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
             raise writer.error
         if summary.done != len(lengths) or summary.frames != total:
             raise RuntimeError(f"the writer stored {summary.done} of {len(lengths)} videos")
-        if not np.array_equal(arrays.read_frames(len(lengths) - 1, [lengths[-1] - 1])[0],
-                              big16[lengths[-1] - 1].numpy()):
+        if not np.array_equal(
+            arrays.read_frames(len(lengths) - 1, [lengths[-1] - 1])[0], big16[lengths[-1] - 1].numpy()
+        ):
             raise RuntimeError("a frame read back differs from the one written")
         return total / seconds
 
@@ -129,8 +129,12 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
     base = work / "writer"
     for rounds in range(1, repeats + 1):
         shutil.rmtree(base, ignore_errors=True)
-        got = {"new": new(base / "new.zarr"), "old": old(base / "old.zarr"),
-               "raw": raw(base / "raw", threads), "raw1": raw(base / "raw1", 1)}
+        got = {
+            "new": new(base / "new.zarr"),
+            "old": old(base / "old.zarr"),
+            "raw": raw(base / "raw", threads),
+            "raw1": raw(base / "raw1", 1),
+        }
         say(f"[writer {key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
         row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
         row.rounds = rounds
@@ -139,8 +143,7 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
 
 
 # -- codecs ----------------------------------------------------------------------------------
-def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int,
-                 seed: int) -> list[list]:
+def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int, seed: int) -> list[list]:
     """Write the same tokens with every codec into a store; time writing and random reads, through
     plain zarr (`tokens[row]`) and through `IFMArrays.read_frames`. Table rows."""
     import zarr
@@ -180,11 +183,20 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
             raise RuntimeError(f"codec {codec}: a frame read back differs from the one written")
         say(f"[{key}] codec {codec}: {stored / total / 1e3:.1f} kB/frame, write {write_s:.2f} s")
         base = base or {"bytes": stored, "seconds": seconds[1]}
-        rows.append([model, codec, total, f"{raw / 1e3:.1f}", f"{stored / total / 1e3:.1f}",
-                     f"{raw * total / stored:.2f}", pct(1 - stored / base["bytes"]),
-                     num(total * raw / write_s / 1e6), num(reads / seconds[0]), num(reads / seconds[1]),
-                     f"{base['seconds'] / seconds[1]:.2f}x"])
+        rows.append(
+            [
+                model,
+                codec,
+                total,
+                f"{raw / 1e3:.1f}",
+                f"{stored / total / 1e3:.1f}",
+                f"{raw * total / stored:.2f}",
+                pct(1 - stored / base["bytes"]),
+                num(total * raw / write_s / 1e6),
+                num(reads / seconds[0]),
+                num(reads / seconds[1]),
+                f"{base['seconds'] / seconds[1]:.2f}x",
+            ]
+        )
         shutil.rmtree(path, ignore_errors=True)
     return rows
-
-

@@ -48,12 +48,39 @@ WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first t
 # Store videos x frames; readers' batch, clips a round, rounds; training batch, rounds, timed
 # and untimed steps. A flag of the same name overrides one.
 SIZES = {
-    "cpu": {"videos": 96, "frames": 48, "batch_size": 32, "clips": 2048, "rounds": 5, "train_batch": 8,
-            "train_rounds": 3, "steps": 6, "warmup": 1},
-    "cuda": {"videos": 256, "frames": 48, "batch_size": 128, "clips": 8192, "rounds": 5, "train_batch": 128,
-             "train_rounds": 1, "steps": 200, "warmup": 20},
-    "quick": {"videos": 8, "frames": 16, "batch_size": 4, "clips": 40, "rounds": 1, "train_batch": 2,
-              "train_rounds": 1, "steps": 2, "warmup": 1},
+    "cpu": {
+        "videos": 96,
+        "frames": 48,
+        "batch_size": 32,
+        "clips": 2048,
+        "rounds": 5,
+        "train_batch": 8,
+        "train_rounds": 3,
+        "steps": 6,
+        "warmup": 1,
+    },
+    "cuda": {
+        "videos": 256,
+        "frames": 48,
+        "batch_size": 128,
+        "clips": 8192,
+        "rounds": 5,
+        "train_batch": 128,
+        "train_rounds": 1,
+        "steps": 200,
+        "warmup": 20,
+    },
+    "quick": {
+        "videos": 8,
+        "frames": 16,
+        "batch_size": 4,
+        "clips": 40,
+        "rounds": 1,
+        "train_batch": 2,
+        "train_rounds": 1,
+        "steps": 2,
+        "warmup": 1,
+    },
 }
 
 
@@ -103,8 +130,9 @@ def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
     for s in np.unique(rows // per).tolist():
         fd = os.open(arrays_dir / str(s) / "0" / "0" / "0", os.O_RDONLY)
         fds[s] = fd
-        index[s] = np.frombuffer(os.pread(fd, 16 * per, os.fstat(fd).st_size - 16 * per - 4),
-                                 "<u8")[0::2].astype(np.int64)
+        index[s] = np.frombuffer(os.pread(fd, 16 * per, os.fstat(fd).st_size - 16 * per - 4), "<u8")[0::2].astype(
+            np.int64
+        )
     where = [(fds[int(r) // per], int(index[int(r) // per][int(r) % per])) for r in rows.reshape(-1)]
     T = rows.shape[1]
     # torch's allocator, like the loader's buffers: it asks for transparent huge pages, which
@@ -149,8 +177,7 @@ def baseline_package(work: Path) -> Path | None:
         return target
     target.mkdir(parents=True, exist_ok=True)
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "advise_cache"],
-                                 capture_output=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "advise_cache"], capture_output=True)
     except OSError:
         archive = None
     if archive is None or archive.returncode != 0:
@@ -168,8 +195,7 @@ def old_loader(spec: dict) -> dict:
 
     store.FORMAT = spec["format"]  # read the same store; the code that reads frames is 1aa8d33's
     plan = np.load(spec["plan"])
-    reqs = [ClipRequest(int(v), idx, int(y))
-            for v, idx, y in zip(plan["video"], plan["indices"], plan["label"])]
+    reqs = [ClipRequest(int(v), idx, int(y)) for v, idx, y in zip(plan["video"], plan["indices"], plan["label"])]
     source = TokenSource(store.open_store(spec["store"]))
     loader = ClipLoader(source, reqs, spec["batch"], threads=spec["threads"])
     for b, _ in enumerate(loader):
@@ -201,16 +227,31 @@ def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = 
     if cuda:
         torch.cuda.reset_peak_memory_stats(args.device)
     out = Path(tempfile.mkdtemp(prefix="bench_loader-run-"))
-    cfg = TrainConfig(cache=store_path, out=out / "run", task="prp", epochs=1, batch_size=b,
-                      device=args.device, progress=False, preload=preload, loader_threads=args.threads,
-                      log_every=10**9, max_steps=warm + steps, compile=compile_, seed=args.seed,
-                      sampler=SamplerConfig(clips_per_video=-(-(warm + steps + 2) * b // n_videos)))
+    cfg = TrainConfig(
+        cache=store_path,
+        out=out / "run",
+        task="prp",
+        epochs=1,
+        batch_size=b,
+        device=args.device,
+        progress=False,
+        preload=preload,
+        loader_threads=args.threads,
+        log_every=10**9,
+        max_steps=warm + steps,
+        compile=compile_,
+        seed=args.seed,
+        sampler=SamplerConfig(clips_per_video=-(-(warm + steps + 2) * b // n_videos)),
+    )
     try:
         final = train(cfg, on_step=on_step)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {"clips_per_s": steps * b / (marks[warm + steps] - marks[warm]), "wait": final["data_wait_frac"],
-            "peak_gb": torch.cuda.max_memory_allocated(args.device) / 1e9 if cuda else None}
+    return {
+        "clips_per_s": steps * b / (marks[warm + steps] - marks[warm]),
+        "wait": final["data_wait_frac"],
+        "peak_gb": torch.cuda.max_memory_allocated(args.device) / 1e9 if cuda else None,
+    }
 
 
 def resident_step(args) -> dict:
@@ -227,8 +268,9 @@ def resident_step(args) -> dict:
     torch.manual_seed(args.seed)
     model = create_model(TMMConfig(in_dim=SHAPE[2]), 4).to(device, memory_format=layout)
     recipe = TrainConfig(cache=Path(), out=Path())
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
-                            **({"fused": True} if cuda else {}))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if cuda else {})
+    )
     x16 = torch.randn((b, 8, *SHAPE), device=device).half().permute(0, 4, 1, 2, 3)  # the loader's view
     y = torch.randint(0, 4, (b,), device=device)
     compute = torch.bfloat16 if cuda else torch.float32
@@ -237,18 +279,29 @@ def resident_step(args) -> dict:
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             t0 = clock(device)
-        loss, _ = train_step(model, opt, x16.to(compute, memory_format=layout), y, recipe.label_smoothing,
-                             torch.bfloat16 if cuda else None)
+        loss, _ = train_step(
+            model,
+            opt,
+            x16.to(compute, memory_format=layout),
+            y,
+            recipe.label_smoothing,
+            torch.bfloat16 if cuda else None,
+        )
     loss.item()
-    return {"clips_per_s": args.steps * b / (time.perf_counter() - t0), "wait": None,
-            "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None}
+    return {
+        "clips_per_s": args.steps * b / (time.perf_counter() - t0),
+        "wait": None,
+        "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None,
+    }
 
 
 def training(store_path: Path, args) -> tuple[list[dict], float]:
     """Rounds alternating training from the store and the resident step; their rows and the
     median per-round ratio of the two."""
-    modes = {"`train.train` from the store": lambda: timed_train(store_path, args),
-             "`train_step` on a batch in memory": lambda: resident_step(args)}
+    modes = {
+        "`train.train` from the store": lambda: timed_train(store_path, args),
+        "`train_step` on a batch in memory": lambda: resident_step(args),
+    }
     if args.device.startswith("cuda"):
         modes["`train.train --compile`"] = lambda: timed_train(store_path, args, compile_=True)
         modes["`train.train --preload gpu`"] = lambda: timed_train(store_path, args, preload="gpu")
@@ -266,8 +319,15 @@ def training(store_path: Path, args) -> tuple[list[dict], float]:
         rate = statistics.median(r["clips_per_s"] for r in rs)
         waits = [r["wait"] for r in rs if r["wait"] is not None]
         peaks = [r["peak_gb"] for r in rs if r["peak_gb"] is not None]
-        rows.append([mode, num(rate), pct(rate / resident), pct(statistics.median(waits)) if waits else "-",
-                     f"{max(peaks):.2f}" if peaks else "-"])
+        rows.append(
+            [
+                mode,
+                num(rate),
+                pct(rate / resident),
+                pct(statistics.median(waits)) if waits else "-",
+                f"{max(peaks):.2f}" if peaks else "-",
+            ]
+        )
     return rows, ratio
 
 
@@ -275,25 +335,32 @@ def training(store_path: Path, args) -> tuple[list[dict], float]:
 def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: list[list]) -> str:
     cuda = args.device.startswith("cuda")
     target_train = TARGET_TRAIN if cuda else TARGET_CEILING
-    lines = [*heading(f"Loader, {'GPU' if cuda else 'CPU'}", "bench_loader.py", argv, facts),
-             f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, "
-             f"{8 * FRAME_BYTES / 1e6:.2f} MB a clip) from the page cache; store of {args.videos} videos x "
-             f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} "
-             "rounds, each reader once per round; medians over the rounds.", "",
-             *table(["reader", "clips/s", "GB/s", "of the ceiling"], readers), "",
-             f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
-             "median of the per-round ratios."]
+    lines = [
+        *heading(f"Loader, {'GPU' if cuda else 'CPU'}", "bench_loader.py", argv, facts),
+        f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, "
+        f"{8 * FRAME_BYTES / 1e6:.2f} MB a clip) from the page cache; store of {args.videos} videos x "
+        f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} "
+        "rounds, each reader once per round; medians over the rounds.",
+        "",
+        *table(["reader", "clips/s", "GB/s", "of the ceiling"], readers),
+        "",
+        f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
+        "median of the per-round ratios.",
+    ]
     if "baseline" in ratios:
-        lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x "
-                     f"(target >= {TARGET_BASELINE:.0f}x).")
-    lines += ["", f"Training: default TMM (1 block, hidden 256), PRP, {'bf16 autocast' if cuda else 'fp32'}, "
-              f"batch {args.train_batch}, {args.steps} timed steps after {args.warmup}, {args.train_rounds} "
-              "round(s) alternating the modes; medians over the rounds.", "",
-              *table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"],
-                     train_rows), "",
-              f"- from the store / in memory: {pct(ratios['train'])}, median of the per-round ratios "
-              f"(target >= {pct(target_train)}). Peak host memory of training is bench_efficiency.py's "
-              "figure."]
+        lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x (target >= {TARGET_BASELINE:.0f}x).")
+    lines += [
+        "",
+        f"Training: default TMM (1 block, hidden 256), PRP, {'bf16 autocast' if cuda else 'fp32'}, "
+        f"batch {args.train_batch}, {args.steps} timed steps after {args.warmup}, {args.train_rounds} "
+        "round(s) alternating the modes; medians over the rounds.",
+        "",
+        *table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"], train_rows),
+        "",
+        f"- from the store / in memory: {pct(ratios['train'])}, median of the per-round ratios "
+        f"(target >= {pct(target_train)}). Peak host memory of training is bench_efficiency.py's "
+        "figure.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -301,8 +368,11 @@ def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--work", type=Path, default=REPO / "data" / "bench_loader", help="where the store lives")
     for key in SIZES["cpu"]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, help=", ".join(
-            f"{kind} {size[key]}" for kind, size in SIZES.items()))
+        p.add_argument(
+            "--" + key.replace("_", "-"),
+            type=int,
+            help=", ".join(f"{kind} {size[key]}" for kind, size in SIZES.items()),
+        )
     p.add_argument("--threads", type=int, help="reading threads; default: 4 (cpu), the cores up to 16 (cuda)")
     p.add_argument("--no-baseline", action="store_true", help=f"skip the loader at {BASELINE}")
     p.add_argument("--quick", action="store_true", help="a tiny store and one short round")
@@ -322,36 +392,64 @@ def main(argv=None) -> int:
     rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
     for rnd in range(args.rounds):
         for name in ("ceiling", "loader")[:: 1 if rnd % 2 == 0 else -1]:  # neither always first
-            rate[name].append(ceiling(store_path, plan, args.batch_size, args.threads) if name == "ceiling"
-                              else loader_now(source, plan, args.batch_size, args.threads))
+            rate[name].append(
+                ceiling(store_path, plan, args.batch_size, args.threads)
+                if name == "ceiling"
+                else loader_now(source, plan, args.batch_size, args.threads)
+            )
         if package is not None:  # the old loader is slow: an eighth of the plan is plenty
             base = plan[: max(2 * WARMUP_BATCHES, len(plan) // 8 // args.batch_size) * args.batch_size]
             plan_file = args.work / "plan.npz"
-            np.savez(plan_file, video=np.array([r.video for r in base]),
-                     indices=np.stack([r.indices for r in base]), label=np.array([r.label for r in base]))
+            np.savez(
+                plan_file,
+                video=np.array([r.video for r in base]),
+                indices=np.stack([r.indices for r in base]),
+                label=np.array([r.label for r in base]),
+            )
             from advise_cache.store import open_store
 
-            spec = {"store": str(store_path), "plan": str(plan_file), "batch": args.batch_size,
-                    "threads": args.threads, "format": open_store(store_path).meta["format"]}
+            spec = {
+                "store": str(store_path),
+                "plan": str(plan_file),
+                "batch": args.batch_size,
+                "threads": args.threads,
+                "format": open_store(store_path).meta["format"],
+            }
             answer = run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})
             rate["baseline"].append(answer["clips_per_s"])
         say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
-    names = {"ceiling": "ceiling: minimal preadv reader", "loader": "`ClipLoader` (this commit)",
-             "baseline": f"`ClipLoader` at {BASELINE}"}
+    names = {
+        "ceiling": "ceiling: minimal preadv reader",
+        "loader": "`ClipLoader` (this commit)",
+        "baseline": f"`ClipLoader` at {BASELINE}",
+    }
     readers = []
     for k, v in rate.items():
         if v:
             med = statistics.median(v)
-            readers.append([names[k], num(med), f"{med * 8 * FRAME_BYTES / 1e9:.2f}",
-                            pct(statistics.median(a / c for a, c in zip(v, rate["ceiling"])))])
+            readers.append(
+                [
+                    names[k],
+                    num(med),
+                    f"{med * 8 * FRAME_BYTES / 1e9:.2f}",
+                    pct(statistics.median(a / c for a, c in zip(v, rate["ceiling"]))),
+                ]
+            )
     ratios = {"ceiling": statistics.median(a / c for a, c in zip(rate["loader"], rate["ceiling"]))}
     if rate["baseline"]:
         ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
     if cuda:
-        med = statistics.median(loader_now(source, plan, args.batch_size, args.threads, args.device)
-                                for _ in range(args.rounds))
-        readers.append(["`ClipLoader` to the GPU (pinned, side-stream copy)", num(med),
-                        f"{med * 8 * FRAME_BYTES / 1e9:.2f}", pct(med / statistics.median(rate["ceiling"]))])
+        med = statistics.median(
+            loader_now(source, plan, args.batch_size, args.threads, args.device) for _ in range(args.rounds)
+        )
+        readers.append(
+            [
+                "`ClipLoader` to the GPU (pinned, side-stream copy)",
+                num(med),
+                f"{med * 8 * FRAME_BYTES / 1e9:.2f}",
+                pct(med / statistics.median(rate["ceiling"])),
+            ]
+        )
     train_rows, ratios["train"] = training(store_path, args)
     section = render(facts, args, argv, readers, ratios, train_rows)
     return publish(section, args, "bench_loader_gpu" if cuda else "bench_loader")

@@ -84,8 +84,10 @@ def git_stamp() -> str:
     # no optional locks: never refresh the index under other people's git commands
     git = ["git", "--no-optional-locks", "-C", str(REPO)]
     try:
-        head, dirty = (subprocess.run([*git, *a], capture_output=True, text=True, check=True).stdout.strip()
-                       for a in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "advise_cache"]))
+        head, dirty = (
+            subprocess.run([*git, *a], capture_output=True, text=True, check=True).stdout.strip()
+            for a in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "advise_cache"])
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" with uncommitted changes in advise_cache/" if dirty else "")
@@ -95,8 +97,10 @@ def describe_machine(device: str, packages=("zarr", "decord", "open_clip_torch")
     """The machine rows of a section: date, CPU and RAM, GPU, software, code, load at the start."""
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor() or "unknown CPU")
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in _lines("/proc/cpuinfo") if ln.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    )
     mem = next((int(ln.split()[1]) for ln in _lines("/proc/meminfo") if ln.startswith("MemTotal")), 0)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "none used"
@@ -106,7 +110,7 @@ def describe_machine(device: str, packages=("zarr", "decord", "open_clip_torch")
         "CPU": f"{cpu}, {os.cpu_count()} cores ({usable} usable), {mem / 2**20:.0f} GiB RAM",
         "GPU": gpu,
         "software": f"Python {platform.python_version()}, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads), {versions}",
+        f"({torch.get_num_threads()} threads), {versions}",
         "code": git_stamp(),
         "load average (1 min) at start": load_1min(),
     }
@@ -114,8 +118,11 @@ def describe_machine(device: str, packages=("zarr", "decord", "open_clip_torch")
 
 def memory() -> tuple[int, int]:
     """(resident, peak resident) bytes of this process, from /proc (VmRSS, VmHWM)."""
-    got = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in _lines("/proc/self/status")
-           if ln.startswith(("VmRSS:", "VmHWM:"))}
+    got = {
+        ln.split(":")[0]: int(ln.split()[1]) * 1024
+        for ln in _lines("/proc/self/status")
+        if ln.startswith(("VmRSS:", "VmHWM:"))
+    }
     if "VmHWM" not in got:  # no /proc: getrusage's peak (KiB on Linux, bytes on macOS)
         import resource
 
@@ -138,8 +145,7 @@ def num(x: float | None) -> str:
     """A rate or a time with the digits that matter: 1,234 / 12.3 / 1.23 / 0.123."""
     if x is None or not math.isfinite(x):
         return "n/a"
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 1 \
-        else f"{x:.3f}"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3f}"
 
 
 def pct(x: float | None) -> str:
@@ -156,9 +162,14 @@ def heading(title: str, script: str, argv, machine: dict) -> list[str]:
     """A section's first lines: its title, the command that wrote it, the machine (load now: at the end)."""
     command = " ".join(["python", f"pipelines/{script}", *(sys.argv[1:] if argv is None else argv)])
     facts = {**machine, "load average (1 min) at end": load_1min()}
-    return [f"## {title} (pipelines/{script})", "",
-            f"Written by `{command}`; rerun it to replace this section.", "",
-            *table(["machine", ""], [list(kv) for kv in facts.items()], left=2), ""]
+    return [
+        f"## {title} (pipelines/{script})",
+        "",
+        f"Written by `{command}`; rerun it to replace this section.",
+        "",
+        *table(["machine", ""], [list(kv) for kv in facts.items()], left=2),
+        "",
+    ]
 
 
 # -- one measurement per fresh process --------------------------------------------------------
@@ -171,7 +182,7 @@ def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode or not lines:
         raise SystemExit(f"{script}: the child process failed (exit {proc.returncode}) on {spec}")
-    return json.loads(lines[-1][len(RESULT):])
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def child_main(measure, spec: dict) -> int:
@@ -182,8 +193,15 @@ def child_main(measure, spec: dict) -> int:
 
 
 # -- stores of random tokens ------------------------------------------------------------------
-def token_store(path: Path, key: str, shape: tuple[int, int, int], lengths: list[int], seed: int = 0,
-                fill: bool = True, codec: str | None = None):
+def token_store(
+    path: Path,
+    key: str,
+    shape: tuple[int, int, int],
+    lengths: list[int],
+    seed: int = 0,
+    fill: bool = True,
+    codec: str | None = None,
+):
     """A real store of `len(lengths)` train videos of random float16 tokens of `shape` (h, w, D)
     under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written."""
     import numpy as np
@@ -191,12 +209,26 @@ def token_store(path: Path, key: str, shape: tuple[int, int, int], lengths: list
     from advise_cache.store import DEFAULT_CODEC, create_store, open_store
 
     n = len(lengths)
-    table_ = {"name": [f"v{i:05d}" for i in range(n)], "path": [""] * n, "split": ["train"] * n,
-              "label": [i % 4 for i in range(n)], "fps": [25.0] * n, "source_frames": list(lengths),
-              "probe_error": [""] * n}
+    table_ = {
+        "name": [f"v{i:05d}" for i in range(n)],
+        "path": [""] * n,
+        "split": ["train"] * n,
+        "label": [i % 4 for i in range(n)],
+        "fps": [25.0] * n,
+        "source_frames": list(lengths),
+        "probe_error": [""] * n,
+    }
     create_store(path, "bench", str(path.parent), ["a", "b", "c", "d"], table_)
-    info = {"model": key, "pretrained": "none", "weights_sha256": None, "input_size": 224,
-            "grid": list(shape[:2]), "dim": shape[2], "normalisation": None, "precision": "fp32"}
+    info = {
+        "model": key,
+        "pretrained": "none",
+        "weights_sha256": None,
+        "input_size": 224,
+        "grid": list(shape[:2]),
+        "dim": shape[2],
+        "normalisation": None,
+        "precision": "fp32",
+    }
     arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC)
     rng = np.random.default_rng(seed)
     for v, frames in enumerate(lengths if fill else []):

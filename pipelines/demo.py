@@ -60,13 +60,13 @@ def tmm_features(model, store, split: str, views: int, mode: str, frames: int = 
     st = open_store(store)
     source = TokenSource(st, None)
     videos, _ = source.videos(split)
-    x = video_outputs(model.eval(), source, videos, views, frames, stride, mode, torch.device("cpu"),
-                      what="features")
+    x = video_outputs(model.eval(), source, videos, views, frames, stride, mode, torch.device("cpu"), what="features")
     return x, st.videos.label[videos].astype(np.int64)
 
 
-def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-              l2: float = 1e-2) -> float:
+def fit_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, l2: float = 1e-2
+) -> float:
     """Test accuracy of an L2-regularised multinomial logistic regression on standardised
     features (full-batch L-BFGS: deterministic, well under a second here)."""
     import torch
@@ -120,9 +120,19 @@ def build_store(family: str, args) -> Path:
     root, store = args.out / "data" / family, args.out / f"{family}.zarr"
     train_n, test_n = SIZES[family]
     generate_synthetic(root, family, 0, train_per_class=train_n, test_per_class=test_n)
-    summary = extract_videos(ExtractConfig(
-        dataset=f"synthetic-{family}", root=root, out=store, model=args.model, pretrained=args.pretrained,
-        device="cpu", seed=0, workers=0, progress=False))
+    summary = extract_videos(
+        ExtractConfig(
+            dataset=f"synthetic-{family}",
+            root=root,
+            out=store,
+            model=args.model,
+            pretrained=args.pretrained,
+            device="cpu",
+            seed=0,
+            workers=0,
+            progress=False,
+        )
+    )
     if summary.failed:
         raise SystemExit(f"{family}: {len(summary.failed)} videos failed to extract")
     return store
@@ -147,20 +157,38 @@ def run_seed(family: str, seed: int, args) -> dict:
     store = args.out / f"{family}.zarr"
     mode = CLIP_MODES[family]
     tmm = TMMConfig(hidden=args.hidden, out_dim=args.out_dim, head_hidden=args.out_dim)
-    common = dict(cache=store, device="cpu", seed=seed, resume=True, tmm=tmm, clip_mode=mode, lr=args.lr,
-                  warmup_epochs=2, preload="ram", loader_threads=1, progress=False)
-    prp = TrainConfig(out=base / "prp", task="prp", epochs=args.prp_epochs, batch_size=16,
-                      sampler=SamplerConfig(clips_per_video=args.prp_clips), **common)
+    common = dict(
+        cache=store,
+        device="cpu",
+        seed=seed,
+        resume=True,
+        tmm=tmm,
+        clip_mode=mode,
+        lr=args.lr,
+        warmup_epochs=2,
+        preload="ram",
+        loader_threads=1,
+        progress=False,
+    )
+    prp = TrainConfig(
+        out=base / "prp",
+        task="prp",
+        epochs=args.prp_epochs,
+        batch_size=16,
+        sampler=SamplerConfig(clips_per_video=args.prp_clips),
+        **common,
+    )
     train(prp)
     in_dim = open_store(store).ifm().dim
     pretrained, _, _ = load_model(prp.out, open_store(store), torch.device("cpu"))
-    result = {"probe_prp": probe_accuracy(pretrained, store, mode),
-              "probe_random": probe_accuracy(random_model(tmm, in_dim, seed), store, mode),
-              "prp_train_acc": json.loads((prp.out / "checkpoint.json").read_text())["metrics"]["acc"]}
+    result = {
+        "probe_prp": probe_accuracy(pretrained, store, mode),
+        "probe_random": probe_accuracy(random_model(tmm, in_dim, seed), store, mode),
+        "prp_train_acc": json.loads((prp.out / "checkpoint.json").read_text())["metrics"]["acc"],
+    }
     fts = {"ft_prp": dict(init=prp.out), "ft_scratch": {}, "avgpool": dict(tmm=replace(tmm, tmm="none"))}
     for name, extra in fts.items():
-        cfg = TrainConfig(out=base / name, task="classify", epochs=args.ft_epochs, batch_size=8,
-                          **{**common, **extra})
+        cfg = TrainConfig(out=base / name, task="classify", epochs=args.ft_epochs, batch_size=8, **{**common, **extra})
         train(cfg)
         result[name] = evaluate(store, cfg.out, views=args.views, device="cpu")["top1"]
     result["delta"] = result["ft_prp"] - result["ft_scratch"]
@@ -176,9 +204,11 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def render(results: dict, seeds: list[int]) -> str:
-    rows = ["| family | Acc_ft (PRP → fine-tune) | ΔAcc (vs scratch) | linear probe, PRP TMM "
-            "| linear probe, random TMM | average pooling |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| family | Acc_ft (PRP → fine-tune) | ΔAcc (vs scratch) | linear probe, PRP TMM "
+        "| linear probe, random TMM | average pooling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for family, per_seed in results.items():
         cells = []
         for key in COLUMNS:
@@ -196,11 +226,19 @@ def main(argv=None) -> None:
     p.add_argument("--pretrained", default="auto")
     p.add_argument("--device", default="cpu", help="the demo runs on the CPU (cpu or auto)")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--seeds", type=int, default=3, help="how many seeds (seed, seed + 1, ...): the "
-                   "table shows mean and spread over them")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="how many seeds (seed, seed + 1, ...): the table shows mean and spread over them",
+    )
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="(family, seed) runs at once, one process and one thread each")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="(family, seed) runs at once, one process and one thread each",
+    )
     p.add_argument("--prp-epochs", type=int, default=20)
     p.add_argument("--prp-clips", type=int, default=8, help="PRP clips per video per epoch")
     p.add_argument("--ft-epochs", type=int, default=20)
@@ -215,8 +253,7 @@ def main(argv=None) -> None:
     if bad:
         raise SystemExit(f"unknown families {bad} (choose from {', '.join(FAMILIES)})")
     if args.seed < 0 or args.seeds < 1 or args.jobs < 1:
-        raise SystemExit(f"need --seed >= 0, --seeds >= 1 and --jobs >= 1, "
-                         f"got {args.seed}, {args.seeds}, {args.jobs}")
+        raise SystemExit(f"need --seed >= 0, --seeds >= 1 and --jobs >= 1, got {args.seed}, {args.seeds}, {args.jobs}")
     if args.device not in ("cpu", "auto"):
         raise SystemExit("the demo runs on the CPU: --device cpu")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -234,10 +271,12 @@ def main(argv=None) -> None:
     print()
     print(table)
     print()
-    print(f"Top-1 on the test split in %, mean ± sample standard deviation over seeds {seeds} (chance 25). "
-          "ΔAcc = Acc_ft − the same fine-tuning from a random TMM. Linear probes: logistic regression "
-          "on the frozen TMM's pooled features. A sanity check of the implementation on synthetic "
-          "videos, not evidence about real ones.")
+    print(
+        f"Top-1 on the test split in %, mean ± sample standard deviation over seeds {seeds} (chance 25). "
+        "ΔAcc = Acc_ft − the same fine-tuning from a random TMM. Linear probes: logistic regression "
+        "on the frozen TMM's pooled features. A sanity check of the implementation on synthetic "
+        "videos, not evidence about real ones."
+    )
     print(f"({time.perf_counter() - t0:.0f} s; runs and stores in {args.out}/)")
 
 

@@ -10,13 +10,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 
+
 def load_pipeline(name: str):
     """Import pipelines/NAME.py as module NAME (the scripts are not a package); a generator for
     fixtures: it yields the module and forgets it afterwards."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -66,8 +69,18 @@ def synthetic_root(tmp_path_factory) -> Path:
 def extract_config(root: Path, out: Path, **kw):
     from advise_cache.extract import ExtractConfig
 
-    base = dict(dataset="synthetic", root=root, out=out, model="test-vit", pretrained="none",
-                workers=0, device="cpu", frames_per_shard=8, batch_size=16, progress=False)
+    base = dict(
+        dataset="synthetic",
+        root=root,
+        out=out,
+        model="test-vit",
+        pretrained="none",
+        workers=0,
+        device="cpu",
+        frames_per_shard=8,
+        batch_size=16,
+        progress=False,
+    )
     return ExtractConfig(**{**base, **kw})
 
 
@@ -88,8 +101,9 @@ def temporal_store(tmp_path_factory) -> Path:
     from advise_cache.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("temporal")
-    generate_synthetic(root, family="temporal", seed=1, train_per_class=12, test_per_class=6,
-                       min_frames=24, max_frames=40)
+    generate_synthetic(
+        root, family="temporal", seed=1, train_per_class=12, test_per_class=6, min_frames=24, max_frames=40
+    )
     out = tmp_path_factory.mktemp("stores") / "temporal.zarr"
     summary = extract_videos(extract_config(root, out, dataset="synthetic-temporal"))
     assert summary.exit_code == 0, summary.failed
@@ -102,8 +116,17 @@ def train_config(cache: Path, out: Path, **kw):
     from advise_cache.train import TrainConfig
 
     tmm = kw.pop("tmm", TMMConfig(hidden=32, out_dim=64, head_hidden=64))
-    base = dict(cache=cache, out=out, epochs=4, batch_size=16, device="cpu", progress=False, tmm=tmm,
-                loader_threads=2, log_every=1)
+    base = dict(
+        cache=cache,
+        out=out,
+        epochs=4,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        tmm=tmm,
+        loader_threads=2,
+        log_every=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 

@@ -35,7 +35,8 @@ def test_spatial_settings_follow_the_grid(ablation):
     values, notes = ablation.spatial_values(4)
     assert values == [4, 3, 2, 1]
     assert [n for n in notes if "skipped" in n] == [
-        f"spatial pool {s} does not fit the 4x4 grid: skipped" for s in (14, 9, 5)]
+        f"spatial pool {s} does not fit the 4x4 grid: skipped" for s in (14, 9, 5)
+    ]
     assert ablation.spatial_values(16)[0] == [16, 9, 5, 3, 1]
     assert ablation.spatial_values(7)[0] == [7, 6, 5, 3, 1]
     assert ablation.spatial_values(1)[0] == [1]
@@ -74,10 +75,33 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store, tmp_path, capsys):
     out = tmp_path / "runs"
-    argv = ["spatial-res", "--cache", str(synthetic_store), "--out", str(out), "--device", "cpu",
-            "--epochs", "1", "--ft-epochs", "1", "--max-steps", "2", "--batch-size", "8",
-            "--ft-batch-size", "8", "--hidden", "8", "--out-dim", "16", "--views", "1",
-            "--settings", "4,1"]
+    argv = [
+        "spatial-res",
+        "--cache",
+        str(synthetic_store),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--ft-epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--ft-batch-size",
+        "8",
+        "--hidden",
+        "8",
+        "--out-dim",
+        "16",
+        "--views",
+        "1",
+        "--settings",
+        "4,1",
+    ]
     assert ablation.main([*argv, "--jobs", "2"]) == 0
     first = capsys.readouterr().out
     assert "2 settings on 1 store(s); 0 already finished, 2 to run" in first
@@ -135,18 +159,53 @@ def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, syntheti
     stores = []
     for dtype, stride in (("float16", 1), ("int8", 1), ("float16", 2), ("int8", 2)):
         stores.append(tmp_path / f"{dtype}-s{stride}.zarr")
-        assert extract_videos(extract_config(synthetic_root, stores[-1], dtype=dtype, frame_stride=stride)).exit_code == 0
+        assert (
+            extract_videos(extract_config(synthetic_root, stores[-1], dtype=dtype, frame_stride=stride)).exit_code == 0
+        )
     bench = tmp_path / "BENCHMARKS.md"
     out = tmp_path / "runs"
-    assert ablation.main(["storage", "--cache", ",".join(map(str, stores)), "--out", str(out), "--device", "cpu",
-                          "--epochs", "1", "--ft-epochs", "1", "--max-steps", "1", "--batch-size", "8",
-                          "--ft-batch-size", "8", "--hidden", "8", "--out-dim", "16", "--views", "1",
-                          "--vit-per-class", "0", "--benchmarks", str(bench)]) == 0
+    assert (
+        ablation.main(
+            [
+                "storage",
+                "--cache",
+                ",".join(map(str, stores)),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--epochs",
+                "1",
+                "--ft-epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--ft-batch-size",
+                "8",
+                "--hidden",
+                "8",
+                "--out-dim",
+                "16",
+                "--views",
+                "1",
+                "--vit-per-class",
+                "0",
+                "--benchmarks",
+                str(bench),
+            ]
+        )
+        == 0
+    )
     assert "4 settings on 4 store(s)" in capsys.readouterr().out
     rows = read_csv(out / "storage" / "results.csv")
     assert [(r["setting"], r["source_stride"]) for r in rows] == [
-        ("float16, frame stride 1 (sampler stride 2)", "2"), ("int8, frame stride 1 (sampler stride 2)", "2"),
-        ("float16, frame stride 2 (sampler stride 1)", "2"), ("int8, frame stride 2 (sampler stride 1)", "2")]
+        ("float16, frame stride 1 (sampler stride 2)", "2"),
+        ("int8, frame stride 1 (sampler stride 2)", "2"),
+        ("float16, frame stride 2 (sampler stride 1)", "2"),
+        ("int8, frame stride 2 (sampler stride 1)", "2"),
+    ]
     assert all(int(r["ft_steps"]) == 1 and 0.0 <= float(r["acc_ft"]) <= 1.0 for r in rows)
     for folder in (out / "storage" / "synthetic").iterdir():  # every stage sampled at the setting's stride
         stride = 1 if "frame-stride-2" in folder.name else 2

@@ -27,8 +27,13 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
 
 
 def test_formats():
-    assert [common.num(x) for x in (1234.5, 12.34, 1.234, 0.1234, float("nan"))] == \
-        ["1,234", "12.3", "1.23", "0.123", "n/a"]
+    assert [common.num(x) for x in (1234.5, 12.34, 1.234, 0.1234, float("nan"))] == [
+        "1,234",
+        "12.3",
+        "1.23",
+        "0.123",
+        "n/a",
+    ]
     assert common.pct(0.934) == "93%"
     assert common.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | ---: |", "| 1 | 2 |"]
     rss, peak = common.memory()

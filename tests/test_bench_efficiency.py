@@ -9,8 +9,24 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--batch-size", "1", "--frames", "2", "--warmup", "0", "--iters", "1", "--max-iters", "1",
-        "--min-time", "0", "--rounds", "1", "--threads", "1"]
+TINY = [
+    "--batch-size",
+    "1",
+    "--frames",
+    "2",
+    "--warmup",
+    "0",
+    "--iters",
+    "1",
+    "--max-iters",
+    "1",
+    "--min-time",
+    "0",
+    "--rounds",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture()
@@ -35,8 +51,19 @@ def test_cached_config_runs_in_fresh_processes(bench, capsys):
 @pytest.mark.parametrize("config", ["online-B16", "r3d50"])
 def test_other_configs_measure(bench, config):
     """The online and end-to-end configurations, in this process (no store)."""
-    spec = {"config": config, "device": "cpu", "batch_size": 1, "frames": 2, "warmup": 0, "iters": 1,
-            "max_iters": 1, "min_time": 0.0, "threads": 1, "seed": 0, "store": None}
+    spec = {
+        "config": config,
+        "device": "cpu",
+        "batch_size": 1,
+        "frames": 2,
+        "warmup": 0,
+        "iters": 1,
+        "max_iters": 1,
+        "min_time": 0.0,
+        "threads": 1,
+        "seed": 0,
+        "store": None,
+    }
     row = bench.measure(spec)
     assert row["seconds"] > 0 and row["params"] > 0 and row["macs_model"] > 0
     assert (row["macs_ifm"] > 0) == config.startswith("online")

@@ -19,8 +19,9 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
     cells = [c.strip() for c in stage.strip("|").split("|")]
     decode, ifm, full = (float(c.replace(",", "")) for c in cells[6:9])
     assert decode > 0 and ifm > 0 and full > 0
-    writer = next(line for line in text.splitlines() if line.startswith("| test-vit | ") and " / " in line
-                  and "x |" in line)
+    writer = next(
+        line for line in text.splitlines() if line.startswith("| test-vit | ") and " / " in line and "x |" in line
+    )
     new, old, raw = (float(c.strip().replace(",", "")) for c in writer.strip("|").split("|")[4:7])
     assert new > 0 and old > 0 and raw > 0
     error = next(line for line in text.splitlines() if line.startswith("| test-vit | 32 |"))

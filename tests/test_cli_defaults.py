@@ -15,8 +15,20 @@ from advise_cache.cli import _setup_logging, app, default_run_dir
 from advise_cache.store import open_store
 
 runner = CliRunner()
-FAST = ["--model", "test-vit", "--pretrained", "none", "--workers", "0", "--device", "cpu",
-        "--frames-per-shard", "8", "--batch-size", "16"]
+FAST = [
+    "--model",
+    "test-vit",
+    "--pretrained",
+    "none",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--frames-per-shard",
+    "8",
+    "--batch-size",
+    "16",
+]
 LISTED = {  # class -> (train videos, test videos); two of them never downloaded
     "Archery": (["v_Archery_g02_c01", "v_Archery_g03_c01"], ["v_Archery_g01_c01"]),
     "Bowling": (["v_Bowling_g02_c01", "v_Bowling_g03_c01"], ["v_Bowling_g01_c01"]),
@@ -74,15 +86,17 @@ def test_extract_reads_the_default_root_and_writes_the_default_store(ucf_workdir
     store = open_store(path)
     assert store.meta["root"] == str(ucf_workdir / "data" / "ucf101")
     assert sorted(store.videos.name.tolist()) == sorted(
-        f"{c}/{v}" for c, (tr, te) in LISTED.items() for v in tr + te if f"{c}/{v}" not in GONE)
+        f"{c}/{v}" for c, (tr, te) in LISTED.items() for v in tr + te if f"{c}/{v}" not in GONE
+    )
     assert "videos: 4 extracted, 0 already done, 0 failed (of 4); 2 listed videos missing on disk" in result.stdout
 
 
 def test_missing_videos_are_reported_with_the_default_logging(ucf_store):
     _, result = ucf_store
-    assert ("WARNING advise_cache.datasets: ucf101: 2 of the 6 listed videos are missing on disk "
-            "and will not be extracted (first: Archery/v_Archery_g03_c01, Bowling/v_Bowling_g01_c01)"
-            ) in result.stderr
+    assert (
+        "WARNING advise_cache.datasets: ucf101: 2 of the 6 listed videos are missing on disk "
+        "and will not be extracted (first: Archery/v_Archery_g03_c01, Bowling/v_Bowling_g01_c01)"
+    ) in result.stderr
 
 
 def test_info_shows_split_sources_and_missing_videos(ucf_workdir, ucf_store):
@@ -92,10 +106,12 @@ def test_info_shows_split_sources_and_missing_videos(ucf_workdir, ucf_store):
     assert text.exit_code == 0, text.output
     lines = text.stdout.splitlines()
     assert lines[0] == f"{path}: dataset ucf101 split 1, 4 videos (test 1, train 3), 2 classes"
-    assert lines[1] == (f"  from {root}; annotations classInd.txt, trainlist01.txt, testlist01.txt "
-                        f"in {root / 'ucfTrainTestlist'}")
-    assert lines[2] == ("  2 listed videos missing on disk, not extracted: Archery/v_Archery_g03_c01, "
-                        "Bowling/v_Bowling_g01_c01")
+    assert lines[1] == (
+        f"  from {root}; annotations classInd.txt, trainlist01.txt, testlist01.txt in {root / 'ucfTrainTestlist'}"
+    )
+    assert lines[2] == (
+        "  2 listed videos missing on disk, not extracted: Archery/v_Archery_g03_c01, Bowling/v_Bowling_g01_c01"
+    )
     info = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
     assert info["missing"] == sorted(GONE) and info["split"] == 1 and info["format"] == 2
     assert info["annotations"][0] == str(root / "ucfTrainTestlist" / "classInd.txt")
@@ -114,8 +130,23 @@ def test_another_split_into_the_same_store_names_both_splits(ucf_workdir, ucf_st
 
 def test_train_without_out_writes_a_documented_run_folder(ucf_workdir, ucf_store, monkeypatch):
     monkeypatch.chdir(ucf_workdir)
-    args = ["train", "--cache", "ucf101.zarr", "--epochs", "1", "--batch-size", "4", "--hidden", "8",
-            "--out-dim", "16", "--device", "cpu", "--loader-threads", "1"]
+    args = [
+        "train",
+        "--cache",
+        "ucf101.zarr",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--hidden",
+        "8",
+        "--out-dim",
+        "16",
+        "--device",
+        "cpu",
+        "--loader-threads",
+        "1",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "run folder: runs/ucf101-prp"
@@ -126,8 +157,7 @@ def test_default_run_folders_do_not_collide():
     assert default_run_dir(Path("data/ucf101.zarr"), "prp") == Path("runs/ucf101-prp")
     assert default_run_dir(Path("ucf101.zarr/"), "classify") == Path("runs/ucf101-ft")
     assert default_run_dir(Path("ucf101.zarr"), "classify", scratch=True) == Path("runs/ucf101-scratch")
-    assert default_run_dir(Path("ucf101.zarr"), "classify", scratch=True, tmm="none") == Path(
-        "runs/ucf101-scratch-avg")
+    assert default_run_dir(Path("ucf101.zarr"), "classify", scratch=True, tmm="none") == Path("runs/ucf101-scratch-avg")
 
 
 def test_logging_shows_our_warnings_and_only_errors_of_other_libraries(capsys):
@@ -146,8 +176,7 @@ def test_logging_shows_our_warnings_and_only_errors_of_other_libraries(capsys):
         _setup_logging(verbose=True)
         ours.debug("details")
         theirs.info("chatter")
-        assert capsys.readouterr().err.splitlines() == [
-            "DEBUG advise_cache.datasets: details", "INFO somelib: chatter"]
+        assert capsys.readouterr().err.splitlines() == ["DEBUG advise_cache.datasets: details", "INFO somelib: chatter"]
     finally:  # the levels the next tests expect
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("huggingface_hub").setLevel(logging.WARNING)

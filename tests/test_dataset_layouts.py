@@ -30,8 +30,12 @@ def summary(index) -> list[tuple[str, int, str]]:
 
 # --- ucf101 ------------------------------------------------------------------------------
 
-UCF_VIDEOS = ["Archery/v_Archery_g01_c01.avi", "Archery/v_Archery_g02_c01.avi",
-              "Bowling/v_Bowling_g01_c01.avi", "Bowling/v_Bowling_g02_c01.avi"]
+UCF_VIDEOS = [
+    "Archery/v_Archery_g01_c01.avi",
+    "Archery/v_Archery_g02_c01.avi",
+    "Bowling/v_Bowling_g01_c01.avi",
+    "Bowling/v_Bowling_g02_c01.avi",
+]
 
 
 def ucf_lists(folder: Path) -> None:
@@ -102,8 +106,9 @@ def test_a_missing_split_file_names_what_it_sees_instead(tmp_path):
     touch(root / "annotations" / "readme.txt")
     with pytest.raises(LayoutError) as e:
         load_dataset("hmdb51", root)
-    assert str(e.value).startswith("hmdb51: expected <class>_test_split1.txt (the official splits "
-                                   "(http://serre-lab.clps.brown.edu/")
+    assert str(e.value).startswith(
+        "hmdb51: expected <class>_test_split1.txt (the official splits (http://serre-lab.clps.brown.edu/"
+    )
     assert f"nothing of that name within {root}; nearby it sees split_info.txt, readme.txt" in str(e.value)
 
 
@@ -125,7 +130,11 @@ def test_hmdb51_classes_in_sorted_class_name_order(tmp_path, layout):
     index = load_dataset("hmdb51", root, split=2)
     assert index.classes == ["climb", "climb_stairs", "kick", "kick_ball"]
     assert [(r.name.split("/")[0], r.label) for r in index.select("test")] == [
-        ("climb", 0), ("climb_stairs", 1), ("kick", 2), ("kick_ball", 3)]
+        ("climb", 0),
+        ("climb_stairs", 1),
+        ("kick", 2),
+        ("kick_ball", 3),
+    ]
     assert len(index.select("train")) == 8 and index.missing == []
     assert index.select("test")[0].path == videos / "climb" / "climb_a.avi"
     assert index.official_split == 2 and len(index.annotations) == 4
@@ -135,8 +144,9 @@ def test_hmdb51_class_archives_left_packed_are_named(tmp_path):
     root = tmp_path / "hmdb51"
     crlf(root / "testTrainMulti_7030_splits" / "wave_test_split1.txt", ["w1.avi 1", "w2.avi 2"])
     touch(root / "hmdb51_org" / "wave.rar")
-    with pytest.raises(LayoutError, match="none of the 2 listed videos exists; .*found the archives "
-                                          "wave.rar: unpack them first"):
+    with pytest.raises(
+        LayoutError, match="none of the 2 listed videos exists; .*found the archives wave.rar: unpack them first"
+    ):
         load_dataset("hmdb51", root)
 
 
@@ -146,10 +156,10 @@ def test_hmdb51_class_archives_left_packed_are_named(tmp_path):
 def test_diving48_mmaction2_layout(tmp_path):
     root = tmp_path / "diving48"
     ann = root / "annotations"
-    touch(ann / "Diving48_V2_train.json", json.dumps([{"vid_name": "a1", "label": 5, "start_frame": 0,
-                                                       "end_frame": 9}]))
-    touch(ann / "Diving48_V2_test.json", json.dumps([{"vid_name": "b2", "label": 7, "start_frame": 0,
-                                                      "end_frame": 9}]))
+    touch(
+        ann / "Diving48_V2_train.json", json.dumps([{"vid_name": "a1", "label": 5, "start_frame": 0, "end_frame": 9}])
+    )
+    touch(ann / "Diving48_V2_test.json", json.dumps([{"vid_name": "b2", "label": 7, "start_frame": 0, "end_frame": 9}]))
     touch(ann / "Diving48_vocab.json", json.dumps([["Back", "1som", f"{i:02d}Twis", "NO"] for i in range(48)]))
     touch(root / "videos" / "a1.mp4")
     touch(root / "videos" / "b2.mp4")
@@ -170,8 +180,12 @@ def ssv2_entry(vid: str, template: str) -> dict:
 
 def write_ssv2(folder: Path, names: dict[str, str]) -> None:
     touch(folder / names["labels"], json.dumps(SSV2_LABELS))
-    touch(folder / names["train"], json.dumps([ssv2_entry("12", "Holding [something]"),
-                                               ssv2_entry("3", "Pushing [something] from left to right")]))
+    touch(
+        folder / names["train"],
+        json.dumps(
+            [ssv2_entry("12", "Holding [something]"), ssv2_entry("3", "Pushing [something] from left to right")]
+        ),
+    )
     touch(folder / names["validation"], json.dumps([ssv2_entry("7", "Holding [something]")]))
     touch(folder / names["test"], json.dumps([{"id": "99"}, {"id": "98"}]))
 
@@ -204,8 +218,9 @@ def test_ssv2_as_distributed(tmp_path, names, ann_dir, video_dir, holdout):
     ]
     assert index.missing == (["98"] if holdout else [])
     assert index.records[-1].path == root / video_dir / "3.webm"
-    assert [p.name for p in index.annotations] == [names[r] for r in (
-        "labels", "train", "validation", *(["test"] if holdout else []))]
+    assert [p.name for p in index.annotations] == [
+        names[r] for r in ("labels", "train", "validation", *(["test"] if holdout else []))
+    ]
 
 
 # --- kinetics400 -------------------------------------------------------------------------
@@ -214,9 +229,12 @@ K_HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
 
 
 def kinetics_csvs(folder: Path, val_name: str = "val.csv", prefix: str = "", labelled_test=False) -> None:
-    touch(folder / f"{prefix}train.csv", f"{K_HEADER}\n"
-          "abseiling,aaa,14,24,train,0\nzumba,bbb,0,10,train,0\n"
-          "abseiling,gone1,1,11,train,0\nzumba,bad,3,13,train,0\n")
+    touch(
+        folder / f"{prefix}train.csv",
+        f"{K_HEADER}\n"
+        "abseiling,aaa,14,24,train,0\nzumba,bbb,0,10,train,0\n"
+        "abseiling,gone1,1,11,train,0\nzumba,bad,3,13,train,0\n",
+    )
     touch(folder / f"{prefix}{val_name}", f"{K_HEADER}\nzumba,ccc,5,15,val,0\nabseiling,gone2,2,12,val,0\n")
     if labelled_test:
         touch(folder / f"{prefix}test.csv", f"{K_HEADER}\nzumba,ddd,1,11,test,0\n")
@@ -228,9 +246,13 @@ def kinetics_csvs(folder: Path, val_name: str = "val.csv", prefix: str = "", lab
 def test_kinetics400_cvdf(tmp_path, holdout):
     root = tmp_path / "k400"
     kinetics_csvs(root / "annotations")
-    for split, stem in [("train", "aaa_000014_000024"), ("train", "bbb_000000_000010"),
-                        ("train", "bad_000003_000013"), ("val", "ccc_000005_000015"),
-                        ("test", "ddd_000001_000011")]:
+    for split, stem in [
+        ("train", "aaa_000014_000024"),
+        ("train", "bbb_000000_000010"),
+        ("train", "bad_000003_000013"),
+        ("val", "ccc_000005_000015"),
+        ("test", "ddd_000001_000011"),
+    ]:
         touch(root / split / f"{stem}.mp4")
     replacement = touch(root / "replacement" / "replacement_for_corrupted_k400" / "bad_000003_000013.mp4")
     index = load_dataset("kinetics400", root, holdout=holdout)
@@ -252,8 +274,11 @@ def test_kinetics400_cvdf(tmp_path, holdout):
 def test_kinetics400_deepmind_validate_csv(tmp_path):
     root = tmp_path / "k400"
     kinetics_csvs(root / "kinetics400", val_name="validate.csv", labelled_test=True)
-    for split, label, stem in [("train", "zumba", "bbb_000000_000010"), ("val", "zumba", "ccc_000005_000015"),
-                               ("test", "zumba", "ddd_000001_000011")]:
+    for split, label, stem in [
+        ("train", "zumba", "bbb_000000_000010"),
+        ("val", "zumba", "ccc_000005_000015"),
+        ("test", "zumba", "ddd_000001_000011"),
+    ]:
         touch(root / split / label / f"{stem}.mp4")  # torchvision's <split>/<label>/
     index = load_dataset("kinetics400", root, holdout=True)
     assert summary(index) == [
@@ -262,8 +287,12 @@ def test_kinetics400_deepmind_validate_csv(tmp_path):
         ("train/bbb_000000_000010", 1, "train"),
     ]
     assert index.annotations[1] == root / "kinetics400" / "validate.csv"
-    assert index.missing == ["train/aaa_000014_000024", "train/bad_000003_000013", "train/gone1_000001_000011",
-                             "val/gone2_000002_000012"]
+    assert index.missing == [
+        "train/aaa_000014_000024",
+        "train/bad_000003_000013",
+        "train/gone1_000001_000011",
+        "val/gone2_000002_000012",
+    ]
 
 
 def test_kinetics400_mmaction2(tmp_path):
@@ -293,8 +322,10 @@ def test_folder_refuses_split_folders_beside_other_folders(tmp_path):
     touch(root / "train" / "cats" / "a.mp4")
     touch(root / "test" / "cats" / "b.mp4")
     touch(root / "annotations" / "cats" / "notes.mp4")
-    with pytest.raises(LayoutError, match="cannot tell splits from classes .*split folders test, train "
-                                          "and the other folders annotations"):
+    with pytest.raises(
+        LayoutError,
+        match="cannot tell splits from classes .*split folders test, train and the other folders annotations",
+    ):
         load_dataset("folder", root)
 
 
@@ -339,16 +370,22 @@ def test_default_root_follows_advise_data(tmp_path, monkeypatch):
     monkeypatch.delenv("ADVISE_DATA")
     monkeypatch.chdir(tmp_path)
     assert default_root("ucf101") == Path("data/ucf101")
-    with pytest.raises(LayoutError, match=r"root .*/data/ucf101 does not exist; point --root at the "
-                                          r"dataset \(default: \$ADVISE_DATA/ucf101, or data/ucf101"):
+    with pytest.raises(
+        LayoutError,
+        match=r"root .*/data/ucf101 does not exist; point --root at the "
+        r"dataset \(default: \$ADVISE_DATA/ucf101, or data/ucf101",
+    ):
         load_dataset("ucf101")
 
 
-@pytest.mark.parametrize(("name", "kw", "message"), [
-    ("ucf101", {"holdout": True}, "ucf101: has no unlabelled test set; --holdout applies to kinetics400, ssv2"),
-    ("folder", {"annotations": "."}, "folder: takes no --annotations"),
-    ("ucf101", {"annotations": "nowhere"}, "ucf101: --annotations .*nowhere is not a folder"),
-])
+@pytest.mark.parametrize(
+    ("name", "kw", "message"),
+    [
+        ("ucf101", {"holdout": True}, "ucf101: has no unlabelled test set; --holdout applies to kinetics400, ssv2"),
+        ("folder", {"annotations": "."}, "folder: takes no --annotations"),
+        ("ucf101", {"annotations": "nowhere"}, "ucf101: --annotations .*nowhere is not a folder"),
+    ],
+)
 def test_options_that_do_not_apply_are_errors(tmp_path, name, kw, message):
     (tmp_path / "root").mkdir()
     with pytest.raises(LayoutError, match=message):

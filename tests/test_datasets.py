@@ -187,9 +187,7 @@ def test_ssv2_unknown_template_is_an_error(tmp_path):
 @pytest.mark.parametrize(("by_label", "holdout"), [(False, False), (True, False), (False, True)])
 def test_kinetics400(tmp_path, by_label, holdout):
     header = "label,youtube_id,time_start,time_end,split,is_cc"
-    touch(
-        tmp_path / "train.csv", f"{header}\nabseiling,aaa,14,24,train,0\nzumba,bbb,0,10,train,0\n"
-    )
+    touch(tmp_path / "train.csv", f"{header}\nabseiling,aaa,14,24,train,0\nzumba,bbb,0,10,train,0\n")
     touch(tmp_path / "val.csv", f"{header}\nzumba,ccc,5,15,val,0\n")
     touch(tmp_path / "test.csv", "youtube_id,time_start,time_end,split\nddd,1,11,test\n")
     for split, label, stem in [

@@ -42,8 +42,11 @@ def test_diverged_loss_with_finite_weights_keeps_the_earlier_checkpoint(syntheti
     assert diverged.meta.metrics["loss"] > 1000 * math.log(4)
 
     # With the check: stopped with one clear message, the good checkpoint kept as it was.
-    with pytest.raises(TrainingDiverged, match=r"^the loss diverged: epoch 1 averaged .* stopped at step 12 .* "
-                                               r"The last good checkpoint is .*checkpoint\.pt$"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^the loss diverged: epoch 1 averaged .* stopped at step 12 .* "
+        r"The last good checkpoint is .*checkpoint\.pt$",
+    ):
         train(train_config(synthetic_store, tmp_path / "run", **bad))
     after = load_checkpoint(tmp_path / "run")
     assert after.step == 6

@@ -34,8 +34,18 @@ def temporal_runs(temporal_store, tmp_path_factory) -> dict[str, Path]:
     runs = {}
     for name, tmm in (("tmm", SMALL_TMM), ("avgpool", TMMConfig(tmm="none", head_hidden=64))):
         runs[name] = base / name
-        train(train_config(temporal_store, runs[name], task="classify", epochs=30, lr=5e-3, tmm=tmm,
-                           batch_size=8, clip_mode="segment"))
+        train(
+            train_config(
+                temporal_store,
+                runs[name],
+                task="classify",
+                epochs=30,
+                lr=5e-3,
+                tmm=tmm,
+                batch_size=8,
+                clip_mode="segment",
+            )
+        )
     return runs
 
 
@@ -120,13 +130,44 @@ def test_cli_finetune_and_evaluate(synthetic_store, tmp_path):
     r = runner.invoke(app, ["finetune", "--cache", str(synthetic_store), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--init" in r.output and "--scratch" in r.output
     run = tmp_path / "ft"
-    r = runner.invoke(app, ["finetune", "--cache", str(synthetic_store), "--out", str(run), "--scratch",
-                            "--epochs", "2", "--batch-size", "8", "--hidden", "32", "--out-dim", "64",
-                            "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--cache",
+            str(synthetic_store),
+            "--out",
+            str(run),
+            "--scratch",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--hidden",
+            "32",
+            "--out-dim",
+            "64",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert [r["step"] for r in read_metrics(run)] == [3, 6]  # 3 steps an epoch; a line at each end
-    r = runner.invoke(app, ["evaluate", "--cache", str(synthetic_store), "--checkpoint", str(run),
-                            "--views", "2", "--json", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--cache",
+            str(synthetic_store),
+            "--checkpoint",
+            str(run),
+            "--views",
+            "2",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert {"top1", "top5", "views", "videos", "per_class"} <= set(out) and out["views"] == 2

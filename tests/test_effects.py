@@ -72,8 +72,9 @@ def _store(tmp_path_factory, family: str) -> Path:
     generate_synthetic(root, family, SEED, train_per_class=train_n, test_per_class=test_n, **FRAMES)
     out = tmp_path_factory.mktemp("stores") / f"{family}.zarr"
     # Bigger shards and batches than conftest's: half the time for the same tokens.
-    summary = extract_videos(extract_config(root, out, dataset=f"synthetic-{family}",
-                                            frames_per_shard=64, batch_size=64))
+    summary = extract_videos(
+        extract_config(root, out, dataset=f"synthetic-{family}", frames_per_shard=64, batch_size=64)
+    )
     assert summary.exit_code == 0, summary.failed
     return out
 
@@ -90,9 +91,22 @@ def appearance_store(tmp_path_factory) -> Path:
 
 def pretrain(store: Path, out: Path, spatial_pool: int | None = None) -> Path:
     """PRP as the demo runs it (full recipe: rates 1, 2, 4, 8, jitter 0.2), shortened."""
-    cfg = TrainConfig(cache=store, out=out, task="prp", epochs=15, batch_size=16, lr=1e-2, warmup_epochs=1,
-                      tmm=replace(TMM, spatial_pool=spatial_pool), sampler=SamplerConfig(clips_per_video=8),
-                      device="cpu", seed=SEED, preload="ram", loader_threads=1, progress=False)
+    cfg = TrainConfig(
+        cache=store,
+        out=out,
+        task="prp",
+        epochs=15,
+        batch_size=16,
+        lr=1e-2,
+        warmup_epochs=1,
+        tmm=replace(TMM, spatial_pool=spatial_pool),
+        sampler=SamplerConfig(clips_per_video=8),
+        device="cpu",
+        seed=SEED,
+        preload="ram",
+        loader_threads=1,
+        progress=False,
+    )
     train(cfg)
     return out
 
@@ -125,14 +139,14 @@ def test_prp_probe_beats_random_and_shuffled_pretext(demo, motion_store, motion_
     acc_prp = probe(demo, motion_store, motion_prp, "stride")
     acc_broken = probe(demo, motion_store, broken, "stride")
     acc_random = demo.probe_accuracy(demo.random_model(TMM, in_dim, SEED), motion_store, "stride")
-    print(f"linear probe on motion: PRP {acc_prp:.3f}, shuffled PRP {acc_broken:.3f}, "
-          f"random {acc_random:.3f}")
+    print(f"linear probe on motion: PRP {acc_prp:.3f}, shuffled PRP {acc_broken:.3f}, random {acc_random:.3f}")
     assert acc_prp - acc_random > MARGIN
     assert acc_broken - acc_random < MARGIN
 
 
-def test_pooling_the_grid_to_1_costs_motion_more_than_appearance(demo, motion_store, motion_prp,
-                                                                  appearance_store, tmp_path):
+def test_pooling_the_grid_to_1_costs_motion_more_than_appearance(
+    demo, motion_store, motion_prp, appearance_store, tmp_path
+):
     """Finding 1 (README, "Ablations"): pooled to 1 x 1, the motion family loses what its class
     is (a small disc's speed is seen only through its position), the appearance family keeps
     most of it (a large shape's colour survives the average over the grid). The claim is in

@@ -68,8 +68,21 @@ def test_store_is_self_describing(synthetic_store):
     assert store.dataset == "synthetic"
     assert len(store.classes) == 8 and all(c.startswith(("appearance_", "temporal_")) for c in store.classes)
     m = store.ifm("test-vit").meta
-    for key in ("model", "pretrained", "weights_sha256", "input_size", "normalisation", "grid", "dim",
-                "dtype", "frame_stride", "version", "mean", "std", "codec"):
+    for key in (
+        "model",
+        "pretrained",
+        "weights_sha256",
+        "input_size",
+        "normalisation",
+        "grid",
+        "dim",
+        "dtype",
+        "frame_stride",
+        "version",
+        "mean",
+        "std",
+        "codec",
+    ):
         assert key in m, key
     t = store.videos
     assert set(t.split.tolist()) == {"train", "test"}
@@ -120,9 +133,27 @@ def _wait_for_done(path: Path, timeout: float = 120) -> None:
 
 def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "killed.zarr"
-    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--model",
-            "test-vit", "--pretrained", "none", "--workers", "0", "--frames-per-shard", "8",
-            "--batch-size", "16", "--device", "cpu"]
+    args = [
+        *CLI,
+        "extract",
+        "synthetic",
+        "--root",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--model",
+        "test-vit",
+        "--pretrained",
+        "none",
+        "--workers",
+        "0",
+        "--frames-per-shard",
+        "8",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_done(out)
     proc.send_signal(signal.SIGKILL)  # wherever it is: mid-write, mid-forward, ...
@@ -138,10 +169,34 @@ def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_stor
 def test_two_shard_processes_at_once_give_a_complete_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "sharded.zarr"
     procs = [
-        subprocess.Popen([*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out),
-                          "--model", "test-vit", "--pretrained", "none", "--workers", "1",
-                          "--frames-per-shard", "8", "--batch-size", "16", "--device", "cpu",
-                          "--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                *CLI,
+                "extract",
+                "synthetic",
+                "--root",
+                str(synthetic_root),
+                "--out",
+                str(out),
+                "--model",
+                "test-vit",
+                "--pretrained",
+                "none",
+                "--workers",
+                "1",
+                "--frames-per-shard",
+                "8",
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+                "--shard",
+                f"{k}/2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(2)
     ]
     for p in procs:
@@ -221,8 +276,23 @@ def test_cli_extract_info_verify(tmp_path):
     write_video(tmp_path / "data" / "b" / "two.mp4", 14, seed=3)
     (tmp_path / "data" / "b" / "bad.mp4").write_bytes(b"")
     out = tmp_path / "cli.zarr"
-    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out),
-                            "--model", "test-vit", "--workers", "0", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--model",
+            "test-vit",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == EXIT_SOME_FAILED, r.output
     assert "1 failed" in r.output and "FAILED b/bad" in r.output and "kB per frame" in r.output
     r = runner.invoke(app, ["info", str(out), "--json"])
@@ -291,8 +361,22 @@ def test_missing_weights_fail_fast_before_any_store(tmp_path, monkeypatch):
 
     write_video(tmp_path / "data" / "a" / "one.mp4", 6)
     out = tmp_path / "never.zarr"
-    args = ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out), "--model", "ViT-B-16",
-            "--pretrained", "openai", "--device", "cpu", "--workers", "0"]
+    args = [
+        "extract",
+        "folder",
+        "--root",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--model",
+        "ViT-B-16",
+        "--pretrained",
+        "openai",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     # Not in the cache and the hub unreachable (a closed local port stands for no network):
     # one line at once, where the hub's retries used to take about a minute after creating
     # the store.
@@ -331,13 +415,39 @@ def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synt
     """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK set; no process
     group: extraction needs no collective) fill one store."""
     out = tmp_path / "ranks.zarr"
-    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--model", "test-vit",
-            "--pretrained", "none", "--workers", "0", "--frames-per-shard", "8", "--batch-size", "16",
-            "--device", "cpu", "--json"]
+    args = [
+        *CLI,
+        "extract",
+        "synthetic",
+        "--root",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--model",
+        "test-vit",
+        "--pretrained",
+        "none",
+        "--workers",
+        "0",
+        "--frames-per-shard",
+        "8",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500",
+        }
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     parts = []
     for p in procs:
@@ -360,10 +470,25 @@ def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
     from advise_cache.store import create_store
 
     lengths = [5, 8, 13]
-    table = {"name": [f"v{i}" for i in range(3)], "path": [""] * 3, "split": ["train"] * 3, "label": [0] * 3,
-             "fps": [25.0] * 3, "source_frames": lengths, "probe_error": [""] * 3}
-    info = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
-            "normalisation": "n", "precision": "fp32"}
+    table = {
+        "name": [f"v{i}" for i in range(3)],
+        "path": [""] * 3,
+        "split": ["train"] * 3,
+        "label": [0] * 3,
+        "fps": [25.0] * 3,
+        "source_frames": lengths,
+        "probe_error": [""] * 3,
+    }
+    info = {
+        "model": "m",
+        "pretrained": "none",
+        "weights_sha256": "0",
+        "input_size": 8,
+        "grid": [2, 3],
+        "dim": 4,
+        "normalisation": "n",
+        "precision": "fp32",
+    }
     rng = np.random.default_rng(0)
     tokens = [rng.standard_normal((n, 2, 3, 4)).astype(np.float16) for n in lengths]
     for how in ("zarr", "direct"):
@@ -375,8 +500,10 @@ def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
             else:
                 assert a.shards_of(v) == -(-len(t) // 4)
                 a.write_video(v, t)
-    files = {how: sorted(p for p in (tmp_path / how / "ifm" / "k" / "tokens" / "c").rglob("*") if p.is_file())
-             for how in ("zarr", "direct")}
+    files = {
+        how: sorted(p for p in (tmp_path / how / "ifm" / "k" / "tokens" / "c").rglob("*") if p.is_file())
+        for how in ("zarr", "direct")
+    }
     assert len(files["direct"]) == sum(-(-n // 4) for n in lengths) == len(files["zarr"])
     for z, d in zip(files["zarr"], files["direct"], strict=True):
         assert z.relative_to(tmp_path / "zarr") == d.relative_to(tmp_path / "direct")

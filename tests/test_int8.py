@@ -31,9 +31,31 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def int8_store(synthetic_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "q.zarr"
-    r = runner.invoke(app, ["extract", "synthetic", "--root", str(synthetic_root), "--out", str(out),
-                            "--model", "test-vit", "--pretrained", "none", "--dtype", "int8", "--workers", "0",
-                            "--device", "cpu", "--frames-per-shard", "8", "--batch-size", "16"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            "synthetic",
+            "--root",
+            str(synthetic_root),
+            "--out",
+            str(out),
+            "--model",
+            "test-vit",
+            "--pretrained",
+            "none",
+            "--dtype",
+            "int8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--frames-per-shard",
+            "8",
+            "--batch-size",
+            "16",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -56,13 +78,14 @@ def test_round_trip_stays_within_half_a_step_per_value():
     rel = (x - y).norm(dim=1) / x.norm(dim=1).clamp_min(1e-30)
     assert rel[0] == 0 and (rel <= d**0.5 / 254).all()
     gauss = torch.randn(4096, d, generator=g)
-    g_rel = ((gauss - dequantize(quantize(gauss), torch.float32)).norm(dim=1) / gauss.norm(dim=1))
+    g_rel = (gauss - dequantize(quantize(gauss), torch.float32)).norm(dim=1) / gauss.norm(dim=1)
     assert g_rel.max() < 0.015 and 0.007 < g_rel.mean() < 0.0085, (g_rel.mean(), g_rel.max())
     # numpy decodes the same bytes to the same values (the docs/STORE.md recipe)
     np.testing.assert_array_equal(dequantize_numpy(q.numpy()), y.numpy())
     rel_l2, cos = summarise_error(error_sums(gauss, quantize(gauss)).tolist(), len(gauss))
-    assert rel_l2 == pytest.approx(float((gauss - dequantize(quantize(gauss), torch.float32)).norm()
-                                         / gauss.norm()), rel=1e-4)
+    assert rel_l2 == pytest.approx(
+        float((gauss - dequantize(quantize(gauss), torch.float32)).norm() / gauss.norm()), rel=1e-4
+    )
     assert 0.9999 < cos < 1
 
 
@@ -73,7 +96,9 @@ def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     assert a.tokens.dtype == np.int8 and a.tokens.shape[1:] == (4, 4, 66)
     assert a.meta["quantisation"] == "int8-absmax-per-token-f16-scale"
     # (D + 2) bytes a token against 2 D: 66 / 128 of the float16 store, both plus the same index
-    per_frame = {s: summarize(open_store(p))["ifms"]["test-vit"] for s, p in (("q", int8_store), ("h", synthetic_store))}
+    per_frame = {
+        s: summarize(open_store(p))["ifms"]["test-vit"] for s, p in (("q", int8_store), ("h", synthetic_store))
+    }
     assert per_frame["q"]["frames"] == per_frame["h"]["frames"]
     ratio = per_frame["q"]["bytes"] / per_frame["h"]["bytes"]
     assert 66 / 128 < ratio < 66 / 128 + 0.02, ratio
@@ -132,16 +157,43 @@ def test_loader_dequantises_the_stored_rows(int8_store):
 
 def test_int8_store_trains_prp_and_finetunes_through_the_cli(int8_store, tmp_path):
     small = ["--batch-size", "8", "--hidden", "32", "--out-dim", "64", "--device", "cpu"]
-    r = runner.invoke(app, ["train", "--cache", str(int8_store), "--out", str(tmp_path / "prp"),
-                            "--epochs", "2", *small])
+    r = runner.invoke(
+        app, ["train", "--cache", str(int8_store), "--out", str(tmp_path / "prp"), "--epochs", "2", *small]
+    )
     assert r.exit_code == 0, r.output
     assert all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path / "prp"))
-    r = runner.invoke(app, ["finetune", "--cache", str(int8_store), "--out", str(tmp_path / "ft"),
-                            "--init", str(tmp_path / "prp"), "--epochs", "2", *small])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--cache",
+            str(int8_store),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init",
+            str(tmp_path / "prp"),
+            "--epochs",
+            "2",
+            *small,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert read_metrics(tmp_path / "ft", "epoch")[-1]["step"] > 0
-    r = runner.invoke(app, ["evaluate", "--cache", str(int8_store), "--checkpoint", str(tmp_path / "ft"),
-                            "--views", "1", "--json", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--cache",
+            str(int8_store),
+            "--checkpoint",
+            str(tmp_path / "ft"),
+            "--views",
+            "1",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert 0 <= json.loads(r.output)["top1"] <= 1
 

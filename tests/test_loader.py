@@ -134,7 +134,6 @@ def test_open_shards_stay_bounded(synthetic_store):
         assert len(os.listdir("/proc/self/fd")) == fds - 2
 
 
-
 def test_a_damaged_offset_table_is_refused(synthetic_store, tmp_path):
     path = _copy(synthetic_store, tmp_path)
     store = open_store(path, mode="r+")

@@ -51,10 +51,21 @@ def peak_rss_mb(frames: int, tmp_path: Path, configs: Path) -> tuple[float, int]
     # One thread, few malloc arenas, and large blocks always mapped and unmapped (glibc would
     # otherwise raise its mmap threshold as buffers are freed and keep them in a heap that
     # fragments): the peak then follows the memory in use, not the allocator's history.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2",
-           "MALLOC_MMAP_THRESHOLD_": str(2**16)}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root), str(tmp_path / f"s-{frames}.zarr"), str(configs)],
-                       check=False, capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",
+        "MALLOC_MMAP_THRESHOLD_": str(2**16),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(tmp_path / f"s-{frames}.zarr"), str(configs)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     written, maxrss = map(int, r.stdout.split())
     return maxrss * (1 if sys.platform == "darwin" else 1024) / 1e6, written  # bytes on macOS, kB on Linux

@@ -34,12 +34,39 @@ finally:
 def test_offline_missing_weights_fail_before_open_clip_is_imported(tmp_path):
     write_video(tmp_path / "data" / "a" / "one.mp4", 6)
     out = tmp_path / "never.zarr"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
+        "HOME": str(tmp_path),
+    }
     r = subprocess.run(
-        [sys.executable, "-c", CLI, "extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out),
-         "--model", "ViT-B-16", "--pretrained", "openai", "--device", "cpu", "--workers", "0"],
-        check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "extract",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--model",
+            "ViT-B-16",
+            "--pretrained",
+            "openai",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -39,8 +39,25 @@ def config(root: Path, out: Path, **kw):
 
 
 def args(root: Path, out: Path, *more: str) -> list[str]:
-    return ["extract", "folder", "--root", str(root), "--out", str(out), "--model", "test-vit", "--pretrained",
-            "none", "--device", "cpu", "--workers", "0", "--frames-per-shard", str(PER), *more]
+    return [
+        "extract",
+        "folder",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--model",
+        "test-vit",
+        "--pretrained",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--frames-per-shard",
+        str(PER),
+        *more,
+    ]
 
 
 def messages(output: str) -> list[str]:
@@ -134,8 +151,9 @@ def test_the_dry_run_needs_no_weights(root, tmp_path):
 
 def test_the_plan_offers_int8_beside_float16():
     """int8 with a float16 scale per token: D + 2 bytes."""
-    plan = plan_mod.size_plan(Path("x.zarr"), "ViT-B-16", (14, 14), 768, np.array([250, 100]), np.zeros(2, bool),
-                              1, "float16", 64)
+    plan = plan_mod.size_plan(
+        Path("x.zarr"), "ViT-B-16", (14, 14), 768, np.array([250, 100]), np.zeros(2, bool), 1, "float16", 64
+    )
     by = {(o.frame_stride, o.dtype): o for o in plan.options}
     assert set(by) == {(1, "float16"), (1, "int8"), (2, "float16"), (2, "int8")}
     assert by[1, "float16"].frame_bytes == 301_056 and by[1, "int8"].frame_bytes == 196 * 770

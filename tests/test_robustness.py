@@ -25,15 +25,30 @@ from advise_cache.store import DONE, PENDING, create_store, open_store
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "advise_cache.cli"]
-INFO = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 3], "dim": 4,
-        "normalisation": "n", "precision": "fp32"}
+INFO = {
+    "model": "m",
+    "pretrained": "none",
+    "weights_sha256": "0",
+    "input_size": 8,
+    "grid": [2, 3],
+    "dim": 4,
+    "normalisation": "n",
+    "precision": "fp32",
+}
 
 
 def small_store(path: Path, lengths=(5, 8, 13)):
     """A store with one IFM group and no model behind it: for the store's own rules."""
     n = len(lengths)
-    table = {"name": [f"v{i}" for i in range(n)], "path": [""] * n, "split": ["train"] * n, "label": [0] * n,
-             "fps": [25.0] * n, "source_frames": list(lengths), "probe_error": [""] * n}
+    table = {
+        "name": [f"v{i}" for i in range(n)],
+        "path": [""] * n,
+        "split": ["train"] * n,
+        "label": [0] * n,
+        "fps": [25.0] * n,
+        "source_frames": list(lengths),
+        "probe_error": [""] * n,
+    }
     create_store(path, "t", "r", ["a"], table)
     a = open_store(path, mode="a").add_ifm("k", INFO, 1, 4)
     rng = np.random.default_rng(0)
@@ -73,8 +88,12 @@ time.sleep(600)
 
 def test_a_claim_keeps_other_writers_out_and_dies_with_its_process(tmp_path):
     a, tokens = small_store(tmp_path / "s.zarr")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "s.zarr")], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "s.zarr")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "[0]"
         assert a.claim([0, 1, 2]) == [1, 2]  # video 0 belongs to the other process
@@ -121,8 +140,11 @@ def test_extract_with_a_stale_status_leaves_done_videos_alone(tiny_root, tiny_st
     shards = sorted(p for p in (out / "ifm" / "test-vit" / "tokens").rglob("*") if p.is_file())
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     real_status = store_mod.IFMArrays.status
-    monkeypatch.setattr(store_mod.IFMArrays, "status",  # another process finished them after we looked
-                        lambda self: np.full(len(self.frames), PENDING, "int8"))
+    monkeypatch.setattr(
+        store_mod.IFMArrays,
+        "status",  # another process finished them after we looked
+        lambda self: np.full(len(self.frames), PENDING, "int8"),
+    )
     summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
     monkeypatch.setattr(store_mod.IFMArrays, "status", real_status)
     assert summary.done == 0 and not summary.failed
@@ -140,10 +162,31 @@ def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root,
 
     out = tmp_path / "overlap.zarr"
     cfg = extract_config(tiny_root, out, dataset="folder", frames_per_shard=4, batch_size=4)
-    killed = subprocess.Popen([*CLI, "extract", "folder", "--root", str(tiny_root), "--out", str(out), "--model",
-                               "test-vit", "--pretrained", "none", "--workers", "0", "--frames-per-shard", "4",
-                               "--batch-size", "4", "--device", "cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        [
+            *CLI,
+            "extract",
+            "folder",
+            "--root",
+            str(tiny_root),
+            "--out",
+            str(out),
+            "--model",
+            "test-vit",
+            "--pretrained",
+            "none",
+            "--workers",
+            "0",
+            "--frames-per-shard",
+            "4",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results = {}
     status_dir = out / "ifm" / "test-vit" / "status" / "c"
     try:
@@ -270,10 +313,31 @@ def _spawned(sid: int) -> list[int]:
 
 
 def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out), "--model",
-                             "test-vit", "--pretrained", "none", "--workers", "2", "--batch-size", "4",
-                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal job is
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "extract",
+            "folder",
+            "--root",
+            str(long_root),
+            "--out",
+            str(out),
+            "--model",
+            "test-vit",
+            "--pretrained",
+            "none",
+            "--workers",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, as a terminal job is
     # A first spawned worker is starting (not a helper that importing torch may run for a moment,
     # which would have the signal land while the CLI is still importing).
     while proc.poll() is None and not _spawned(proc.pid):
@@ -316,8 +380,11 @@ time.sleep(600)
 def test_workers_die_with_a_killed_parent():
     """extract's probe and decode processes are set up by `init_worker`: SIGKILL the parent
     (no handler of its own can run) and the kernel ends them too."""
-    proc = subprocess.Popen([sys.executable, "-c", _POOL], start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _POOL],
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         while proc.poll() is None and len(_spawned(proc.pid)) < 2:  # the pool's processes are up
             time.sleep(0.05)
@@ -337,8 +404,21 @@ def test_workers_die_with_a_killed_parent():
 # -- 5. bad flags and damaged stores: one line, exit 2 (verify: a problem, exit 1) ----------------
 @pytest.mark.parametrize("name", ["../../x", ".hidden", "a/b", ""])
 def test_an_unsafe_name_is_refused(tmp_path, name):
-    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "s.zarr"),
-                            "--model", "test-vit", "--name", name])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            "folder",
+            "--root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--model",
+            "test-vit",
+            "--name",
+            name,
+        ],
+    )
     assert r.exit_code == 2 and "--name" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path.parent / "x").exists()
@@ -346,8 +426,9 @@ def test_an_unsafe_name_is_refused(tmp_path, name):
 
 def test_out_at_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
-    r = runner.invoke(app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "file"),
-                            "--model", "test-vit"])
+    r = runner.invoke(
+        app, ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "file"), "--model", "test-vit"]
+    )
     assert r.exit_code == 2 and "is a file" in r.output and len(r.output.strip().splitlines()) == 1
 
 
@@ -356,10 +437,28 @@ def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path, monkeypatch):
     ro.mkdir()
     # What access(2) says of a folder we may not write (chmod does not stop root: injected).
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: not (Path(p) == ro and mode & os.W_OK)
-                        and real_access(p, mode, *a, **kw))
-    r = runner.invoke(app, ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr"),
-                            "--model", "test-vit", "--pretrained", "none", "--device", "cpu"])
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, *a, **kw: not (Path(p) == ro and mode & os.W_OK) and real_access(p, mode, *a, **kw),
+    )
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            "folder",
+            "--root",
+            str(tiny_root),
+            "--out",
+            str(ro / "s.zarr"),
+            "--model",
+            "test-vit",
+            "--pretrained",
+            "none",
+            "--device",
+            "cpu",
+        ],
+    )
     monkeypatch.undo()
     assert r.exit_code == 2 and "not writable" in r.output
     assert list(ro.iterdir()) == []
@@ -430,6 +529,7 @@ def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path, monkey
             if isinstance(p, (str, os.PathLike)) and Path(p) == hidden:  # not a folder's fd
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
             return real(p, *a, **kw)
+
         return listing
 
     monkeypatch.setattr(os, "scandir", refuse(real_scandir))

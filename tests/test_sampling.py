@@ -187,9 +187,7 @@ def test_segment_clip_one_index_per_segment(n):
 
 
 def test_segment_clip_middle_and_coverage():
-    assert sample_segment_clip(None, 80, frames=8, jitter=False).tolist() == list(
-        range(5, 80, 10)
-    )
+    assert sample_segment_clip(None, 80, frames=8, jitter=False).tolist() == list(range(5, 80, 10))
     rng = np.random.default_rng(0)
     seen = {int(sample_segment_clip(rng, 80, frames=8)[0]) for _ in range(300)}
     assert seen == set(range(10))  # a jittered frame can be anywhere in its segment
@@ -298,9 +296,7 @@ def test_prp_epoch_rank_slices(world):
     cfg = SamplerConfig(clips_per_video=3)  # 21 clips
     full = as_tuples(prp_epoch(VIDEOS, LENGTHS, cfg, seed=2, epoch=5))
     keep = len(full) - len(full) % world
-    parts = [
-        as_tuples(prp_epoch(VIDEOS, LENGTHS, cfg, 2, 5, rank=r, world=world)) for r in range(world)
-    ]
+    parts = [as_tuples(prp_epoch(VIDEOS, LENGTHS, cfg, 2, 5, rank=r, world=world)) for r in range(world)]
     assert all(len(p) == keep // world for p in parts)
     # The interleaved slices rebuild the truncated single-rank list exactly.
     rebuilt = [None] * keep
@@ -325,10 +321,7 @@ def test_classification_epoch(mode):
         assert c.indices.shape == (4,) and c.indices.dtype == np.int64
         assert c.indices.min() >= 0 and c.indices.max() < length[c.video]
     full = as_tuples(plan)
-    parts = [
-        classification_epoch(VIDEOS, LENGTHS, LABELS, 0, 2, 4, mode=mode, rank=r, world=3)
-        for r in range(3)
-    ]
+    parts = [classification_epoch(VIDEOS, LENGTHS, LABELS, 0, 2, 4, mode=mode, rank=r, world=3) for r in range(3)]
     parts = [as_tuples(p) for p in parts]
     assert [len(p) for p in parts] == [2, 2, 2]  # 7 clips: the last one dropped
     rebuilt = [None] * 6

@@ -45,8 +45,11 @@ def stats(*flags: str) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("flags,params_m,macs_g", TABLE_3 + TABLE_2_DEPTH + TABLE_2_SPATIAL,
-                         ids=lambda v: "_".join(v).replace("--", "") if isinstance(v, list) else str(v))
+@pytest.mark.parametrize(
+    "flags,params_m,macs_g",
+    TABLE_3 + TABLE_2_DEPTH + TABLE_2_SPATIAL,
+    ids=lambda v: "_".join(v).replace("--", "") if isinstance(v, list) else str(v),
+)
 def test_paper_figures_within_one_percent(flags, params_m, macs_g):
     s = stats(*flags)
     assert s["clip"] == [8, 14, 14, 768]
@@ -67,8 +70,7 @@ def test_default_preset_is_not_the_papers():
 
 
 def test_human_readable_line():
-    result = runner.invoke(app, ["stats", "--preset", "paper", "--hidden", "2048",
-                                 "--spatial-pool", "9"])
+    result = runner.invoke(app, ["stats", "--preset", "paper", "--hidden", "2048", "--spatial-pool", "9"])
     assert result.exit_code == 0, result.output
     assert "42.22 M trainable parameters" in result.stdout
     assert "27.35 G multiply-accumulates" in result.stdout

@@ -44,8 +44,26 @@ def reference(root, tmp_path_factory) -> Path:
 
 
 def args(root: Path, out: Path) -> list[str]:
-    return ["extract", "folder", "--root", str(root), "--out", str(out), "--model", "test-vit", "--pretrained",
-            "none", "--device", "cpu", "--workers", "0", "--frames-per-shard", "4", "--batch-size", "16"]
+    return [
+        "extract",
+        "folder",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--model",
+        "test-vit",
+        "--pretrained",
+        "none",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--frames-per-shard",
+        "4",
+        "--batch-size",
+        "16",
+    ]
 
 
 def messages(output: str) -> list[str]:
@@ -72,8 +90,9 @@ def disk_with(free: int):
     return write_all
 
 
-def test_a_full_disk_ends_in_one_line_a_consistent_store_and_a_rerun_that_continues(root, reference, tmp_path,
-                                                                                    monkeypatch):
+def test_a_full_disk_ends_in_one_line_a_consistent_store_and_a_rerun_that_continues(
+    root, reference, tmp_path, monkeypatch
+):
     out = tmp_path / "s.zarr"
     tokens = open_store(reference).ifm("test-vit").tokens
     frame = int(np.prod(tokens.shape[1:])) * tokens.dtype.itemsize
@@ -122,8 +141,11 @@ def _refuse_writes_in(folder: Path, monkeypatch, how: str) -> None:
         monkeypatch.setattr(_local, "_put", put)
     elif how == "access":
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: False if Path(p) == folder and mode & os.W_OK
-                            else real_access(p, mode, *a, **kw))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, *a, **kw: False if Path(p) == folder and mode & os.W_OK else real_access(p, mode, *a, **kw),
+        )
     else:
         real_mkdir = os.mkdir
 
@@ -143,16 +165,17 @@ def test_a_read_only_or_full_destination_is_one_line_and_leaves_nothing(root, tm
     r = runner.invoke(app, args(root, ro / "s.zarr"))
     monkeypatch.undo()
     assert r.exit_code == 2, r.output
-    why = {"access": f"create the store {ro / 's.zarr'}: {ro} is not writable",
-           "mkdir": f"write the store {ro / 's.zarr'}: Read-only file system",
-           "full": f"write the store {ro / 's.zarr'}: No space left on device"}[how]
+    why = {
+        "access": f"create the store {ro / 's.zarr'}: {ro} is not writable",
+        "mkdir": f"write the store {ro / 's.zarr'}: Read-only file system",
+        "full": f"write the store {ro / 's.zarr'}: No space left on device",
+    }[how]
     assert messages(r.output) == [f"error: cannot {why}"], r.output
     assert list(ro.iterdir()) == []  # not even a hidden half-built folder
 
 
 @pytest.mark.parametrize("how", ["mkdir", "full"])
-def test_a_store_on_a_read_only_or_full_disk_gets_no_half_made_group(root, reference, tmp_path, monkeypatch,
-                                                                      how):
+def test_a_store_on_a_read_only_or_full_disk_gets_no_half_made_group(root, reference, tmp_path, monkeypatch, how):
     out = tmp_path / "s.zarr"
     shutil.copytree(reference, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))

@@ -15,8 +15,22 @@ from advise_cache.integrity import verify
 from advise_cache.store import FORMAT, TABLE_FIELDS, create_store, open_store
 
 # The data types of the Zarr v3 core specification (no extension such as "string").
-CORE_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-              "float16", "float32", "float64", "complex64", "complex128"}
+CORE_TYPES = {
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+}
 
 
 def array_metadata(store: Path) -> dict[str, dict]:
@@ -87,9 +101,15 @@ def test_xarray_opens_the_image_model_group_and_the_video_table(synthetic_store)
 
 
 def _table(n: int = 3) -> dict:
-    return {"name": [f"c/v{i}" for i in range(n)], "path": [f"/d/c/v{i}.mp4" for i in range(n)],
-            "split": ["train", "test", "train"][:n], "label": [0, 1, 0][:n], "fps": [25.0] * n,
-            "source_frames": [10, 12, 0][:n], "probe_error": ["", "", "cannot open é"][:n]}
+    return {
+        "name": [f"c/v{i}" for i in range(n)],
+        "path": [f"/d/c/v{i}.mp4" for i in range(n)],
+        "split": ["train", "test", "train"][:n],
+        "label": [0, 1, 0][:n],
+        "fps": [25.0] * n,
+        "source_frames": [10, 12, 0][:n],
+        "probe_error": ["", "", "cannot open é"][:n],
+    }
 
 
 def test_a_new_store_records_where_its_videos_came_from(tmp_path):
@@ -117,8 +137,14 @@ def test_a_format_1_store_is_still_read(tmp_path):
     """Format 1 (advise-cache 0.1.0) kept its text columns as zarr-python strings."""
     path = tmp_path / "old.zarr"
     g = zarr.open_group(path, mode="w", zarr_format=3)
-    g.attrs["advise_cache"] = {"format": 1, "version": "0.1.0", "dataset": "ucf101", "root": "/d",
-                               "classes": ["a", "b"], "created": "2026-01-01T00:00:00+00:00"}
+    g.attrs["advise_cache"] = {
+        "format": 1,
+        "version": "0.1.0",
+        "dataset": "ucf101",
+        "root": "/d",
+        "classes": ["a", "b"],
+        "created": "2026-01-01T00:00:00+00:00",
+    }
     v = g.create_group("videos")
     table = _table()
     numbers = {"label": "int32", "fps": "float32", "source_frames": "int64"}
@@ -133,11 +159,14 @@ def test_a_format_1_store_is_still_read(tmp_path):
     assert store.source == {"split": 1, "annotations": [], "missing": []}
 
 
-@pytest.mark.parametrize(("attrs", "message"), [
-    ({"format": 3, "version": "9.0", "classes": []}, r"store format 3 \(made by advise-cache 9.0\).*upgrade"),
-    ({"format": 0, "classes": []}, "reads formats 1, 2: extract it again"),
-    ({}, "a Zarr group but not an advise-cache store"),
-])
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"format": 3, "version": "9.0", "classes": []}, r"store format 3 \(made by advise-cache 9.0\).*upgrade"),
+        ({"format": 0, "classes": []}, "reads formats 1, 2: extract it again"),
+        ({}, "a Zarr group but not an advise-cache store"),
+    ],
+)
 def test_other_formats_are_refused_with_a_clear_message(tmp_path, attrs, message):
     g = zarr.open_group(tmp_path / "x.zarr", mode="w", zarr_format=3)
     if attrs:

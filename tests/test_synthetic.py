@@ -1,6 +1,6 @@
 """Tests of the synthetic dataset generator: layout, determinism, the temporal property.
 
-    .venv/bin/python -m pytest tests/test_synthetic.py
+.venv/bin/python -m pytest tests/test_synthetic.py
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from advise_cache.synthetic import (
 
 SMALL = dict(train_per_class=2, test_per_class=1, min_frames=16, max_frames=24, width=64, height=48)
 # Longer videos for the temporal checks, so slopes are tested over the default length range.
-TEMPORAL = dict(
-    train_per_class=8, test_per_class=0, min_frames=16, max_frames=64, width=64, height=48
-)
+TEMPORAL = dict(train_per_class=8, test_per_class=0, min_frames=16, max_frames=64, width=64, height=48)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -211,7 +209,8 @@ def test_motion_classes_differ_in_speed_only(tmp_path):
             frames = _decode(path)
             # Speed in pixels per frame: the median step (a bounce only shortens one step).
             speeds.setdefault(name, []).append(
-                float(np.median(np.linalg.norm(np.diff(_disc_centres(frames), axis=0), axis=1))))
+                float(np.median(np.linalg.norm(np.diff(_disc_centres(frames), axis=0), axis=1)))
+            )
             # The background stands still: away from the disc, frames differ by noise only.
             still = (frames.min(axis=3) < 140).all(axis=0)
             assert np.abs(np.diff(frames.astype(np.float32), axis=0))[:, still].mean() < 8

@@ -79,8 +79,7 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_run(synthetic_store, tmp
     assert again["step"] == 18 and len(read_metrics(cut)) == 18
 
 
-def test_resuming_a_finished_run_returns_its_metrics_without_building_a_model(
-        synthetic_store, tmp_path, monkeypatch):
+def test_resuming_a_finished_run_returns_its_metrics_without_building_a_model(synthetic_store, tmp_path, monkeypatch):
     """Drivers (pipelines/ablation.py) resume every run of a study; a finished one must cost
     nothing and answer what it answered the first time."""
     import advise_cache.train as train_module
@@ -94,8 +93,10 @@ def test_resuming_a_finished_run_returns_its_metrics_without_building_a_model(
 
     monkeypatch.setattr(train_module, "create_model", no_model)
     steps = []
-    again = train(train_config(synthetic_store, run, epochs=2, max_steps=8, resume=True),
-                  on_step=lambda step, loss: steps.append(step))
+    again = train(
+        train_config(synthetic_store, run, epochs=2, max_steps=8, resume=True),
+        on_step=lambda step, loss: steps.append(step),
+    )
     assert again == first == load_checkpoint(run).meta.metrics and again["step"] == 8
     assert steps == []
     assert ((run / "checkpoint.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()) == written
@@ -153,10 +154,35 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
 
 def test_two_process_gloo_run(synthetic_store, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "advise_cache.cli", "train", "--cache", str(synthetic_store), "--out", str(run),
-           "--epochs", "2", "--batch-size", "8", "--hidden", "32", "--out-dim", "64", "--device", "cpu",
-           "--loader-threads", "1", "--log-every", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "advise_cache.cli",
+        "train",
+        "--cache",
+        str(synthetic_store),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--hidden",
+        "32",
+        "--out-dim",
+        "64",
+        "--device",
+        "cpu",
+        "--loader-threads",
+        "1",
+        "--log-every",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     meta = load_checkpoint(run).meta
@@ -169,8 +195,16 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
     assert [e["clips"] for e in epochs] == [96, 96]
     # --preload: each rank samples (and holds) only its half of the videos; as many clips an epoch.
     pre = tmp_path / "ddp-preload"
-    cmd_pre = [*cmd[: cmd.index("train")], "--verbose", "train", *cmd[cmd.index("train") + 1 : cmd.index("--out") + 1],
-               str(pre), *cmd[cmd.index("--out") + 2 :], "--preload", "ram"]
+    cmd_pre = [
+        *cmd[: cmd.index("train")],
+        "--verbose",
+        "train",
+        *cmd[cmd.index("train") + 1 : cmd.index("--out") + 1],
+        str(pre),
+        *cmd[cmd.index("--out") + 2 :],
+        "--preload",
+        "ram",
+    ]
     done = subprocess.run(cmd_pre, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [e["clips"] for e in read_metrics(pre, "epoch")] == [96, 96]
@@ -201,8 +235,9 @@ def test_loader_stops_cleanly_when_the_consumer_stops_early(synthetic_store):
     assert not t.is_alive(), "ClipLoader did not stop after its consumer did"
 
 
-@pytest.mark.parametrize("spec, serves_cpu", [("cuda:gloo", False),
-                                              (backend_spec("cuda").replace("nccl", "gloo"), True)])
+@pytest.mark.parametrize(
+    "spec, serves_cpu", [("cuda:gloo", False), (backend_spec("cuda").replace("nccl", "gloo"), True)]
+)
 def test_metric_reductions_need_a_group_with_a_cpu_backend(tmp_path, spec, serves_cpu):
     """The old trainer all-reduced CPU tensors on an NCCL-only group and failed on its first
     step. A group without a CPU backend reproduces that failure here; the group init_distributed
@@ -246,22 +281,27 @@ def test_preloaded_run_trains_like_a_run_from_the_store(synthetic_store, tmp_pat
 
 def test_train_step_hook_sees_every_step_and_lines_follow_log_every(synthetic_store, tmp_path):
     seen = []
-    train(train_config(synthetic_store, tmp_path / "run", epochs=2, log_every=4),
-          on_step=lambda step, loss: seen.append((step, loss.device.type)))
+    train(
+        train_config(synthetic_store, tmp_path / "run", epochs=2, log_every=4),
+        on_step=lambda step, loss: seen.append((step, loss.device.type)),
+    )
     assert seen == [(i, "cpu") for i in range(1, 13)]  # 6 steps an epoch
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [4, 6, 8, 12]
 
 
-@pytest.mark.parametrize("flags, message", [
-    ({"save_every": 0}, "--save-every must be >= 1"),
-    ({"max_steps": 0}, "--max-steps must be >= 1"),
-    ({"lr": float("nan")}, "--lr must be a finite number > 0"),
-    ({"warmup_epochs": float("inf")}, "--warmup-epochs must be a finite number"),
-    ({"weight_decay": -1.0}, "--weight-decay must be a finite number >= 0"),
-    ({"label_smoothing": 1.0}, "--label-smoothing must be < 1"),
-    ({"seed": -3}, "--seed must be >= 0"),
-    ({"sampler": SamplerConfig(rates=(1, 1))}, "--rates must differ"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"save_every": 0}, "--save-every must be >= 1"),
+        ({"max_steps": 0}, "--max-steps must be >= 1"),
+        ({"lr": float("nan")}, "--lr must be a finite number > 0"),
+        ({"warmup_epochs": float("inf")}, "--warmup-epochs must be a finite number"),
+        ({"weight_decay": -1.0}, "--weight-decay must be a finite number >= 0"),
+        ({"label_smoothing": 1.0}, "--label-smoothing must be < 1"),
+        ({"seed": -3}, "--seed must be >= 0"),
+        ({"sampler": SamplerConfig(rates=(1, 1))}, "--rates must differ"),
+    ],
+)
 def test_nonsense_flags_are_refused_before_any_work(synthetic_store, tmp_path, flags, message):
     with pytest.raises(AdviseCacheError, match=message):
         train(train_config(synthetic_store, tmp_path / "run", **flags))
