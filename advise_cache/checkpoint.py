@@ -1,4 +1,4 @@
-"""Checkpoints: the checkpoint.pt + checkpoint.json pair in a run folder, and what fits a store.
+"""A run folder's files: the checkpoint.pt + checkpoint.json pair, metrics.jsonl, and what fits a store.
 
 `checkpoint.pt` holds the weights, the optimiser state, the step and the run's metadata
 (`CheckpointMeta`); `checkpoint.json` beside it holds the same metadata, readable without
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from . import __version__
+from .configs import TrainConfig, config_from_dict, config_to_dict
 from .errors import MismatchError
 from .loader import TokenSource
 from .models import ClipClassifier, TMMConfig, create_model
-from .train_config import TrainConfig, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +247,24 @@ def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClass
     model = create_model(ckpt.meta.tmm, ckpt.meta.num_classes)
     model.load_state_dict(ckpt.model)
     return model.to(device).eval(), ckpt.meta, source
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """One line of metrics.jsonl."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint a resumed run starts from."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a kill or a full disk: nothing after it counts
+            break
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep))

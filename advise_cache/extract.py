@@ -32,49 +32,24 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .configs import ExtractConfig
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import check_weights, create_ifm
 from .plan import SizePlan, check_fits, size_plan
-from .store import DEFAULT_CODEC, DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
+from .store import DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 3  # documented in the README: the run finished but some videos failed
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    dataset: str
-    root: Path
-    out: Path
-    split: int = 1
-    annotations: Path | None = None  # folder of the split/label files, when not in root
-    holdout: bool = False  # also the unlabelled test set (Kinetics test.csv, SSv2 test.json)
-    model: str = "ViT-B-16"
-    pretrained: str = "auto"
-    name: str | None = None  # the IFM's key in the store; default derived from the model
-    frame_stride: int = 1
-    batch_size: int | None = None  # frames per forward; None: 256 on CUDA, 64 on the CPU
-    workers: int | None = None  # decode processes; 0 decodes in line; None: see default_workers
-    writers: int = 4  # threads writing shards
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float16"
-    codec: str = DEFAULT_CODEC
-    frames_per_shard: int = 64
-    shard: tuple[int, int] = (0, 1)
-    seed: int = 0
-    progress: bool = True
 
 
 @dataclass

@@ -16,75 +16,14 @@ docs/MODEL_STATS.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from advise_cache.configs import TMMConfig
 from advise_cache.errors import MismatchError
-
-TMM_KINDS = ("r3d", "none")
-HEAD_KINDS = ("mlp", "linear")
-
-
-@dataclass(frozen=True)
-class TMMConfig:
-    """Everything that shapes the temporal model; written into every run folder."""
-
-    in_dim: int = 768  # D of the tokens fed in (after concatenating IFMs)
-    spatial_pool: int | None = None  # SFU: pool h×w to S×S; None keeps the grid
-    channel_pool: int | None = None  # SFU: pool D to C; None keeps the channels
-    tmm: str = "r3d"  # "r3d" bottleneck blocks, or "none" (average-pooling baseline)
-    blocks: int = 1
-    hidden: int = 256  # bottleneck width
-    out_dim: int = 1024  # block output width
-    # 3 so that the TMM mixes neighbouring frames before pooling; the paper's counted
-    # TMM uses 1 (see docs/MODEL_STATS.md), which `paper()` restores.
-    temporal_kernel: int = 3
-    head: str = "mlp"  # "mlp" (two FC layers with ReLU) or "linear"
-    head_hidden: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.tmm not in TMM_KINDS:
-            raise MismatchError(f"tmm must be one of {TMM_KINDS}, got {self.tmm!r}")
-        if self.head not in HEAD_KINDS:
-            raise MismatchError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
-        for name in ("in_dim", "blocks", "hidden", "out_dim", "temporal_kernel", "head_hidden"):
-            if getattr(self, name) < 1:
-                raise MismatchError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("spatial_pool", "channel_pool"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MismatchError(f"{name} must be at least 1 or None, got {value}")
-        if self.channel_pool is not None and self.channel_pool > self.in_dim:
-            raise MismatchError(
-                f"channel_pool {self.channel_pool} exceeds in_dim {self.in_dim}: pooling cannot add channels"
-            )
-        if self.temporal_kernel % 2 == 0:
-            # An even kernel cannot be padded symmetrically, so T would change.
-            raise MismatchError(f"temporal_kernel must be odd, got {self.temporal_kernel}")
-
-    @classmethod
-    def paper(cls, **overrides) -> TMMConfig:
-        """The conventions that reproduce the paper's Tables 2 and 3 (params and FLOPs).
-
-        A 1×1×1 first conv, a linear head, input 768 and blocks of output 1024.
-        """
-        base = cls(temporal_kernel=1, head="linear")
-        return replace(base, **overrides)
-
-    @property
-    def pooled_dim(self) -> int:
-        """Channels after SFU."""
-        return self.channel_pool if self.channel_pool is not None else self.in_dim
-
-    @property
-    def feature_dim(self) -> int:
-        """Width of the pooled embedding that the head sees."""
-        return self.out_dim if self.tmm == "r3d" else self.pooled_dim
 
 
 class SFU(nn.Module):

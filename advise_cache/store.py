@@ -46,6 +46,7 @@ import zarr.codecs
 
 from . import __version__
 from .atomic import atomic_create, building, clean_leftovers
+from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
 
 # The status values are public through this module too (`from advise_cache.store import DONE`).
@@ -72,8 +73,7 @@ CODECS = {
     "none": None,
     "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),  # typesize from dtype
     "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
-}
-DEFAULT_CODEC = "none"
+}  # DEFAULT_CODEC (configs.py) is one of them
 TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe_error")
 _NUMBERS = {"label": "int32", "fps": "float32", "source_frames": "int64"}
 _CATEGORICAL = ("split", "probe_error")  # few distinct values: int32 codes + names
@@ -337,23 +337,11 @@ class Store:
                 )
                 if n:
                     a[:] = values
-            g.create_array(
-                "status", shape=(n,), chunks=(1,), dtype="int8", fill_value=PENDING, dimension_names=("video",)
-            )
-            g.create_array("reason", shape=(n,), chunks=(1,), dtype=str, fill_value="", dimension_names=("video",))
-            g.create_array(
-                "checksum", shape=(n,), chunks=(1,), dtype="int64", fill_value=NO_CHECKSUM, dimension_names=("video",)
-            )
+            per_video = [("status", "int8", PENDING), ("reason", str, ""), ("checksum", "int64", NO_CHECKSUM)]
             if dtype == "int8":  # measured at extraction against the float tokens (NaN: not yet)
-                for name in QUANT_ERROR_ARRAYS:
-                    g.create_array(
-                        name,
-                        shape=(n,),
-                        chunks=(1,),
-                        dtype="float32",
-                        fill_value=float("nan"),
-                        dimension_names=("video",),
-                    )
+                per_video += [(name, "float32", float("nan")) for name in QUANT_ERROR_ARRAYS]
+            for name, kind, fill in per_video:
+                g.create_array(name, shape=(n,), chunks=(1,), dtype=kind, fill_value=fill, dimension_names=("video",))
 
         atomic_create(ifm_dir / key, build)
         _consolidate(self.path)

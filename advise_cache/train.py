@@ -29,11 +29,14 @@ from .checkpoint import (
     CHECKPOINT,
     Checkpoint,
     CheckpointMeta,
+    append_metrics,
     check_classes,
     check_features,
     load_checkpoint,
     save_checkpoint,
+    truncate_metrics,
 )
+from .configs import TrainConfig, changed_recipe, check_train_config, config_to_dict
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
 from .models import count_params, create_model
@@ -51,7 +54,6 @@ from .runtime import (
 )
 from .sampling import classification_epoch, prp_epoch
 from .store import open_store
-from .train_config import PRELOAD, TASKS, TrainConfig, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -104,43 +106,6 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
     return plan[:keep]
 
 
-def _check_flags(cfg: TrainConfig) -> None:
-    """Every number a user passes, checked before any work: one clear line instead of a
-    traceback (or a run that silently does something else)."""
-
-    def finite(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
-        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
-        if not ok:
-            bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise AdviseCacheError(
-                f"{name} must be a finite number {bound}"
-                + (f" and <= {hi}" if math.isfinite(hi) else "")
-                + f", got {value}"
-            )
-
-    for name, value in (
-        ("--epochs", cfg.epochs),
-        ("--batch-size", cfg.batch_size),
-        ("--save-every", cfg.save_every),
-        ("--loader-threads", cfg.loader_threads),
-        ("--log-every", cfg.log_every),
-    ):
-        if value < 1:
-            raise AdviseCacheError(f"{name} must be >= 1, got {value}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
-    if cfg.seed < 0:
-        raise AdviseCacheError(f"--seed must be >= 0, got {cfg.seed}")
-    finite("--lr", cfg.lr, 0.0, lo_open=True)
-    finite("--warmup-epochs", cfg.warmup_epochs, 0.0)
-    finite("--weight-decay", cfg.weight_decay, 0.0, 10.0)
-    finite("--label-smoothing", cfg.label_smoothing, 0.0)
-    if cfg.label_smoothing >= 1.0:
-        raise AdviseCacheError(f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
-    if cfg.task == "prp" and len(set(cfg.sampler.rates)) != len(cfg.sampler.rates):
-        raise AdviseCacheError(f"--rates must differ from each other, got {','.join(map(str, cfg.sampler.rates))}")
-
-
 def resolve_stride(cfg: TrainConfig) -> TrainConfig:
     """The config with the sampler's stride in stored frames. A store extracted with
     --frame-stride s holds source frames 0, s, 2s, ... of each video, so a base stride of
@@ -170,13 +135,9 @@ def resolve_stride(cfg: TrainConfig) -> TrainConfig:
 
 def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
-    if cfg.task not in TASKS:
-        raise AdviseCacheError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    _check_flags(cfg)
+    check_train_config(cfg)
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    if cfg.preload not in PRELOAD:
-        raise AdviseCacheError(f"--preload must be one of {', '.join(PRELOAD)}, got {cfg.preload!r}")
     store = open_store(cfg.cache)
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
@@ -222,31 +183,9 @@ def train_step(
     return loss.detach(), logits.detach()
 
 
-# What makes a resumed run the same run: its optimisation and sampling. Device, threads,
-# preloading and logging may change between the two halves.
-RECIPE_KEYS = (
-    "split",
-    "epochs",
-    "batch_size",
-    "lr",
-    "warmup_epochs",
-    "weight_decay",
-    "label_smoothing",
-    "sampler",
-    "clip_mode",
-    "linear_probe",
-    "seed",
-    "ifm",
-    "init",
-)
-
-
-def _changed_recipe(before: dict, now: dict) -> str:
-    return "; ".join(
-        f"--{k.replace('_', '-')} {before.get(k)!r} then, {now.get(k)!r} now"
-        for k in RECIPE_KEYS
-        if before.get(k) != now.get(k)
-    )
+def _last_good(out: Path) -> str:
+    path = out / CHECKPOINT
+    return f"The last good checkpoint is {path}" + ("" if path.exists() else " (none yet)")
 
 
 def _finite_weights(model: torch.nn.Module) -> bool:
@@ -298,7 +237,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
             raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
         if cfg.task == "classify":
             check_classes(ckpt.meta.classes, store.classes, f"the run in {cfg.out}", str(cfg.cache))
-        changed = _changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
+        changed = changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
         if changed and not cfg.override:
             raise MismatchError(
                 f"{cfg.out} was started with other settings ({changed}); resume with the same "
@@ -393,7 +332,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         first_loss = ckpt.meta.first_loss
         final = ckpt.meta.metrics or {}
         if d.main:
-            _truncate_metrics(metrics_path, step)
+            truncate_metrics(metrics_path, step)
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
         metrics_path.write_text("")
@@ -450,26 +389,13 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
                 clips = window_steps * world_batch
                 loss_v, acc_v = loss_sum / clips, correct / clips
                 if not math.isfinite(loss_v):
-                    raise TrainingDiverged(
-                        f"loss became {loss_v} at step {step}; stopped. The last good checkpoint is "
-                        f"{cfg.out / CHECKPOINT}" + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)")
-                    )
+                    raise TrainingDiverged(f"loss became {loss_v} at step {step}; stopped. {_last_good(cfg.out)}")
                 first_loss = loss_v if first_loss is None else first_loss
                 sums += (loss_sum, correct, clips)
                 dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
                 if d.main:
-                    _append(
-                        metrics_path,
-                        {
-                            "kind": "step",
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": loss_v,
-                            "acc": acc_v,
-                            "lr": lr,
-                            "clips_per_s": clips / dt,
-                        },
-                    )
+                    record = dict(kind="step", step=step, epoch=epoch, loss=loss_v, acc=acc_v, lr=lr)
+                    append_metrics(metrics_path, {**record, "clips_per_s": clips / dt})
                 bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
                 bar.update(window_steps)
                 window_steps = 0
@@ -488,22 +414,18 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
             "seconds": seconds,
         }
         if d.main:
-            _append(metrics_path, final)
+            append_metrics(metrics_path, final)
         epoch_done = step % steps_per_epoch == 0
         limit = divergence_limit(s["num_classes"], first_loss)
         if final["loss"] > limit:
             raise TrainingDiverged(
                 f"the loss diverged: epoch {epoch} averaged {final['loss']:.4g}, more than {DIVERGED_FACTOR:g}x "
                 f"chance or the first loss, whichever is larger ({limit:.4g}); stopped at step {step} (a lower "
-                f"--lr may help). The last good checkpoint is {cfg.out / CHECKPOINT}"
-                + ("" if (cfg.out / CHECKPOINT).exists() else " (none yet)")
+                f"--lr may help). {_last_good(cfg.out)}"
             )
         if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
             if not _finite_weights(model):
-                raise TrainingDiverged(
-                    f"the weights became NaN or Inf by step {step}; stopped. The last good "
-                    f"checkpoint is {cfg.out / CHECKPOINT}"
-                )
+                raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. {_last_good(cfg.out)}")
             if d.main:
                 save_checkpoint(
                     cfg.out,
@@ -521,23 +443,3 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     bar.close()
     barrier(d)
     return final
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the checkpoint a resumed run starts from."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line torn by a kill or a full disk: nothing after it counts
-            break
-        if record.get("step", 0) <= step:
-            keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))

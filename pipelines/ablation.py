@@ -129,11 +129,11 @@ def run_setting(folder: Path) -> dict:
     returns its result.json. Trainings resume (a finished one returns its metrics); an
     evaluation with an eval.json is not repeated (the library keeps none)."""
     from advise_cache.checkpoint import CHECKPOINT
+    from advise_cache.configs import TrainConfig
     from advise_cache.evaluate import evaluate
     from advise_cache.models import TMMConfig, model_stats
     from advise_cache.sampling import SamplerConfig
     from advise_cache.train import train
-    from advise_cache.train_config import TrainConfig
 
     spec = json.loads((folder / "setting.json").read_text())
     s, r = spec["setting"], spec["recipe"]

@@ -55,6 +55,7 @@ def measure(spec: dict) -> dict:
     import numpy as np
     import torch
 
+    from advise_cache.configs import TrainConfig
     from advise_cache.ifm import create_ifm
     from advise_cache.loader import ClipLoader, TokenSource
     from advise_cache.models import R3D50, TMMConfig, count_params, create_model, forward_cost, model_stats
@@ -62,7 +63,6 @@ def measure(spec: dict) -> dict:
     from advise_cache.sampling import SamplerConfig, prp_epoch
     from advise_cache.store import open_store
     from advise_cache.train import train_step
-    from advise_cache.train_config import TrainConfig
 
     torch.set_num_threads(spec["threads"])
     device = resolve_device(spec["device"])

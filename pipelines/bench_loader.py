@@ -209,11 +209,11 @@ def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = 
     """`train.train` from the store: clips/s over the timed steps, seen through `on_step`."""
     import torch
 
+    from advise_cache.configs import TrainConfig
     from advise_cache.loader import TokenSource
     from advise_cache.sampling import SamplerConfig
     from advise_cache.store import open_store
     from advise_cache.train import train
-    from advise_cache.train_config import TrainConfig
 
     cuda = args.device.startswith("cuda")
     b, warm, steps = args.train_batch, args.warmup, args.steps
@@ -258,9 +258,9 @@ def resident_step(args) -> dict:
     """The same `train_step` on a batch already in memory, cast each step as `train.train` does."""
     import torch
 
+    from advise_cache.configs import TrainConfig
     from advise_cache.models import TMMConfig, create_model
     from advise_cache.train import train_step
-    from advise_cache.train_config import TrainConfig
 
     cuda = args.device.startswith("cuda")
     device, b = torch.device(args.device), args.train_batch

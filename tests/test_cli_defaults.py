@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import write_video
 from typer.testing import CliRunner
 
-from advise_cache.cli import _setup_logging, app, default_run_dir
+from advise_cache.cli import _setup_logging, app
+from advise_cache.cli_train import default_run_dir
 from advise_cache.store import open_store
 
 runner = CliRunner()
@@ -180,3 +183,21 @@ def test_logging_shows_our_warnings_and_only_errors_of_other_libraries(capsys):
     finally:  # the levels the next tests expect
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("huggingface_hub").setLevel(logging.WARNING)
+
+
+def test_help_imports_neither_torch_nor_zarr():
+    """`advise-cache --help` and a command's --help answer at once: the configs the flags' defaults
+    come from import neither torch nor zarr (seconds between them), nor does the CLI itself."""
+    code = (
+        "import sys\n"
+        "from advise_cache.cli import app\n"
+        "for argv in (['--help'], ['extract', '--help'], ['train', '--help']):\n"
+        "    try:\n"
+        "        app(argv, prog_name='advise-cache')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (argv, e.code)\n"
+        "print('heavy:', sorted(m for m in ('torch', 'zarr') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "heavy: []"

@@ -1,0 +1,329 @@
+"""The commands on a store's tokens: `train`, `finetune`, `stats`, `evaluate`, `visualize`,
+`embed` (cli.py registers them).
+
+Each parses flags into a config (every default is the config field's), calls one library
+function and prints; the libraries are imported when a command runs, so `--help` stays
+instant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .configs import TMMConfig, TrainConfig, fields_from
+from .errors import AdviseCacheError
+from .sampling import SamplerConfig
+
+TRAIN = TrainConfig(cache=Path(), out=Path())  # every flag's default
+SAMPLER: SamplerConfig = TRAIN.sampler
+TMM: TMMConfig = TRAIN.tmm
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise AdviseCacheError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def _tmm_config(
+    tmm: str,
+    blocks: int,
+    hidden: int,
+    out_dim: int,
+    temporal_kernel: int,
+    spatial_pool: int,
+    channel_pool: int,
+    head: str,
+    preset: str,
+):
+    kw = dict(
+        tmm=tmm,
+        blocks=blocks,
+        hidden=hidden,
+        out_dim=out_dim,
+        spatial_pool=spatial_pool or None,
+        channel_pool=channel_pool or None,
+    )
+    if preset == "paper":
+        return TMMConfig.paper(**kw)
+    if preset != "ours":
+        raise AdviseCacheError(f"--preset must be ours or paper, got {preset!r}")
+    return replace(TMM, **kw, temporal_kernel=temporal_kernel, head=head)
+
+
+Tmm = Annotated[str, typer.Option(help="r3d (ResNet3D bottleneck blocks) or none (average pooling baseline).")]
+Blocks = Annotated[int, typer.Option(help="Bottleneck blocks in the TMM.")]
+Hidden = Annotated[int, typer.Option(help="Bottleneck width.")]
+OutDim = Annotated[int, typer.Option(help="Block output width.")]
+TKernel = Annotated[int, typer.Option(help="Temporal kernel of each block's first conv.")]
+SPool = Annotated[int, typer.Option(help="SFU: pool the h x w grid to S x S (0 keeps it).")]
+CPool = Annotated[int, typer.Option(help="SFU: pool the channels to C (0 keeps them).")]
+Head = Annotated[str, typer.Option(help="mlp (2 FC layers, hidden 1024) or linear.")]
+Preset = Annotated[str, typer.Option(help="ours, or paper (1x1x1 first conv, linear head: the paper's tables).")]
+
+
+def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r3d") -> Path:
+    """Where a run goes without --out: runs/<store name>-prp, -ft or -scratch, plus -avg for
+    the average-pooling baseline, so the README's stage-2 commands do not collide."""
+    kind = "prp" if task == "prp" else "scratch" if scratch else "ft"
+    return Path("runs") / f"{Path(cache).stem}-{kind}{'-avg' if tmm == 'none' else ''}"
+
+
+def train_command(task: str):
+    """The `train` (task prp) or `finetune` (task classify) command."""
+
+    def command(
+        cache: Annotated[Path, typer.Option(help="The store to train from.")],
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                help="Run folder: config, metrics.jsonl, checkpoint. Default: runs/STORE-prp (train); runs/STORE-ft, or runs/STORE-scratch with --scratch (finetune); -avg added with --tmm none."
+            ),
+        ] = None,
+        init: Annotated[
+            Path | None, typer.Option(help="Start the TMM from this checkpoint (e.g. PRP-pretrained).")
+        ] = TRAIN.init,
+        scratch: Annotated[bool, typer.Option(help="Start from a random TMM (the baseline of ΔAcc).")] = False,
+        linear_probe: Annotated[bool, typer.Option(help="Freeze the TMM; train only the head.")] = TRAIN.linear_probe,
+        ifm: Annotated[str, typer.Option(help="IFM key(s) in the store, comma-separated to concatenate.")] = ",".join(
+            TRAIN.ifm
+        ),
+        split: Annotated[str, typer.Option(help="Split to train on.")] = TRAIN.split,
+        epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = TRAIN.epochs,
+        max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
+        batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = TRAIN.batch_size,
+        lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = TRAIN.lr,
+        warmup_epochs: Annotated[
+            float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")
+        ] = TRAIN.warmup_epochs,
+        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TRAIN.weight_decay,
+        label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = TRAIN.label_smoothing,
+        frames: Annotated[int, typer.Option(help="Frames per clip.")] = SAMPLER.frames,
+        stride: Annotated[
+            int,
+            typer.Option(
+                help="Base stride between clip frames, in stored frames (a store made with --frame-stride 2 holds every 2nd frame)."
+            ),
+        ] = SAMPLER.stride,
+        source_stride: Annotated[
+            int | None,
+            typer.Option(
+                help="Base stride in frames of the videos, in place of --stride: divided by the store's frame stride, refused when the store does not hold those frames (the paper's recipe: 2)."
+            ),
+        ] = TRAIN.source_stride,
+        rates: Annotated[str, typer.Option(help="PRP playback rates; negative plays backwards.")] = ",".join(
+            map(str, SAMPLER.rates)
+        ),
+        jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
+        clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,
+        clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = TRAIN.clip_mode,
+        tmm: Tmm = TMM.tmm,
+        blocks: Blocks = TMM.blocks,
+        hidden: Hidden = TMM.hidden,
+        out_dim: OutDim = TMM.out_dim,
+        temporal_kernel: TKernel = TMM.temporal_kernel,
+        spatial_pool: SPool = TMM.spatial_pool or 0,
+        channel_pool: CPool = TMM.channel_pool or 0,
+        head: Head = TMM.head,
+        preset: Preset = "ours",
+        preload: Annotated[
+            str,
+            typer.Option(
+                help="Hold the videos this process samples resident: none, ram "
+                "(pinned on CUDA) or gpu (on the device, when they fit)."
+            ),
+        ] = TRAIN.preload,
+        save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = TRAIN.save_every,
+        resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = TRAIN.resume,
+        override: Annotated[
+            bool, typer.Option(help="With --resume: accept changed optimisation flags.")
+        ] = TRAIN.override,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = TRAIN.device,
+        precision: Annotated[
+            str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")
+        ] = TRAIN.precision,
+        seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = TRAIN.seed,
+        loader_threads: Annotated[
+            int, typer.Option(help="Threads reading clips from the store.")
+        ] = TRAIN.loader_threads,
+        log_every: Annotated[
+            int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")
+        ] = TRAIN.log_every,
+        compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TRAIN.compile,
+    ):
+        flags = dict(locals())
+        from .train import train
+
+        if task == "classify" and init is None and not scratch and not resume:
+            raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
+        if init is not None and scratch:
+            raise AdviseCacheError("give --init or --scratch, not both")
+        if out is None:
+            out = default_run_dir(cache, task, scratch, tmm)
+            typer.echo(f"run folder: {out}")
+        sampler = SamplerConfig(**{**fields_from(SamplerConfig, flags), "rates": _ints(rates, "--rates")})
+        cfg = TrainConfig(
+            **{
+                **fields_from(TrainConfig, flags),
+                "out": out,
+                "task": task,
+                "ifm": tuple(k for k in ifm.split(",") if k),
+                "sampler": sampler,
+                "tmm": _tmm_config(
+                    tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset
+                ),
+            }
+        )
+        try:
+            final = train(cfg)
+        except KeyboardInterrupt:
+            typer.echo(
+                f"interrupted; add --resume to the same command to continue {out} from its last checkpoint", err=True
+            )
+            raise typer.Exit(130) from None
+        if final:
+            typer.echo(
+                f"{out}: epoch {final['epoch']} step {final['step']}: loss {final['loss']:.4f} "
+                f"acc {final['acc']:.3f}, {final['clips_per_s']:.1f} clips/s, "
+                f"waiting for data {100 * final['data_wait_frac']:.1f}% of the time"
+            )
+
+    return command
+
+
+def stats(
+    cache: Annotated[Path | None, typer.Option(help="Take the clip's grid and dim from this store.")] = None,
+    clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
+    classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
+    tmm: Tmm = TMM.tmm,
+    blocks: Blocks = TMM.blocks,
+    hidden: Hidden = TMM.hidden,
+    out_dim: OutDim = TMM.out_dim,
+    temporal_kernel: TKernel = TMM.temporal_kernel,
+    spatial_pool: SPool = TMM.spatial_pool or 0,
+    channel_pool: CPool = TMM.channel_pool or 0,
+    head: Head = TMM.head,
+    preset: Preset = "ours",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Trainable parameters and forward cost of the TMM for one clip: multiply-accumulates (the
+    paper's "FLOPs"; `macs` in --json) and FLOPs (two per MAC; `flops` in --json)."""
+    from .models import model_stats
+
+    dims = _ints(clip, "--clip") if cache is None else (SAMPLER.frames, *_store_grid_dim(cache))
+    if len(dims) != 4:
+        raise AdviseCacheError(f"--clip: expected T,h,w,D (four integers), got {clip!r}")
+    t, h, w, d = dims
+    cfg = _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset)
+    cfg = replace(cfg, in_dim=d)
+    s = model_stats(cfg, classes, clip=(t, h, w, d))
+    if json_out:
+        typer.echo(json.dumps({**s, "clip": [t, h, w, d], "preset": preset}))
+    else:
+        typer.echo(
+            f"clip {t}x{h}x{w}x{d} ({preset}): {s['params'] / 1e6:.2f} M trainable parameters, "
+            f"{s['macs'] / 1e9:.2f} G multiply-accumulates forward"
+        )
+
+
+def _store_grid_dim(cache: Path) -> tuple[int, int, int]:
+    from .loader import TokenSource
+    from .store import open_store
+
+    source = TokenSource(open_store(cache))
+    return (*source.grid, source.dim)
+
+
+def evaluate(
+    cache: Annotated[Path, typer.Option(help="The store to evaluate on.")],
+    checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
+    views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    confusion: Annotated[
+        Path | None, typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Multi-view top-1/top-5, per-class accuracy and a confusion matrix."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate as run
+
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    png = confusion or run_dir / f"confusion-{split}.png"
+    r = run(
+        cache,
+        checkpoint,
+        views,
+        split,
+        device,
+        clip_mode,
+        png,
+        progress=lambda xs: tqdm(xs, desc="evaluate", unit="batch", disable=json_out),
+    )
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
+        return
+    typer.echo(
+        f"{r['videos']} videos of {r['split']}, {r['views']} views: top-1 {100 * r['top1']:.2f}%  "
+        f"top-5 {100 * r['top5']:.2f}%"
+    )
+    for c, acc in r["per_class"].items():
+        typer.echo(f"  {c}: {100 * acc:.1f}%")
+    typer.echo(f"confusion matrix: {r['confusion_png']}")
+
+
+def visualize(
+    cache: Annotated[Path, typer.Option(help="The store the checkpoints' features come from.")],
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder): the first model row.")],
+    video: Annotated[str, typer.Option(help="Name of the video in the store (as `info` lists them).")],
+    out: Annotated[Path, typer.Option(help="The figure to write (PNG).")],
+    compare: Annotated[list[Path] | None, typer.Option(help="More checkpoints, a row each (repeatable).")] = None,
+    video_root: Annotated[
+        Path | None, typer.Option(help="Where the dataset root is now, if it moved since extraction.")
+    ] = None,
+    frames: Annotated[int, typer.Option(help="Frames of the clip (columns).")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+):
+    """Activation maps (channel-wise L2 norm of the TMM's feature maps) over a video's frames."""
+    from .visualize import visualize as run
+
+    acts = run(cache, [checkpoint, *(compare or [])], video, out, frames, video_root, device)
+    typer.echo(
+        f"{out}: {len(acts.rows)} rows ({', '.join(r.label.splitlines()[0] for r in acts.rows)}) "
+        f"x {len(acts.frames)} frames of {video}"
+    )
+
+
+def embed(
+    cache: Annotated[Path, typer.Option(help="The store to embed.")],
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder), PRP or fine-tuned.")],
+    out: Annotated[Path, typer.Option(help="The .npz to write: embeddings, names, labels, classes, meta.")],
+    views: Annotated[int, typer.Option(help="Clips per video; their pooled features are averaged.")] = 4,
+    split: Annotated[str, typer.Option(help="Split to embed, or all.")] = "test",
+    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw a 2-D t-SNE coloured by class (PNG).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+):
+    """One embedding per video (pooled TMM output averaged over views), optionally a t-SNE plot."""
+    from tqdm import tqdm
+
+    from .embed import embed as run
+    from .embed import plot_embeddings, save_embeddings
+
+    emb = run(
+        cache, checkpoint, views, split, device, clip_mode, progress=lambda xs: tqdm(xs, desc="embed", unit="batch")
+    )
+    save_embeddings(out, emb)
+    typer.echo(f"{out}: {emb.embeddings.shape[0]} videos x {emb.embeddings.shape[1]} dims")
+    if plot is not None:
+        plot_embeddings(emb, plot)
+        typer.echo(f"t-SNE plot: {plot}")

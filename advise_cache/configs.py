@@ -1,0 +1,239 @@
+"""What a run is: the settings of extraction, of the temporal model and of training, as frozen
+dataclasses, and a training config's round trip through plain JSON types.
+
+    cfg = TrainConfig(cache=Path("ucf101.zarr"), out=Path("runs/prp"), tmm=TMMConfig(blocks=2))
+    config_from_dict(config_to_dict(cfg)) == cfg
+
+The CLI reads every flag's default from these classes, so this module imports neither torch nor
+zarr: `advise-cache --help` answers at once. Every run folder and checkpoint records a
+`TrainConfig`; readers of a checkpoint (evaluate, embed, visualize) get it back typed through
+`config_from_dict`, without importing the training loop. The sampler's settings,
+`SamplerConfig`, live with the sampler (sampling.py, numpy only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import AdviseCacheError, MismatchError
+from .sampling import SamplerConfig
+
+DEFAULT_CODEC = "none"  # of the token shards: one of store.CODECS
+
+TMM_KINDS = ("r3d", "none")
+HEAD_KINDS = ("mlp", "linear")
+
+
+@dataclass(frozen=True)
+class TMMConfig:
+    """Everything that shapes the temporal model; written into every run folder."""
+
+    in_dim: int = 768  # D of the tokens fed in (after concatenating IFMs)
+    spatial_pool: int | None = None  # SFU: pool h×w to S×S; None keeps the grid
+    channel_pool: int | None = None  # SFU: pool D to C; None keeps the channels
+    tmm: str = "r3d"  # "r3d" bottleneck blocks, or "none" (average-pooling baseline)
+    blocks: int = 1
+    hidden: int = 256  # bottleneck width
+    out_dim: int = 1024  # block output width
+    # 3 so that the TMM mixes neighbouring frames before pooling; the paper's counted
+    # TMM uses 1 (see docs/MODEL_STATS.md), which `paper()` restores.
+    temporal_kernel: int = 3
+    head: str = "mlp"  # "mlp" (two FC layers with ReLU) or "linear"
+    head_hidden: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.tmm not in TMM_KINDS:
+            raise MismatchError(f"tmm must be one of {TMM_KINDS}, got {self.tmm!r}")
+        if self.head not in HEAD_KINDS:
+            raise MismatchError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        for name in ("in_dim", "blocks", "hidden", "out_dim", "temporal_kernel", "head_hidden"):
+            if getattr(self, name) < 1:
+                raise MismatchError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("spatial_pool", "channel_pool"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MismatchError(f"{name} must be at least 1 or None, got {value}")
+        if self.channel_pool is not None and self.channel_pool > self.in_dim:
+            raise MismatchError(
+                f"channel_pool {self.channel_pool} exceeds in_dim {self.in_dim}: pooling cannot add channels"
+            )
+        if self.temporal_kernel % 2 == 0:
+            # An even kernel cannot be padded symmetrically, so T would change.
+            raise MismatchError(f"temporal_kernel must be odd, got {self.temporal_kernel}")
+
+    @classmethod
+    def paper(cls, **overrides) -> TMMConfig:
+        """The conventions that reproduce the paper's Tables 2 and 3 (params and FLOPs).
+
+        A 1×1×1 first conv, a linear head, input 768 and blocks of output 1024.
+        """
+        base = cls(temporal_kernel=1, head="linear")
+        return replace(base, **overrides)
+
+    @property
+    def pooled_dim(self) -> int:
+        """Channels after SFU."""
+        return self.channel_pool if self.channel_pool is not None else self.in_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled embedding that the head sees."""
+        return self.out_dim if self.tmm == "r3d" else self.pooled_dim
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: str
+    root: Path
+    out: Path
+    split: int = 1
+    annotations: Path | None = None  # folder of the split/label files, when not in root
+    holdout: bool = False  # also the unlabelled test set (Kinetics test.csv, SSv2 test.json)
+    model: str = "ViT-B-16"
+    pretrained: str = "auto"
+    name: str | None = None  # the IFM's key in the store; default derived from the model
+    frame_stride: int = 1
+    batch_size: int | None = None  # frames per forward; None: 256 on CUDA, 64 on the CPU
+    workers: int | None = None  # decode processes; 0 decodes in line; None: see default_workers
+    writers: int = 4  # threads writing shards
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float16"
+    codec: str = DEFAULT_CODEC
+    frames_per_shard: int = 64
+    shard: tuple[int, int] = (0, 1)
+    seed: int = 0
+    progress: bool = True
+
+
+TASKS = ("prp", "classify")
+PRELOAD = ("none", "ram", "gpu")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: Path
+    out: Path
+    task: str = "prp"  # "prp" pretext or "classify" (fine-tuning / linear probe)
+    ifm: tuple[str, ...] = ()  # IFM keys in the store, concatenated along channels; () = the only one
+    split: str = "train"
+    epochs: int = 20
+    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
+    batch_size: int = 32  # per process
+    lr: float = 1e-3  # at a global batch of 32; scaled linearly
+    warmup_epochs: float = 5.0  # capped at a fifth of the run, so short runs still decay
+    weight_decay: float = 1e-6
+    label_smoothing: float = 0.05
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # The base stride in frames of the videos, when given: the run sets sampler.stride (which
+    # counts stored frames) to it divided by the store's frame stride, and refuses a source
+    # stride the store does not hold (see `train.resolve_stride`).
+    source_stride: int | None = None
+    clip_mode: str = "stride"  # classification clips: "stride" or "segment"
+    tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
+    init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)
+    linear_probe: bool = False  # train the head only
+    preload: str = "none"  # "ram" (pinned on CUDA) or "gpu": hold the sampled videos' tokens resident
+    save_every: int = 1  # epochs between checkpoints (and one at the end)
+    resume: bool = False
+    override: bool = False  # with resume: accept changed optimisation settings
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU; fp16 uses a GradScaler
+    seed: int = 0
+    loader_threads: int = 4
+    log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
+    compile: bool = False  # torch.compile the model
+    progress: bool = True
+
+
+def fields_from(config_type, flags: dict) -> dict:
+    """The entries of `flags` named like a field of `config_type` (a CLI command's locals)."""
+    return {f.name: flags[f.name] for f in fields(config_type) if f.name in flags}
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain JSON types (paths as text, tuples as lists): what run folders and checkpoints hold."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """The inverse of `config_to_dict`; keys a config did not have yet take their defaults."""
+    d = dict(d)
+    d["sampler"] = SamplerConfig(**d["sampler"])
+    d["tmm"] = TMMConfig(**d["tmm"])
+    d["ifm"] = tuple(d.get("ifm", ()))
+    for key in ("cache", "out", "init"):
+        d[key] = Path(d[key]) if d.get(key) else None
+    return TrainConfig(**d)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Every choice and number a user passes, checked before any work: one clear line instead
+    of a traceback (or a run that silently does something else)."""
+    if cfg.task not in TASKS:
+        raise AdviseCacheError(f"task must be one of {TASKS}, got {cfg.task!r}")
+    if cfg.preload not in PRELOAD:
+        raise AdviseCacheError(f"--preload must be one of {', '.join(PRELOAD)}, got {cfg.preload!r}")
+
+    def finite(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            bound = f"> {lo}" if lo_open else f">= {lo}"
+            raise AdviseCacheError(
+                f"{name} must be a finite number {bound}"
+                + (f" and <= {hi}" if math.isfinite(hi) else "")
+                + f", got {value}"
+            )
+
+    for name, value in (
+        ("--epochs", cfg.epochs),
+        ("--batch-size", cfg.batch_size),
+        ("--save-every", cfg.save_every),
+        ("--loader-threads", cfg.loader_threads),
+        ("--log-every", cfg.log_every),
+    ):
+        if value < 1:
+            raise AdviseCacheError(f"{name} must be >= 1, got {value}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
+    if cfg.seed < 0:
+        raise AdviseCacheError(f"--seed must be >= 0, got {cfg.seed}")
+    finite("--lr", cfg.lr, 0.0, lo_open=True)
+    finite("--warmup-epochs", cfg.warmup_epochs, 0.0)
+    finite("--weight-decay", cfg.weight_decay, 0.0, 10.0)
+    finite("--label-smoothing", cfg.label_smoothing, 0.0)
+    if cfg.label_smoothing >= 1.0:
+        raise AdviseCacheError(f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
+    if cfg.task == "prp" and len(set(cfg.sampler.rates)) != len(cfg.sampler.rates):
+        raise AdviseCacheError(f"--rates must differ from each other, got {','.join(map(str, cfg.sampler.rates))}")
+
+
+# What makes a resumed run the same run: its optimisation and sampling. Device, threads,
+# preloading and logging may change between the two halves.
+RECIPE_KEYS = (
+    "split",
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "sampler",
+    "clip_mode",
+    "linear_probe",
+    "seed",
+    "ifm",
+    "init",
+)
+
+
+def changed_recipe(before: dict, now: dict) -> str:
+    """What differs between two runs' recipes (`config_to_dict` forms), as flags; "" if nothing."""
+    return "; ".join(
+        f"--{k.replace('_', '-')} {before.get(k)!r} then, {now.get(k)!r} now"
+        for k in RECIPE_KEYS
+        if before.get(k) != now.get(k)
+    )
