@@ -33,10 +33,8 @@ from pathlib import Path
 # The settings' rules and the report live beside this file; the names tests use are re-exported.
 from ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
 from ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
-from common import REPO, quiet
+from common import REPO, SYNTHETIC, quiet, synthetic_store
 
-# The synthetic stores and videos per class (train, test): the demo's sizes (pipelines/demo.py).
-SYNTHETIC = {"synthetic-appearance": (12, 6), "synthetic-temporal": (12, 6), "synthetic-motion": (12, 12)}
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
 # Stores extracted from each family's videos: (name suffix, token dtype, frame stride).
 ONE_STORE = (("", "float16", 1),)
@@ -80,18 +78,16 @@ RECIPES = {
 
 # -- stores ------------------------------------------------------------------------------------
 def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[Path]:
-    """The synthetic stores under `data`, each family's `variants`, built on first use (a lock
-    keeps concurrent ablations from extracting the same store twice)."""
-    from advise_cache.extract import ExtractConfig, extract_videos
+    """The synthetic stores under `data` (the demo's videos), each family's `variants`, built on
+    first use (a lock keeps concurrent ablations from extracting the same store twice)."""
     from advise_cache.store import DONE, open_store
-    from advise_cache.synthetic import generate_synthetic
 
     data.mkdir(parents=True, exist_ok=True)
     stores = []
     with open(data / ".ablation-stores.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for (dataset, (train_n, test_n)), (suffix, dtype, stride) in itertools.product(SYNTHETIC.items(), variants):
-            out = data / f"{dataset}{suffix}.zarr"
+        for family, (suffix, dtype, stride) in itertools.product(SYNTHETIC, variants):
+            out = data / f"synthetic-{family}{suffix}.zarr"
             for key, seed in [("test-vit", 0)] + ([SECOND_IFM] if second_ifm else []):
                 if (
                     (out / "zarr.json").exists()
@@ -100,25 +96,17 @@ def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[P
                 ):
                     continue
                 print(f"building {out} ({key}): extracting tokens, once", flush=True)
-                generate_synthetic(
-                    data / dataset, dataset.split("-", 1)[1], 0, train_per_class=train_n, test_per_class=test_n
-                )
-                cfg = ExtractConfig(
-                    dataset=dataset,
-                    root=data / dataset,
-                    out=out,
+                synthetic_store(
+                    data / f"synthetic-{family}",
+                    out,
+                    family,
                     model="test-vit",
                     pretrained="none",
                     name=key,
                     seed=seed,
-                    workers=0,
-                    device="cpu",
                     dtype=dtype,
                     frame_stride=stride,
-                    progress=False,
                 )
-                if failed := extract_videos(cfg).failed:
-                    raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
             stores.append(out)
     return stores
 

@@ -7,7 +7,7 @@ import csv
 import math
 from pathlib import Path
 
-from common import table
+from common import mean_sd, pm, table
 
 SOURCE = {
     "spatial-res": "the paper's Figure 3",
@@ -68,14 +68,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows({k: "" if row.get(k) is None else row.get(k) for k in CSV_COLUMNS} for row in rows)
 
 
-def _mean_sd(values: list) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-
-
 def aggregate(rows: list[dict]) -> list[dict]:
     """One row per (dataset, setting): each metric its mean over seeds, `<metric>_sd` its sample
     standard deviation, `seeds` how many."""
@@ -86,7 +78,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for group in groups.values():
         row = dict(group[0], seeds=len(group))
         for key in METRICS:
-            row[key], row[f"{key}_sd"] = _mean_sd([r.get(key) for r in group])
+            row[key], row[f"{key}_sd"] = mean_sd([r.get(key) for r in group])
         out.append(row)
     return out
 
@@ -105,7 +97,7 @@ def pooling_costs(rows: list[dict]) -> dict:
             by_seed.setdefault(r.get("seed", 0), {})[r["x"]] = r["acc_ft"]
         diffs = [v[full] - v[smallest] for v in by_seed.values() if full in v and smallest in v]
         if diffs and full != smallest:
-            costs[dataset] = (*_mean_sd(diffs), len(diffs), full, smallest)
+            costs[dataset] = (*mean_sd(diffs), len(diffs), full, smallest)
     return costs
 
 
@@ -114,11 +106,7 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
     several = len(seeds) > 1
 
     def cell(r, key, signed=False):
-        if (m := r[key]) is None or (isinstance(m, float) and math.isnan(m)):
-            return "—"
-        sd = r.get(f"{key}_sd")
-        text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
-        return f"{text} ± {100 * sd:.1f}" if several and sd is not None else text
+        return pm(r[key], r.get(f"{key}_sd") if several else None, signed)
 
     steps = f", at most {recipe.max_steps} steps each" if recipe.max_steps else ""
     spread = "; accuracies are mean ± sample sd over the seeds" if several else ""

@@ -10,13 +10,12 @@ and each setting's label names both.
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
 from ablation_report import aggregate
 from bench_loader import WARMUP_BATCHES, loader_now, make_plan
-from common import describe_machine, heading, num, say, table, write_section
+from common import describe_machine, extract_cpu, heading, num, pm, say, table, write_section
 
 ROUNDS, BATCHES, BATCH = 3, 24, 32  # loader: rounds alternate the stores; timed batches of 32 clips
 CAVEAT = (
@@ -30,28 +29,17 @@ CAVEAT = (
 
 def vit_stores(data: Path, per_class: int) -> list[Path]:
     """Short synthetic-motion videos through ViT-B-16 with random weights: a float16 and an int8 store."""
-    from advise_cache.extract import ExtractConfig, extract_videos
     from advise_cache.synthetic import generate_synthetic
 
     root = generate_synthetic(
         data / "vit-b16-videos", "motion", 0, train_per_class=per_class, test_per_class=0, min_frames=16, max_frames=16
     )
-    outs = [data / f"vit-b16-{dtype}.zarr" for dtype in ("float16", "int8")]
-    for out, dtype in zip(outs, ("float16", "int8")):
-        cfg = ExtractConfig(
-            dataset="synthetic-motion",
-            root=root,
-            out=out,
-            model="ViT-B-16",
-            pretrained="none",
-            dtype=dtype,
-            workers=0,
-            device="cpu",
-            progress=False,
+    return [
+        extract_cpu(
+            root, data / f"vit-b16-{dtype}.zarr", "synthetic-motion", model="ViT-B-16", pretrained="none", dtype=dtype
         )
-        if failed := extract_videos(cfg).failed:
-            raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
-    return outs
+        for dtype in ("float16", "int8")
+    ]
 
 
 def measure(paths: list[Path], device: str) -> list[dict]:
@@ -87,11 +75,8 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
     acc = {r["store"]: r for r in aggregate(rows)}
     base = {(f["dataset"], f["model"]): f for f in facts if f["dtype"] == "float16" and f["frame_stride"] == 1}
 
-    def pm(r, key, signed=False):
-        if r is None or r[key] is None or (isinstance(r[key], float) and math.isnan(r[key])):
-            return "—"
-        sd = r.get(f"{key}_sd")
-        return (f"{100 * r[key]:+.1f}" if signed else f"{100 * r[key]:.1f}") + (f" ± {100 * sd:.1f}" if sd else "")
+    def cell(r, key, signed=False):  # no "± 0.0": one seed, or seeds that agree
+        return pm(r[key], r.get(f"{key}_sd") or None, signed) if r else "—"
 
     def ratio(f, key):
         b = base.get((f["dataset"], f["model"]))
@@ -104,8 +89,8 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
             [
                 f["dataset"] if r else f"{f['dataset']}, {f['model']} random weights",
                 r["setting"] if r else f"{f['dtype']}, frame stride {f['frame_stride']}",
-                pm(r, "acc_ft"),
-                pm(r, "delta_acc", True),
+                cell(r, "acc_ft"),
+                cell(r, "delta_acc", True),
                 f"{f['bytes'] / f['frames']:,.0f}",
                 f"{f['per_source']:,.0f}{ratio(f, 'per_source')}",
                 num(f["clips_per_s"]) + ratio(f, "clips_per_s"),

@@ -26,15 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_extract_writer import (
-    PER_SHARD,
-    WRITER_LENGTHS,
-    WRITER_TARGET_OLD,
-    WRITER_TARGET_RAW,
-    bench_codecs,
-    bench_writer,
-)
-from common import clock, describe_machine, filesystem, heading, num, parser, pct, publish, quiet, say, table
+from bench_extract_writer import bench_codecs, bench_writer, codec_table, writer_table
+from common import clock, describe_machine, filesystem, fill_in, heading, num, parser, pct, publish, quiet, say, table
 
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several
 # Frames per model: ViT-B-16 runs about 1 frame/s in fp32 on 2 CPU cores, test-vit
@@ -255,6 +248,20 @@ def token_error(model: str, ifm_fp32, clips: list[np.ndarray], frames: int, seed
     ]
 
 
+def stored_tokens(ifm, clips: list[np.ndarray], frames: int) -> list[np.ndarray]:
+    """Float16 tokens, as stored, of the first videos' crops: enough videos for `frames` frames."""
+    import torch
+
+    tokens, total = [], 0
+    for clip in clips:
+        if total >= frames:
+            break
+        batches = (ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu().numpy() for i in range(0, len(clip), 64))
+        tokens.append(np.concatenate(list(batches)))
+        total += len(clip)
+    return tokens
+
+
 # -- report ----------------------------------------------------------------------------------
 def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, title: str) -> str:
     from advise_cache.store import DEFAULT_CODEC
@@ -311,48 +318,7 @@ def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, tit
             f"- {r.model} on {r.device}: steady at {pct(r.steady_fps / r.ifm_fps)} of the model alone "
             f"(target {pct(target)}); within each round {', '.join(pct(x) for x in r.ratios)}."
         )
-    if writer_rows:
-        out += [
-            "",
-            f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
-            f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
-            "done) through `extract_stages.Writer`, the writer of commit 1aa8d33 (one thread, fed "
-            "float32) and raw write + fsync of the shard bytes, in alternating rounds.",
-            "",
-            *table(
-                [
-                    "tokens",
-                    "videos / shards / frames",
-                    "MB",
-                    "rounds",
-                    f"new writer ({writer_rows[0].threads} threads)",
-                    "writer of 1aa8d33",
-                    "raw write + fsync (same threads)",
-                    "raw, 1 thread",
-                    "new / old",
-                    "new / raw",
-                    "new, MB/s",
-                ],
-                [
-                    [
-                        w.model,
-                        f"{w.videos} / {w.shards} / {w.frames}",
-                        f"{w.mb:.0f}",
-                        w.rounds,
-                        num(w.fps["new"]),
-                        num(w.fps["old"]),
-                        num(w.fps["raw"]),
-                        num(w.fps["raw1"]),
-                        f"{w.fps['new'] / w.fps['old']:.1f}x",
-                        pct(w.fps["new"] / w.fps["raw"]),
-                        num(w.fps["new"] * w.mb / w.frames),
-                    ]
-                    for w in writer_rows
-                ],
-            ),
-            "",
-            f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}.",
-        ]
+    out += writer_table(writer_rows)
     if errors:
         out += [
             "",
@@ -361,32 +327,7 @@ def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, tit
             "",
             *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"], errors),
         ]
-    if codec_rows:
-        out += [
-            "",
-            "Token codecs: each model's tokens written through the store with every codec of "
-            f"`store.CODECS` ({PER_SHARD}-frame shards, fsync; write MB/s of raw bytes), then random "
-            "single frames read from the page cache through plain zarr and through "
-            "`IFMArrays.read_frames`. Random weights: real CLIP weights may compress differently.",
-            "",
-            *table(
-                [
-                    "tokens",
-                    "codec",
-                    "frames",
-                    "raw kB/frame",
-                    "stored kB/frame",
-                    "ratio",
-                    "bytes saved",
-                    "write MB/s",
-                    "read frames/s, zarr `a[i]`",
-                    "read frames/s, `read_frames`",
-                    "`read_frames` vs the first codec",
-                ],
-                codec_rows,
-                left=2,
-            ),
-        ]
+    out += codec_table(codec_rows)
     return "\n".join(out) + "\n"
 
 
@@ -404,8 +345,7 @@ def main(argv=None) -> int:
     p.add_argument("--codec-frames", type=int, help="frames per codec test, CPU only (default: 512; 0: none)")
     p.add_argument("--quick", action="store_true", help="a smoke run: test-vit, few frames, one round")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    fill_in(args, QUICK if args.quick else FULL)
     device, cuda = args.device, args.device.startswith("cuda")
     args.models = args.models or ("ViT-B-16" if cuda else "test-vit,ViT-B-16")
     codec_frames = 0 if cuda else args.codec_frames
@@ -449,20 +389,8 @@ def main(argv=None) -> int:
                         args.seed,
                     )
                 )
-            if codec_frames:  # tokens of the first videos' crops, float16 as stored
-                tokens, total = [], 0
-                for clip in clips:
-                    if total >= min(codec_frames, 128):  # the codec test cycles them
-                        break
-                    tokens.append(
-                        np.concatenate(
-                            [
-                                ifm.encode(clip[i : i + 64], dtype=torch.float16).cpu().numpy()
-                                for i in range(0, len(clip), 64)
-                            ]
-                        )
-                    )
-                    total += len(clip)
+            if codec_frames:  # up to 128 frames of tokens: the codec test cycles them
+                tokens = stored_tokens(ifm, clips, min(codec_frames, 128))
                 codec_rows += bench_codecs(model, tokens, work, codec_frames, codec_reads, args.seed)
             del ifm, clips
         machine["benchmark wall time"] = f"{time.perf_counter() - t_start:.0f} s"

@@ -1,5 +1,6 @@
 """The store side of pipelines/bench_extract.py: the writer against the writer of commit 1aa8d33
-and raw write + fsync of the same bytes; every token codec's size, write and read speed."""
+and raw write + fsync of the same bytes; every token codec's size, write and read speed; the
+tables of both for its section."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import num, pct, say, token_store
+from common import num, pct, say, table, token_store
 
 WRITER_TARGET_OLD, WRITER_TARGET_RAW = 3.0, 0.8
 WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
@@ -142,6 +143,53 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
     return row
 
 
+def writer_table(rows: list[WriterRow]) -> list[str]:
+    """The writer's lines of the section (none without rows)."""
+    if not rows:
+        return []
+    return [
+        "",
+        f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
+        f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
+        "done) through `extract_stages.Writer`, the writer of commit 1aa8d33 (one thread, fed "
+        "float32) and raw write + fsync of the shard bytes, in alternating rounds.",
+        "",
+        *table(
+            [
+                "tokens",
+                "videos / shards / frames",
+                "MB",
+                "rounds",
+                f"new writer ({rows[0].threads} threads)",
+                "writer of 1aa8d33",
+                "raw write + fsync (same threads)",
+                "raw, 1 thread",
+                "new / old",
+                "new / raw",
+                "new, MB/s",
+            ],
+            [
+                [
+                    w.model,
+                    f"{w.videos} / {w.shards} / {w.frames}",
+                    f"{w.mb:.0f}",
+                    w.rounds,
+                    num(w.fps["new"]),
+                    num(w.fps["old"]),
+                    num(w.fps["raw"]),
+                    num(w.fps["raw1"]),
+                    f"{w.fps['new'] / w.fps['old']:.1f}x",
+                    pct(w.fps["new"] / w.fps["raw"]),
+                    num(w.fps["new"] * w.mb / w.frames),
+                ]
+                for w in rows
+            ],
+        ),
+        "",
+        f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}.",
+    ]
+
+
 # -- codecs ----------------------------------------------------------------------------------
 def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, reads: int, seed: int) -> list[list]:
     """Write the same tokens with every codec into a store; time writing and random reads, through
@@ -200,3 +248,34 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
         )
         shutil.rmtree(path, ignore_errors=True)
     return rows
+
+
+def codec_table(rows: list[list]) -> list[str]:
+    """The codecs' lines of the section (none without rows)."""
+    if not rows:
+        return []
+    return [
+        "",
+        "Token codecs: each model's tokens written through the store with every codec of "
+        f"`store.CODECS` ({PER_SHARD}-frame shards, fsync; write MB/s of raw bytes), then random "
+        "single frames read from the page cache through plain zarr and through "
+        "`IFMArrays.read_frames`. Random weights: real CLIP weights may compress differently.",
+        "",
+        *table(
+            [
+                "tokens",
+                "codec",
+                "frames",
+                "raw kB/frame",
+                "stored kB/frame",
+                "ratio",
+                "bytes saved",
+                "write MB/s",
+                "read frames/s, zarr `a[i]`",
+                "read frames/s, `read_frames`",
+                "`read_frames` vs the first codec",
+            ],
+            rows,
+            left=2,
+        ),
+    ]

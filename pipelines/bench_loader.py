@@ -6,9 +6,9 @@
 
 From a store of random ViT-B-16-shaped tokens in the page cache, rounds alternate the readers
 of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader`, and the `ClipLoader` of
-commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes:
-`train.train` from the store (timed through `on_step`) and `train.train_step` on a batch in
-memory; on CUDA also `--compile` and `--preload gpu`.
+commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
+(bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
+`train.train_step` on a batch in memory; on CUDA also `--compile` and `--preload gpu`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from bench_loader_train import training
 from common import (
     REPO,
     child_main,
     clock,
     describe_machine,
+    fill_in,
     heading,
     num,
     parser,
@@ -157,17 +158,21 @@ def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
     return (n - WARMUP_BATCHES) * batch / seconds
 
 
-def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> float:
-    """Clips/s of ClipLoader over the plan, the consumer doing nothing."""
-    import torch
-
-    from advise_cache.loader import ClipLoader
-
-    loader = ClipLoader(source, plan, batch, threads=threads, device=torch.device(device))
+def drain(loader, batch: int, device: str = "cpu") -> float:
+    """Clips/s of a loader after its first WARMUP_BATCHES batches, the consumer doing nothing."""
     for b, _ in enumerate(loader):
         if b == WARMUP_BATCHES - 1:
             t0 = clock(device)
     return (len(loader) - WARMUP_BATCHES) * batch / (clock(device) - t0)
+
+
+def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> float:
+    """Clips/s of ClipLoader over the plan."""
+    import torch
+
+    from advise_cache.loader import ClipLoader
+
+    return drain(ClipLoader(source, plan, batch, threads=threads, device=torch.device(device)), batch, device)
 
 
 def baseline_package(work: Path) -> Path | None:
@@ -197,138 +202,75 @@ def old_loader(spec: dict) -> dict:
     plan = np.load(spec["plan"])
     reqs = [ClipRequest(int(v), idx, int(y)) for v, idx, y in zip(plan["video"], plan["indices"], plan["label"])]
     source = TokenSource(store.open_store(spec["store"]))
-    loader = ClipLoader(source, reqs, spec["batch"], threads=spec["threads"])
-    for b, _ in enumerate(loader):
-        if b == WARMUP_BATCHES - 1:
-            t0 = time.perf_counter()
-    return {"clips_per_s": (len(loader) - WARMUP_BATCHES) * spec["batch"] / (time.perf_counter() - t0)}
+    return {"clips_per_s": drain(ClipLoader(source, reqs, spec["batch"], threads=spec["threads"]), spec["batch"])}
 
 
-# -- training --------------------------------------------------------------------------------
-def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = False) -> dict:
-    """`train.train` from the store: clips/s over the timed steps, seen through `on_step`."""
-    import torch
-
-    from advise_cache.configs import TrainConfig
-    from advise_cache.loader import TokenSource
-    from advise_cache.sampling import SamplerConfig
+def baseline_spec(store_path: Path, plan, args) -> dict:
+    """What the child timing the loader at BASELINE reads: an eighth of the plan (that loader is
+    slow), saved beside the store, and the store's format."""
     from advise_cache.store import open_store
-    from advise_cache.train import train
 
-    cuda = args.device.startswith("cuda")
-    b, warm, steps = args.train_batch, args.warmup, args.steps
-    n_videos = len(TokenSource(open_store(store_path)).videos("train")[0])
-    marks: dict[int, float] = {}
-
-    def on_step(step, loss):
-        if step in (warm, warm + steps):
-            marks[step] = clock(args.device)
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(args.device)
-    out = Path(tempfile.mkdtemp(prefix="bench_loader-run-"))
-    cfg = TrainConfig(
-        cache=store_path,
-        out=out / "run",
-        task="prp",
-        epochs=1,
-        batch_size=b,
-        device=args.device,
-        progress=False,
-        preload=preload,
-        loader_threads=args.threads,
-        log_every=10**9,
-        max_steps=warm + steps,
-        compile=compile_,
-        seed=args.seed,
-        sampler=SamplerConfig(clips_per_video=-(-(warm + steps + 2) * b // n_videos)),
+    base = plan[: max(2 * WARMUP_BATCHES, len(plan) // 8 // args.batch_size) * args.batch_size]
+    plan_file = args.work / "plan.npz"
+    np.savez(
+        plan_file,
+        video=np.array([r.video for r in base]),
+        indices=np.stack([r.indices for r in base]),
+        label=np.array([r.label for r in base]),
     )
-    try:
-        final = train(cfg, on_step=on_step)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
     return {
-        "clips_per_s": steps * b / (marks[warm + steps] - marks[warm]),
-        "wait": final["data_wait_frac"],
-        "peak_gb": torch.cuda.max_memory_allocated(args.device) / 1e9 if cuda else None,
+        "store": str(store_path),
+        "plan": str(plan_file),
+        "batch": args.batch_size,
+        "threads": args.threads,
+        "format": open_store(store_path).meta["format"],
     }
 
 
-def resident_step(args) -> dict:
-    """The same `train_step` on a batch already in memory, cast each step as `train.train` does."""
-    import torch
+def reader_row(name: str, clips_per_s: float, of_ceiling: float) -> list:
+    return [name, num(clips_per_s), f"{clips_per_s * 8 * FRAME_BYTES / 1e9:.2f}", pct(of_ceiling)]
 
-    from advise_cache.configs import TrainConfig
-    from advise_cache.models import TMMConfig, create_model
-    from advise_cache.train import train_step
 
+def reading(store_path: Path, args) -> tuple[list[list], dict]:
+    """Rounds alternating the ceiling and the loader (and the loader at BASELINE, on the CPU) over
+    one plan; their rows and the median per-round ratios of the loader to the others. On CUDA
+    also the loader delivering to the GPU."""
     cuda = args.device.startswith("cuda")
-    device, b = torch.device(args.device), args.train_batch
-    layout = torch.channels_last_3d if cuda else torch.contiguous_format
-    torch.manual_seed(args.seed)
-    model = create_model(TMMConfig(in_dim=SHAPE[2]), 4).to(device, memory_format=layout)
-    recipe = TrainConfig(cache=Path(), out=Path())
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if cuda else {})
-    )
-    x16 = torch.randn((b, 8, *SHAPE), device=device).half().permute(0, 4, 1, 2, 3)  # the loader's view
-    y = torch.randint(0, 4, (b,), device=device)
-    compute = torch.bfloat16 if cuda else torch.float32
+    source, plan = make_plan(store_path, args.clips, args.seed)
+    plan = plan[: len(plan) // args.batch_size * args.batch_size]
+    package = None if args.no_baseline or args.quick or cuda else baseline_package(args.work)  # a CPU figure
+    spec = None if package is None else baseline_spec(store_path, plan, args)
+    rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
+    for rnd in range(args.rounds):
+        for name in ("ceiling", "loader")[:: 1 if rnd % 2 == 0 else -1]:  # neither always first
+            rate[name].append(
+                ceiling(store_path, plan, args.batch_size, args.threads)
+                if name == "ceiling"
+                else loader_now(source, plan, args.batch_size, args.threads)
+            )
+        if spec is not None:
+            rate["baseline"].append(run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})["clips_per_s"])
+        say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
+    names = {
+        "ceiling": "ceiling: minimal preadv reader",
+        "loader": "`ClipLoader` (this commit)",
+        "baseline": f"`ClipLoader` at {BASELINE}",
+    }
+    rows = [
+        reader_row(names[k], statistics.median(v), statistics.median(a / c for a, c in zip(v, rate["ceiling"])))
+        for k, v in rate.items()
+        if v
+    ]
+    ratios = {"ceiling": statistics.median(a / c for a, c in zip(rate["loader"], rate["ceiling"]))}
+    if rate["baseline"]:
+        ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
     if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            t0 = clock(device)
-        loss, _ = train_step(
-            model,
-            opt,
-            x16.to(compute, memory_format=layout),
-            y,
-            recipe.label_smoothing,
-            torch.bfloat16 if cuda else None,
+        med = statistics.median(
+            loader_now(source, plan, args.batch_size, args.threads, args.device) for _ in range(args.rounds)
         )
-    loss.item()
-    return {
-        "clips_per_s": args.steps * b / (time.perf_counter() - t0),
-        "wait": None,
-        "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None,
-    }
-
-
-def training(store_path: Path, args) -> tuple[list[dict], float]:
-    """Rounds alternating training from the store and the resident step; their rows and the
-    median per-round ratio of the two."""
-    modes = {
-        "`train.train` from the store": lambda: timed_train(store_path, args),
-        "`train_step` on a batch in memory": lambda: resident_step(args),
-    }
-    if args.device.startswith("cuda"):
-        modes["`train.train --compile`"] = lambda: timed_train(store_path, args, compile_=True)
-        modes["`train.train --preload gpu`"] = lambda: timed_train(store_path, args, preload="gpu")
-    runs: dict[str, list[dict]] = {m: [] for m in modes}
-    for rnd in range(args.train_rounds):
-        for mode in list(modes)[:: 1 if rnd % 2 == 0 else -1]:
-            runs[mode].append(modes[mode]())
-        rates = ", ".join(f"{num(v[-1]['clips_per_s'])}" for v in runs.values())
-        say(f"training round {rnd + 1}: {rates} clips/s")
-    store_runs, resident_runs = list(runs.values())[:2]
-    ratio = statistics.median(a["clips_per_s"] / r["clips_per_s"] for a, r in zip(store_runs, resident_runs))
-    resident = statistics.median(r["clips_per_s"] for r in resident_runs)
-    rows = []
-    for mode, rs in runs.items():
-        rate = statistics.median(r["clips_per_s"] for r in rs)
-        waits = [r["wait"] for r in rs if r["wait"] is not None]
-        peaks = [r["peak_gb"] for r in rs if r["peak_gb"] is not None]
-        rows.append(
-            [
-                mode,
-                num(rate),
-                pct(rate / resident),
-                pct(statistics.median(waits)) if waits else "-",
-                f"{max(peaks):.2f}" if peaks else "-",
-            ]
-        )
-    return rows, ratio
+        gpu = "`ClipLoader` to the GPU (pinned, side-stream copy)"
+        rows.append(reader_row(gpu, med, med / statistics.median(rate["ceiling"])))
+    return rows, ratios
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -380,77 +322,13 @@ def main(argv=None) -> int:
     if args.child:
         return child_main(old_loader, json.loads(args.child))
     cuda = args.device.startswith("cuda")
-    for key, value in SIZES["quick" if args.quick else "cuda" if cuda else "cpu"].items():
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    fill_in(args, SIZES["quick" if args.quick else "cuda" if cuda else "cpu"])
     args.threads = args.threads or (min(16, os.cpu_count() or 4) if cuda else 4)
     store_path = ensure_store(args.work, args.videos, args.frames, args.seed)
     say(f"warming the page cache: {warm_page_cache(store_path) / 1e9:.2f} GB read")
     facts = describe_machine(args.device, packages=("zarr",))
-    source, plan = make_plan(store_path, args.clips, args.seed)
-    plan = plan[: len(plan) // args.batch_size * args.batch_size]
-    package = None if args.no_baseline or args.quick or cuda else baseline_package(args.work)  # a CPU figure
-    rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
-    for rnd in range(args.rounds):
-        for name in ("ceiling", "loader")[:: 1 if rnd % 2 == 0 else -1]:  # neither always first
-            rate[name].append(
-                ceiling(store_path, plan, args.batch_size, args.threads)
-                if name == "ceiling"
-                else loader_now(source, plan, args.batch_size, args.threads)
-            )
-        if package is not None:  # the old loader is slow: an eighth of the plan is plenty
-            base = plan[: max(2 * WARMUP_BATCHES, len(plan) // 8 // args.batch_size) * args.batch_size]
-            plan_file = args.work / "plan.npz"
-            np.savez(
-                plan_file,
-                video=np.array([r.video for r in base]),
-                indices=np.stack([r.indices for r in base]),
-                label=np.array([r.label for r in base]),
-            )
-            from advise_cache.store import open_store
-
-            spec = {
-                "store": str(store_path),
-                "plan": str(plan_file),
-                "batch": args.batch_size,
-                "threads": args.threads,
-                "format": open_store(store_path).meta["format"],
-            }
-            answer = run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})
-            rate["baseline"].append(answer["clips_per_s"])
-        say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
-    names = {
-        "ceiling": "ceiling: minimal preadv reader",
-        "loader": "`ClipLoader` (this commit)",
-        "baseline": f"`ClipLoader` at {BASELINE}",
-    }
-    readers = []
-    for k, v in rate.items():
-        if v:
-            med = statistics.median(v)
-            readers.append(
-                [
-                    names[k],
-                    num(med),
-                    f"{med * 8 * FRAME_BYTES / 1e9:.2f}",
-                    pct(statistics.median(a / c for a, c in zip(v, rate["ceiling"]))),
-                ]
-            )
-    ratios = {"ceiling": statistics.median(a / c for a, c in zip(rate["loader"], rate["ceiling"]))}
-    if rate["baseline"]:
-        ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
-    if cuda:
-        med = statistics.median(
-            loader_now(source, plan, args.batch_size, args.threads, args.device) for _ in range(args.rounds)
-        )
-        readers.append(
-            [
-                "`ClipLoader` to the GPU (pinned, side-stream copy)",
-                num(med),
-                f"{med * 8 * FRAME_BYTES / 1e9:.2f}",
-                pct(med / statistics.median(rate["ceiling"])),
-            ]
-        )
-    train_rows, ratios["train"] = training(store_path, args)
+    readers, ratios = reading(store_path, args)
+    train_rows, ratios["train"] = training(store_path, args, SHAPE)
     section = render(facts, args, argv, readers, ratios, train_rows)
     return publish(section, args, "bench_loader_gpu" if cuda else "bench_loader")
 

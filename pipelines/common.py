@@ -1,6 +1,7 @@
-"""What the benchmark scripts share: flags, machine facts, a memory probe, number and table
-formats, a measurement in a fresh process, stores of random tokens, and BENCHMARKS.md sections
-(each script owns the text between its `<!-- NAME:start -->` and `<!-- NAME:end -->`)."""
+"""What the scripts under pipelines/ share: flags, machine facts, a memory probe, number and
+table formats, a measurement in a fresh process, stores of random tokens, the synthetic stores of
+the demo and the ablations, and BENCHMARKS.md sections (each script owns the text between its
+`<!-- NAME:start -->` and `<!-- NAME:end -->`)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true", help="print the section only")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
+
+
+def fill_in(args: argparse.Namespace, defaults: dict) -> None:
+    """Each of `defaults` where its flag was not given."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def clock(device) -> float:
@@ -152,6 +160,25 @@ def pct(x: float | None) -> str:
     return f"{100 * x:.0f}%" if x is not None and math.isfinite(x) else "n/a"
 
 
+def mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value) of the values that are numbers;
+    (None, None) where none is."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+
+
+def pm(mean: float | None, sd: float | None = None, signed: bool = False, scale: float = 100) -> str:
+    """An accuracy as tables show it: `scale * mean` to one decimal, `± scale * sd` where `sd` is
+    given, "—" where there is no mean."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    text = f"{scale * mean:+.1f}" if signed else f"{scale * mean:.1f}"
+    return text if sd is None else f"{text} ± {scale * sd:.1f}"
+
+
 def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
     """A markdown table: the first `left` columns aligned left, numbers to the right."""
     rule = ["---" if i < left else "---:" for i in range(len(header))]
@@ -234,6 +261,34 @@ def token_store(
     for v, frames in enumerate(lengths if fill else []):
         arrays.write_video(v, rng.standard_normal((frames, *shape), dtype=np.float32).astype(np.float16))
     return arrays
+
+
+# -- the synthetic stores of the demo and the ablations --------------------------------------
+# Videos per class (train, test). The motion family gets more test videos: its effects are
+# the ones the tests and the ablation rely on, and 12 per class make one video 2.1 points.
+SYNTHETIC = {"appearance": (12, 6), "temporal": (12, 6), "motion": (12, 12)}
+
+
+def extract_cpu(root: Path, out: Path, dataset: str, **fields) -> Path:
+    """`root`'s videos into the store `out` on the CPU, decoded in line, no progress bar; `fields`
+    are the rest of the ExtractConfig. A video that fails stops the script."""
+    from advise_cache.configs import ExtractConfig
+    from advise_cache.extract import extract_videos
+
+    cfg = ExtractConfig(dataset=dataset, root=root, out=out, device="cpu", workers=0, progress=False, **fields)
+    if failed := extract_videos(cfg).failed:
+        raise SystemExit(f"extracting {out} failed for {len(failed)} videos: {failed[0]}")
+    return out
+
+
+def synthetic_store(videos: Path, out: Path, family: str, **fields) -> Path:
+    """The synthetic `family`'s videos (seed 0, SYNTHETIC's sizes) generated into `videos`, then
+    extracted into `out` as `extract_cpu` does."""
+    from advise_cache.synthetic import generate_synthetic
+
+    train_n, test_n = SYNTHETIC[family]
+    generate_synthetic(videos, family, 0, train_per_class=train_n, test_per_class=test_n)
+    return extract_cpu(videos, out, f"synthetic-{family}", **fields)
 
 
 # -- BENCHMARKS.md ---------------------------------------------------------------------------

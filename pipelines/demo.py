@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
 import os
 import sys
 import time
@@ -34,17 +32,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import mean_sd, pm, quiet, synthetic_store, table
 
 FAMILIES = ("appearance", "temporal", "motion")
 # Classification clips: the temporal family is judged as Diving48 is, one frame from each
 # of 8 segments spanning the video; the others with a clip at stride 2 (motion needs
 # neighbouring frames to see a speed).
 CLIP_MODES = {"appearance": "stride", "temporal": "segment", "motion": "stride"}
-# Videos per class (train, test). The motion family gets more test videos: its effects are
-# the ones the tests and the ablation rely on, and 12 per class make one video 2.1 points.
-SIZES = {"appearance": (12, 6), "temporal": (12, 6), "motion": (12, 12)}
 PROBE_VIEWS = (4, 2)  # clips per video whose features are averaged: train, test
 COLUMNS = ("ft_prp", "delta", "probe_prp", "probe_random", "avgpool")
+HEADER = (  # of COLUMNS in the table
+    "Acc_ft (PRP → fine-tune)",
+    "ΔAcc (vs scratch)",
+    "linear probe, PRP TMM",
+    "linear probe, random TMM",
+    "average pooling",
+)
 
 
 # -- the linear probe ------------------------------------------------------------------------
@@ -114,28 +117,8 @@ def build_store(family: str, args) -> Path:
     import torch
 
     torch.set_num_threads(1)  # one process per core, as in run_seed
-    from advise_cache.extract import ExtractConfig, extract_videos
-    from advise_cache.synthetic import generate_synthetic
-
-    root, store = args.out / "data" / family, args.out / f"{family}.zarr"
-    train_n, test_n = SIZES[family]
-    generate_synthetic(root, family, 0, train_per_class=train_n, test_per_class=test_n)
-    summary = extract_videos(
-        ExtractConfig(
-            dataset=f"synthetic-{family}",
-            root=root,
-            out=store,
-            model=args.model,
-            pretrained=args.pretrained,
-            device="cpu",
-            seed=0,
-            workers=0,
-            progress=False,
-        )
-    )
-    if summary.failed:
-        raise SystemExit(f"{family}: {len(summary.failed)} videos failed to extract")
-    return store
+    videos, out = args.out / "data" / family, args.out / f"{family}.zarr"
+    return synthetic_store(videos, out, family, model=args.model, pretrained=args.pretrained, seed=0)
 
 
 def run_seed(family: str, seed: int, args) -> dict:
@@ -197,26 +180,13 @@ def run_seed(family: str, seed: int, args) -> dict:
     return result
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, sd
-
-
 def render(results: dict, seeds: list[int]) -> str:
-    rows = [
-        "| family | Acc_ft (PRP → fine-tune) | ΔAcc (vs scratch) | linear probe, PRP TMM "
-        "| linear probe, random TMM | average pooling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for family, per_seed in results.items():
-        cells = []
-        for key in COLUMNS:
-            m, sd = mean_sd([100 * r[key] for r in per_seed])
-            text = f"{m:+.1f}" if key == "delta" else f"{m:.1f}"
-            cells.append(f"{text} ± {sd:.1f}" if len(seeds) > 1 else text)
-        rows.append(f"| synthetic-{family} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    def cell(per_seed: list[dict], key: str) -> str:  # percentages averaged (scale 1), as README's table was
+        m, sd = mean_sd([100 * r[key] for r in per_seed])
+        return pm(m, sd if len(seeds) > 1 else None, signed=key == "delta", scale=1)
+
+    rows = [[f"synthetic-{family}", *(cell(per_seed, k) for k in COLUMNS)] for family, per_seed in results.items()]
+    return "\n".join(table(["family", *HEADER], rows))
 
 
 def main(argv=None) -> None:
@@ -256,8 +226,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"need --seed >= 0, --seeds >= 1 and --jobs >= 1, got {args.seed}, {args.seeds}, {args.jobs}")
     if args.device not in ("cpu", "auto"):
         raise SystemExit("the demo runs on the CPU: --device cpu")
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet()
     t0 = time.perf_counter()
     print(f"videos and stores: {', '.join(families)}", flush=True)
     tasks = [(f, s) for f in families for s in seeds]
@@ -265,11 +234,11 @@ def main(argv=None) -> None:
         list(pool.map(build_store, families, [args] * len(families)))
         outs = list(pool.map(run_seed, *zip(*tasks), [args] * len(tasks)))
     results = {f: [r for (g, _), r in zip(tasks, outs) if g == f] for f in families}
-    table = render(results, seeds)
+    text = render(results, seeds)
     (args.out / "results.json").write_text(json.dumps({"seeds": seeds, "results": results}, indent=2))
-    (args.out / "results.md").write_text(table + "\n")
+    (args.out / "results.md").write_text(text + "\n")
     print()
-    print(table)
+    print(text)
     print()
     print(
         f"Top-1 on the test split in %, mean ± sample standard deviation over seeds {seeds} (chance 25). "

@@ -15,6 +15,7 @@ the test then gave for seeds 0, 1 and 2 is beside it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def demo():
+    pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
+    sys.path.insert(0, pipelines)  # demo.py imports common.py, as a script does
     yield from load_pipeline("demo")
+    sys.path.remove(pipelines)
 
 
 def _store(tmp_path_factory, family: str) -> Path:
