@@ -28,6 +28,9 @@ def load_pipeline(name: str):
 
 
 TINY = dict(train_per_class=3, test_per_class=2, min_frames=24, max_frames=40)
+# `extract` as extract_config below runs it, in flags: the random-init test-vit (no weights to
+# fetch), decoding in this process, on the CPU. Shard and batch sizes stay with each test.
+FAST_EXTRACT = "--model test-vit --pretrained none --workers 0 --device cpu".split()
 
 
 def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", size=(72, 96), fps=25) -> Path:
@@ -108,6 +111,46 @@ def temporal_store(tmp_path_factory) -> Path:
     summary = extract_videos(extract_config(root, out, dataset="synthetic-temporal"))
     assert summary.exit_code == 0, summary.failed
     return out
+
+
+def assert_same_tokens(path: Path, reference: Path) -> None:
+    """The store at `path` holds the test-vit statuses and tokens of `reference`, bit for bit."""
+    from advise_cache.store import open_store
+
+    a, b = open_store(path).ifm("test-vit"), open_store(reference).ifm("test-vit")
+    np.testing.assert_array_equal(a.status(), b.status())
+    np.testing.assert_array_equal(a.tokens[:], b.tokens[:])
+
+
+def small_store(path: Path, lengths=(5, 8, 13)):
+    """A store with one IFM group and no model behind it: for the store's own rules. Returns the group,
+    open for writing, and the tokens its videos should get."""
+    from advise_cache.store import create_store, open_store
+
+    n = len(lengths)
+    table = {
+        "name": [f"v{i}" for i in range(n)],
+        "path": [""] * n,
+        "split": ["train"] * n,
+        "label": [0] * n,
+        "fps": [25.0] * n,
+        "source_frames": list(lengths),
+        "probe_error": [""] * n,
+    }
+    info = {
+        "model": "m",
+        "pretrained": "none",
+        "weights_sha256": "0",
+        "input_size": 8,
+        "grid": [2, 3],
+        "dim": 4,
+        "normalisation": "n",
+        "precision": "fp32",
+    }
+    create_store(path, "t", "r", ["a"], table)
+    a = open_store(path, mode="a").add_ifm("k", info, 1, 4)
+    rng = np.random.default_rng(0)
+    return a, [rng.standard_normal((m, 2, 3, 4)).astype(np.float16) for m in lengths]
 
 
 def train_config(cache: Path, out: Path, **kw):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_video
+from conftest import FAST_EXTRACT, write_video
 from typer.testing import CliRunner
 
 from advise_cache.cli import _setup_logging, app
@@ -18,20 +18,7 @@ from advise_cache.cli_train import default_run_dir
 from advise_cache.store import open_store
 
 runner = CliRunner()
-FAST = [
-    "--model",
-    "test-vit",
-    "--pretrained",
-    "none",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--frames-per-shard",
-    "8",
-    "--batch-size",
-    "16",
-]
+FAST = [*FAST_EXTRACT, *"--frames-per-shard 8 --batch-size 16".split()]
 LISTED = {  # class -> (train videos, test videos); two of them never downloaded
     "Archery": (["v_Archery_g02_c01", "v_Archery_g03_c01"], ["v_Archery_g01_c01"]),
     "Bowling": (["v_Bowling_g02_c01", "v_Bowling_g03_c01"], ["v_Bowling_g01_c01"]),
@@ -133,23 +120,9 @@ def test_another_split_into_the_same_store_names_both_splits(ucf_workdir, ucf_st
 
 def test_train_without_out_writes_a_documented_run_folder(ucf_workdir, ucf_store, monkeypatch):
     monkeypatch.chdir(ucf_workdir)
-    args = [
-        "train",
-        "--cache",
-        "ucf101.zarr",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--hidden",
-        "8",
-        "--out-dim",
-        "16",
-        "--device",
-        "cpu",
-        "--loader-threads",
-        "1",
-    ]
+    args = (
+        "train --cache ucf101.zarr --epochs 1 --batch-size 4 --hidden 8 --out-dim 16 --device cpu --loader-threads 1"
+    ).split()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "run folder: runs/ucf101-prp"

@@ -130,44 +130,12 @@ def test_cli_finetune_and_evaluate(synthetic_store, tmp_path):
     r = runner.invoke(app, ["finetune", "--cache", str(synthetic_store), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--init" in r.output and "--scratch" in r.output
     run = tmp_path / "ft"
-    r = runner.invoke(
-        app,
-        [
-            "finetune",
-            "--cache",
-            str(synthetic_store),
-            "--out",
-            str(run),
-            "--scratch",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--hidden",
-            "32",
-            "--out-dim",
-            "64",
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["finetune", "--cache", str(synthetic_store), "--out", str(run), "--scratch"]
+    r = runner.invoke(app, [*args, *"--epochs 2 --batch-size 8 --hidden 32 --out-dim 64 --device cpu".split()])
     assert r.exit_code == 0, r.output
     assert [r["step"] for r in read_metrics(run)] == [3, 6]  # 3 steps an epoch; a line at each end
-    r = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--cache",
-            str(synthetic_store),
-            "--checkpoint",
-            str(run),
-            "--views",
-            "2",
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["evaluate", "--cache", str(synthetic_store), "--checkpoint", str(run)]
+    r = runner.invoke(app, [*args, *"--views 2 --json --device cpu".split()])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert {"top1", "top5", "views", "videos", "per_class"} <= set(out) and out["views"] == 2

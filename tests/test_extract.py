@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config, write_video
+from conftest import FAST_EXTRACT, assert_same_tokens, extract_config, small_store, write_video
 from typer.testing import CliRunner
 
 from advise_cache.cli import app
@@ -27,11 +27,6 @@ from advise_cache.video import decode_frames
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "advise_cache.cli"]
-
-
-def all_tokens(path: Path, key: str = "test-vit") -> tuple[np.ndarray, np.ndarray]:
-    a = open_store(path).ifm(key)
-    return a.tokens[:], a.status()
 
 
 def test_stored_tokens_equal_a_direct_forward(synthetic_root, synthetic_store):
@@ -68,21 +63,8 @@ def test_store_is_self_describing(synthetic_store):
     assert store.dataset == "synthetic"
     assert len(store.classes) == 8 and all(c.startswith(("appearance_", "temporal_")) for c in store.classes)
     m = store.ifm("test-vit").meta
-    for key in (
-        "model",
-        "pretrained",
-        "weights_sha256",
-        "input_size",
-        "normalisation",
-        "grid",
-        "dim",
-        "dtype",
-        "frame_stride",
-        "version",
-        "mean",
-        "std",
-        "codec",
-    ):
+    keys = "model pretrained weights_sha256 input_size normalisation grid dim dtype frame_stride version mean std codec"
+    for key in keys.split():
         assert key in m, key
     t = store.videos
     assert set(t.split.tolist()) == {"train", "test"}
@@ -116,10 +98,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synt
     monkeypatch.setattr(store_mod.IFMArrays, "write_shard", original)
     summary = extract_videos(extract_config(synthetic_root, out))
     assert summary.already_done == done_before and summary.done == len(status) - done_before
-    a, sa = all_tokens(out)
-    b, sb = all_tokens(synthetic_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, synthetic_store)
 
 
 def _wait_for_done(path: Path, timeout: float = 120) -> None:
@@ -133,80 +112,30 @@ def _wait_for_done(path: Path, timeout: float = 120) -> None:
 
 def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "killed.zarr"
-    args = [
-        *CLI,
-        "extract",
-        "synthetic",
-        "--root",
-        str(synthetic_root),
-        "--out",
-        str(out),
-        "--model",
-        "test-vit",
-        "--pretrained",
-        "none",
-        "--workers",
-        "0",
-        "--frames-per-shard",
-        "8",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-    ]
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), *FAST_EXTRACT]
+    args += "--frames-per-shard 8 --batch-size 16".split()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_done(out)
     proc.send_signal(signal.SIGKILL)  # wherever it is: mid-write, mid-forward, ...
     proc.wait()
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    a, sa = all_tokens(out)
-    b, sb = all_tokens(synthetic_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, synthetic_store)
 
 
 def test_two_shard_processes_at_once_give_a_complete_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "sharded.zarr"
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out)]
+    args += "--model test-vit --pretrained none --workers 1 --frames-per-shard 8 --batch-size 16 --device cpu".split()
     procs = [
-        subprocess.Popen(
-            [
-                *CLI,
-                "extract",
-                "synthetic",
-                "--root",
-                str(synthetic_root),
-                "--out",
-                str(out),
-                "--model",
-                "test-vit",
-                "--pretrained",
-                "none",
-                "--workers",
-                "1",
-                "--frames-per-shard",
-                "8",
-                "--batch-size",
-                "16",
-                "--device",
-                "cpu",
-                "--shard",
-                f"{k}/2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        subprocess.Popen([*args, "--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for k in range(2)
     ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert verify(open_store(out)) == []
-    a, sa = all_tokens(out)
-    b, sb = all_tokens(synthetic_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, synthetic_store)
 
 
 def _bad_files(root: Path) -> dict[str, str]:
@@ -276,23 +205,8 @@ def test_cli_extract_info_verify(tmp_path):
     write_video(tmp_path / "data" / "b" / "two.mp4", 14, seed=3)
     (tmp_path / "data" / "b" / "bad.mp4").write_bytes(b"")
     out = tmp_path / "cli.zarr"
-    r = runner.invoke(
-        app,
-        [
-            "extract",
-            "folder",
-            "--root",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--model",
-            "test-vit",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out)]
+    r = runner.invoke(app, [*args, *"--model test-vit --workers 0 --device cpu".split()])
     assert r.exit_code == EXIT_SOME_FAILED, r.output
     assert "1 failed" in r.output and "FAILED b/bad" in r.output and "kB per frame" in r.output
     r = runner.invoke(app, ["info", str(out), "--json"])
@@ -361,22 +275,8 @@ def test_missing_weights_fail_fast_before_any_store(tmp_path, monkeypatch):
 
     write_video(tmp_path / "data" / "a" / "one.mp4", 6)
     out = tmp_path / "never.zarr"
-    args = [
-        "extract",
-        "folder",
-        "--root",
-        str(tmp_path / "data"),
-        "--out",
-        str(out),
-        "--model",
-        "ViT-B-16",
-        "--pretrained",
-        "openai",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    ]
+    args = ["extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out)]
+    args += "--model ViT-B-16 --pretrained openai --device cpu --workers 0".split()
     # Not in the cache and the hub unreachable (a closed local port stands for no network):
     # one line at once, where the hub's retries used to take about a minute after creating
     # the store.
@@ -415,28 +315,8 @@ def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synt
     """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK set; no process
     group: extraction needs no collective) fill one store."""
     out = tmp_path / "ranks.zarr"
-    args = [
-        *CLI,
-        "extract",
-        "synthetic",
-        "--root",
-        str(synthetic_root),
-        "--out",
-        str(out),
-        "--model",
-        "test-vit",
-        "--pretrained",
-        "none",
-        "--workers",
-        "0",
-        "--frames-per-shard",
-        "8",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--json",
-    ]
+    args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), *FAST_EXTRACT]
+    args += "--frames-per-shard 8 --batch-size 16 --json".split()
     procs = []
     for rank in range(2):
         env = {
@@ -458,42 +338,15 @@ def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synt
     n = len(open_store(out).videos)
     assert sum(s["done"] for s in parts) == n and {s["videos"] for s in parts} == {n // 2, n - n // 2}
     assert verify(open_store(out)) == []
-    a, sa = all_tokens(out)
-    b, sb = all_tokens(synthetic_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, synthetic_store)
 
 
 def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
     """`write_shard` writes plain shards itself (no fill-value scans, one fsync per file): the
     files must be exactly what zarr writes, partial last shards included."""
-    from advise_cache.store import create_store
-
-    lengths = [5, 8, 13]
-    table = {
-        "name": [f"v{i}" for i in range(3)],
-        "path": [""] * 3,
-        "split": ["train"] * 3,
-        "label": [0] * 3,
-        "fps": [25.0] * 3,
-        "source_frames": lengths,
-        "probe_error": [""] * 3,
-    }
-    info = {
-        "model": "m",
-        "pretrained": "none",
-        "weights_sha256": "0",
-        "input_size": 8,
-        "grid": [2, 3],
-        "dim": 4,
-        "normalisation": "n",
-        "precision": "fp32",
-    }
-    rng = np.random.default_rng(0)
-    tokens = [rng.standard_normal((n, 2, 3, 4)).astype(np.float16) for n in lengths]
+    lengths = (5, 8, 13)
     for how in ("zarr", "direct"):
-        create_store(tmp_path / how, "t", "r", ["a"], table)
-        a = open_store(tmp_path / how, mode="a").add_ifm("k", info, 1, 4)
+        a, tokens = small_store(tmp_path / how, lengths)
         for v, t in enumerate(tokens):
             if how == "zarr":
                 a.tokens[int(a.offset[v]) : int(a.offset[v]) + len(t)] = t

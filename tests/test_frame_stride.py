@@ -75,24 +75,8 @@ def test_prp_at_stride_1_over_a_stride_2_store_is_the_papers_stride_2():
 
 
 def test_pretrain_and_finetune_from_a_stride_2_store(synthetic_store, stride2_store, tmp_path):
-    common = [
-        "--cache",
-        str(stride2_store),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--hidden",
-        "16",
-        "--out-dim",
-        "32",
-        "--loader-threads",
-        "1",
-        "--source-stride",
-        "2",
-    ]
+    common = ["--cache", str(stride2_store), *"--epochs 1 --batch-size 8 --device cpu --hidden 16 --out-dim 32".split()]
+    common += "--loader-threads 1 --source-stride 2".split()
     r = runner.invoke(app, ["train", *common, "--out", str(tmp_path / "prp")])
     assert r.exit_code == 0, r.output
     meta = load_checkpoint(tmp_path / "prp").meta
@@ -101,57 +85,21 @@ def test_pretrain_and_finetune_from_a_stride_2_store(synthetic_store, stride2_st
     r = runner.invoke(app, ["finetune", *common, "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "prp")])
     assert r.exit_code == 0, r.output
     assert load_checkpoint(tmp_path / "ft").meta.config.sampler.stride == 1
-    r = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--cache",
-            str(stride2_store),
-            "--checkpoint",
-            str(tmp_path / "ft"),
-            "--device",
-            "cpu",
-            "--views",
-            "2",
-        ],
-    )
+    ft = tmp_path / "ft"
+    views = "--device cpu --views 2".split()
+    r = runner.invoke(app, ["evaluate", "--cache", str(stride2_store), "--checkpoint", str(ft), *views])
     assert r.exit_code == 0, r.output
     assert "frame stride" not in r.output
     # The features of a stride-1 store fit the checkpoint, but its clips would span half the
     # video's frames: said, not silent.
-    r = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--cache",
-            str(synthetic_store),
-            "--checkpoint",
-            str(tmp_path / "ft"),
-            "--device",
-            "cpu",
-            "--views",
-            "2",
-        ],
-    )
+    r = runner.invoke(app, ["evaluate", "--cache", str(synthetic_store), "--checkpoint", str(ft), *views])
     assert r.exit_code == 0, r.output
     assert "was 2 frames of the video on the store it was trained on (frame stride 2) and is 1 here" in r.output
 
 
 def test_a_source_stride_the_store_lacks_is_one_line(stride2_store, tmp_path):
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--cache",
-            str(stride2_store),
-            "--out",
-            str(tmp_path / "x"),
-            "--device",
-            "cpu",
-            "--source-stride",
-            "3",
-        ],
-    )
+    args = ["train", "--cache", str(stride2_store), "--out", str(tmp_path / "x")]
+    r = runner.invoke(app, [*args, *"--device cpu --source-stride 3".split()])
     assert r.exit_code == 2
     lines = [t for t in r.output.splitlines() if t.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --source-stride 3: "), r.output

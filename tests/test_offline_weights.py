@@ -41,33 +41,9 @@ def test_offline_missing_weights_fail_before_open_clip_is_imported(tmp_path):
         "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
         "HOME": str(tmp_path),
     }
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CLI,
-            "extract",
-            "folder",
-            "--root",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--model",
-            "ViT-B-16",
-            "--pretrained",
-            "openai",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    args = [sys.executable, "-c", CLI, "extract", "folder", "--root", str(tmp_path / "data"), "--out", str(out)]
+    args += "--model ViT-B-16 --pretrained openai --device cpu --workers 0".split()
+    r = subprocess.run(args, check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the weights 'openai' of ViT-B-16 are not on this machine")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config, write_folder_tree
+from conftest import FAST_EXTRACT, extract_config, write_folder_tree
 from typer.testing import CliRunner
 
 from advise_cache import plan as plan_mod
@@ -39,25 +39,8 @@ def config(root: Path, out: Path, **kw):
 
 
 def args(root: Path, out: Path, *more: str) -> list[str]:
-    return [
-        "extract",
-        "folder",
-        "--root",
-        str(root),
-        "--out",
-        str(out),
-        "--model",
-        "test-vit",
-        "--pretrained",
-        "none",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--frames-per-shard",
-        str(PER),
-        *more,
-    ]
+    where = ["extract", "folder", "--root", str(root), "--out", str(out)]
+    return [*where, *FAST_EXTRACT, "--frames-per-shard", str(PER), *more]
 
 
 def messages(output: str) -> list[str]:

@@ -14,45 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config, write_video
+from conftest import FAST_EXTRACT, assert_same_tokens, extract_config, small_store, write_video
 from typer.testing import CliRunner
 
 from advise_cache.cli import app
 from advise_cache.errors import StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.integrity import verify
-from advise_cache.store import DONE, PENDING, create_store, open_store
+from advise_cache.store import DONE, PENDING, open_store
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "advise_cache.cli"]
-INFO = {
-    "model": "m",
-    "pretrained": "none",
-    "weights_sha256": "0",
-    "input_size": 8,
-    "grid": [2, 3],
-    "dim": 4,
-    "normalisation": "n",
-    "precision": "fp32",
-}
-
-
-def small_store(path: Path, lengths=(5, 8, 13)):
-    """A store with one IFM group and no model behind it: for the store's own rules."""
-    n = len(lengths)
-    table = {
-        "name": [f"v{i}" for i in range(n)],
-        "path": [""] * n,
-        "split": ["train"] * n,
-        "label": [0] * n,
-        "fps": [25.0] * n,
-        "source_frames": list(lengths),
-        "probe_error": [""] * n,
-    }
-    create_store(path, "t", "r", ["a"], table)
-    a = open_store(path, mode="a").add_ifm("k", INFO, 1, 4)
-    rng = np.random.default_rng(0)
-    return a, [rng.standard_normal((m, 2, 3, 4)).astype(np.float16) for m in lengths]
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +41,6 @@ def tiny_store(tiny_root, tmp_path_factory) -> Path:
     summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
     assert summary.exit_code == 0 and summary.done == 4, summary.failed
     return out
-
-
-def tokens_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    a = open_store(path).ifm("test-vit")
-    return a.tokens[:], a.status()
 
 
 # -- 1. ownership of videos -----------------------------------------------------------------
@@ -149,10 +116,7 @@ def test_extract_with_a_stale_status_leaves_done_videos_alone(tiny_root, tiny_st
     monkeypatch.setattr(store_mod.IFMArrays, "status", real_status)
     assert summary.done == 0 and not summary.failed
     assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # not one shard rewritten or removed
-    a, sa = tokens_of(out)
-    b, sb = tokens_of(tiny_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, tiny_store)
 
 
 def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root, tiny_store, tmp_path):
@@ -162,31 +126,9 @@ def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root,
 
     out = tmp_path / "overlap.zarr"
     cfg = extract_config(tiny_root, out, dataset="folder", frames_per_shard=4, batch_size=4)
-    killed = subprocess.Popen(
-        [
-            *CLI,
-            "extract",
-            "folder",
-            "--root",
-            str(tiny_root),
-            "--out",
-            str(out),
-            "--model",
-            "test-vit",
-            "--pretrained",
-            "none",
-            "--workers",
-            "0",
-            "--frames-per-shard",
-            "4",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = [*CLI, "extract", "folder", "--root", str(tiny_root), "--out", str(out), *FAST_EXTRACT]
+    args += "--frames-per-shard 4 --batch-size 4".split()
+    killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     status_dir = out / "ifm" / "test-vit" / "status" / "c"
     try:
@@ -203,10 +145,7 @@ def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root,
     again = extract_videos(cfg)  # finishes whatever the killed one held
     assert again.exit_code == 0
     assert verify(open_store(out)) == []
-    a, sa = tokens_of(out)
-    b, sb = tokens_of(tiny_store)
-    np.testing.assert_array_equal(sa, sb)
-    np.testing.assert_array_equal(a, b)
+    assert_same_tokens(out, tiny_store)
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
@@ -225,8 +164,7 @@ def test_extract_repairs_a_done_video_whose_shard_is_damaged(tiny_root, tiny_sto
     summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
     assert summary.done == 1 and summary.already_done == 3
     assert verify(open_store(out)) == []
-    a, _ = tokens_of(out)
-    b, _ = tokens_of(tiny_store)
+    a, b = (open_store(path).ifm("test-vit").tokens[:] for path in (out, tiny_store))
     np.testing.assert_array_equal(a, b)
 
 
@@ -313,31 +251,10 @@ def _spawned(sid: int) -> list[int]:
 
 
 def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "extract",
-            "folder",
-            "--root",
-            str(long_root),
-            "--out",
-            str(out),
-            "--model",
-            "test-vit",
-            "--pretrained",
-            "none",
-            "--workers",
-            "2",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )  # its own process group, as a terminal job is
+    args = [*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out)]
+    args += "--model test-vit --pretrained none --workers 2 --batch-size 4 --device cpu".split()
+    # start_new_session: its own process group, as a terminal job is
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     # A first spawned worker is starting (not a helper that importing torch may run for a moment,
     # which would have the signal land while the CLI is still importing).
     while proc.poll() is None and not _spawned(proc.pid):
@@ -404,21 +321,8 @@ def test_workers_die_with_a_killed_parent():
 # -- 5. bad flags and damaged stores: one line, exit 2 (verify: a problem, exit 1) ----------------
 @pytest.mark.parametrize("name", ["../../x", ".hidden", "a/b", ""])
 def test_an_unsafe_name_is_refused(tmp_path, name):
-    r = runner.invoke(
-        app,
-        [
-            "extract",
-            "folder",
-            "--root",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "s.zarr"),
-            "--model",
-            "test-vit",
-            "--name",
-            name,
-        ],
-    )
+    args = ["extract", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "s.zarr"), "--model", "test-vit"]
+    r = runner.invoke(app, [*args, "--name", name])
     assert r.exit_code == 2 and "--name" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path.parent / "x").exists()
@@ -442,23 +346,8 @@ def test_out_in_a_read_only_folder_is_refused(tiny_root, tmp_path, monkeypatch):
         "access",
         lambda p, mode, *a, **kw: not (Path(p) == ro and mode & os.W_OK) and real_access(p, mode, *a, **kw),
     )
-    r = runner.invoke(
-        app,
-        [
-            "extract",
-            "folder",
-            "--root",
-            str(tiny_root),
-            "--out",
-            str(ro / "s.zarr"),
-            "--model",
-            "test-vit",
-            "--pretrained",
-            "none",
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["extract", "folder", "--root", str(tiny_root), "--out", str(ro / "s.zarr")]
+    r = runner.invoke(app, [*args, *"--model test-vit --pretrained none --device cpu".split()])
     monkeypatch.undo()
     assert r.exit_code == 2 and "not writable" in r.output
     assert list(ro.iterdir()) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config, write_folder_tree
+from conftest import FAST_EXTRACT, extract_config, write_folder_tree
 from typer.testing import CliRunner
 
 from advise_cache import ifm_arrays as store_mod
@@ -44,26 +44,8 @@ def reference(root, tmp_path_factory) -> Path:
 
 
 def args(root: Path, out: Path) -> list[str]:
-    return [
-        "extract",
-        "folder",
-        "--root",
-        str(root),
-        "--out",
-        str(out),
-        "--model",
-        "test-vit",
-        "--pretrained",
-        "none",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--frames-per-shard",
-        "4",
-        "--batch-size",
-        "16",
-    ]
+    where = ["extract", "folder", "--root", str(root), "--out", str(out)]
+    return [*where, *FAST_EXTRACT, *"--frames-per-shard 4 --batch-size 16".split()]
 
 
 def messages(output: str) -> list[str]:

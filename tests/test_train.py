@@ -154,35 +154,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
 
 def test_two_process_gloo_run(synthetic_store, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "advise_cache.cli",
-        "train",
-        "--cache",
-        str(synthetic_store),
-        "--out",
-        str(run),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--hidden",
-        "32",
-        "--out-dim",
-        "64",
-        "--device",
-        "cpu",
-        "--loader-threads",
-        "1",
-        "--log-every",
-        "4",
-    ]
+    cmd = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node 2 -m advise_cache.cli".split()]
+    cmd += ["train", "--cache", str(synthetic_store), "--out", str(run)]
+    cmd += "--epochs 2 --batch-size 8 --hidden 32 --out-dim 64 --device cpu --loader-threads 1 --log-every 4".split()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     meta = load_checkpoint(run).meta
@@ -195,16 +169,9 @@ def test_two_process_gloo_run(synthetic_store, tmp_path):
     assert [e["clips"] for e in epochs] == [96, 96]
     # --preload: each rank samples (and holds) only its half of the videos; as many clips an epoch.
     pre = tmp_path / "ddp-preload"
-    cmd_pre = [
-        *cmd[: cmd.index("train")],
-        "--verbose",
-        "train",
-        *cmd[cmd.index("train") + 1 : cmd.index("--out") + 1],
-        str(pre),
-        *cmd[cmd.index("--out") + 2 :],
-        "--preload",
-        "ram",
-    ]
+    cmd_pre = [*cmd, "--preload", "ram"]
+    cmd_pre[cmd_pre.index("--out") + 1] = str(pre)
+    cmd_pre.insert(cmd_pre.index("train"), "--verbose")
     done = subprocess.run(cmd_pre, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [e["clips"] for e in read_metrics(pre, "epoch")] == [96, 96]

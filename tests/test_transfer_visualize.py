@@ -41,7 +41,8 @@ from advise_cache.visualize import (
 )
 
 runner = CliRunner()
-TINY_TMM = ["--hidden", "32", "--out-dim", "64", "--device", "cpu", "--loader-threads", "1"]
+TINY_TMM = "--hidden 32 --out-dim 64 --device cpu --loader-threads 1".split()
+FINETUNE = "--epochs 1 --batch-size 4 --device cpu --loader-threads 1".split()
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -75,37 +76,10 @@ def runs(synthetic_store, temporal_store, tmp_path_factory) -> dict[str, Path]:
     out = {name: base / name for name in ("prp", "ft", "scratch")}
     # Whole epochs (24 train videos x 1 clip / 8 = 3 steps; 12 / 4 = 3): no --max-steps, since
     # stopping mid-epoch can leave ClipLoader waiting on its full queue.
-    cli(
-        "train",
-        "--cache",
-        synthetic_store,
-        "--out",
-        out["prp"],
-        "--epochs",
-        "1",
-        "--clips-per-video",
-        "1",
-        "--batch-size",
-        "8",
-        *TINY_TMM,
-    )
+    epoch = "--epochs 1 --clips-per-video 1 --batch-size 8".split()
+    cli("train", "--cache", synthetic_store, "--out", out["prp"], *epoch, *TINY_TMM)
     for name, start in (("ft", ["--init", out["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
-        cli(
-            "finetune",
-            "--cache",
-            temporal_store,
-            "--out",
-            out[name],
-            *start,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-            "--loader-threads",
-            "1",
-        )
+        cli("finetune", "--cache", temporal_store, "--out", out[name], *start, *FINETUNE)
     return out
 
 
@@ -159,22 +133,7 @@ def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path, m
     monkeypatch.setattr(torch.optim, "AdamW", adamw)
     prp = tmm_params(load_checkpoint(runs["prp"]).model)
     for name, how in (("init", ["--init", runs["prp"]]), ("scratch", ["--scratch", *TINY_TMM[:4]])):
-        cli(
-            "finetune",
-            "--cache",
-            temporal_store,
-            "--out",
-            tmp_path / name,
-            *how,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-            "--loader-threads",
-            "1",
-        )
+        cli("finetune", "--cache", temporal_store, "--out", tmp_path / name, *how, *FINETUNE)
         initial = tmm_params(start[-1])
         assert initial.keys() == prp.keys()
         same = all(torch.equal(initial[k], prp[k]) for k in prp)
@@ -186,20 +145,8 @@ def test_init_loads_the_pretrained_tmm_weights(runs, temporal_store, tmp_path, m
 def test_finetune_refuses_a_store_of_other_weights(runs, temporal_root, tmp_path):
     other = tmp_path / "seed1.zarr"
     extract_videos(extract_config(temporal_root, other, dataset="synthetic-temporal", seed=1, shard=(0, 4)))
-    r = runner.invoke(
-        app,
-        [
-            "finetune",
-            "--cache",
-            str(other),
-            "--out",
-            str(tmp_path / "ft"),
-            "--init",
-            str(runs["prp"]),
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["finetune", "--cache", str(other), "--out", str(tmp_path / "ft"), "--init", str(runs["prp"])]
+    r = runner.invoke(app, [*args, "--device", "cpu"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     ours = open_store(other).ifm("test-vit").meta["weights_sha256"][:12]
     theirs = load_checkpoint(runs["prp"]).meta.fingerprint["features"][0]["weights_sha256"][:12]
@@ -229,23 +176,8 @@ def test_other_image_models_are_refused_naming_both_sides(synthetic_store, field
 # -- visualize -----------------------------------------------------------------------------
 def test_visualize_draws_one_row_per_model(runs, video, temporal_store, tmp_path):
     png = tmp_path / "fig.png"
-    out = cli(
-        "visualize",
-        "--cache",
-        temporal_store,
-        "--checkpoint",
-        runs["ft"],
-        "--compare",
-        runs["scratch"],
-        "--video",
-        video,
-        "--out",
-        png,
-        "--frames",
-        "6",
-        "--device",
-        "cpu",
-    )
+    args = ["--cache", temporal_store, "--checkpoint", runs["ft"], "--compare", runs["scratch"], "--video", video]
+    out = cli("visualize", *args, "--out", png, "--frames", "6", "--device", "cpu")
     assert "4 rows (ft, scratch, untrained TMM, IFM tokens) x 6 frames" in out
     size = open_store(temporal_store).ifm("test-vit").meta["input_size"]
     with Image.open(png) as im:
@@ -314,19 +246,8 @@ def test_visualize_refuses_a_file_that_changed(runs, video, temporal_root, tempo
 def test_visualize_user_mistakes_get_one_clear_line(
     runs, video, temporal_root, temporal_store, tmp_path, case, message
 ):
-    args = [
-        "visualize",
-        "--cache",
-        str(temporal_store),
-        "--checkpoint",
-        str(runs["ft"]),
-        "--video",
-        video,
-        "--out",
-        str(tmp_path / "fig.png"),
-        "--device",
-        "cpu",
-    ]
+    args = ["visualize", "--cache", str(temporal_store), "--checkpoint", str(runs["ft"]), "--video", video]
+    args += ["--out", str(tmp_path / "fig.png"), "--device", "cpu"]
     if case == "unknown":
         args[args.index(video)] = "nope"
     elif case == "missing":
@@ -358,21 +279,8 @@ def test_visualize_api_errors(runs, video, temporal_store, tmp_path):
 # -- embed ---------------------------------------------------------------------------------
 def test_embed_equals_the_pooled_tmm_output(runs, video, temporal_store, tmp_path):
     npz, png = tmp_path / "emb.npz", tmp_path / "tsne.png"
-    out = cli(
-        "embed",
-        "--cache",
-        temporal_store,
-        "--checkpoint",
-        runs["ft"],
-        "--out",
-        npz,
-        "--views",
-        "3",
-        "--plot",
-        png,
-        "--device",
-        "cpu",
-    )
+    args = ["--cache", temporal_store, "--checkpoint", runs["ft"], "--out", npz]
+    out = cli("embed", *args, "--views", "3", "--plot", png, "--device", "cpu")
     store = open_store(temporal_store)
     test = np.flatnonzero(store.videos.split == "test")
     emb = load_embeddings(npz)
@@ -400,58 +308,18 @@ def test_embed_equals_the_pooled_tmm_output(runs, video, temporal_store, tmp_pat
 
 def test_embed_works_from_a_pretext_checkpoint_and_every_split(runs, synthetic_store, tmp_path):
     npz = tmp_path / "prp.npz"
-    cli(
-        "embed",
-        "--cache",
-        synthetic_store,
-        "--checkpoint",
-        runs["prp"],
-        "--out",
-        npz,
-        "--views",
-        "1",
-        "--split",
-        "all",
-        "--device",
-        "cpu",
-    )
+    args = ["--cache", synthetic_store, "--checkpoint", runs["prp"], "--out", npz]
+    cli("embed", *args, *"--views 1 --split all --device cpu".split())
     emb = load_embeddings(npz)
     assert emb.embeddings.shape == (len(open_store(synthetic_store).videos), 64)
     assert emb.meta["task"] == "prp"
 
 
 def test_embed_user_mistakes(runs, temporal_store, tmp_path):
-    r = runner.invoke(
-        app,
-        [
-            "embed",
-            "--cache",
-            str(temporal_store),
-            "--checkpoint",
-            str(runs["ft"]),
-            "--out",
-            str(tmp_path / "e.npz"),
-            "--split",
-            "val",
-            "--device",
-            "cpu",
-        ],
-    )
+    args = ["embed", "--cache", str(temporal_store), "--checkpoint", str(runs["ft"]), "--out", str(tmp_path / "e.npz")]
+    r = runner.invoke(app, [*args, *"--split val --device cpu".split()])
     assert r.exit_code == 2 and "no done video in split 'val'" in r.output and "Traceback" not in r.output
-    r = runner.invoke(
-        app,
-        [
-            "embed",
-            "--cache",
-            str(temporal_store),
-            "--checkpoint",
-            str(runs["ft"]),
-            "--out",
-            str(tmp_path / "e.npz"),
-            "--views",
-            "0",
-        ],
-    )
+    r = runner.invoke(app, [*args, "--views", "0"])
     assert r.exit_code == 2 and "--views" in r.output
 
 
