@@ -11,7 +11,9 @@ so nothing on the host converts layout or dtype. On CUDA the buffers are pinned 
 to the device runs asynchronously on a side stream while the model works on the previous
 batch; a ring of buffers lets reading run `prefetch` batches ahead. An int8 store's rows
 (D values and a float16 scale per token, quant.py) travel as stored and are dequantised to
-float16 on the device, after the copy, on the same side stream.
+float16 on the device, after the copy, on the same side stream. On the CPU the reading threads
+dequantise them (and lay several IFMs side by side) into a float16 buffer of the ring, a share of
+the batch's frames each, once the batch is read.
 
 `TokenSource` reads clips from one or several IFMs of a store; several are concatenated along
 channels (on the device, from one buffer per IFM). `preload` keeps the videos a run samples
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import MismatchError, StoreError
-from .quant import dequantize
+from .quant import dequantize, dequantize_into
 from .sampling import ClipRequest
 from .store import DONE, Store
 
@@ -162,6 +164,36 @@ class TokenSource:
             parts = [dequantize(p, torch.float16) for p in parts]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
+    def decode_into(
+        self, parts: list[torch.Tensor], out: torch.Tensor, pool: ThreadPoolExecutor | None = None, tasks: int = 1
+    ) -> torch.Tensor:
+        """`decode` on the host into `out` (..., h, w, D) rather than new memory: its frames are
+        split into `tasks` shares run on `pool` (the kernels release the GIL). Returns `out`."""
+        frames = out.view(-1, *out.shape[-3:])
+        rows = [p.reshape(-1, *p.shape[-3:]) for p in parts]
+        ends = np.cumsum([0, *self.dims]).tolist()
+
+        def work(lo: int, hi: int) -> None:
+            for r, a, b in zip(rows, ends[:-1], ends[1:]):
+                if self.quantised:
+                    dequantize_into(r[lo:hi], frames[lo:hi, ..., a:b])
+                else:
+                    frames[lo:hi, ..., a:b].copy_(r[lo:hi])
+
+        _in_parts(len(frames), work, pool, tasks)
+        return out
+
+
+def _in_parts(n: int, work, pool: ThreadPoolExecutor | None, tasks: int) -> None:
+    """work(lo, hi) over [0, n) split into `tasks` runs on `pool`, waited for; errors re-raised."""
+    parts = max(1, min(tasks, n))
+    if pool is None or parts == 1:
+        work(0, n)
+        return
+    edges = np.linspace(0, n, parts + 1).astype(int).tolist()
+    for f in [pool.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        f.result()
+
 
 def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:
     if reader is not None:
@@ -199,8 +231,9 @@ class ClipLoader:
     """Iterates (x, y) batches for a plan of clip requests, reading ahead in the background.
 
     x is (B, D, T, h, w) in the stored dtype (float16 for int8, dequantised on `device`), a
-    channels_last_3d view of the stored layout, on `device`; y is (B,) int64. On the CPU, x shares memory with one of the loader's buffers and
-    stays valid until the next batch is asked for (copy it to keep it longer).
+    channels_last_3d view of the stored layout, on `device`; y is (B,) int64. On the CPU, x
+    shares memory with one of the loader's buffers and stays valid until the next batch is asked
+    for (copy it to keep it longer).
     """
 
     def __init__(
@@ -244,14 +277,14 @@ class ClipLoader:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _buffers(self, rows: int) -> list[torch.Tensor]:
-        pin = self.device.type == "cuda"
-        return [
-            torch.empty(
-                (rows, self.frames, *self.source.grid, d), dtype=_torch_dtype(self.source.stored_dtype), pin_memory=pin
-            )
-            for d in self.source.row_dims
-        ]
+    def _buffers(self, rows: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One slot of the ring: a buffer per IFM for the rows as stored, and on the CPU, where
+        they need decoding (int8, or several IFMs), the batch's (B, T, h, w, D) buffer."""
+        src, pin = self.source, self.device.type == "cuda"
+        shape = (rows, self.frames, *src.grid)
+        stored = [torch.empty((*shape, d), dtype=_torch_dtype(src.stored_dtype), pin_memory=pin) for d in src.row_dims]
+        on_host = not pin and (src.quantised or len(stored) > 1)
+        return stored, torch.empty((*shape, src.dim), dtype=_torch_dtype(src.dtype)) if on_host else None
 
     def __iter__(self):
         src, dev = self.source, self.device
@@ -298,9 +331,14 @@ class ClipLoader:
                             bufs, event = got
                             if event is not None:
                                 event.synchronize()  # its last copy to the device has finished
-                            used = [b[: len(videos)] for b in bufs]  # a short last batch uses a part
+                            stored, decoded = bufs
+                            used = [b[: len(videos)] for b in stored]  # a short last batch uses a part
                             src.fill(videos, indices, [u.numpy() for u in used], pool, self.threads)
-                            item = self._deliver(used, bufs, labels, side, free)
+                            if decoded is not None:  # CPU: decoded by the reading threads
+                                x = src.decode_into(used, decoded[: len(videos)], pool, self.threads)
+                                item = (x, torch.from_numpy(labels), None, bufs)
+                            else:
+                                item = self._deliver(used, bufs, labels, side, free)
                         if not handed(item):
                             return
                     handed(None)
@@ -333,15 +371,12 @@ class ClipLoader:
             stop.set()
             thread.join()
 
-    def _deliver(self, used: list[torch.Tensor], bufs: list[torch.Tensor], labels: np.ndarray, side, free: queue.Queue):
-        """(x, y, event, buffers the consumer holds) for a filled host batch `used` (views of `bufs`)."""
+    def _deliver(self, used: list[torch.Tensor], bufs: tuple, labels: np.ndarray, side, free: queue.Queue):
+        """(x, y, event, ring slot the consumer holds) for a filled host batch `used` (views of
+        the slot `bufs`'s buffers) that needs no decoding on the host."""
         y = torch.from_numpy(labels)
         if side is None:  # CPU: the consumer reads the buffer itself
-            if len(used) == 1 and not self.source.quantised:
-                return used[0], y, None, bufs
-            x = self.source.decode(used)
-            free.put((bufs, None))
-            return x, y, None, None
+            return used[0], y, None, bufs
         with torch.cuda.stream(side):
             parts = [b.to(self.device, non_blocking=True) for b in used]
             y = y.pin_memory().to(self.device, non_blocking=True)

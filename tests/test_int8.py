@@ -1,5 +1,6 @@
-"""8-bit tokens: the packing's error bound, an int8 store end to end (extract, loader, PRP,
-fine-tune, info, verify), its recorded error, and float16 stores left as they were."""
+"""8-bit tokens: the packing's error bound, decoding rounded once, an int8 store end to end
+(extract, loader, PRP, fine-tune, info, verify), its recorded error, and float16 stores left as
+they were."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import zarr
 from conftest import read_metrics
 from typer.testing import CliRunner
 
+from advise_cache import quant
 from advise_cache.cli import app
 from advise_cache.errors import StoreError
 from advise_cache.ifm import create_ifm
 from advise_cache.integrity import quant_notes, verify
 from advise_cache.loader import ClipLoader, TokenSource
-from advise_cache.quant import dequantize, dequantize_numpy, error_sums, quantize, summarise_error
+from advise_cache.quant import dequantize, dequantize_into, dequantize_numpy, error_sums, quantize, summarise_error
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import DONE, open_store
 from advise_cache.summary import summarize
@@ -89,6 +91,40 @@ def test_round_trip_stays_within_half_a_step_per_value():
     assert 0.9999 < cos < 1
 
 
+def _exact(rows: np.ndarray) -> np.ndarray:
+    """Int8 rows decoded apart from quant.py: each q * s in float64, where it is exact."""
+    d = rows.shape[-1] - 2
+    return rows[..., :d].astype(np.float64) * np.ascontiguousarray(rows[..., d:]).view("<f2").astype(np.float64)
+
+
+def _assert_nearest_float16(y: np.ndarray, exact: np.ndarray) -> None:
+    # Rounded once to float16: within half a unit in the last place, 2^-11 relative (2^-25
+    # absolute among subnormals), and the very float16 nearest to the product.
+    assert (np.abs(y.astype(np.float64) - exact) <= np.abs(exact) * 2**-11 + 2**-25).all()
+    assert y.dtype == np.float16 and y.tobytes() == exact.astype(np.float16).tobytes()
+
+
+def test_decoding_rounds_each_product_once(monkeypatch):
+    monkeypatch.setattr(quant, "_BLOCK_VALUES", 3 * 33)  # blocks of 3 tokens, the last one short
+    g = torch.Generator().manual_seed(0)
+    d = 33  # odd: each token's scale starts at an odd byte
+    q = torch.randint(-127, 128, (5, 7, d + 2), dtype=torch.int8, generator=g)
+    # zero, float16 subnormals, and up to 500 (127 x 500 stays below float16's largest, 65504)
+    scales = torch.cat([torch.tensor([0.0, 2**-24, 3e-6, 6e-5]), torch.logspace(-4, 2.7, 31)])
+    q[..., d:] = scales.half().view(torch.int8).reshape(5, 7, 2)
+    exact = _exact(q.numpy())
+    wide = torch.full((5, 7, d + 9), float("nan"), dtype=torch.float16)  # a channel slice of a wider buffer
+    y = dequantize_into(q, wide[..., 4 : 4 + d])
+    assert wide[..., :4].isnan().all() and wide[..., 4 + d :].isnan().all()
+    _assert_nearest_float16(y.numpy(), exact)
+    # the same bits as the whole-array expression that runs on a GPU, and float32 exact
+    whole = (q[..., :d].float() * q[..., d:].contiguous().view(torch.float16).float()).half()
+    assert torch.equal(y, whole) and torch.equal(dequantize(q), whole)
+    np.testing.assert_array_equal(dequantize(q, torch.float32).numpy(), exact.astype(np.float32))
+    with pytest.raises(ValueError, match="cannot dequantise"):
+        dequantize_into(q, torch.empty(5, 7, d + 2, dtype=torch.float16))
+
+
 def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     a = open_store(int8_store).ifm("test-vit")
     f16 = open_store(synthetic_store).ifm("test-vit")
@@ -153,6 +189,39 @@ def test_loader_dequantises_the_stored_rows(int8_store):
     np.testing.assert_array_equal(source.clip(r.video, r.indices), want)
     x, _ = next(iter(ClipLoader(source, plan, batch_size=8)))
     assert x.permute(0, 2, 3, 4, 1).numpy().tobytes() == seen[0].tobytes()
+
+
+def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
+    # Two int8 IFMs (the second of random tokens): on the CPU the reading threads decode each
+    # into its channels of the batch.
+    path = tmp_path / "two.zarr"
+    shutil.copytree(int8_store, path)
+    first = open_store(path).ifm("test-vit")
+    info = {k: first.meta[k] for k in ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim")}
+    second = open_store(path, mode="r+").add_ifm("second", info, first.meta["frame_stride"], 8, dtype="int8")
+    g = torch.Generator().manual_seed(1)
+    for v in np.flatnonzero(first.status() == DONE).tolist():
+        x = torch.randn((int(second.frames[v]), 4, 4, 64), generator=g) * (v + 1)
+        second.write_video(v, quantize(x).numpy(), (0.0, 1.0))
+    store = open_store(path)
+    source = TokenSource(store, store.ifm_keys())
+    assert source.dim == 128 and source.quantised
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos], SamplerConfig(), seed=2, epoch=0)
+    assert len(plan) % 7  # a short last batch
+    exact = {
+        v: np.concatenate([_exact(a.read_video(v)) for a in source.arrays], axis=-1) for v in {r.video for r in plan}
+    }
+    seen = 0
+    for x, y in ClipLoader(source, plan, batch_size=7, threads=3, drop_last=False):
+        x = x.permute(0, 2, 3, 4, 1).numpy()
+        assert x.shape[1:] == (8, 4, 4, 128)
+        for b in range(len(y)):
+            r = plan[seen + b]
+            _assert_nearest_float16(x[b], exact[r.video][r.indices])
+            assert y[b] == r.label
+        seen += len(y)
+    assert seen == len(plan)
 
 
 def test_int8_store_trains_prp_and_finetunes_through_the_cli(int8_store, tmp_path):
