@@ -26,8 +26,16 @@ float16 subnormals).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by each function that computes: the store (store.py, ifm_arrays.py,
+# integrity.py) needs only the constants and the numpy decoder, and `info` / `verify` stay
+# free of torch's seconds of import.
 
 SCHEME = "int8-absmax-per-token-f16-scale"  # the group attribute `quantisation` of int8 stores
 SCALE_BYTES = 2  # a float16 after each token's D int8 values
@@ -37,6 +45,8 @@ _BLOCK_VALUES = 32767  # dequantize_into's blocks: under ATen's grain size, 3276
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """(..., D) float tokens -> (..., D + 2) int8: D values, then the token's float16 scale."""
+    import torch
+
     x = x.float()
     absmax = x.abs().amax(dim=-1, keepdim=True)
     scale = (absmax / 127).clamp(max=_F16_MAX).half()
@@ -48,8 +58,11 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dequantize(q: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """(..., D + 2) int8 -> (..., D) tokens of `dtype`, computed where `q` is."""
+def dequantize(q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(..., D + 2) int8 -> (..., D) tokens of `dtype` (default float16), computed where `q` is."""
+    import torch
+
+    dtype = torch.float16 if dtype is None else dtype
     d = q.shape[-1] - SCALE_BYTES
     if q.device.type == "cpu":
         return dequantize_into(q, torch.empty((*q.shape[:-1], d), dtype=dtype))
@@ -67,6 +80,8 @@ def dequantize_into(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     loader's reading threads are the parallelism. Larger blocks start an OpenMP team per pass,
     and on a busy machine a call waits on hundreds of them: a batch (32 x 8 x 14 x 14 tokens) on
     2 shared cores took 0.06 to 1.8 s that way, a steady 0.1 s this way."""
+    import torch
+
     d = q.shape[-1] - SCALE_BYTES
     if out.shape != (*q.shape[:-1], d):
         raise ValueError(f"cannot dequantise {tuple(q.shape)} int8 rows into {tuple(out.shape)}")
@@ -89,6 +104,8 @@ def error_sums(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     squared norm, and 1 - cosine similarity between each token and its decoded copy (taken as
     |u - v|^2 / 2 of the unit vectors, which keeps its precision where the cosine is near 1).
     Summed per video on the device, no sync; `summarise_error` turns them into figures."""
+    import torch
+
     x = x.float().reshape(-1, x.shape[-1])
     y = dequantize(q, torch.float32).reshape(x.shape)
     norm = x.square().sum(dim=1)

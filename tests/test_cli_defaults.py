@@ -158,19 +158,32 @@ def test_logging_shows_our_warnings_and_only_errors_of_other_libraries(capsys):
         logging.getLogger("huggingface_hub").setLevel(logging.WARNING)
 
 
+# The CLI as `advise-cache` runs it, several commands in one process, then which heavy modules
+# were imported by the end.
+_COMMANDS = """
+import sys
+from advise_cache.cli import app
+for argv in eval(sys.argv[1]):
+    try:
+        app(argv, prog_name="advise-cache")
+    except SystemExit as e:
+        assert e.code == 0, (argv, e.code)
+print("heavy:", sorted(m for m in ("torch", "zarr") if m in sys.modules))
+"""
+
+
+def _heavy_imports(commands: list[list[str]]) -> str:
+    r = subprocess.run([sys.executable, "-c", _COMMANDS, repr(commands)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()[-1]
+
+
 def test_help_imports_neither_torch_nor_zarr():
     """`advise-cache --help` and a command's --help answer at once: the configs the flags' defaults
     come from import neither torch nor zarr (seconds between them), nor does the CLI itself."""
-    code = (
-        "import sys\n"
-        "from advise_cache.cli import app\n"
-        "for argv in (['--help'], ['extract', '--help'], ['train', '--help']):\n"
-        "    try:\n"
-        "        app(argv, prog_name='advise-cache')\n"
-        "    except SystemExit as e:\n"
-        "        assert e.code == 0, (argv, e.code)\n"
-        "print('heavy:', sorted(m for m in ('torch', 'zarr') if m in sys.modules))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-1] == "heavy: []"
+    assert _heavy_imports([["--help"], ["extract", "--help"], ["train", "--help"]]) == "heavy: []"
+
+
+def test_info_and_verify_do_not_import_torch(synthetic_store):
+    """Reading a store's summary or checking it needs zarr, not torch (int8 rows decode in numpy)."""
+    assert _heavy_imports([["info", str(synthetic_store)], ["verify", str(synthetic_store)]]) == "heavy: ['zarr']"
