@@ -7,7 +7,8 @@ Training reads a few scattered frames per clip. Through zarr every frame costs a
 about 2 ms; here a frame costs one `preadv` from the kernel's page cache into its slot of the
 batch buffer: one copy per byte and nothing else on the host. Each shard file is opened once
 (its chunk index, a few KB, is read and checked against its crc32c at the same time) and kept
-open for later batches, up to a bound on open files. The layout is the Zarr v3 sharding
+open for later batches, up to a bound on open files (a batch that spans more shards than
+that is read in groups, so the bound holds within a batch too). The layout is the Zarr v3 sharding
 codec's with the index at the end: (offset, nbytes) as little-endian uint64 per chunk, then a
 crc32c of those bytes.
 """
@@ -134,24 +135,38 @@ class ShardReader:
             raise ValueError(
                 f"buffer {out.shape} {out.dtype} does not fit {len(rows)} frames of {self.frame_shape} {self.dtype}"
             )
-        fds, offsets = self._locate(rows)
-        fds, offsets = fds.tolist(), offsets.tolist()
         flat = out.reshape(len(rows), -1).view(np.uint8)
+        shard_of = rows // self.per
+        if len(np.unique(shard_of)) <= self.max_open:
+            self._read(np.arange(len(rows)), rows, flat, pool, tasks)
+            return
+        # More shards than may stay open: in groups of at most max_open shards, each group's
+        # files evicted down to the bound before the next opens (at most 2 x max_open at once).
+        order = np.argsort(shard_of, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(shard_of[order]) != 0]).tolist() + [len(rows)]
+        for g in range(0, len(starts) - 1, self.max_open):
+            self._read(order[starts[g] : starts[min(g + self.max_open, len(starts) - 1)]], rows, flat, pool, tasks)
+
+    def _read(self, at: np.ndarray, rows: np.ndarray, flat: np.ndarray, pool, tasks: int) -> None:
+        """Rows rows[at] into flat[at], then the least recently used files closed down to the bound."""
+        fds, offsets = self._locate(rows[at])
+        fds, offsets, at = fds.tolist(), offsets.tolist(), at.tolist()
 
         def read(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                if offsets[i] < 0:
+            for j in range(lo, hi):
+                i = at[j]
+                if offsets[j] < 0:
                     flat[i] = 0
                     continue
-                got = os.preadv(fds[i], [flat[i]], offsets[i])
+                got = os.preadv(fds[j], [flat[i]], offsets[j])
                 if got != self.frame_bytes:
                     raise StoreError(f"short read of row {int(rows[i])} ({got} of {self.frame_bytes} bytes)")
 
-        parts = max(1, min(tasks, len(rows)))
+        parts = max(1, min(tasks, len(at)))
         if pool is None or parts == 1:
-            read(0, len(rows))
+            read(0, len(at))
         else:
-            edges = np.linspace(0, len(rows), parts + 1).astype(int).tolist()
+            edges = np.linspace(0, len(at), parts + 1).astype(int).tolist()
             for f in [pool.submit(read, a, b) for a, b in zip(edges[:-1], edges[1:])]:
                 f.result()
         self._evict()  # after the reads: no file is closed while a read may still use it

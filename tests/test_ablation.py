@@ -20,6 +20,12 @@ import pytest
 from conftest import load_pipeline
 
 
+def tiny(max_steps: int) -> list[str]:
+    """A recipe of a few steps with a tiny TMM: the runner's plumbing, not its results."""
+    flags = "--device cpu --epochs 1 --ft-epochs 1 --batch-size 8 --ft-batch-size 8 --hidden 8 --out-dim 16 --views 1"
+    return [*flags.split(), "--max-steps", str(max_steps)]
+
+
 @pytest.fixture(scope="module")
 def ablation():
     pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
@@ -75,33 +81,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store, tmp_path, capsys):
     out = tmp_path / "runs"
-    argv = [
-        "spatial-res",
-        "--cache",
-        str(synthetic_store),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--epochs",
-        "1",
-        "--ft-epochs",
-        "1",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--ft-batch-size",
-        "8",
-        "--hidden",
-        "8",
-        "--out-dim",
-        "16",
-        "--views",
-        "1",
-        "--settings",
-        "4,1",
-    ]
+    argv = ["spatial-res", "--cache", str(synthetic_store), "--out", str(out), *tiny(max_steps=2), "--settings", "4,1"]
     assert ablation.main([*argv, "--jobs", "2"]) == 0
     first = capsys.readouterr().out
     assert "2 settings on 1 store(s); 0 already finished, 2 to run" in first
@@ -164,40 +144,8 @@ def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, syntheti
         )
     bench = tmp_path / "BENCHMARKS.md"
     out = tmp_path / "runs"
-    assert (
-        ablation.main(
-            [
-                "storage",
-                "--cache",
-                ",".join(map(str, stores)),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--epochs",
-                "1",
-                "--ft-epochs",
-                "1",
-                "--max-steps",
-                "1",
-                "--batch-size",
-                "8",
-                "--ft-batch-size",
-                "8",
-                "--hidden",
-                "8",
-                "--out-dim",
-                "16",
-                "--views",
-                "1",
-                "--vit-per-class",
-                "0",
-                "--benchmarks",
-                str(bench),
-            ]
-        )
-        == 0
-    )
+    argv = ["storage", "--cache", ",".join(map(str, stores)), "--out", str(out), *tiny(max_steps=1)]
+    assert ablation.main([*argv, "--vit-per-class", "0", "--benchmarks", str(bench)]) == 0
     assert "4 settings on 4 store(s)" in capsys.readouterr().out
     rows = read_csv(out / "storage" / "results.csv")
     assert [(r["setting"], r["source_stride"]) for r in rows] == [

@@ -134,6 +134,28 @@ def test_open_shards_stay_bounded(synthetic_store):
         assert len(os.listdir("/proc/self/fd")) == fds - 2
 
 
+def test_a_batch_over_more_shards_than_may_stay_open_is_read_in_groups(synthetic_store):
+    """A batch spanning more shard files than the bound opens them a group at a time: the frames
+    are right and no more than twice the bound are ever open (not one file per shard touched)."""
+    arrays = open_store(synthetic_store).ifm()
+    reader = arrays.shard_reader()
+    reader.max_open = 2
+    rows = np.arange(arrays.tokens.shape[0])[::-1].copy()  # every row, shards in reverse order
+    assert len(np.unique(rows // reader.per)) > 4
+    peak, load = [0], reader._load
+
+    def counting_load(shard):
+        peak[0] = max(peak[0], len(reader._open) + 1)
+        return load(shard)
+
+    reader._load = counting_load
+    out = np.empty((len(rows), *arrays.tokens.shape[1:]), arrays.tokens.dtype)
+    reader.read_into(rows, out)
+    np.testing.assert_array_equal(out, arrays.tokens[:][rows])
+    assert peak[0] <= 2 * reader.max_open and len(reader._open) <= reader.max_open
+    reader.close()
+
+
 def test_a_damaged_offset_table_is_refused(synthetic_store, tmp_path):
     path = _copy(synthetic_store, tmp_path)
     store = open_store(path, mode="r+")
