@@ -168,8 +168,11 @@ class TokenSource:
         self, parts: list[torch.Tensor], out: torch.Tensor, pool: ThreadPoolExecutor | None = None, tasks: int = 1
     ) -> torch.Tensor:
         """`decode` on the host into `out` (..., h, w, D) rather than new memory: its frames are
-        split into `tasks` shares run on `pool` (the kernels release the GIL). Returns `out`."""
+        split into up to `tasks` shares run on `pool` (the kernels release the GIL), each of at
+        least _DECODE_SHARE values: handing a small batch to threads costs more than it saves.
+        Returns `out`."""
         frames = out.view(-1, *out.shape[-3:])
+        tasks = max(1, min(tasks, out.numel() // _DECODE_SHARE))
         rows = [p.reshape(-1, *p.shape[-3:]) for p in parts]
         ends = np.cumsum([0, *self.dims]).tolist()
 
@@ -182,6 +185,9 @@ class TokenSource:
 
         _in_parts(len(frames), work, pool, tasks)
         return out
+
+
+_DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
 
 
 def _in_parts(n: int, work, pool: ThreadPoolExecutor | None, tasks: int) -> None:
