@@ -7,8 +7,10 @@ dataclasses, and a training config's round trip through plain JSON types.
 The CLI reads every flag's default from these classes, so this module imports neither torch nor
 zarr: `advise-cache --help` answers at once. Every run folder and checkpoint records a
 `TrainConfig`; readers of a checkpoint (evaluate, embed, visualize) get it back typed through
-`config_from_dict`, without importing the training loop. The sampler's settings,
-`SamplerConfig`, live with the sampler (sampling.py, numpy only).
+`config_from_dict`, without importing the training loop. `check_train_config` refuses a
+training config's bad numbers and choices before any work, and `changed_recipe` says what a
+resumed run would change. The sampler's settings, `SamplerConfig`, live with the sampler
+(sampling.py, numpy only).
 """
 
 from __future__ import annotations
