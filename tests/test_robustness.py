@@ -253,8 +253,17 @@ def _spawned(sid: int) -> list[int]:
 def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
     args = [*CLI, "extract", "folder", "--root", str(long_root), "--out", str(out)]
     args += "--model test-vit --pretrained none --workers 2 --batch-size 4 --device cpu".split()
-    # start_new_session: its own process group, as a terminal job is
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # start_new_session: its own process group, as a terminal job is. SIGINT at its default, as
+    # in a terminal: a runner started in the background by a shell without job control ignores
+    # SIGINT, its children inherit that, and Python then never turns SIGINT into KeyboardInterrupt.
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # A first spawned worker is starting (not a helper that importing torch may run for a moment,
     # which would have the signal land while the CLI is still importing).
     while proc.poll() is None and not _spawned(proc.pid):
