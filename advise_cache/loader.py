@@ -35,6 +35,7 @@ import torch
 from .errors import MismatchError, StoreError
 from .quant import dequantize, dequantize_into
 from .sampling import ClipRequest
+from .shards import in_parts
 from .store import DONE, Store
 
 log = logging.getLogger(__name__)
@@ -183,22 +184,11 @@ class TokenSource:
                 else:
                     frames[lo:hi, ..., a:b].copy_(r[lo:hi])
 
-        _in_parts(len(frames), work, pool, tasks)
+        in_parts(len(frames), work, pool, tasks)
         return out
 
 
 _DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
-
-
-def _in_parts(n: int, work, pool: ThreadPoolExecutor | None, tasks: int) -> None:
-    """work(lo, hi) over [0, n) split into `tasks` runs on `pool`, waited for; errors re-raised."""
-    parts = max(1, min(tasks, n))
-    if pool is None or parts == 1:
-        work(0, n)
-        return
-    edges = np.linspace(0, n, parts + 1).astype(int).tolist()
-    for f in [pool.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
-        f.result()
 
 
 def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:

@@ -44,6 +44,17 @@ def shard_index(rows: int, per: int, chunk_bytes: int) -> bytes:
     return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
 
 
+def in_parts(n: int, work, pool: ThreadPoolExecutor | None, tasks: int) -> None:
+    """work(lo, hi) over [0, n) split into `tasks` runs on `pool`, waited for; errors re-raised."""
+    parts = max(1, min(tasks, n))
+    if pool is None or parts == 1:
+        work(0, n)
+        return
+    edges = np.linspace(0, n, parts + 1).astype(int).tolist()
+    for f in [pool.submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+        f.result()
+
+
 def _default_max_open() -> int:
     try:
         import resource
@@ -162,13 +173,7 @@ class ShardReader:
                 if got != self.frame_bytes:
                     raise StoreError(f"short read of row {int(rows[i])} ({got} of {self.frame_bytes} bytes)")
 
-        parts = max(1, min(tasks, len(at)))
-        if pool is None or parts == 1:
-            read(0, len(at))
-        else:
-            edges = np.linspace(0, len(at), parts + 1).astype(int).tolist()
-            for f in [pool.submit(read, a, b) for a, b in zip(edges[:-1], edges[1:])]:
-                f.result()
+        in_parts(len(at), read, pool, tasks)
         self._evict()  # after the reads: no file is closed while a read may still use it
 
     def close(self) -> None:
