@@ -43,6 +43,7 @@ from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import check_weights, create_ifm
 from .plan import SizePlan, check_fits, size_plan
+from .runtime import make_current, resolve_device
 from .store import DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
 from .video import init_worker, probe_or_reason, sigint_blocked
 
@@ -303,6 +304,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     # The weights before any store: a model that cannot be built leaves nothing behind;
     # weights not on this machine are told before open_clip's slow import.
     check_weights(cfg.model, cfg.pretrained)
+    make_current(resolve_device(device))
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)

@@ -226,11 +226,16 @@ class ModelLoop:
     """Fills fixed-size batches of crops across video boundaries, runs the model, and copies
     the tokens (cast to the stored dtype on the device) into per-shard host buffers. On CUDA
     the copies are asynchronous into pinned memory: a batch's shards go to the writer only
-    once two later batches have been queued, so the GPU always has work while the host waits."""
+    once two later batches have been queued, so the GPU always has work while the host waits.
+
+    Every event is recorded on the current stream of the model's own device, which is where its
+    kernels and copies run: an event recorded on another GPU's stream (the thread's current
+    device, cuda:0 unless set) would be complete at once, and buffers would be reused early."""
 
     def __init__(self, ifm, batch: int, arrays, writer_put):
         self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
         self.cuda = ifm.device.type == "cuda"
+        self.stream = torch.cuda.current_stream(ifm.device) if self.cuda else None
         self.dtype = getattr(torch, str(np.dtype(arrays.tokens.dtype)))
         # int8: the model's tokens are quantised on the device, and each video's error against
         # them summed there (quant.error_sums) until its last shard takes the total to the host.
@@ -287,8 +292,7 @@ class ModelLoop:
             self.first_launch = time.perf_counter()
         x = self.staging[self.cur][: self.fill].to(self.ifm.device, non_blocking=True)
         if self.cuda:
-            self.staged[self.cur] = torch.cuda.Event()
-            self.staged[self.cur].record()
+            self.staged[self.cur] = self._event()
         if self.quantised:
             floats = self.ifm.encode(x, dtype=torch.float32)
             tokens = quantize(floats)
@@ -314,14 +318,16 @@ class ModelLoop:
                         shard.quant.copy_(sums, non_blocking=True)  # read after this batch's event
                     complete.append(self.open.pop((video, index)))
                 row, pos, n = row + take, pos + take, n - take
-        done = None
-        if self.cuda:
-            done = torch.cuda.Event()
-            done.record()
-        self.inflight.append((done, complete))
+        self.inflight.append((self._event() if self.cuda else None, complete))
         self.cur, self.fill, self.pieces = 1 - self.cur, 0, []
         while len(self.inflight) > self.depth:  # older batches: their copies are done or nearly
             self._hand_over()
+
+    def _event(self) -> torch.cuda.Event:
+        """An event marking the work queued so far on the model's device."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
 
     def _hand_over(self) -> None:
         done, complete = self.inflight.popleft()

@@ -26,6 +26,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def make_current(device: torch.device) -> None:
+    """Make a CUDA device this thread's current one, so that what defaults to the current device
+    (streams, events, the context that pinned host memory is allocated in) is on it, not on
+    cuda:0: every torchrun rank but the first, and `--device cuda:K`, need that."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` is bf16 autocast on CUDA and fp32 elsewhere; other values pass unchanged."""
     if precision == "auto":
