@@ -135,8 +135,7 @@ def train_command(task: str):
         preload: Annotated[
             str,
             typer.Option(
-                help="Hold the videos this process samples resident: none, ram "
-                "(pinned on CUDA) or gpu (on the device, when they fit)."
+                help="Hold the videos this process samples resident: none, ram or gpu (on the device, when they fit)."
             ),
         ] = TRAIN.preload,
         save_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = TRAIN.save_every,
@@ -150,7 +149,11 @@ def train_command(task: str):
         ] = TRAIN.precision,
         seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = TRAIN.seed,
         loader_threads: Annotated[
-            int, typer.Option(help="Threads reading clips from the store.")
+            int,
+            typer.Option(
+                help="Threads reading clips from the store (0: on CUDA this process's share of the cores, "
+                "4 to 16; 4 on the CPU)."
+            ),
         ] = TRAIN.loader_threads,
         log_every: Annotated[
             int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")

@@ -101,6 +101,8 @@ class ExtractConfig:
     batch_size: int | None = None  # frames per forward; None: 256 on CUDA, 64 on the CPU
     workers: int | None = None  # decode processes; 0 decodes in line; None: see default_workers
     writers: int = 4  # threads writing shards
+    decoder: str = "decord"  # or "torchcodec" (video.DECODERS)
+    resize: str = "tensor"  # where frames are resized: "tensor" (the model's device) or "pil" (pixels.RESIZES)
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float16"
@@ -138,14 +140,14 @@ class TrainConfig:
     tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
     init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)
     linear_probe: bool = False  # train the head only
-    preload: str = "none"  # "ram" (pinned on CUDA) or "gpu": hold the sampled videos' tokens resident
+    preload: str = "none"  # "ram" or "gpu": hold the sampled videos' tokens resident
     save_every: int = 1  # epochs between checkpoints (and one at the end)
     resume: bool = False
     override: bool = False  # with resume: accept changed optimisation settings
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on CUDA, fp32 on the CPU; fp16 uses a GradScaler
     seed: int = 0
-    loader_threads: int = 4
+    loader_threads: int = 0  # 0: from this process's share of the cores (loader.default_threads)
     log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
     compile: bool = False  # torch.compile the model
     progress: bool = True
@@ -194,11 +196,12 @@ def check_train_config(cfg: TrainConfig) -> None:
         ("--epochs", cfg.epochs),
         ("--batch-size", cfg.batch_size),
         ("--save-every", cfg.save_every),
-        ("--loader-threads", cfg.loader_threads),
         ("--log-every", cfg.log_every),
     ):
         if value < 1:
             raise AdviseCacheError(f"{name} must be >= 1, got {value}")
+    if cfg.loader_threads < 0:
+        raise AdviseCacheError(f"--loader-threads must be >= 0 (0: from the cores), got {cfg.loader_threads}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
     if cfg.seed < 0:

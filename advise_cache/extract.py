@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import multiprocessing as mp
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,12 +38,14 @@ from tqdm import tqdm
 from .configs import ExtractConfig
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
+from .extract_probe import ensure_store, join_group, leave_group, plan_store, store_or_table
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import check_weights, create_ifm
-from .plan import SizePlan, check_fits, size_plan
-from .runtime import make_current, resolve_device
-from .store import DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
-from .video import init_worker, probe_or_reason, sigint_blocked
+from .pixels import RESIZES
+from .plan import SizePlan
+from .runtime import cores_per_process, local_rank, make_current, resolve_device
+from .store import DONE, FAILED, PENDING, SAFE_KEY, open_store
+from .video import FramePlan, decoder_available
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def default_workers(device: torch.device) -> int:
-    """Decode processes: the cores this process may use, less what the main process needs
-    (on CUDA one core for the model loop and one for the writer threads; on the CPU the
-    model's threads share every core anyway, so one is kept back)."""
-    return max(1, usable_cores() - (2 if device.type == "cuda" else 1))
+    """Decode processes: this process's share of the node's cores (under torchrun, the usable
+    cores divided by LOCAL_WORLD_SIZE), less what the main process needs (on CUDA one core for
+    the model loop and one for the writer threads; on the CPU the model's threads share every
+    core anyway, so one is kept back)."""
+    return max(1, cores_per_process() - (2 if device.type == "cuda" else 1))
 
 
 def resolve_launch(shard: tuple[int, int], device: str) -> tuple[tuple[int, int], str]:
@@ -135,14 +129,14 @@ def resolve_launch(shard: tuple[int, int], device: str) -> tuple[tuple[int, int]
     k, n = shard
     if "RANK" in env and "WORLD_SIZE" in env:
         try:
-            rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         except ValueError as e:
-            raise AdviseCacheError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e})") from e
+            raise AdviseCacheError(f"RANK/WORLD_SIZE must be integers ({e})") from e
         if not 0 <= rank < world:
             raise AdviseCacheError(f"RANK {rank} is not within WORLD_SIZE {world}")
-        if device in ("auto", "cuda") and torch.cuda.is_available():
-            if local >= torch.cuda.device_count():
-                raise AdviseCacheError(f"LOCAL_RANK {local}, but this node has {torch.cuda.device_count()} GPUs")
+        cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+        local = local_rank(cuda)
+        if cuda:
             device = f"cuda:{local}"
         return (k * world + rank, n * world), device
     if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
@@ -158,103 +152,18 @@ def resolve_launch(shard: tuple[int, int], device: str) -> tuple[tuple[int, int]
     return shard, device
 
 
-# -- the store -----------------------------------------------------------------------------
-def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, float, str]]:
-    pool = None
-    try:
-        if workers <= 0:
-            results = map(probe_or_reason, paths)
-        else:
-            # spawn: forking a process that has already started torch's thread pools can deadlock.
-            pool = ProcessPoolExecutor(
-                min(workers, max(1, len(paths))), mp_context=mp.get_context("spawn"), initializer=init_worker
-            )
-            with sigint_blocked():  # the pool starts its processes (and its manager thread) here
-                results = pool.map(probe_or_reason, paths, chunksize=8)
-        return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress, leave=False))
-    finally:
-        if pool is not None:  # its workers ignore Ctrl-C: they finish the probe in hand, then go
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
 # -- main side -----------------------------------------------------------------------------
-def _existing_store(cfg: ExtractConfig, index):
-    """The store at --out, checked to hold this dataset's video list; None when there is none."""
-    if not (cfg.out / "zarr.json").exists():
-        return None
-    store = open_store(cfg.out)
-    names = [r.name for r in index.records]
-    splits = [r.split for r in index.records]
-    if (store.videos.name.tolist(), store.videos.split.tolist(), store.dataset) != (names, splits, index.dataset):
-        raise StoreError(
-            f"{cfg.out} was built from another video list ({store.dataset} split {store.source['split']},"
-            f" {len(store.videos)} videos; now {index.dataset} split {index.official_split}, {len(names)}"
-            " videos). Use a new --out"
-        )
-    return store
-
-
-def _probe_table(cfg: ExtractConfig, index, workers: int) -> dict:
-    """The video table of a new store: every video probed for its frames and rate."""
-    names = [r.name for r in index.records]
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise StoreError(f"{cfg.out} exists and is not a store; refusing to write into it")
-    parent = next(p for p in (cfg.out, *cfg.out.absolute().parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):  # before probing every video
-        raise StoreError(f"cannot create the store {cfg.out}: {parent} is not writable")
-    log.info("probing %d videos", len(names))
-    paths = [str(r.path) for r in index.records]
-    probes = _probe(paths, workers, cfg.progress)
-    table = {
-        "name": names,
-        "path": paths,
-        "split": [r.split for r in index.records],
-        "label": [r.label for r in index.records],
-        "fps": [p[1] for p in probes],
-        "source_frames": [p[0] for p in probes],
-        "probe_error": [p[2] for p in probes],
-    }
-    return table
-
-
-def _store_or_table(cfg: ExtractConfig, index, workers: int):
-    """(the existing store, None), or (None, the probed table of the store to create)."""
-    store = _existing_store(cfg, index)
-    return store, (None if store is not None else _probe_table(cfg, index, workers))
-
-
-def _written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
-    """Videos this run will not write: done or failed in a group of the same stride and dtype."""
-    if key not in store.ifm_keys():
-        return np.zeros(len(store.videos), bool)
-    a = store.ifm(key)
-    if (a.meta["frame_stride"], a.meta["dtype"]) != (cfg.frame_stride, cfg.dtype):
-        return np.zeros(len(store.videos), bool)  # add_ifm refuses this group anyway
-    return a.status() != PENDING
-
-
-def _plan(cfg: ExtractConfig, key: str, grid, dim: int, store, table: dict | None) -> SizePlan:
-    frames = store.videos.source_frames if table is None else np.asarray(table["source_frames"], np.int64)
-    written = _written(store, key, cfg) if table is None else np.zeros(len(frames), bool)
-    return size_plan(
-        cfg.out, cfg.model, grid, dim, frames, written, cfg.frame_stride, cfg.dtype, cfg.frames_per_shard, cfg.codec
-    )
-
-
-def _ensure_store(cfg: ExtractConfig, index, workers: int, key: str, grid, dim: int) -> None:
-    """Create the store unless it exists; either way refuse, before writing, one that cannot fit."""
-    store, table = _store_or_table(cfg, index, workers)
-    check_fits(_plan(cfg, key, grid, dim, store, table))
-    if table is not None:
-        create_store(cfg.out, index.dataset, str(index.root), index.classes, table, index.source())
-
-
 def _check_flags(cfg: ExtractConfig) -> str:
     """The numbers and the key a user passes, checked before any work; returns the key."""
     if cfg.frame_stride < 1 or (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.frames_per_shard < 1:
         raise AdviseCacheError("--frame-stride, --batch-size and --frames-per-shard must be >= 1")
     if cfg.writers < 1:
         raise AdviseCacheError("--writers must be >= 1")
+    if cfg.resize not in RESIZES:
+        raise AdviseCacheError(f"--resize {cfg.resize!r}: choose from {', '.join(RESIZES)}")
+    why = decoder_available(cfg.decoder)
+    if why:
+        raise AdviseCacheError(why)
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(
@@ -276,8 +185,8 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     # Random weights: the grid, the width and the compute of the real ones.
     ifm = create_ifm(cfg.model, "none", resolve_launch(cfg.shard, cfg.device)[1], cfg.precision, cfg.seed)
     workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
-    store, table = _store_or_table(cfg, index, workers)
-    plan = _plan(cfg, key, ifm.grid, ifm.dim, store, table)
+    store, table = store_or_table(cfg, index, workers)
+    plan = plan_store(cfg, key, ifm.grid, ifm.dim, store, table)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
     return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device))
 
@@ -308,12 +217,25 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
+    group = join_group()  # under torchrun: the ranks probe the videos together
     try:
-        _ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim)
+        ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim, group)
         store = open_store(cfg.out, mode="a")
-        arrays = store.add_ifm(key, ifm.info(), cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
+        info = {**ifm.info(), "resize": cfg.resize, "decoder": cfg.decoder}
+        arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
     except OSError as e:  # a read-only folder, a full disk
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
+    finally:
+        leave_group(group)
+    for what in ("resize", "decoder"):  # tokens of other pixels would mix into one group
+        if arrays.meta.get(what, "pil" if what == "resize" else "decord") != info[what]:
+            log.warning(
+                "%s was extracted with --%s %s; this run uses %s: its videos' tokens differ slightly",
+                key,
+                what,
+                arrays.meta.get(what, "pil" if what == "resize" else "decord"),
+                info[what],
+            )
     table = store.videos
     mine = np.arange(len(table))[k::n]
     summary = ExtractSummary(
@@ -369,13 +291,14 @@ def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
     bar = tqdm(total=len(todo), desc=f"extract {summary.ifm}", unit="video", disable=not cfg.progress)
     failed_now: list[int] = []
     tasks = []
+    plan = FramePlan(ifm.spec, cfg.frame_stride, cfg.resize, cfg.decoder)
     for v in todo:
         if table.probe_error[v]:
             _fail(arrays, table, v, str(table.probe_error[v]), summary)
             bar.update()
             continue
         arrays.clear_video(v)
-        tasks.append((v, str(table.path[v]), ifm.spec, cfg.frame_stride, int(arrays.frames[v])))
+        tasks.append((v, str(table.path[v]), plan, int(arrays.frames[v])))
     if not tasks:
         bar.close()
         return
@@ -390,16 +313,20 @@ def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
     for task in tasks:
         writer.expect(task[0], arrays.shards_of(task[0]))
     loop = ModelLoop(ifm, batch, arrays, writer.put)
-    decoder = InlineDecoder(tasks) if workers <= 0 else PoolDecoder(tasks, min(workers, len(tasks)), ifm.spec.size)
+    decoder = (
+        InlineDecoder(tasks)
+        if workers <= 0
+        else PoolDecoder(tasks, min(workers, len(tasks)), ifm.spec.size, cfg.resize)
+    )
     ok = False
     try:
         remaining = len(tasks)
         while remaining:
             event = decoder.next()
             if event[0] == "frames":
-                _, video, start, crops, slot = event
+                _, video, start, frames, slot = event
                 if video not in loop.dropped:
-                    loop.add(video, start, crops)
+                    loop.add(video, start, frames)
                 decoder.release(slot)
             elif event[0] == "done":
                 remaining -= 1

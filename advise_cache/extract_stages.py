@@ -28,10 +28,14 @@ import numpy as np
 import torch
 
 from .errors import AdviseCacheError, DecodeError
+from .pixels import max_pixels, resize_crop_tensor
 from .quant import error_sums, quantize, summarise_error
-from .video import decode_worker, iter_crops, sigint_blocked
+from .runtime import local_world_size
+from .video import decode_worker, iter_frames, sigint_blocked
 
-CHUNK = 16  # frames a decode process hands over at a time (one shared-memory slot)
+CHUNK = 16  # crops a decode process hands over at a time with --resize pil (one shared-memory slot)
+SLOT_BYTES = 16 << 20  # a slot with --resize tensor: 16 frames of 640x480, or 5 of 720p
+UPLOADS = 4  # pinned host buffers the model loop copies frames to the GPU through
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -43,10 +47,10 @@ class InlineDecoder:
 
     @staticmethod
     def _generate(tasks):
-        for video, path, spec, stride, expected in tasks:
+        for video, path, plan, expected in tasks:
             try:
-                for start, crops in iter_crops(Path(path), spec, stride, expected, CHUNK):
-                    yield "frames", video, start, crops, None
+                for start, frames in iter_frames(Path(path), plan, expected):
+                    yield "frames", video, start, frames, None
                 yield "done", video
             except DecodeError as e:
                 yield "failed", video, str(e)
@@ -61,30 +65,41 @@ class InlineDecoder:
         self._events.close()
 
 
-class PoolDecoder:
-    """Decode processes writing crops into a ring of shared-memory slots."""
+def ring_shape(workers: int, size: int, resize: str, free_shm: int | None) -> tuple[int, int]:
+    """(slots, bytes per slot) of the shared-memory ring: 3 slots a process and 2 for the parent,
+    as /dev/shm allows. Under torchrun each rank counts only its share of /dev/shm (the free
+    space divided by LOCAL_WORLD_SIZE), and takes half of that: touching pages past a full
+    /dev/shm kills the process with SIGBUS."""
+    frame = size * size * 3 if resize == "pil" else max_pixels(size) * 3  # the largest handed over
+    want = CHUNK * size * size * 3 if resize == "pil" else SLOT_BYTES
+    slots = 3 * workers + 2
+    if free_shm is None:
+        return slots, want
+    budget = free_shm // local_world_size() // 2
+    slots = min(slots, budget // frame)
+    if slots < workers + 1:
+        raise AdviseCacheError(
+            f"/dev/shm has {free_shm / 1e6:.0f} MB free, too little for {workers} decode processes"
+            f" of {frame / 1e6:.1f} MB frames; use fewer --workers (or --workers 0), --resize pil, or give the "
+            "container a larger /dev/shm"
+        )
+    return slots, min(want, budget // slots)
 
-    def __init__(self, tasks: list[tuple], workers: int, size: int):
-        frame = size * size * 3
-        slots = 3 * workers + 2  # each process fills one while the parent holds a couple
-        chunk = CHUNK
+
+class PoolDecoder:
+    """Decode processes writing frames into a ring of shared-memory slots."""
+
+    def __init__(self, tasks: list[tuple], workers: int, size: int, resize: str = "tensor"):
         try:
             free_shm = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
         except OSError:
             free_shm = None
-        if free_shm is not None:  # touching pages past a full /dev/shm kills us with SIGBUS
-            chunk = min(CHUNK, free_shm // 2 // (slots * frame))
-            if chunk < 1:
-                raise AdviseCacheError(
-                    f"/dev/shm has {free_shm / 1e6:.0f} MB free, too little for {workers} decode processes; "
-                    "use fewer --workers (or --workers 0), or give the container a larger /dev/shm"
-                )
-        self.shape = (slots, chunk, size, size, 3)
+        self.shape = ring_shape(workers, size, resize, free_shm)
         self.shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self.shape)))
         self.ring = np.ndarray(self.shape, np.uint8, buffer=self.shm.buf)
         ctx = mp.get_context("spawn")  # forking after torch has started its threads can deadlock
         self.tasks, self.results, self.free = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        for s in range(slots):
+        for s in range(self.shape[0]):
             self.free.put(s)
         for task in tasks:
             self.tasks.put(task)
@@ -117,8 +132,8 @@ class PoolDecoder:
                     raise RuntimeError(f"decode process {dead[0].name} died (exit code {dead[0].exitcode})") from None
                 continue
             if event[0] == "frames":
-                _, video, start, n, slot = event
-                return "frames", video, start, self.ring[slot, :n], slot
+                _, video, start, shape, slot = event
+                return "frames", video, start, self.ring[slot, : int(np.prod(shape))].reshape(shape), slot
             if event[0] == "error":
                 raise RuntimeError(f"decode process failed on video {event[1]}: {event[2]}")
             return event
@@ -224,27 +239,34 @@ class Writer:
 # -- the model loop ------------------------------------------------------------------------
 class ModelLoop:
     """Fills fixed-size batches of crops across video boundaries, runs the model, and copies
-    the tokens (cast to the stored dtype on the device) into per-shard host buffers. On CUDA
-    the copies are asynchronous into pinned memory: a batch's shards go to the writer only
-    once two later batches have been queued, so the GPU always has work while the host waits.
+    the tokens (cast to the stored dtype on the device) into per-shard host buffers. Frames come
+    in as decoded (or already cropped, --resize pil) and are resized and cropped on the model's
+    device (pixels.resize_crop_tensor) into the batch. On CUDA each chunk of frames goes through a
+    pinned buffer, copied to the GPU on a side stream while the model runs; the tokens come back
+    asynchronously into pinned memory, and a batch's shards go to the writer only once two later
+    batches have been queued, so the GPU always has work while the host waits.
 
-    Every event is recorded on the current stream of the model's own device, which is where its
-    kernels and copies run: an event recorded on another GPU's stream (the thread's current
-    device, cuda:0 unless set) would be complete at once, and buffers would be reused early."""
+    Every event is recorded on a stream of the model's own device, which is where its kernels and
+    copies run: an event recorded on another GPU's stream (the thread's current device, cuda:0
+    unless set) would be complete at once, and buffers would be reused early."""
 
     def __init__(self, ifm, batch: int, arrays, writer_put):
         self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
         self.cuda = ifm.device.type == "cuda"
         self.stream = torch.cuda.current_stream(ifm.device) if self.cuda else None
+        self.copies = torch.cuda.Stream(ifm.device) if self.cuda else None  # frames to the GPU
         self.dtype = getattr(torch, str(np.dtype(arrays.tokens.dtype)))
         # int8: the model's tokens are quantised on the device, and each video's error against
         # them summed there (quant.error_sums) until its last shard takes the total to the host.
         self.quantised = arrays.quantised
         self.error_sums: dict[int, torch.Tensor] = {}
         size = ifm.spec.size
-        self.staging = [torch.empty((batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda) for _ in range(2)]
-        self.staged = [None, None]  # CUDA events: when each staging buffer may be refilled
-        self.cur, self.fill, self.pieces = 0, 0, []
+        # The batch being filled, where the model runs: on CUDA the model reads it in stream
+        # order, before the next batch's crops overwrite it.
+        self.crops = torch.empty((batch, size, size, 3), dtype=torch.uint8, device=ifm.device)
+        self.uploads: list[list] = [[None, None] for _ in range(UPLOADS)]  # pinned buffer, its copy's event
+        self.upload = 0
+        self.fill, self.pieces = 0, []
         self.first_launch: float | None = None  # perf_counter of the first batch run
         self.inflight: deque = deque()
         # Batches queued on the GPU before the oldest is waited on: while the host fills the
@@ -272,13 +294,35 @@ class ModelLoop:
             self.open[key] = Shard(video, index, rows, buf)
         return self.open[key]
 
-    def add(self, video: int, start: int, crops: np.ndarray) -> None:
+    def _on_device(self, frames: np.ndarray) -> torch.Tensor:
+        """A chunk of frames (n, h, w, 3) uint8 on the model's device. On CUDA through the next
+        pinned buffer of a small ring, copied on the side stream, which the model's stream then
+        waits for; the caller may reuse `frames` at once."""
+        if not self.cuda:
+            return torch.from_numpy(frames)
+        entry = self.uploads[self.upload]
+        self.upload = (self.upload + 1) % len(self.uploads)
+        if entry[1] is not None:
+            entry[1].synchronize()  # its last copy to the GPU has finished
+        if entry[0] is None or entry[0].numel() < frames.nbytes:
+            entry[0] = torch.empty(frames.nbytes, dtype=torch.uint8, pin_memory=True)
+        host = entry[0][: frames.nbytes].view(frames.shape)
+        host.numpy()[:] = frames
+        with torch.cuda.stream(self.copies):
+            x = host.to(self.ifm.device, non_blocking=True)
+        entry[1] = torch.cuda.Event()
+        entry[1].record(self.copies)
+        self.stream.wait_event(entry[1])
+        x.record_stream(self.stream)  # made on the side stream, used on the model's
+        return x
+
+    def add(self, video: int, start: int, frames: np.ndarray) -> None:
+        """Queue a chunk of a video's frames (rows start, start + 1, ...), as decoded or cropped."""
+        crops = resize_crop_tensor(self._on_device(frames), self.ifm.spec)
         i = 0
         while i < len(crops):
-            if self.fill == 0 and self.staged[self.cur] is not None:
-                self.staged[self.cur].synchronize()  # its last upload has finished
             take = min(len(crops) - i, self.batch - self.fill)
-            self.staging[self.cur][self.fill : self.fill + take].numpy()[:] = crops[i : i + take]
+            self.crops[self.fill : self.fill + take].copy_(crops[i : i + take])
             self.pieces.append((video, start + i, self.fill, take))
             self.fill += take
             i += take
@@ -290,9 +334,7 @@ class ModelLoop:
             return
         if self.first_launch is None:
             self.first_launch = time.perf_counter()
-        x = self.staging[self.cur][: self.fill].to(self.ifm.device, non_blocking=True)
-        if self.cuda:
-            self.staged[self.cur] = self._event()
+        x = self.crops[: self.fill]
         if self.quantised:
             floats = self.ifm.encode(x, dtype=torch.float32)
             tokens = quantize(floats)
@@ -319,7 +361,7 @@ class ModelLoop:
                     complete.append(self.open.pop((video, index)))
                 row, pos, n = row + take, pos + take, n - take
         self.inflight.append((self._event() if self.cuda else None, complete))
-        self.cur, self.fill, self.pieces = 1 - self.cur, 0, []
+        self.fill, self.pieces = 0, []
         while len(self.inflight) > self.depth:  # older batches: their copies are done or nearly
             self._hand_over()
 

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from .errors import WeightsError, first_line
+from .pixels import PixelSpec, normalize
 from .runtime import autocast_dtype, resolve_device, resolve_precision
-from .video import PixelSpec, normalize
 
 log = logging.getLogger(__name__)
 

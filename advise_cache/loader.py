@@ -17,11 +17,12 @@ the batch's frames each, once the batch is read.
 
 `TokenSource` reads clips from one or several IFMs of a store; several are concatenated along
 channels (on the device, from one buffer per IFM). `preload` keeps the videos a run samples
-resident: in RAM (pinned on CUDA), or on the GPU, where a batch is gathered without the host.
+resident: in RAM, or on the GPU, where a batch is gathered without the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -34,6 +35,7 @@ import torch
 
 from .errors import MismatchError, StoreError
 from .quant import dequantize, dequantize_into
+from .runtime import cores_per_process
 from .sampling import ClipRequest
 from .shards import in_parts
 from .store import DONE, Store
@@ -88,31 +90,43 @@ class TokenSource:
 
     # -- resident copies ------------------------------------------------------------------
     def preload(self, videos, device: torch.device | str | None = None, on_device: bool = False) -> int:
-        """Keep these videos' tokens resident: in RAM (pinned when `device` is CUDA) or, with
-        `on_device`, in the memory of `device` (a GPU). Returns the bytes held."""
+        """Keep these videos' tokens resident: in RAM or, with `on_device`, in the memory of
+        `device` (a GPU). Returns the bytes held. The RAM copy is not pinned even on CUDA: the
+        loader's pinned ring carries every copy to the device, and pinning tens of GB would lock
+        them (rounded up to a power of two) for the run. The GPU copy is filled through a small
+        host buffer, never built whole in RAM; both fit checks come before anything is read."""
         device = torch.device(device or "cpu")
         videos = np.unique(np.asarray(videos, np.int64))
         counts = self.frames[videos].astype(np.int64)
         total = int(counts.sum())
-        need = total * int(np.prod(self.grid)) * sum(self.row_dims) * self.stored_dtype.itemsize
+        row = int(np.prod(self.grid)) * self.stored_dtype.itemsize
+        need = total * row * sum(self.row_dims)
         free = _free_bytes(device if on_device else torch.device("cpu"))
         if free is not None and need > 0.9 * free:
             where = "GPU" if on_device else "RAM"
             raise StoreError(
                 f"--preload needs {need / 1e9:.1f} GB of {where}; only {free / 1e9:.1f} GB "
-                "are free. Train without --preload (the loader reads from the store)"
+                "are available. Train without --preload (the loader reads from the store)"
             )
         start = np.full(len(self.frames), -1, np.int64)
         start[videos] = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(videos) else []
-        pin = device.type == "cuda" and not on_device
         resident = []
         for a, reader, d in zip(self.arrays, self._readers, self.row_dims):  # kept as stored
-            host = torch.empty((total, *self.grid, d), dtype=_torch_dtype(self.stored_dtype), pin_memory=pin)
-            view = host.numpy()
+            shape, dtype = (total, *self.grid, d), _torch_dtype(self.stored_dtype)
+            out = torch.empty(shape, dtype=dtype, device=device if on_device else "cpu")
+            bounce = (
+                None if not on_device else np.empty((max(1, _BOUNCE_BYTES // (row * d)), *shape[1:]), self.stored_dtype)
+            )
             for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
                 rows = int(a.offset[v]) + np.arange(n)
-                _read_rows(a, reader, rows, view[s : s + n])
-            resident.append(host.to(device) if on_device else host)
+                if bounce is None:
+                    _read_rows(a, reader, rows, out.numpy()[s : s + n])
+                    continue
+                for i in range(0, n, len(bounce)):  # a piece at a time through the host buffer
+                    piece = bounce[: min(len(bounce), n - i)]
+                    _read_rows(a, reader, rows[i : i + len(piece)], piece)
+                    out[s + i : s + i + len(piece)].copy_(torch.from_numpy(piece))
+            resident.append(out)
         self.resident, self._resident_start = resident, start
         return need
 
@@ -188,6 +202,7 @@ class TokenSource:
         return out
 
 
+_BOUNCE_BYTES = 64 << 20  # the host buffer a GPU preload is filled through
 _DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
 
 
@@ -200,12 +215,31 @@ def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, task
 
 
 def _free_bytes(device: torch.device) -> int | None:
+    """Memory a preload may take: free on a GPU; on the host MemAvailable (what the kernel can
+    hand out without swapping, page cache included), not MemFree."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def default_threads(device: torch.device) -> int:
+    """Reading threads when --loader-threads is not given. On CUDA this process's share of the
+    node's cores less the training loop's (a GPU-rate run needs several copying cores per GPU),
+    at least 4 and at most 16; on the CPU 4, what bench_loader measured best, the model's own
+    threads taking the cores."""
+    if torch.device(device).type != "cuda":
+        return 4
+    return min(16, max(4, cores_per_process() - 1))
 
 
 def _check_indices(frames: np.ndarray, videos: np.ndarray, indices: np.ndarray) -> None:
@@ -238,7 +272,7 @@ class ClipLoader:
         plan: list[ClipRequest],
         batch_size: int,
         prefetch: int = 2,
-        threads: int = 4,
+        threads: int = 0,  # 0: default_threads
         skip_batches: int = 0,
         drop_last: bool = True,
         device: torch.device | str | None = None,
@@ -264,10 +298,10 @@ class ClipLoader:
         for videos, indices, _ in self._arrays:  # a bad plan fails here, not mid-epoch
             _check_indices(source.frames, videos, indices)
         self.prefetch = max(1, prefetch)
-        self.threads = max(1, threads)
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        self.threads = max(1, threads) if threads else default_threads(self.device)
         self.wait_seconds = 0.0  # time the consumer spent blocked on data
 
     def __len__(self) -> int:
@@ -289,8 +323,11 @@ class ClipLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         free: queue.Queue = queue.Queue()  # host buffers ready to be filled, with the event of their last copy
         if not on_device:
-            for _ in range(self.prefetch + 1):  # prefetch waiting, one in the consumer's hands
-                free.put((self._buffers(self.batch_size), None))
+            # Pinned memory is allocated in the current device's context: this thread's may be
+            # cuda:0 (a context there from every rank of a node), so the loader's is made current.
+            with torch.cuda.device(dev) if cuda else contextlib.nullcontext():
+                for _ in range(self.prefetch + 1):  # prefetch waiting, one in the consumer's hands
+                    free.put((self._buffers(self.batch_size), None))
         stop = threading.Event()
         side = torch.cuda.Stream(dev) if cuda else None
 

@@ -19,6 +19,52 @@ from .errors import AdviseCacheError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_world_size() -> int:
+    """Processes of this job on this node: torchrun's LOCAL_WORLD_SIZE (1 without torchrun).
+    torchrun does not pin its ranks to cores, so each sees every core of the node: whatever a
+    process sizes by the cores (decode processes, reading threads, /dev/shm) it divides by this."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        n = int(text)
+    except ValueError:
+        raise AdviseCacheError(f"LOCAL_WORLD_SIZE must be an integer, got {text!r}") from None
+    if n < 1:
+        raise AdviseCacheError(f"LOCAL_WORLD_SIZE must be >= 1, got {n}")
+    return n
+
+
+def cores_per_process() -> int:
+    """This process's share of the node's usable cores (at least one)."""
+    return max(1, usable_cores() // local_world_size())
+
+
+def local_rank(cuda: bool) -> int:
+    """LOCAL_RANK (0 without torchrun), checked: a non-negative integer, below LOCAL_WORLD_SIZE
+    where that is set and, on CUDA, below the GPUs this node has, so that a bad launch is one
+    line, not a CUDA error on some rank."""
+    text = os.environ.get("LOCAL_RANK", "0")
+    try:
+        local = int(text)
+    except ValueError:
+        raise AdviseCacheError(f"LOCAL_RANK must be an integer, got {text!r}") from None
+    if local < 0 or ("LOCAL_WORLD_SIZE" in os.environ and local >= local_world_size()):
+        raise AdviseCacheError(f"LOCAL_RANK {local} is not within LOCAL_WORLD_SIZE {local_world_size()}")
+    if cuda and local >= torch.cuda.device_count():
+        raise AdviseCacheError(
+            f"LOCAL_RANK {local}, but this node has {torch.cuda.device_count()} GPUs: launch at most that many "
+            "processes per node (torchrun --nproc_per_node)"
+        )
+    return local
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
     if device == "auto":
@@ -71,8 +117,8 @@ def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = resolve_device(device).type == "cuda"
+    local = local_rank(cuda)
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local)

@@ -48,6 +48,7 @@ from .runtime import (
     barrier,
     close_distributed,
     init_distributed,
+    make_current,
     resolve_device,
     resolve_precision,
     sum_across,
@@ -208,6 +209,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
+    make_current(device)  # what defaults to the current device (pinned memory's context, the scaler) is on it
     if cfg.preload == "gpu" and device.type != "cuda":
         raise AdviseCacheError("--preload gpu needs a CUDA device; use --preload ram")
     precision = resolve_precision(cfg.precision, device)

@@ -1,38 +1,39 @@
-"""Decoding video frames and the image model's pixel preprocessing.
+"""Decoding videos into frames for the image model.
 
-The only module that imports decord. Frames are decoded at their native size, resized so
-the short side equals the model's input size, and centre-cropped — the same geometry as
-open_clip's and timm's evaluation transforms. Resizing uses PIL's antialiased
-filters, as open_clip's and timm's own transforms do. The crop stays uint8 (so it travels
-cheaply between processes); `normalize` turns it into the model's input on its device.
+The only module that imports a decoder: decord (the default) or torchcodec (`--decoder
+torchcodec`, PyTorch's own, an optional extra: `pip install advise-cache[torchcodec]` and the
+system's FFmpeg libraries). Both go through `open_video`, and any error of either is that
+video's `DecodeError`: one bad file never stops a run.
 
-Decode workers import only this module (no torch), so they start in well under a second.
+Frames are decoded at their native size, a chunk at a time, and then either resized and
+centre-cropped here with PIL (`--resize pil`, open_clip's own preprocessing byte for byte) or
+handed over as decoded, at most `pixels.max_pixels` (`--resize tensor`, the default): the model
+loop resizes them as tensor ops where the model runs (pixels.py).
+
+Decode workers import only this module and pixels.py (no torch), so they start in well under a
+second.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from .errors import DecodeError, first_line
-
-if TYPE_CHECKING:
-    import torch
+from .pixels import PixelSpec, cap_factor, reduce, resize_crop
 
 log = logging.getLogger(__name__)
 
+DECODERS = ("decord", "torchcodec")
 # Decode this many frames at a time so a long video never sits in memory at full size.
-_DECODE_BATCH = 64
+_DECODE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,73 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
-class PixelSpec:
-    """How a model wants its pixels: square input size, interpolation, mean and std."""
+class FramePlan:
+    """What a decode process makes of a video: every `stride`-th frame, with `decoder`, resized
+    to the model's crops here (`resize` "pil") or handed over as decoded ("tensor")."""
 
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
+    spec: PixelSpec
+    stride: int = 1
+    resize: str = "tensor"
+    decoder: str = "decord"
 
 
-def _reader(path: Path):
-    import decord  # imported here so processes that never decode stay light
+class _Decord:
+    def __init__(self, path: Path):
+        import decord  # imported here so processes that never decode stay light
 
-    decord.logging.set_level(decord.logging.QUIET)
+        decord.logging.set_level(decord.logging.QUIET)
+        self.vr = decord.VideoReader(str(path), num_threads=1)
+
+    def __len__(self) -> int:
+        return len(self.vr)
+
+    def fps(self) -> float:
+        return float(self.vr.get_avg_fps() or 0.0)
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        return self.vr.get_batch(indices).asnumpy()
+
+
+class _TorchCodec:
+    def __init__(self, path: Path):
+        from torchcodec.decoders import VideoDecoder
+
+        # exact: the index comes from a scan of the file, as decord's does, not from its header
+        self.dec = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=1)
+
+    def __len__(self) -> int:
+        return len(self.dec)
+
+    def fps(self) -> float:
+        return float(self.dec.metadata.average_fps or 0.0)
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        return self.dec.get_frames_at(indices).data.numpy()
+
+
+_BACKENDS = {"decord": _Decord, "torchcodec": _TorchCodec}
+
+
+def decoder_available(decoder: str) -> str:
+    """'' when `decoder` can be used here, else why not (one line)."""
+    if decoder not in _BACKENDS:
+        return f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}"
+    try:
+        if decoder == "torchcodec":
+            from torchcodec.decoders import VideoDecoder  # noqa: F401 - loads its FFmpeg libraries
+        else:
+            import decord  # noqa: F401
+    except Exception as e:  # ImportError, or OSError/RuntimeError when FFmpeg's libraries are missing
+        return (
+            f"--decoder {decoder} cannot be loaded here ({first_line(e, 160)}); install it with "
+            f"`pip install 'advise-cache[{decoder}]'`"
+            + (" and the system's FFmpeg libraries" if decoder == "torchcodec" else "")
+        )
+    return ""
+
+
+def open_video(path: Path, decoder: str = "decord"):
+    """A reader of `path` (len, fps(), frames(indices) -> (n, H, W, 3) uint8), or DecodeError."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
@@ -65,16 +120,16 @@ def _reader(path: Path):
     if path.stat().st_size == 0:
         raise DecodeError(f"{path}: empty file (0 bytes)")
     try:
-        return decord.VideoReader(str(path), num_threads=1)
-    except Exception as e:  # decord raises RuntimeError or its own DECORDError
-        if "cannot find video stream" in str(e):
+        return _BACKENDS[decoder](path)
+    except Exception as e:  # decord: RuntimeError or DECORDError; torchcodec: RuntimeError, ValueError
+        text = str(e)
+        if "cannot find video stream" in text or "No valid stream" in text or "no video stream" in text.lower():
             raise DecodeError(f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)") from e
         raise DecodeError(f"{path}: cannot open as video ({first_line(e, 200)})") from e
 
 
 def _decoding(path: Path, what: str, fn):
-    """`fn()`, with any error of the decoder (decord raises its own DECORDError, or
-    RuntimeError) turned into this video's DecodeError: one bad file never stops a run."""
+    """`fn()`, with any error of the decoder turned into this video's DecodeError."""
     try:
         return fn()
     except DecodeError:
@@ -91,83 +146,68 @@ def _access_error(folder: Path) -> str:
     return "it became readable since it was listed: run again"
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """Frame count and rate from the decoder's own index (what `decode_frames` will return)."""
-    vr = _reader(path)
+def probe_video(path: Path, decoder: str = "decord") -> VideoInfo:
+    """Frame count and rate from the decoder's own index (what `iter_frames` will return)."""
+    vr = open_video(path, decoder)
     n = _decoding(path, "cannot read its frame index", lambda: len(vr))
     if n == 0:
         raise DecodeError(f"{path}: no decodable frame")
     # A video whose first frame does not decode fails here, before any model runs.
-    _decoding(path, "decoding failed at frame 0", lambda: vr[0])
-    fps = _decoding(path, "cannot read its frame rate", lambda: float(vr.get_avg_fps() or 0.0))
+    _decoding(path, "decoding failed at frame 0", lambda: vr.frames([0]))
+    fps = _decoding(path, "cannot read its frame rate", vr.fps)
     return VideoInfo(frames=n, fps=fps)
 
 
-def decode_frames(path: Path, spec: PixelSpec, stride: int = 1) -> np.ndarray:
-    """Every `stride`-th frame, resized and centre-cropped to (T, S, S, 3) uint8."""
-    return np.concatenate([crops for _, crops in iter_crops(path, spec, stride)])
+def decode_frames(path: Path, spec: PixelSpec, stride: int = 1, resize: str = "tensor", decoder: str = "decord"):
+    """Every `stride`-th frame as the model's (T, S, S, 3) uint8 crops, made as extraction makes
+    them on the CPU (`resize`): for tests, figures and checks, a whole video at once."""
+    from .pixels import resize_crop_tensor
+
+    plan = FramePlan(spec, stride, resize, decoder)
+    chunks = []
+    for _, frames in iter_frames(Path(path), plan):
+        if resize == "tensor":
+            import torch
+
+            frames = resize_crop_tensor(torch.from_numpy(frames), spec).numpy()
+        chunks.append(frames)
+    return np.concatenate(chunks)
 
 
-def iter_crops(
-    path: Path, spec: PixelSpec, stride: int = 1, expected: int | None = None, chunk: int = _DECODE_BATCH, out=None
-):
-    """Decode a video `chunk` frames at a time: yields (first row, (n, S, S, 3) uint8 crops).
-    `out()`, when given, returns the buffer each chunk's crops are written into (a slot of
-    shared memory). `expected` rows, when given, are checked before anything is decoded."""
-    vr = _reader(path)
-    indices = list(range(0, _decoding(path, "cannot read its frame index", lambda: len(vr)), stride))
+def iter_frames(path: Path, plan: FramePlan, expected: int | None = None, room: int | None = None, out=None):
+    """Decode a video a chunk at a time: yields (first row, (n, h, w, 3) uint8), the model's
+    crops (resize "pil") or the frames as decoded, reduced to at most max_pixels ("tensor").
+    `room`: the most bytes one yield may hold (a shared-memory slot); `out(n)`, when given,
+    returns the buffer for the next n frames' bytes. `expected` rows, when given, are checked
+    before anything is decoded."""
+    vr = open_video(path, plan.decoder)
+    indices = list(range(0, _decoding(path, "cannot read its frame index", lambda: len(vr)), plan.stride))
     if not indices:
         raise DecodeError(f"{path}: no decodable frame")
     if expected is not None and len(indices) != expected:
         raise DecodeError(f"{path}: decoder sees {len(indices)} frames, the store expects {expected}")
-    for start in range(0, len(indices), chunk):
-        batch = indices[start : start + chunk]
-        frames = _decoding(
-            path, f"decoding failed at frames {batch[0]}-{batch[-1]}", lambda batch=batch: vr.get_batch(batch).asnumpy()
-        )
-        yield start, resize_crop(frames, spec, None if out is None else out()[: len(batch)])
-
-
-def resize_crop(frames: np.ndarray, spec: PixelSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 → short side resized to spec.size, centre crop, (T, S, S, 3) uint8
-    (into `out` when given)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise DecodeError(f"expected RGB frames (T, H, W, 3), got shape {frames.shape}")
-    _, h, w, _ = frames.shape
-    s = spec.size
-    scale = s / min(h, w)
-    nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-    top, left = (nh - s) // 2, (nw - s) // 2
-    resample = _FILTERS.get(spec.interpolation, Image.BICUBIC)
-    if out is None:
-        out = np.empty((len(frames), s, s, 3), np.uint8)
-    for i, frame in enumerate(frames):
-        img = Image.fromarray(frame)
-        if (nh, nw) != (h, w):
-            img = img.resize((nw, nh), resample)
-        out[i] = np.asarray(img)[top : top + s, left : left + s]
-    return out
-
-
-_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-
-
-def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
-    """(T, S, S, 3) uint8 → (T, 3, S, S) float32 scaled to [0, 1] and standardised."""
-    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    mean, std = _stats(spec, x.device)
-    return (x - mean) / std
-
-
-@functools.lru_cache(maxsize=16)
-def _stats(spec: PixelSpec, device) -> tuple:
-    """Mean and std as (1, 3, 1, 1) tensors on the device, made once: building them per batch
-    is a blocking host-to-device copy, which would wait for every batch queued before it."""
-    import torch
-
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1).to(device)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1).to(device)
-    return mean, std
+    s = plan.spec.size
+    for start in range(0, len(indices), _DECODE_BATCH):
+        batch = indices[start : start + _DECODE_BATCH]
+        frames = _decoding(path, f"decoding failed at frames {batch[0]}-{batch[-1]}", lambda b=batch: vr.frames(b))
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise DecodeError(f"{path}: expected RGB frames (T, H, W, 3), got shape {frames.shape}")
+        if plan.resize == "tensor":
+            frames = reduce(frames, cap_factor(frames.shape[1], frames.shape[2], s))
+        one = (s * s * 3) if plan.resize == "pil" else frames[0].nbytes
+        step = len(frames) if room is None else max(1, room // one)
+        for i in range(0, len(frames), step):
+            piece = frames[i : i + step]
+            if plan.resize == "pil":
+                n = len(piece)
+                dest = None if out is None else out(n * one).reshape(n, s, s, 3)
+                yield start + i, resize_crop(piece, plan.spec, dest)
+            elif out is None:
+                yield start + i, piece
+            else:
+                dest = out(piece.nbytes).reshape(piece.shape)
+                dest[:] = piece
+                yield start + i, dest
 
 
 # -- entry points for decode worker processes: failures come back as a reason string --------
@@ -225,26 +265,19 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def probe_or_reason(path: str) -> tuple[int, float, str]:
+def probe_or_reason(path: str, decoder: str = "decord") -> tuple[int, float, str]:
     try:
-        info = probe_video(Path(path))
+        info = probe_video(Path(path), decoder)
         return info.frames, info.fps, ""
     except DecodeError as e:
         return 0, 0.0, str(e)
 
 
-def decode_or_reason(path: str, spec: PixelSpec, stride: int) -> np.ndarray | str:
-    try:
-        return decode_frames(Path(path), spec, stride)
-    except DecodeError as e:
-        return str(e)
-
-
-def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, ...]) -> None:
-    """A decode process: takes (video, path, spec, stride, expected) tasks until None, writes
-    each chunk of crops into a free slot of the shared ring `shm_name` (slots, chunk, S, S, 3)
-    and reports ("frames", video, first row, n, slot), then ("done", video) or
-    ("failed", video, reason). Crops never travel through a pipe: only slot numbers do."""
+def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, int]) -> None:
+    """A decode process: takes (video, path, FramePlan, expected) tasks until None, writes each
+    chunk of frames into a free slot of the shared ring `shm_name` ((slots, bytes) uint8) and
+    reports ("frames", video, first row, (n, h, w, 3), slot), then ("done", video) or
+    ("failed", video, reason). Frames never travel through a pipe: only slot numbers do."""
     import queue
     from multiprocessing import shared_memory
 
@@ -263,17 +296,17 @@ def decode_worker(tasks, results, free, shm_name: str, shape: tuple[int, ...]) -
     try:
         ring = np.ndarray(shape, np.uint8, buffer=shm.buf)
         while (task := get(tasks)) is not None:
-            video, path, spec, stride, expected = task
+            video, path, plan, expected = task
             slot = -1
 
-            def take():
+            def take(nbytes: int) -> np.ndarray:
                 nonlocal slot
                 slot = get(free)
-                return ring[slot]
+                return ring[slot, :nbytes]
 
             try:
-                for start, crops in iter_crops(Path(path), spec, stride, expected, shape[1], take):
-                    results.put(("frames", video, start, len(crops), slot))
+                for start, frames in iter_frames(Path(path), plan, expected, shape[1], take):
+                    results.put(("frames", video, start, frames.shape, slot))
                     slot = -1  # the parent owns it now
                 results.put(("done", video))
             except DecodeError as e:

@@ -29,10 +29,11 @@ from .checkpoint import CheckpointMeta, load_model
 from .errors import DecodeError, MismatchError, StoreError
 from .loader import collate
 from .models import ClipClassifier, create_model
+from .pixels import PixelSpec
 from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import Store, open_store
-from .video import PixelSpec, decode_frames
+from .video import decode_frames
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def load_frames(store: Store, video: int, key: str, video_root: Path | None = No
     path = video_path(store, video, video_root)
     name = str(store.videos.name[video])
     try:
-        frames = decode_frames(path, pixel_spec(meta), int(meta["frame_stride"]))
+        frames = decode_frames(path, pixel_spec(meta), int(meta["frame_stride"]), meta.get("resize", "pil"))
     except DecodeError as e:
         hint = (
             ""

@@ -312,8 +312,13 @@ def test_resolve_launch_takes_torchrun_ranks(monkeypatch):
 
 
 def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synthetic_store, tmp_path):
-    """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK set; no process
-    group: extraction needs no collective) fill one store."""
+    """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
+    set) fill one store: each probes half of the videos (a gloo group for that step alone)."""
+    import socket
+
+    with socket.socket() as sock:  # a free port: other test runs may share this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "ranks.zarr"
     args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), *FAST_EXTRACT]
     args += "--frames-per-shard 8 --batch-size 16 --json".split()
@@ -326,7 +331,7 @@ def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synt
             "LOCAL_RANK": str(rank),
             "LOCAL_WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": "29500",
+            "MASTER_PORT": str(port),
         }
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     parts = []
