@@ -67,6 +67,16 @@ def extract(
         ),
     ] = EXTRACT.workers,
     writers: Annotated[int, typer.Option(help="Threads writing shards.")] = EXTRACT.writers,
+    decoder: Annotated[
+        str,
+        typer.Option(help="decord, or torchcodec (pip install 'advise-cache[torchcodec]' and FFmpeg's libraries)."),
+    ] = EXTRACT.decoder,
+    resize: Annotated[
+        str,
+        typer.Option(
+            help="Where frames are resized to the model's input: tensor (antialiased F.interpolate on the model's device) or pil (in the decode processes: open_clip's own preprocessing, byte for byte)."
+        ),
+    ] = EXTRACT.resize,
     device: Annotated[
         str,
         typer.Option(

@@ -40,10 +40,14 @@ class PixelSpec:
 
 
 def crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
-    """(resized height, resized width, top, left): the short side to `size`, a centre crop."""
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    return nh, nw, (nh - size) // 2, (nw - size) // 2
+    """(resized height, resized width, top, left): the short side to `size`, a centre crop, with
+    torchvision's roundings (the long side truncated, the offsets rounded), which open_clip's
+    `Resize(size)` + `CenterCrop(size)` use."""
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
 
 
 def max_pixels(size: int) -> int:
@@ -95,8 +99,9 @@ _FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Ima
 def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     """(T, H, W, 3) uint8 on any device → (T, S, S, 3) uint8 on it: the geometry of `resize_crop`
     with `F.interpolate` (antialiased for bicubic and bilinear, which then use PIL's kernels).
-    On the CPU it runs on uint8 in place of PIL; on a GPU in float32, rounded and clamped to
-    uint8 as an image would be. Frames already S x S pass through."""
+    On the CPU it runs on uint8 in place of PIL; on a GPU in float32, in PIL's two passes (width,
+    then height), each rounded and clamped to uint8 as PIL does: one float pass would keep the
+    first pass's overshoot at sharp edges, up to 15 levels off PIL. Frames already S x S pass."""
     import torch
     import torch.nn.functional as F
 
@@ -111,8 +116,10 @@ def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     if frames.device.type == "cpu" and mode != "nearest":
         y = F.interpolate(x, size=(nh, nw), mode=mode, antialias=aa)
     else:
-        y = F.interpolate(x.float(), size=(nh, nw), mode=mode, antialias=aa)
-        y = y.round_().clamp_(0, 255).to(torch.uint8)
+        y = x.float()
+        for size in ((h, nw), (nh, nw)):
+            y = F.interpolate(y, size=size, mode=mode, antialias=aa).round_().clamp_(0, 255)
+        y = y.to(torch.uint8)
     return y[:, :, top : top + s, left : left + s].permute(0, 2, 3, 1)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -123,9 +124,18 @@ def open_video(path: Path, decoder: str = "decord"):
         return _BACKENDS[decoder](path)
     except Exception as e:  # decord: RuntimeError or DECORDError; torchcodec: RuntimeError, ValueError
         text = str(e)
-        if "cannot find video stream" in text or "No valid stream" in text or "no video stream" in text.lower():
+        if any(m in text for m in _NO_VIDEO_STREAM):
             raise DecodeError(f"{path}: no decodable video stream (audio only, or a codec the decoder lacks)") from e
-        raise DecodeError(f"{path}: cannot open as video ({first_line(e, 200)})") from e
+        raise DecodeError(f"{path}: cannot open as video ({_reason(e)})") from e
+
+
+# What each decoder says of a file with no video stream it can decode (decord; torchcodec).
+_NO_VIDEO_STREAM = ("cannot find video stream", "best video stream is unknown")
+
+
+def _reason(e: Exception) -> str:
+    """The decoder's message, one line, without torchcodec's 'Function, /source/file.cpp:N, '."""
+    return re.sub(r"^\w+, \S+:\d+, ", "", first_line(e, 300))[:200]
 
 
 def _decoding(path: Path, what: str, fn):
@@ -135,7 +145,7 @@ def _decoding(path: Path, what: str, fn):
     except DecodeError:
         raise
     except Exception as e:
-        raise DecodeError(f"{path}: {what} ({first_line(e, 200)})") from e
+        raise DecodeError(f"{path}: {what} ({_reason(e)})") from e
 
 
 def _access_error(folder: Path) -> str:
