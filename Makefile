@@ -21,7 +21,8 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv test demo lint clean bench-extract bench-loader bench-efficiency bench-gpu \
+.PHONY: venv test demo lint clean bench-extract bench-loader bench-efficiency bench-gpu bench-gpu-extract \
+	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
 venv: $(VENV)/.installed
@@ -53,17 +54,25 @@ bench-loader: venv
 bench-efficiency: venv
 	$(PY) pipelines/bench_efficiency.py
 
-# Every GPU figure in one go, each written into its own section of BENCHMARKS.md: the loader
-# and training from the cache vs a GPU-resident batch, extraction vs the image model alone (and
-# bf16 vs fp32 tokens), the paper's Table 6. For a CUDA machine that has torch but no package
-# registry (no venv is made): run `../shared/device/fetch-wheels.sh av` where pip works, carry
-# .whl, start with the install line it prints, then `make bench-gpu`.
+# Every GPU figure in two commands of under 5 minutes each (one device call each), both opened by
+# a ~20 s pre-flight (CUDA, versions, the direct shard reader and writer, a one-batch extraction on
+# cuda:0 and cuda:1 compared): extraction; then the loader and training from the cache vs a
+# GPU-resident batch and the paper's Table 6. With $OUT set, results (BENCHMARKS sections and
+# JSON) go under it. For a CUDA machine that has torch but no package registry (no venv is made):
+# run `../shared/device/fetch-wheels.sh av` where pip works, carry .whl, start with the install
+# line it prints, then `make bench-gpu-extract` and `make bench-gpu-train`. On a machine without
+# a GPU, `make bench-gpu GPU_DEVICE=cpu GPU_PYTHON=.venv/bin/python` runs the same at CPU sizes.
 GPU_PYTHON ?= python3
+GPU_DEVICE ?= cuda
 GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
-bench-gpu:
-	$(GPU_RUN) pipelines/bench_loader.py --device cuda
-	$(GPU_RUN) pipelines/bench_extract.py --device cuda
-	$(GPU_RUN) pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
+bench-gpu: bench-gpu-extract bench-gpu-train
+bench-gpu-extract:
+	$(GPU_RUN) pipelines/bench_gpu.py extract --device $(GPU_DEVICE)
+bench-gpu-train:
+	$(GPU_RUN) pipelines/bench_gpu.py train --device $(GPU_DEVICE)
+
+bench-decode: venv
+	$(PY) pipelines/bench_decode.py
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)

@@ -96,12 +96,13 @@ def resize_crop(frames: np.ndarray, spec: PixelSpec, out: np.ndarray | None = No
 _FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
-def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
+def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec, gpu_kernels: bool | None = None) -> torch.Tensor:
     """(T, H, W, 3) uint8 on any device → (T, S, S, 3) uint8 on it: the geometry of `resize_crop`
     with `F.interpolate` (antialiased for bicubic and bilinear, which then use PIL's kernels).
     On the CPU it runs on uint8 in place of PIL; on a GPU in float32, in PIL's two passes (width,
     then height), each rounded and clamped to uint8 as PIL does: one float pass would keep the
-    first pass's overshoot at sharp edges, up to 15 levels off PIL. Frames already S x S pass."""
+    first pass's overshoot at sharp edges, up to 15 levels off PIL. Frames already S x S pass.
+    `gpu_kernels`: run the GPU's float passes whatever the device (benchmarks measure them)."""
     import torch
     import torch.nn.functional as F
 
@@ -113,7 +114,9 @@ def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     x = frames.permute(0, 3, 1, 2)  # a channels_last view: what the uint8 kernels want
     mode = spec.interpolation if spec.interpolation in _FILTERS else "bicubic"
     aa = mode != "nearest"
-    if frames.device.type == "cpu" and mode != "nearest":
+    if gpu_kernels is None:
+        gpu_kernels = frames.device.type != "cpu"
+    if not gpu_kernels and mode != "nearest":
         y = F.interpolate(x, size=(nh, nw), mode=mode, antialias=aa)
     else:
         y = x.float()

@@ -48,6 +48,9 @@ def summarize(store: Store) -> dict:
             ],
             "frames": int(a.frames[done].sum()),
             "bytes": a.stored_bytes(),
+            # the shard files read and written by advise-cache itself, or by zarr (20-50x slower)
+            "direct_shard_io": a.shard_reader() is not None,
+            "resize": a.meta.get("resize", "pil"),
         }
         errors = a.quant_errors()
         if errors is not None:
@@ -98,6 +101,12 @@ def summary_lines(s: dict) -> list[str]:
             f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
             f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)"
         )
+        if not m["direct_shard_io"]:
+            why = "a codec" if m["codec"] != "none" else "this zarr's sharding metadata is not the layout expected"
+            out.append(
+                f"    direct shard reader and writer: not in use ({why}): zarr reads and writes the shards, "
+                "20-50x slower"
+            )
         q = m.get("quant_error")
         if q and q["videos"]:
             out.append(

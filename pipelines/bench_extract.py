@@ -116,24 +116,31 @@ def write_manifest(path: Path, videos: list[tuple[Path, int]]) -> Path:
 # -- the measurements ------------------------------------------------------------------------
 def time_decode(videos: list[tuple[Path, int]], spec, workers: int) -> tuple[float, list[np.ndarray]]:
     """Frames/s of the run's decode processes (or in line, for 0), counted from the first
-    chunk handed over, and the crops of every video (copied out of the ring)."""
-    from advise_cache.extract_stages import InlineDecoder, PoolDecoder
+    chunk handed over, and the crops of every video (resized out of the ring after the timing:
+    the decode processes hand over frames as decoded, the model loop resizes them)."""
+    import torch
 
-    tasks = [(v, str(p), spec, 1, n) for v, (p, n) in enumerate(videos)]
-    clips = [np.empty((n, spec.size, spec.size, 3), np.uint8) for _, n in videos]
+    from advise_cache.extract_stages import InlineDecoder, PoolDecoder
+    from advise_cache.pixels import resize_crop_tensor
+    from advise_cache.video import FramePlan
+
+    tasks = [(v, str(p), FramePlan(spec), n) for v, (p, n) in enumerate(videos)]
+    clips = [None] * len(videos)
     decoder = InlineDecoder(tasks) if workers <= 0 else PoolDecoder(tasks, workers, spec.size)
     remaining, t0, counted = len(tasks), None, 0
     try:
         while remaining:
             event = decoder.next()
             if event[0] == "frames":
-                _, v, start, crops, slot = event
-                clips[v][start : start + len(crops)] = crops
+                _, v, start, frames, slot = event
+                if clips[v] is None:
+                    clips[v] = np.empty((videos[v][1], *frames.shape[1:]), np.uint8)
+                clips[v][start : start + len(frames)] = frames
                 decoder.release(slot)
                 if t0 is None:
                     t0 = time.perf_counter()  # the first chunk is the start-up's
                 else:
-                    counted += len(crops)
+                    counted += len(frames)
             elif event[0] == "failed":
                 raise RuntimeError(f"decoding a generated video failed: {event[2]}")
             else:
@@ -141,7 +148,7 @@ def time_decode(videos: list[tuple[Path, int]], spec, workers: int) -> tuple[flo
         seconds = time.perf_counter() - t0
     finally:
         decoder.close()
-    return counted / seconds, clips
+    return counted / seconds, [resize_crop_tensor(torch.from_numpy(c), spec).contiguous().numpy() for c in clips]
 
 
 def time_ifm(ifm, clips: list[np.ndarray], batch: int) -> float:

@@ -47,6 +47,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=BENCHMARKS, help="the markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the section only")
+    p.add_argument("--json", type=Path, help="also write the section and the run's settings here, as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -311,8 +312,12 @@ def write_section(path: Path, name: str, section: str) -> None:
 
 
 def publish(text: str, args, name: str) -> int:
-    """Print a section; write it into args.out unless --no-write."""
+    """Print a section; write it into args.out unless --no-write, and as JSON into args.json."""
     print(text)
     if not args.no_write:
         write_section(args.out, name, text)
+    if getattr(args, "json", None):
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"name": name, "section": text, "settings": settings}, indent=1))
     return 0
