@@ -224,7 +224,7 @@ def test_gpu_preload_is_filled_through_a_small_host_buffer(monkeypatch, syntheti
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # "to cuda:1" stays here
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 40, 1 << 40))
-    monkeypatch.setattr(loader, "_BOUNCE_BYTES", 4096)
+    monkeypatch.setattr(loader, "_BOUNCE_BYTES", 4096, raising=False)
     monkeypatch.setattr(loader.np, "empty", np_empty)
     source = loader.TokenSource(open_store(synthetic_store))
     videos, _ = source.videos()
