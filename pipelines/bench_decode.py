@@ -70,13 +70,13 @@ def transcode(src: Path, dest: Path, size: tuple[int, int], frames: int | None =
 
 
 # -- 1: decode + resize per CPU-second ---------------------------------------------------------
-def path_costs(clip: Path, rounds: int) -> dict[str, list[float]]:
+def path_costs(clip: Path, rounds: int, decoders_only: bool = False) -> dict[str, list[float]]:
     """Frames per CPU-second of each path over the whole clip, rounds alternating the paths."""
     import torch
 
     from advise_cache.ifm import create_ifm
     from advise_cache.pixels import resize_crop_tensor
-    from advise_cache.video import FramePlan, iter_frames, open_video
+    from advise_cache.video import FramePlan, decoder_available, iter_frames, open_video
 
     torch.set_num_threads(1)
     spec = create_ifm("test-vit", "none", "cpu").spec
@@ -103,7 +103,18 @@ def path_costs(clip: Path, rounds: int) -> dict[str, list[float]]:
             n += len(f)
         return n
 
+    def torchcodec_only() -> int:
+        vr = open_video(clip, "torchcodec")
+        n = len(vr)
+        for i in range(0, n, 16):
+            vr.frames(list(range(i, min(n, i + 16))))
+        return n
+
     paths = {"decord alone": decord_only, "pil": pil, "tensor, CPU": tensor_cpu, "decode process on a GPU": gpu_share}
+    if decoders_only:
+        paths = {"decord alone": decord_only}
+        if not decoder_available("torchcodec"):
+            paths["torchcodec alone"] = torchcodec_only
     out: dict[str, list[float]] = {k: [] for k in paths}
     for r in range(rounds):
         for name, fn in paths.items():
@@ -276,6 +287,25 @@ def render(machine, clip, costs, extraction, parts, tokens, argv) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_decoders(machine, clip, costs, argv) -> str:
+    med = {k: float(np.median(v)) for k, v in costs.items()}
+    return (
+        "\n".join(
+            [
+                *heading("Decoders on real footage", "bench_decode.py", argv, machine),
+                f"`{clip}` transcoded to {SMALL[1]}x{SMALL[0]} mpeg4; frames decoded per CPU-second (16 at a time, "
+                f"one thread each), median of {len(costs['decord alone'])} rounds alternating the decoders.",
+                "",
+                *table(
+                    ["decoder", "frames / CPU-second", "vs decord"],
+                    [[k, num(v), f"{v / med['decord alone']:.2f}x"] for k, v in med.items()],
+                ),
+            ]
+        )
+        + "\n"
+    )
+
+
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--video", type=Path, help="a real clip (default: $ADVISE_REAL_VIDEO, then Debian's vtest.avi)")
@@ -284,6 +314,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="test-vit,ViT-B-16")
     p.add_argument("--token-frames", type=int, default=8)
     p.add_argument("--quick", action="store_true", help="a generated clip, one round, test-vit: a smoke run")
+    p.add_argument("--decoders", action="store_true", help="decord against torchcodec only (own section)")
     args = p.parse_args(argv)
     quiet()
     work = Path(tempfile.mkdtemp(prefix="bench_decode-"))
@@ -298,6 +329,9 @@ def main(argv=None) -> int:
             clip = find_clip(args.video)
         small = transcode(clip, work / "small.mp4", SMALL)
         machine = describe_machine("cpu", packages=("decord", "torchcodec", "Pillow"))
+        if args.decoders:
+            costs = path_costs(small, args.rounds, decoders_only=True)
+            return publish(render_decoders(machine, clip, costs, argv), args, "bench_decode_decoders")
         costs = path_costs(small, args.rounds)
         frames = 200 if args.quick else EXTRACT_FRAMES
         extraction = extraction_cost(clip, work, frames, args.extract_rounds) if args.extract_rounds else None
