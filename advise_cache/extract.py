@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .configs import ExtractConfig
+from .configs import PRECISIONS, ExtractConfig, check_seed
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
@@ -255,6 +255,9 @@ def _check_flags(cfg: ExtractConfig) -> str:
         raise AdviseCacheError("--frame-stride, --batch-size and --frames-per-shard must be >= 1")
     if cfg.writers < 1:
         raise AdviseCacheError("--writers must be >= 1")
+    if cfg.precision not in PRECISIONS:
+        raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    check_seed(cfg.seed)
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from .dataset_files import VIDEO_EXTENSIONS
 from .errors import DecodeError, first_line
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def _reader(path: Path):
     if path.is_symlink() and not path.exists():
         raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
     if path.is_dir():
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            raise DecodeError(f"{path}: a folder named like a video file, not a video")
         raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are not extracted")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
