@@ -1,9 +1,10 @@
 """Folders created atomically: built beside their target, then renamed into place.
 
 Processes racing to create the same store or image-model group each build a hidden folder
-named `.<name>.tmp-<pid>-<hex>` and rename it; one rename wins and the others discard theirs,
-so every racer ends up agreeing on one. A build left by a killed process is recognised by its
-pid and age and removed (`clean_leftovers`). Nothing here knows Zarr.
+named `.<name>.tmp-<pid>-<host>-<hex>` and rename it; one rename wins and the others discard
+theirs, so every racer ends up agreeing on one. A build left by a killed process is recognised
+by its pid on this host (at once), or by its age where the host differs (a shared disk), and
+removed (`clean_leftovers`; `atomic_create` clears its own target's first). Nothing here knows Zarr.
 """
 
 from __future__ import annotations
@@ -12,21 +13,26 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_TMP = re.compile(r"\.(.+)\.tmp-(?:(\d+)-)?[0-9a-f]{8}")  # .<name>.tmp-<pid>-<hex>; old ones lack the pid
+# .<name>.tmp-<pid>-<host>-<hex>; older ones lack the host, the oldest the pid too
+_TMP = re.compile(r"\.(.+)\.tmp-(?:(\d+)-)?(?:([0-9a-f]{8})-)?[0-9a-f]{8}")
 STALE_AFTER = 60.0  # seconds: a group takes well under a second to build
+HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # whose pids a build's name holds
 
 
 def atomic_create(target: Path, build) -> bool:
     """Build a directory next to `target` with `build(tmp)`, then rename it into place.
     Returns False (and discards ours) when another process got there first. The hidden
     folder's name carries our pid, so a later run can tell one left by a killed process."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    clean_leftovers(target.parent, target.name)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}")
     try:
         build(tmp)
         try:
@@ -63,10 +69,11 @@ def _remove_build(tmp: Path, settle: float = 0.05, limit: float = 2.0) -> None:
             return
 
 
-def building(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Hidden folders of `atomic_create` in `folder`: (being built now, left by a killed
-    run). Left behind: its process is gone and it is older than a build takes, or it is
-    far older than any build (its pid may be of another machine sharing the store)."""
+def building(folder: Path, name: str | None = None) -> tuple[list[Path], list[Path]]:
+    """Hidden folders of `atomic_create` in `folder` (of target `name`, when given): (being
+    built now, left by a killed run). Left behind: its process on this host is gone; or, made
+    elsewhere (a pid of another machine sharing the disk means nothing here), its process is
+    gone and it is older than a build takes, or it is far older than any build."""
     live, stale = [], []
     try:
         entries = list(folder.iterdir())
@@ -75,20 +82,22 @@ def building(folder: Path) -> tuple[list[Path], list[Path]]:
     now = time.time()
     for p in entries:
         m = _TMP.fullmatch(p.name)
-        if not m:
+        if not m or (name is not None and m[1] != name):
             continue
         try:
             age = now - p.lstat().st_mtime
         except OSError:
             continue
         dead = m[2] is None or not _pid_alive(int(m[2]))
-        (stale if (dead and age > STALE_AFTER) or age > 60 * STALE_AFTER else live).append(p)
+        gone = dead and (m[3] == HOST or age > STALE_AFTER)
+        (stale if gone or age > 60 * STALE_AFTER else live).append(p)
     return live, stale
 
 
-def clean_leftovers(folder: Path) -> list[Path]:
-    """Remove hidden build folders left in `folder` by killed runs; returns what was removed."""
-    _, stale = building(folder)
+def clean_leftovers(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove hidden build folders left in `folder` by killed runs (of target `name`, when
+    given); returns what was removed."""
+    _, stale = building(folder, name)
     for p in stale:
         log.warning("removing %s, left by an interrupted run", p)
         shutil.rmtree(p, ignore_errors=True)

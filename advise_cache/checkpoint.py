@@ -12,6 +12,8 @@ classes in the same order (`check_classes`). `load_model` does both and builds t
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ import torch
 
 from . import __version__
 from .configs import TrainConfig, config_from_dict, config_to_dict
-from .errors import MismatchError
+from .errors import AdviseCacheError, MismatchError, first_line, writing
 from .loader import TokenSource
 from .models import ClipClassifier, TMMConfig, create_model
 
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 SIDECAR = "checkpoint.json"
+LOCK = ".lock"  # held (flock) by the process training into the folder
+# What to do after a storage fault mid-run: nothing written before it is lost.
+RESUME = "; then add --resume to the same command to continue from the last checkpoint"
 
 # What makes two stores' features the same space. Frame stride and how the weights were
 # named (a tag or a file) do not: the weights' checksum identifies them.
@@ -121,18 +126,38 @@ def _plain(x):
     return json.loads(json.dumps(x))
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_atomic(path: Path, data) -> None:
+    """Replace `path` with `data` whole or not at all: a kill or a full disk leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a cut temporary file would only hold the space
+        raise
+
+
+def _json(d: dict) -> bytes:
+    return json.dumps(d, indent=2).encode()
 
 
 def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
     """Write checkpoint.pt, then checkpoint.json, each atomically (a kill never leaves a torn
     file). The .pt holds the metadata too and is what runs read; a kill between the two leaves
-    an older checkpoint.json, which the next `load_checkpoint` rewrites."""
+    an older checkpoint.json, which the next `load_checkpoint` rewrites. The .pt is serialised in
+    memory first, so a full disk is an OSError of the write (torch's own writer reports it as an
+    internal assertion)."""
     meta = ckpt.meta.to_dict()
     state = {
         "model": ckpt.model,
@@ -144,8 +169,11 @@ def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
     if ckpt.scaler is not None:
         state["scaler"] = ckpt.scaler
     out = Path(out)
-    _write_atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
-    _write_atomic(out / SIDECAR, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    for name, data in ((CHECKPOINT, buf.getbuffer()), (SIDECAR, _json(meta))):
+        with writing(out / name, RESUME):
+            _write_atomic(out / name, data)
 
 
 # Checkpoints written before the metadata was kept to plain types hold numpy float64 metrics:
@@ -159,13 +187,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
+    if path.name == SIDECAR or path.suffix == ".json":
+        raise MismatchError(
+            f"{path} is a checkpoint's readable metadata; pass the {CHECKPOINT} beside it or its folder"
+        )
     if not path.is_file():
         raise MismatchError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(_OLD_GLOBALS):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MismatchError(f"{path} is not a readable checkpoint ({e})") from e
+        raise MismatchError(f"{path} is not a readable checkpoint ({first_line(e, 200)})") from e
     if not isinstance(raw, dict) or "meta" not in raw or "model" not in raw:
         raise MismatchError(f"{path} is not an advise-cache checkpoint")
     meta = _plain(raw["meta"])
@@ -176,7 +208,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         except (OSError, ValueError):
             stale = True
         if stale:  # left behind by a kill between the two writes of save_checkpoint
-            _write_atomic(side, lambda p: p.write_text(json.dumps(meta, indent=2)))
+            with writing(side):
+                _write_atomic(side, _json(meta))
     try:
         typed = CheckpointMeta.from_dict(meta)
     except (KeyError, TypeError, ValueError) as e:
@@ -249,10 +282,58 @@ def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClass
     return model.to(device).eval(), ckpt.meta, source
 
 
+class RunFolder:
+    """A run folder held by one process: an exclusive flock on RUN/.lock, which the kernel drops
+    when the process ends, however it ends (as extraction's claims). Under DDP rank 0 holds it.
+
+    A second run into a held folder is refused at once instead of interleaving its metrics and
+    checkpoints with the first's. A folder this process created and left empty (a run refused
+    before its first write) is removed again on release."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.created = not self.out.exists()
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise AdviseCacheError(
+                f"{self.out} is in use by another run (it holds {self.out / LOCK}); wait for it to end, or use "
+                "another --out"
+            ) from None
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        if self.created and [p.name for p in self.out.iterdir()] == [LOCK]:
+            (self.out / LOCK).unlink()
+            self.out.rmdir()
+        os.close(self.fd)  # drops the lock
+        self.fd = -1
+
+
+def start_metrics(out: Path, config: dict) -> None:
+    """A new run's config.json and an empty metrics.jsonl."""
+    for name, data in (("config.json", _json(config)), ("metrics.jsonl", b"")):
+        with writing(out / name, RESUME):
+            _write_atomic(out / name, data)
+
+
 def append_metrics(path: Path, record: dict) -> None:
-    """One line of metrics.jsonl."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One line of metrics.jsonl, whole or not at all: a write the disk cuts short is undone."""
+    with writing(path, RESUME):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, (json.dumps(record) + "\n").encode())
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+        finally:
+            os.close(fd)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -267,4 +348,5 @@ def truncate_metrics(path: Path, step: int) -> None:
             break
         if record.get("step", 0) <= step:
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+    with writing(path, RESUME):
+        _write_atomic(path, "".join(line + "\n" for line in keep).encode())

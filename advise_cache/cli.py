@@ -20,11 +20,43 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from . import cli_store, cli_train
 from .errors import AdviseCacheError
 
+
+class OneLineErrors(TyperGroup):
+    """A flag that does not parse (a word for a number, an unknown option, a missing value) is one
+    line on stderr and exit status 2, like every other user error, instead of a usage box.
+
+    Click's exceptions are told by class name: typer vendors click in its newer releases
+    (typer._click) and depends on it in older ones, so neither module is imported here."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as e:
+            kinds = {c.__name__ for c in type(e).__mro__}
+            if "NoArgsIsHelpError" in kinds:  # the bare command: its help
+                e.show()
+            elif "ClickException" in kinds:
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            elif "Abort" in kinds:
+                typer.echo("aborted", err=True)
+                sys.exit(1)
+            else:
+                raise
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)  # an Exit's code, or 0 when a command returns
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

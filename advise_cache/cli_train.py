@@ -163,13 +163,19 @@ def train_command(task: str):
         flags = dict(locals())
         from .train import train
 
-        if task == "classify" and init is None and not scratch and not resume:
-            raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
         if init is not None and scratch:
             raise AdviseCacheError("give --init or --scratch, not both")
         if out is None:
             out = default_run_dir(cache, task, scratch, tmm)
             typer.echo(f"run folder: {out}")
+        if task == "classify" and init is None and not scratch:
+            # Without either, only a run already under way knows where its TMM came from.
+            if not resume:
+                raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
+            if not (out / "checkpoint.pt").is_file():
+                raise AdviseCacheError(
+                    f"--resume: {out} holds no run to continue; start it with --init CHECKPOINT or --scratch"
+                )
         sampler = SamplerConfig(**{**fields_from(SamplerConfig, flags), "rates": _ints(rates, "--rates")})
         cfg = TrainConfig(
             **{
@@ -261,7 +267,9 @@ def evaluate(
     from .evaluate import evaluate as run
 
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    png = confusion or run_dir / f"confusion-{split}.png"
+    png = confusion or run_dir
+    if png.is_dir():
+        png = png / f"confusion-{split}.png"
     r = run(
         cache,
         checkpoint,
@@ -322,6 +330,11 @@ def embed(
     from .embed import embed as run
     from .embed import plot_embeddings, save_embeddings
 
+    for path, what in ((out, "--out"), (plot, "--plot")):
+        if path is not None and path.is_dir():
+            raise AdviseCacheError(
+                f"{what} {path} is a folder; give the file to write (e.g. {path / 'embeddings.npz'})"
+            )
     emb = run(
         cache, checkpoint, views, split, device, clip_mode, progress=lambda xs: tqdm(xs, desc="embed", unit="batch")
     )

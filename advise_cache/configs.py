@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import AdviseCacheError, MismatchError
-from .sampling import SamplerConfig
+from .sampling import CLASSIFICATION_MODES, SamplerConfig
 
 DEFAULT_CODEC = "none"  # of the token shards: one of store.CODECS
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision of every command that computes
+MAX_SEED = 2**63 - 1  # what torch's and numpy's generators take
 
 TMM_KINDS = ("r3d", "none")
 HEAD_KINDS = ("mlp", "linear")
@@ -174,6 +176,11 @@ def config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**d)
 
 
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise AdviseCacheError(f"--seed must be >= 0 and < 2^63, got {seed}")
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Every choice and number a user passes, checked before any work: one clear line instead
     of a traceback (or a run that silently does something else)."""
@@ -204,8 +211,13 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise AdviseCacheError(f"--loader-threads must be >= 0 (0: from the cores), got {cfg.loader_threads}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
-    if cfg.seed < 0:
-        raise AdviseCacheError(f"--seed must be >= 0, got {cfg.seed}")
+    check_seed(cfg.seed)
+    if cfg.precision not in PRECISIONS:
+        raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.clip_mode not in CLASSIFICATION_MODES:
+        raise AdviseCacheError(f"--clip-mode must be one of {', '.join(CLASSIFICATION_MODES)}, got {cfg.clip_mode!r}")
+    if len(set(cfg.ifm)) != len(cfg.ifm):
+        raise AdviseCacheError(f"--ifm names an image model twice: {','.join(cfg.ifm)}")
     finite("--lr", cfg.lr, 0.0, lo_open=True)
     finite("--warmup-epochs", cfg.warmup_epochs, 0.0)
     finite("--weight-decay", cfg.weight_decay, 0.0, 10.0)

@@ -302,13 +302,13 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def is_dangling_video(path: Path) -> bool:
-    """A link named like a video whose target is gone: kept, so its failure is recorded."""
+def is_false_video(path: Path) -> bool:
+    """Named like a video but no file to decode: a link whose target is gone, or a folder. Kept,
+    so that its failure is recorded instead of the video going missing without a word."""
     return (
         path.suffix.lower() in VIDEO_EXTENSIONS
         and not path.name.startswith(".")
-        and path.is_symlink()
-        and not path.exists()
+        and ((path.is_symlink() and not path.exists()) or path.is_dir())
     )
 
 

@@ -42,7 +42,7 @@ from .dataset_files import (
     check_split,
     finish_index,
     in_ignored,
-    is_dangling_video,
+    is_false_video,
     is_int,
     is_video,
     read_csv,
@@ -148,7 +148,7 @@ def _load_folder(req: Request) -> DatasetIndex:
     candidates = []
     for part, class_dir in class_dirs:
         for path in sorted(class_dir.rglob("*")):
-            if (is_video(path) or is_dangling_video(path)) and not in_ignored(path, class_dir):
+            if (is_video(path) or is_false_video(path)) and not in_ignored(path, class_dir):
                 name = path.relative_to(root).with_suffix("").as_posix()
                 candidates.append(VideoRecord(name, path, lookup[class_dir.name], part))
         # A folder that cannot be read would hide its videos: it becomes a record whose probe

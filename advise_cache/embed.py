@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_model
-from .errors import AdviseCacheError, MismatchError, StoreError
+from .errors import AdviseCacheError, MismatchError, StoreError, writing
 from .evaluate import video_outputs
 from .runtime import resolve_device
 from .store import open_store
@@ -87,16 +87,17 @@ def embed(
 
 def save_embeddings(path: Path, emb: Embeddings) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to any name
-        np.savez(
-            f,
-            embeddings=emb.embeddings,
-            names=emb.names,
-            labels=emb.labels,
-            classes=np.asarray(emb.classes, dtype=str),
-            meta=json.dumps(emb.meta),
-        )
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to any name
+            np.savez(
+                f,
+                embeddings=emb.embeddings,
+                names=emb.names,
+                labels=emb.labels,
+                classes=np.asarray(emb.classes, dtype=str),
+                meta=json.dumps(emb.meta),
+            )
 
 
 def load_embeddings(path: Path) -> Embeddings:
@@ -148,7 +149,10 @@ def plot_embeddings(emb: Embeddings, path: Path, seed: int = 0) -> np.ndarray:
         ax.legend(fontsize=7, loc="best", markerscale=1.2)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
     return xy

@@ -5,6 +5,16 @@ checkpoint) is an `AdviseCacheError`; the CLI prints its message on one line and
 with status 2. Anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+from pathlib import Path
+
+# The faults of the disk or of permissions, not of the program: a full disk or quota, a
+# read-only or not-ours folder, a failing device. Writing code reports them in one line.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
 
 class AdviseCacheError(Exception):
     """Base class for errors caused by the user's input, not by a bug."""
@@ -28,6 +38,31 @@ class StoreError(AdviseCacheError):
 
 class MismatchError(AdviseCacheError):
     """A checkpoint, a flag or a store does not fit another one."""
+
+
+class DiskError(AdviseCacheError):
+    """A file could not be written: the disk is full, read-only, or the folder is not ours."""
+
+
+def _remedy(code: int | None) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there or choose another folder"
+    if code == errno.EIO:
+        return "check the disk"
+    return "choose a folder you can write to"
+
+
+@contextmanager
+def writing(path: Path, then: str = ""):
+    """A storage fault (`STORAGE_ERRNOS`) while writing under `path` becomes one `DiskError`
+    line naming the file, the fault and what to do, followed by `then` (how to continue)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        where = e.filename or path
+        raise DiskError(f"cannot write {where}: {e.strerror}; {_remedy(e.errno)}{then}") from e
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:

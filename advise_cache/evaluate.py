@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoint import check_classes, load_model
-from .errors import MismatchError, StoreError
+from .errors import MismatchError, StoreError, writing
 from .loader import TokenSource, collate
 from .models import ClipClassifier
 from .runtime import resolve_device
@@ -38,14 +38,17 @@ def video_outputs(
     batch_size: int = 32,
     what: str = "logits",
 ) -> np.ndarray:
-    """Per video, the mean over `views` clips of the logits (or of the pooled `features`)."""
+    """Per video, the mean over `views` clips of the logits (or of the pooled `features`). The
+    clips go through the model `batch_size` at a time, so memory does not grow with `views`."""
     fn = model if what == "logits" else model.features
     out = []
     for v in videos:
         clips = multi_view_clips(int(source.frames[v]), frames, stride, views, mode)
-        x = collate([source.clip(int(v), idx, device) for idx in clips])
-        ys = [fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-        out.append(torch.cat(ys).mean(0).numpy())
+        total = 0
+        for i in range(0, len(clips), batch_size):
+            x = collate([source.clip(int(v), idx, device) for idx in clips[i : i + batch_size]])
+            total = total + fn(x.to(device)).float().sum(0)
+        out.append((total / len(clips)).cpu().numpy())
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -128,6 +131,9 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)

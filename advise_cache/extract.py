@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .configs import ExtractConfig
+from .configs import PRECISIONS, ExtractConfig, check_seed
 from .datasets import load_dataset
 from .errors import AdviseCacheError, StoreError, first_line
 from .extract_probe import ensure_store, join_group, leave_group, plan_store, store_or_table
@@ -164,6 +164,9 @@ def _check_flags(cfg: ExtractConfig) -> str:
     why = decoder_available(cfg.decoder)
     if why:
         raise AdviseCacheError(why)
+    if cfg.precision not in PRECISIONS:
+        raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    check_seed(cfg.seed)
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(

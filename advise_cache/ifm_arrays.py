@@ -62,6 +62,8 @@ class IFMArrays:
         self._token_dir_synced = False
         self._claims_fd: int | None = None
         self._checksums = self.group["checksum"] if "checksum" in self.group else None
+        for name in ("status", "reason"):  # read later, but a store without them is damaged now
+            self.group[name]
         self._shard_crcs: dict[tuple[int, int], int] = {}
         self._claimed: set[int] = set()
         self._claims_lock = threading.Lock()

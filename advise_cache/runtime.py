@@ -16,8 +16,6 @@ import torch.distributed as dist
 
 from .errors import AdviseCacheError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, where the OS tells it)."""
@@ -66,10 +64,26 @@ def local_rank(cuda: bool) -> int:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU."""
+    """`auto` is the first CUDA device when there is one, else the CPU. A device this machine
+    does not have is one clear error, before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AdviseCacheError(f"--device {device!r}: expected auto, cpu, cuda or cuda:K") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU is visible"
+            raise AdviseCacheError(f"--device {device}: no CUDA device here ({build}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise AdviseCacheError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif dev.type != "cpu":
+        raise AdviseCacheError(f"--device {device}: only cpu and cuda devices are supported")
+    return dev
 
 
 def make_current(device: torch.device) -> None:

@@ -396,8 +396,8 @@ class Store:
         """The video table's own consistency: one row per video everywhere, unique names, labels
         within the classes, codes within their categories."""
         problems = []
+        n = len(self.videos)  # first: a table that cannot be read is one StoreError
         v = self.group["videos"]
-        n = len(self.videos)
         if self.format >= 2:
             for f in (*_NUMBERS, *_CATEGORICAL, *(f"{t}_end" for t in _TEXT)):
                 if v[f].shape != (n,):

@@ -13,11 +13,11 @@ and per epoch) and checkpoint.pt with checkpoint.json beside it (readable withou
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +29,20 @@ from .checkpoint import (
     CHECKPOINT,
     Checkpoint,
     CheckpointMeta,
+    RunFolder,
     append_metrics,
     check_classes,
     check_features,
     load_checkpoint,
     save_checkpoint,
+    start_metrics,
     truncate_metrics,
 )
-from .configs import TrainConfig, changed_recipe, check_train_config, config_to_dict
+from .configs import TMMConfig, TrainConfig, changed_recipe, check_train_config, config_to_dict
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
 from .models import count_params, create_model
 from .runtime import (
-    PRECISIONS,
     Dist,
     all_ranks_agree,
     autocast_dtype,
@@ -134,11 +135,27 @@ def resolve_stride(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, sampler=replace(cfg.sampler, stride=cfg.source_stride // fs))
 
 
+def _check_step(cfg: TrainConfig, longest: int) -> None:
+    """Refuse clips whose consecutive frames are a whole video apart or more: each step would
+    wrap around every video, which makes a clip of unrelated frames, not a playback rate."""
+    sampler = cfg.sampler
+    if cfg.task == "prp":
+        rate = max(abs(r) for r in sampler.rates)
+        step, flags = sampler.stride * rate * (1 - sampler.jitter), f"--stride {sampler.stride} x rate {rate}"
+    elif cfg.clip_mode == "stride":
+        step, flags = sampler.stride, f"--stride {sampler.stride}"
+    else:
+        return
+    if step >= longest:
+        raise MismatchError(
+            f"{flags} puts a clip's frames {step:.0f} stored frames apart, more than the longest video of "
+            f"split {cfg.split!r} has ({longest}); lower them"
+        )
+
+
 def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
     check_train_config(cfg)
-    if cfg.precision not in PRECISIONS:
-        raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     store = open_store(cfg.cache)
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
@@ -147,6 +164,7 @@ def prepare(cfg: TrainConfig):
             f"{cfg.cache}: no done video in split {cfg.split!r} "
             f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))})"
         )
+    _check_step(cfg, int(source.frames[videos].max()))
     labels = store.videos.label[videos]
     classes = store.classes
     if cfg.task == "classify":
@@ -185,8 +203,23 @@ def train_step(
 
 
 def _last_good(out: Path) -> str:
+    # Every checkpoint is written only after its weights gave a finite, undiverged loss
+    # (`_checked_loss`), so the one in the folder, if any, is good.
     path = out / CHECKPOINT
-    return f"The last good checkpoint is {path}" + ("" if path.exists() else " (none yet)")
+    return f"The last good checkpoint is {path}" if path.exists() else "No good checkpoint was written"
+
+
+def _checked_loss(model, x: torch.Tensor, y: torch.Tensor, smoothing: float, compute, d: Dist) -> float:
+    """The mean loss of the model's weights as they are now on a batch (over every rank): what a
+    checkpoint of them would start from. Losses logged during an epoch belong to the weights
+    before each step, so a last update that broke the weights shows only here. BatchNorm's
+    running statistics are put back afterwards: the check changes nothing."""
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=compute, enabled=compute is not None):
+        loss = F.cross_entropy(model(x).float(), y, label_smoothing=smoothing).double().reshape(1)
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    return float(sum_across(loss, d).item() / d.world)
 
 
 def _finite_weights(model: torch.nn.Module) -> bool:
@@ -197,10 +230,41 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     """Run (or resume) one training; returns the final metrics. `on_step(step, loss)`, if given,
     is called after every optimisation step with the loss still on the device (for timing)."""
     d = init_distributed(cfg.device)
+    folder = None
     try:
-        return _train(cfg, d, on_step)
+        error = None
+        if d.main:
+            try:
+                folder = RunFolder(cfg.out)
+            except AdviseCacheError as e:
+                error = e
+        all_ranks_agree(d, error)
+        with ExitStack() as closing:  # the progress bar ends before an error's line is printed
+            return _train(cfg, d, on_step, closing)
     finally:
+        if folder is not None:
+            folder.release()
         close_distributed(d)
+
+
+HEAD_FIELDS = ("head", "head_hidden")  # a fine-tune's head is new: its flags apply beside --init
+
+
+def _init_tmm(asked: TMMConfig, trained: TMMConfig, init: Path) -> TMMConfig:
+    """The model a fine-tune from --init builds: the checkpoint's TMM, with the head asked for.
+    Model flags that ask for another TMM are refused, not ignored (the defaults, and flags that
+    repeat the checkpoint's values, pass); the head flags apply where they differ from the
+    defaults, and the checkpoint's head kind is kept where they do not."""
+    default = TMMConfig()
+    given = [
+        f.name for f in fields(TMMConfig) if f.name != "in_dim" and getattr(asked, f.name) != getattr(default, f.name)
+    ]
+    differ = [k for k in given if k not in HEAD_FIELDS and getattr(asked, k) != getattr(trained, k)]
+    if differ:
+        flags = " ".join(f"--{k.replace('_', '-')} {getattr(asked, k)}" for k in differ)
+        theirs = ", ".join(f"{k} {getattr(trained, k)}" for k in differ)
+        raise MismatchError(f"the TMM comes from --init {init} ({theirs}); leave out {flags}")
+    return replace(trained, **{k: getattr(asked, k) for k in given if k in HEAD_FIELDS})
 
 
 def _setup(cfg: TrainConfig, d: Dist) -> dict:
@@ -224,7 +288,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:
         check_features(init.meta.fingerprint, fingerprint, f"--init {cfg.init}")
-        tmm_cfg = init.meta.tmm
+        tmm_cfg = _init_tmm(cfg.tmm, init.meta.tmm, cfg.init)
     plan0 = _plan(cfg, source, videos, labels, 0, d)
     steps_per_epoch = len(plan0) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -265,7 +329,7 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     )
 
 
-def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
+def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
     error, s = None, None
     try:
         cfg = resolve_stride(cfg)
@@ -296,7 +360,6 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         model.tmm.requires_grad_(False)
     model.to(device, memory_format=layout)
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
     world_batch = cfg.batch_size * d.world
     base_lr = cfg.lr * world_batch / 32
@@ -337,8 +400,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
             truncate_metrics(metrics_path, step)
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
-        metrics_path.write_text("")
-        (cfg.out / "config.json").write_text(json.dumps(meta.to_dict(), indent=2))
+        start_metrics(cfg.out, meta.to_dict())
 
     if cfg.preload != "none":
         mine = videos[d.rank :: d.world] if d.world > 1 else videos  # the videos _plan gives this rank
@@ -352,12 +414,14 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
     if s["skipped"] and d.main:
         log.warning("skipping %d video(s) of split %r that are not done in the store", s["skipped"], cfg.split)
 
-    bar = tqdm(
-        total=last_step,
-        initial=step,
-        desc=f"{cfg.task} {cfg.out.name}",
-        unit="step",
-        disable=not (cfg.progress and d.main),
+    bar = closing.enter_context(
+        tqdm(
+            total=last_step,
+            initial=step,
+            desc=f"{cfg.task} {cfg.out.name}",
+            unit="step",
+            disable=not (cfg.progress and d.main),
+        )
     )
     epoch = step // steps_per_epoch
     while step < last_step:
@@ -428,6 +492,13 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
             if not _finite_weights(model):
                 raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. {_last_good(cfg.out)}")
+            now = _checked_loss(model, x, y, cfg.label_smoothing, compute, d)
+            if not now <= limit:  # NaN too
+                raise TrainingDiverged(
+                    f"the weights after step {step} give a loss of {now:.4g} on its batch, more than "
+                    f"{DIVERGED_FACTOR:g}x chance or the first loss ({limit:.4g}); stopped (a lower --lr may help). "
+                    f"{_last_good(cfg.out)}"
+                )
             if d.main:
                 save_checkpoint(
                     cfg.out,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset_files import VIDEO_EXTENSIONS
 from .errors import DecodeError, first_line
 from .pixels import PixelSpec, cap_factor, reduce, resize_crop
 
@@ -115,6 +116,8 @@ def open_video(path: Path, decoder: str = "decord"):
     if path.is_symlink() and not path.exists():
         raise DecodeError(f"{path}: a link to {os.readlink(path)}, which does not exist")
     if path.is_dir():
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            raise DecodeError(f"{path}: a folder named like a video file, not a video")
         raise DecodeError(f"{path}: a folder that cannot be read ({_access_error(path)}); its videos are not extracted")
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import CheckpointMeta, load_model
-from .errors import DecodeError, MismatchError, StoreError
+from .errors import DecodeError, MismatchError, StoreError, writing
 from .loader import collate
 from .models import ClipClassifier, create_model
 from .pixels import PixelSpec
@@ -162,6 +162,9 @@ def _describe(
     return label
 
 
+MAX_COLUMNS = 64  # frames in one figure: wider is unreadable, and its pixels grow with every column
+
+
 @torch.no_grad()
 def compute_activations(
     cache: Path,
@@ -189,6 +192,10 @@ def compute_activations(
     if not source.done[v]:
         raise StoreError(f"video {video} is not extracted in {cache} (status: not done)")
     n = int(source.frames[v])
+    if frames > min(n, MAX_COLUMNS):
+        raise MismatchError(
+            f"--frames {frames}: {video} has {n} stored frames, and a figure takes at most {MAX_COLUMNS} columns"
+        )
     cfg = first_meta.config
     clip = multi_view_clips(n, frames, cfg.sampler.stride, 1, cfg.clip_mode)[0]
     key = source.keys[0]
@@ -315,8 +322,8 @@ def plot_activations(acts: Activations, out: Path, cmap: str = "jet", dpi: int =
     fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(buf) as im:  # RGB and an optimised deflate: about 10% smaller, lossless
+    with writing(out), Image.open(buf) as im:  # RGB and an optimised deflate: about 10% smaller, lossless
+        out.parent.mkdir(parents=True, exist_ok=True)
         im.convert("RGB").save(out, format="png", optimize=True)
     return width, height
 

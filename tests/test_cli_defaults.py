@@ -120,8 +120,10 @@ def test_another_split_into_the_same_store_names_both_splits(ucf_workdir, ucf_st
 
 def test_train_without_out_writes_a_documented_run_folder(ucf_workdir, ucf_store, monkeypatch):
     monkeypatch.chdir(ucf_workdir)
+    # Rates up to 4: at rate 8 a clip's frames would be more than these 11-frame videos apart.
     args = (
-        "train --cache ucf101.zarr --epochs 1 --batch-size 4 --hidden 8 --out-dim 16 --device cpu --loader-threads 1"
+        "train --cache ucf101.zarr --epochs 1 --batch-size 4 --hidden 8 --out-dim 16 --device cpu --loader-threads 1 "
+        "--rates 1,2,4"
     ).split()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

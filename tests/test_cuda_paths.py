@@ -110,6 +110,8 @@ def test_extraction_makes_its_device_current_before_building_the_model(monkeypat
     from advise_cache import extract
 
     calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
 
     def create_ifm(name, pretrained, device, *args):

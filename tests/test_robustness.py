@@ -214,6 +214,19 @@ def test_a_group_left_half_built_by_a_killed_run_is_ignored_then_cleaned(tiny_ro
     assert not left.exists()
 
 
+def test_a_store_build_left_by_a_kill_is_removed_by_the_next_run(tiny_root, tmp_path):
+    # A SIGKILL while the store itself is built leaves its hidden folder beside --out; 96c9d02
+    # removed it only once a minute old, and never beside the store: the resumed run left it.
+    out = tmp_path / "s.zarr"
+    build = "lambda tmp: (tmp.mkdir(), (tmp / 'half').write_text('x'), os.kill(os.getpid(), signal.SIGKILL))"
+    code = f"import os, signal, pathlib; from advise_cache.atomic import atomic_create; atomic_create(pathlib.Path({str(out)!r}), {build})"
+    killed = subprocess.run([sys.executable, "-c", code])
+    assert killed.returncode == -signal.SIGKILL and len(list(tmp_path.glob(".s.zarr.tmp-*"))) == 1
+    summary = extract_videos(extract_config(tiny_root, out, dataset="folder", frames_per_shard=4))
+    assert summary.done == 4
+    assert list(tmp_path.glob(".s.zarr.tmp-*")) == []
+
+
 # -- 4. Ctrl-C and kills end the workers too -----------------------------------------------------
 @pytest.fixture(scope="module")
 def long_root(tmp_path_factory) -> Path:
@@ -372,15 +385,23 @@ def _damage_store(store: Path, how: str) -> None:
         shutil.rmtree(store / "videos" / "label")
     elif how == "cut group zarr.json":
         (store / "ifm" / "test-vit" / "zarr.json").write_text("{")
+    elif how == "no videos group":
+        shutil.rmtree(store / "videos")
+    elif how == "no status metadata":
+        (store / "ifm" / "test-vit" / "status" / "zarr.json").unlink()
 
 
-@pytest.mark.parametrize("how", ["cut zarr.json", "no offset array", "no label array", "cut group zarr.json"])
-@pytest.mark.parametrize("command", ["info", "verify"])
+DAMAGE = ["cut zarr.json", "no offset array", "no label array", "cut group zarr.json", "no videos group"]
+
+
+@pytest.mark.parametrize("how", [*DAMAGE, "no status metadata"])
+@pytest.mark.parametrize("command", ["info", "verify", "train"])
 def test_a_damaged_store_is_one_line(tiny_store, tmp_path, how, command):
     out = tmp_path / "s.zarr"
     shutil.copytree(tiny_store, out)
     _damage_store(out, how)
-    r = runner.invoke(app, [command, str(out)])
+    args = [command, str(out)] if command != "train" else [command, "--cache", str(out), "--out", str(tmp_path / "r")]
+    r = runner.invoke(app, [*args, *(["--device", "cpu"] if command == "train" else [])])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert "damaged" in r.output or "not a store" in r.output
