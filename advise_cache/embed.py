@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import load_model
 from .errors import AdviseCacheError, MismatchError, StoreError, writing
 from .evaluate import video_outputs
+from .figures import pyplot, save_figure
 from .runtime import resolve_device
 from .store import open_store
 
@@ -124,11 +125,7 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def plot_embeddings(emb: Embeddings, path: Path, seed: int = 0) -> np.ndarray:
     """Draw a 2-D t-SNE of the embeddings coloured by class; returns the coordinates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     xy = tsne_2d(emb.embeddings, seed)
     present = sorted(set(emb.labels.tolist()))
     cmap = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
@@ -148,11 +145,5 @@ def plot_embeddings(emb: Embeddings, path: Path, seed: int = 0) -> np.ndarray:
     if len(present) <= 30:
         ax.legend(fontsize=7, loc="best", markerscale=1.2)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return xy

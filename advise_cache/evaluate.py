@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .checkpoint import check_classes, load_model
-from .errors import MismatchError, StoreError, writing
+from .errors import MismatchError, StoreError
+from .figures import pyplot, save_figure
 from .loader import TokenSource, collate
 from .models import ClipClassifier
 from .runtime import resolve_device
@@ -114,11 +115,7 @@ def evaluate(
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(classes)
     size = min(20, 2 + 0.35 * n)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -131,9 +128,4 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
