@@ -32,6 +32,7 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import check_weights, create_ifm
 from .plan import SizePlan, check_fits, size_plan
 from .runtime import make_current, resolve_device
-from .store import DONE, FAILED, PENDING, SAFE_KEY, create_store, open_store
+from .storage import store_location
+from .store import DONE, FAILED, PENDING, SAFE_KEY, check_creatable, create_store, open_store, store_exists
 from .video import init_worker, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ def _probe(paths: list[str], workers: int, progress: bool) -> list[tuple[int, fl
 # -- main side -----------------------------------------------------------------------------
 def _existing_store(cfg: ExtractConfig, index):
     """The store at --out, checked to hold this dataset's video list; None when there is none."""
-    if not (cfg.out / "zarr.json").exists():
+    if not store_exists(cfg.out):
         return None
     store = open_store(cfg.out)
     names = [r.name for r in index.records]
@@ -197,11 +199,7 @@ def _existing_store(cfg: ExtractConfig, index):
 def _probe_table(cfg: ExtractConfig, index, workers: int) -> dict:
     """The video table of a new store: every video probed for its frames and rate."""
     names = [r.name for r in index.records]
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise StoreError(f"{cfg.out} exists and is not a store; refusing to write into it")
-    parent = next(p for p in (cfg.out, *cfg.out.absolute().parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):  # before probing every video
-        raise StoreError(f"cannot create the store {cfg.out}: {parent} is not writable")
+    check_creatable(cfg.out)
     log.info("probing %d videos", len(names))
     paths = [str(r.path) for r in index.records]
     probes = _probe(paths, workers, cfg.progress)
@@ -261,7 +259,7 @@ def _check_flags(cfg: ExtractConfig) -> str:
             f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
             "'.' (it names a folder inside the store)"
         )
-    if cfg.out.exists() and not cfg.out.is_dir():
+    if isinstance(cfg.out, Path) and cfg.out.exists() and not cfg.out.is_dir():
         raise StoreError(f"--out {cfg.out} is a file, not a store")
     return key
 
@@ -271,6 +269,7 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     goes, and the image model's rate measured on random crops. Probes the videos (or reads an
     existing store's table), loads no weights (random ones of the same architecture cost the
     same), writes nothing."""
+    cfg = replace(cfg, out=store_location(cfg.out, "--out"))  # a bucket URL, or a path
     key = _check_flags(cfg)
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     # Random weights: the grid, the width and the compute of the real ones.
@@ -297,6 +296,7 @@ def model_rate(ifm, batch: int, repeats: int = 2) -> float:
 
 def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     """Run stage 1 for this process's share of the videos; return what it did."""
+    cfg = replace(cfg, out=store_location(cfg.out, "--out"))  # a bucket URL, or a path
     key = _check_flags(cfg)
     t0 = time.perf_counter()
     (k, n), device = resolve_launch(cfg.shard, cfg.device)

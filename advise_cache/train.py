@@ -40,6 +40,7 @@ from .configs import TrainConfig, changed_recipe, check_train_config, config_to_
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
 from .models import count_params, create_model
+from .remote_shards import shard_cache
 from .runtime import (
     PRECISIONS,
     Dist,
@@ -53,6 +54,7 @@ from .runtime import (
     sum_across,
 )
 from .sampling import classification_epoch, prp_epoch
+from .storage import describe
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def prepare(cfg: TrainConfig):
     check_train_config(cfg)
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    store = open_store(cfg.cache)
+    store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
@@ -311,7 +313,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step) -> dict:
         num_classes=s["num_classes"],
         classes=store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
         fingerprint=s["fingerprint"],
-        store=str(Path(cfg.cache).resolve()),
+        store=describe(cfg.cache),
         dataset=store.dataset,
         init=str(cfg.init) if cfg.init else None,
         trainable_params=count_params(model),
