@@ -37,10 +37,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import re
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +46,7 @@ import zarr
 import zarr.codecs
 
 from . import __version__
-from .atomic import atomic_create, building, clean_leftovers, publish
+from .atomic import atomic_create, publish
 from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
 
@@ -67,6 +64,7 @@ from .ifm_arrays import (  # noqa: F401
 )
 from .quant import SCALE_BYTES, SCHEME
 from .storage import Location, StoreURL, bucket, store_location
+from .store_places import check_creatable, consolidate, empty_group, in_memory, open_group, store_exists  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -141,50 +139,11 @@ def create_store(
             data = np.frombuffer(b"".join(encoded), dtype="uint8")
             _column(v, f"{field}_end", ends, ("video",), {"text": f"{field}_utf8", "encoding": "utf-8"})
             _column(v, f"{field}_utf8", data, (f"{field}_byte",))
-        _consolidate(tmp)
+        consolidate(tmp)
 
-    made = publish(bucket(path), _in_memory(build), "zarr.json") if isinstance(path, StoreURL) else None
+    made = publish(bucket(path), in_memory(build), "zarr.json") if isinstance(path, StoreURL) else None
     if not (made if made is not None else atomic_create(path, build)):
         log.info("store %s was created by another process", path)
-
-
-def _in_memory(build) -> dict[str, bytes]:
-    """The objects `build(target)` writes, built in memory: what a bucket gets published."""
-    objects: dict = {}
-    build(zarr.storage.MemoryStore(objects))
-    return {k: v.to_bytes() for k, v in objects.items()}
-
-
-def _zarr_store(path: Location, mode: str):
-    """What zarr opens for a store: its folder, or an obstore-backed store on its bucket prefix."""
-    if isinstance(path, StoreURL):
-        return zarr.storage.ObjectStore(bucket(path).store, read_only=mode == "r")
-    return path
-
-
-def store_exists(path: Location) -> bool:
-    """Whether there is a store (its root zarr.json) at `path`."""
-    if isinstance(path, StoreURL):
-        return bucket(path).exists("zarr.json")
-    return (Path(path) / "zarr.json").exists()
-
-
-def check_creatable(path: Location) -> None:
-    """Refuse, before probing any video, a place where a new store cannot go: a folder holding
-    something else or under an unwritable parent; a bucket prefix holding objects other than
-    those of a creation that was killed (the video table, published before the root zarr.json)."""
-    if isinstance(path, StoreURL):
-        other = sorted(k for k in bucket(path).sizes() if not k.startswith("videos/"))
-        if other:
-            raise StoreError(
-                f"{path} holds other objects ({other[0]}, ...) and is not a store; refusing to write there"
-            )
-        return
-    if path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not a store; refusing to write into it")
-    parent = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):  # before probing every video
-        raise StoreError(f"cannot create the store {path}: {parent} is not writable")
 
 
 def _column(group, name: str, values: np.ndarray, dims: tuple[str, ...], attrs: dict | None = None):
@@ -201,32 +160,6 @@ def _column(group, name: str, values: np.ndarray, dims: tuple[str, ...], attrs: 
     if len(values):
         arr[:] = values
     return arr
-
-
-def _open_group(path: Location, mode: str):
-    """The group as it is on disk: never through consolidated metadata, which is for other
-    readers and is stale while an IFM group is being added."""
-    return zarr.open_group(_zarr_store(path, mode), mode=mode, zarr_format=3, use_consolidated=False)
-
-
-def _consolidate(path) -> None:
-    """Write consolidated metadata (zarr-python's, outside the v3 spec) into the root
-    zarr.json for readers that use it (xarray). Waits out IFM groups being built beside
-    their target so that none of them is recorded; those left by killed runs are removed.
-    (A bucket, or a store being built in memory, has no hidden builds.)"""
-    if not isinstance(path, Path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(_zarr_store(path, "a"), zarr_format=3)
-        return
-    clean_leftovers(path / "ifm")
-    for _ in range(200):
-        if not building(path / "ifm")[0]:
-            break
-        time.sleep(0.05)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "not part of the Zarr format 3 specification"
-        zarr.consolidate_metadata(zarr.storage.LocalStore(path), zarr_format=3)
 
 
 def _read_table(group, fmt: int) -> VideoTable:
@@ -260,7 +193,7 @@ class Store:
             log.warning("--local-cache is for stores in a bucket; %s is local and is read in place", self.path)
         if not store_exists(self.path):
             raise StoreError(f"{self.path} is not a store (no zarr.json); create it with `advise-cache extract`")
-        self.group = _open_group(self.path, mode)
+        self.group = open_group(self.path, mode)
         self.meta = attributes(self.group)
         fmt = self.meta.get("format")
         if not isinstance(fmt, int) or "classes" not in self.meta:
@@ -373,7 +306,7 @@ class Store:
             if not (ifm_dir / "zarr.json").exists():
                 zarr.open_group(ifm_dir, mode="a", zarr_format=3)
         elif "ifm" not in self.group:
-            self.bucket.write("ifm/zarr.json", _in_memory(_empty_group)["zarr.json"], only_new=True)
+            self.bucket.write("ifm/zarr.json", in_memory(empty_group)["zarr.json"], only_new=True)
 
         def build(tmp) -> None:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -404,9 +337,9 @@ class Store:
         if not self.remote:
             atomic_create(ifm_dir / key, build)
         elif not self.bucket.exists(f"ifm/{key}/zarr.json"):  # never over an existing group's arrays
-            publish(self.bucket, {f"ifm/{key}/{k}": v for k, v in _in_memory(build).items()}, f"ifm/{key}/zarr.json")
-        _consolidate(self.path)
-        self.group = _open_group(self.path, self.mode)
+            publish(self.bucket, {f"ifm/{key}/{k}": v for k, v in in_memory(build).items()}, f"ifm/{key}/zarr.json")
+        consolidate(self.path)
+        self.group = open_group(self.path, self.mode)
         arrays = self.ifm(key)
         keep = (
             "model",
@@ -478,10 +411,6 @@ class Store:
         if bad.any():
             problems.append(f"videos/label: {int(bad.sum())} labels outside [-1, {len(self.classes)})")
         return problems
-
-
-def _empty_group(target) -> None:
-    zarr.open_group(target, mode="w", zarr_format=3)
 
 
 def open_store(path: Location | str, mode: str = "r", local_cache=None) -> Store:
