@@ -16,7 +16,8 @@ locally.
 The cache is a folder of files, named by the store's URL and creation time, the shard, and the
 crc32c checksum of the video that owns it (a video extracted again is fetched again). It holds
 at most `max_bytes`: when a process has added 5% of that since it last looked, it lists the
-folder and removes the least recently used files (their times are touched on use) down to 90%.
+folder and removes the least recently used files (their times are touched on use, at most
+every 30 s by a process) down to 90%.
 DDP ranks of a node pass the same folder and share it: a rename is atomic, two ranks fetching
 one shard at once both rename the same bytes, and a file removed while another rank has it
 open stays readable to that rank.
@@ -29,6 +30,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,7 @@ from .storage import Bucket
 
 log = logging.getLogger(__name__)
 
+TOUCH_EVERY = 30.0  # seconds between LRU touches of one cached shard by one process
 IO_THREADS = 16  # requests in flight: a range request waits on the network, not on a core
 _SCAN_SHARE, _EVICT_TO = 0.05, 0.9
 
@@ -159,13 +162,18 @@ class RemoteShardReader:
         )
         self._index: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> chunk offsets (no cache)
         self._index_lock = threading.Lock()  # the fetching threads share it
+        self._seen: dict[int, float] = {}  # shard -> when this process last found it in the cache
+        self._paths: dict[int, Path] = {}
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="shard-get")
 
     def _key(self, shard: int) -> str:
         return f"{self.token_key}/c/{shard}/0/0/0"
 
     def _cached(self, shard: int) -> Path:
-        return self._folder / f"{self._key(shard)}.{self._tag(shard)}"
+        path = self._paths.get(shard)
+        if path is None:
+            path = self._paths[shard] = self._folder / f"{self._key(shard)}.{self._tag(shard)}"
+        return path
 
     def read_into(self, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:
         """Fill out[i] with row rows[i], as `ShardReader.read_into` does."""
@@ -176,25 +184,38 @@ class RemoteShardReader:
             )
         flat = out.reshape(len(rows), -1).view(np.uint8)
         shard_of = rows // self.per
-        at_shard: dict[int, list[int]] = {}
-        for i, s in enumerate(shard_of.tolist()):
-            at_shard.setdefault(s, []).append(i)
-        fetch = at_shard
+        shards = np.unique(shard_of)
+        local = []
         if self.cache is not None:
-            local = [s for s in at_shard if self.cache.get(self._cached(s))]
-            if local:
-                try:
-                    self._local.read_selected(np.concatenate([at_shard[s] for s in local]), rows, flat, pool, tasks)
-                except StoreError as e:  # removed by another rank just now, or damaged on the disk
-                    log.info("local cache: %s; fetching those shards again", e)
-                    self._local.close()
-                    for s in local:
-                        self._cached(s).unlink(missing_ok=True)
-                    local = []
-            fetch = {s: at for s, at in at_shard.items() if s not in set(local)}
-        jobs = [self._io.submit(self._fetch, s, np.asarray(at), rows, flat) for s, at in fetch.items()]
+            now = time.monotonic()
+            local = [s for s in shards.tolist() if self._in_cache(s, now)]
+        if local:
+            at = np.arange(len(rows)) if len(local) == len(shards) else np.flatnonzero(np.isin(shard_of, local))
+            try:
+                self._local.read_selected(at, rows, flat, pool, tasks)
+            except StoreError as e:  # removed by another rank just now, or damaged on the disk
+                log.info("local cache: %s; fetching those shards again", e)
+                self._local.close()
+                for s in local:
+                    self._seen.pop(s, None)
+                    self._cached(s).unlink(missing_ok=True)
+                local = []
+        rest = np.setdiff1d(shards, local).tolist()
+        jobs = [self._io.submit(self._fetch, s, np.flatnonzero(shard_of == s), rows, flat) for s in rest]
         for j in jobs:
             j.result()
+
+    def _in_cache(self, shard: int, now: float) -> bool:
+        """Whether a shard is in the cache; its file's time is touched (for the LRU) at most every
+        TOUCH_EVERY seconds by this process, so a cached batch costs no system call."""
+        seen = self._seen.get(shard)
+        if seen is not None and now - seen < TOUCH_EVERY:
+            return True
+        if self.cache.get(self._cached(shard)):
+            self._seen[shard] = now
+            return True
+        self._seen.pop(shard, None)
+        return False
 
     def _fetch(self, shard: int, at: np.ndarray, rows: np.ndarray, flat: np.ndarray) -> None:
         """Rows rows[at] of one shard from the bucket into flat[at]."""
@@ -210,6 +231,7 @@ class RemoteShardReader:
                 view[len(view) - end :], len(view), self.per, self.frame_bytes, str(self.bucket.url / key)
             )
             self.cache.put(self._cached(shard), data)
+            self._seen[shard] = time.monotonic()
             for i, f in zip(at.tolist(), frames):
                 flat[i] = np.frombuffer(view, np.uint8, self.frame_bytes, offsets[f]) if offsets[f] >= 0 else 0
             return
