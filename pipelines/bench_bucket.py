@@ -40,7 +40,7 @@ TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
 # each, as the sampler's default) and one batch only is left untimed (threads starting).
 SIZES = {
     "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
-    "quick": {"videos": 8, "frames": 64, "batch_size": 8, "clips": 32, "rounds": 1, "pairs": 1},
+    "quick": {"videos": 4, "frames": 64, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
 }
 WARMUP = 1
 LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way
@@ -59,9 +59,11 @@ def emulator():
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
+    env = dict(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1"
     )
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         for _ in range(300):
             try:
@@ -75,6 +77,11 @@ def emulator():
     finally:
         server.terminate()
         server.wait(10)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        from advise_cache import storage
+
+        storage._BUCKETS.clear()  # clients of this endpoint
 
 
 def upload(local: Path, url: str) -> int:

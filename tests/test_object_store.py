@@ -293,3 +293,21 @@ def test_the_local_cache_stays_within_its_bound_least_recently_used_out(tmp_path
     kept = [p for p in paths if p.exists()]
     assert held == sum(p.stat().st_size for p in kept) <= 10_000
     assert paths[0] in kept and paths[1] not in kept and paths[-1] in kept
+
+
+def test_ranks_sharing_a_cache_folder_fetch_a_shard_once(s3, tmp_path, monkeypatch):
+    per, shape = 4, (2, 3)
+    frames = np.arange(per * 6, dtype="<f2").reshape(per, *shape)
+    bucket = storage.bucket(store_location(f"{s3}/stores/shared"))
+    bucket.write("t/c/0/0/0/0", frames.tobytes() + shard_index(per, per, frames[0].nbytes))
+    out = np.empty((2, *shape), "<f2")
+    first = RemoteShardReader(bucket, "t", per, shape, "<f2", ShardCache(tmp_path), tmp_path / "s")
+    first.read_into(np.array([1, 3]), out)
+
+    def no_network(self, key):
+        raise AssertionError(f"{key} fetched again")
+
+    monkeypatch.setattr(storage.Bucket, "read", no_network)
+    other_rank = RemoteShardReader(bucket, "t", per, shape, "<f2", ShardCache(tmp_path), tmp_path / "s")
+    other_rank.read_into(np.array([0, 2]), out)  # another process's reader, the same folder: read locally
+    np.testing.assert_array_equal(out, frames[[0, 2]])
