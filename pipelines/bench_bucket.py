@@ -40,7 +40,7 @@ TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
 # each, as the sampler's default) and one batch only is left untimed (threads starting).
 SIZES = {
     "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
-    "quick": {"videos": 4, "frames": 64, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
+    "quick": {"videos": 4, "frames": 16, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
 }
 WARMUP = 1
 LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way

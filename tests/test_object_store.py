@@ -119,9 +119,12 @@ def test_store_locations_parse_urls_and_paths():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["extract", "folder", "--root", "{tmp}", "--out", "s3:"], "bucket URL is s3://BUCKET/PATH"),
-        (["extract", "folder", "--root", "{tmp}", "--out", "s3:/bkt/x.zarr"], "bucket URL is s3://BUCKET/PATH"),
-        (["extract", "folder", "--root", "{tmp}", "--out", "hdfs://nn/x.zarr"], "cannot store to 'hdfs'"),
+        (["extract", "folder", "--root", "{tree}", "--out", "s3:", *FAST_EXTRACT], "bucket URL is s3://BUCKET/PATH"),
+        (["extract", "folder", "--root", "{tree}", "--out", "s3:/bkt/x.zarr", *FAST_EXTRACT], "bucket URL is s3://"),
+        (
+            ["extract", "folder", "--root", "{tree}", "--out", "hdfs://nn/x.zarr", *FAST_EXTRACT],
+            "cannot store to 'hdfs'",
+        ),
         (["info", "ftp://h/x.zarr"], "cannot store to 'ftp'"),
         (["verify", "gs:"], "bucket URL"),
         (["train", "--cache", "s3:/bkt/x.zarr"], "bucket URL"),
@@ -129,11 +132,13 @@ def test_store_locations_parse_urls_and_paths():
         (["--storage-options", "{nope", "info", "x.zarr"], "not JSON"),
     ],
 )
-def test_url_mistakes_are_one_line_and_create_nothing(tmp_path, monkeypatch, args, message):
+def test_url_mistakes_are_one_line_and_create_nothing(tree, tmp_path, monkeypatch, args, message):
+    """A real dataset under --root: before URLs were parsed, `--out s3:` extracted it into a local
+    folder named `s3:` and exited 0."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)).replace("{tree}", str(tree)) for a in args])
     assert r.exit_code == 2 and message in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert list(work.iterdir()) == []  # no folder named "s3:" (or anything else)
