@@ -326,8 +326,9 @@ class IFMArrays:
             return ShardReader(self._token_dir, per, self.tokens.shape[1:], dtype)
         from .remote_shards import RemoteShardReader
 
-        cache, folder, sums = self.store.local_cache, None, self.checksums()
+        cache, folder, sums = self.store.local_cache, None, None
         if cache is not None:
+            sums = self.checksums()  # a GET per video: only where cached files are named by them
             folder = cache.folder(str(self.store.path), str(self.store.meta.get("created", "")))
         owner = np.repeat(np.arange(len(self.frames)), -(-self.frames // per))  # shard -> its video
 

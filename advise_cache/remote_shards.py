@@ -264,6 +264,12 @@ class RemoteShardReader:
         if self._local is not None:
             self._local.close()
 
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
 
 def shard_cache(folder: Path | None, gb: float | None = None) -> ShardCache | None:
     """The cache of `--local-cache FOLDER` bounded to `--local-cache-gb` (None: no cache)."""

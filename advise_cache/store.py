@@ -141,8 +141,11 @@ def create_store(
             _column(v, f"{field}_utf8", data, (f"{field}_byte",))
         consolidate(tmp)
 
-    made = publish(bucket(path), in_memory(build), "zarr.json") if isinstance(path, StoreURL) else None
-    if not (made if made is not None else atomic_create(path, build)):
+    if isinstance(path, StoreURL):
+        made = publish(bucket(path), in_memory(build), "zarr.json")
+    else:
+        made = atomic_create(path, build)
+    if not made:
         log.info("store %s was created by another process", path)
 
 

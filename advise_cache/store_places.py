@@ -39,7 +39,7 @@ def store_exists(path: Location) -> bool:
     """Whether there is a store (its root zarr.json) at `path`."""
     if isinstance(path, StoreURL):
         return bucket(path).exists("zarr.json")
-    return (Path(path) / "zarr.json").exists()
+    return (Path(path) / "zarr.json").is_file()
 
 
 def check_creatable(path: Location) -> None:
