@@ -21,7 +21,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv test demo lint clean bench-extract bench-loader bench-efficiency bench-gpu bench-gpu-extract \
+.PHONY: venv test demo lint clean bench-extract bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
 	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
@@ -50,6 +50,9 @@ bench-extract: venv
 
 bench-loader: venv
 	$(PY) pipelines/bench_loader.py
+
+bench-bucket: venv
+	$(PY) pipelines/bench_bucket.py
 
 bench-efficiency: venv
 	$(PY) pipelines/bench_efficiency.py

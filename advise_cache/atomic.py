@@ -4,7 +4,9 @@ Processes racing to create the same store or image-model group each build a hidd
 named `.<name>.tmp-<pid>-<host>-<hex>` and rename it; one rename wins and the others discard
 theirs, so every racer ends up agreeing on one. A build left by a killed process is recognised
 by its pid on this host (at once), or by its age where the host differs (a shared disk), and
-removed (`clean_leftovers`; `atomic_create` clears its own target's first). Nothing here knows Zarr.
+removed (`clean_leftovers`; `atomic_create` clears its own target's first). A bucket has no
+rename: there `publish` writes the node's objects and its head (the zarr.json that makes it a
+node) last, by a conditional write. Nothing here knows Zarr.
 """
 
 from __future__ import annotations
@@ -102,3 +104,15 @@ def clean_leftovers(folder: Path, name: str | None = None) -> list[Path]:
         log.warning("removing %s, left by an interrupted run", p)
         shutil.rmtree(p, ignore_errors=True)
     return stale
+
+
+def publish(bucket, objects: dict[str, bytes], head: str) -> bool:
+    """Object storage's atomic creation: write every object but `head`, then `head` only if no
+    object is there yet (a conditional write). Returns False when another process's head won.
+    Until its head exists a node is invisible (readers and `extract` look for the head first);
+    racers building the same node write the same bytes beside it, and a creation killed
+    before its head leaves objects that the next one overwrites."""
+    for key, data in objects.items():
+        if key != head:
+            bucket.write(key, data)
+    return bucket.write(head, objects[head], only_new=True)

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from . import cli_store, cli_train
 from .errors import AdviseCacheError
+from .storage import set_storage_options
 
 
 class OneLineErrors(TyperGroup):
@@ -112,8 +113,17 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False):
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    storage_options: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON of obstore settings for stores in buckets (credentials and endpoint come from the usual environment, e.g. AWS_ENDPOINT_URL); default: $ADVISE_STORAGE_OPTIONS."
+        ),
+    ] = None,
+):
     _setup_logging(verbose)
+    user_errors(set_storage_options)(storage_options)
 
 
 for command in (cli_store.extract, cli_store.info, cli_store.verify):

@@ -32,8 +32,10 @@ def extract(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="The Zarr store to create or continue. Default: DATASET.zarr in the current folder."),
+        str | None,
+        typer.Option(
+            help="The Zarr store to create or continue: a path, or an s3://, gs://, az://, file:// URL. Default: DATASET.zarr in the current folder."
+        ),
     ] = None,
     split: Annotated[
         int, typer.Option(help="Official split number (1-3) where the dataset has several.")
@@ -121,12 +123,15 @@ def extract(
     flags = dict(locals())
     from .datasets import default_root
     from .extract import extract_videos, parse_shard, plan_extraction
+    from .storage import store_location
+
+    place = store_location(out, "--out") if out else Path(f"{dataset.lower()}.zarr")  # before anything else
 
     cfg = ExtractConfig(
         **{
             **fields_from(ExtractConfig, flags),
             "root": root or default_root(dataset),
-            "out": out or Path(f"{dataset.lower()}.zarr"),
+            "out": place,
             "codec": codec or EXTRACT.codec,
             "shard": parse_shard(shard),
         }
@@ -144,14 +149,15 @@ def extract(
 
 
 def info(
-    store: Annotated[Path, typer.Argument(help="A store made by `extract`.")],
+    store: Annotated[str, typer.Argument(help="A store made by `extract`: a path or a URL.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Summarise a store: videos, image models, frames, bytes, failures."""
+    from .storage import store_location
     from .store import open_store
     from .summary import summarize, summary_lines
 
-    s = summarize(open_store(store))
+    s = summarize(open_store(store_location(store)))
     if json_out:
         first = next(iter(s["ifms"].values()), {})
         flat = {
@@ -172,7 +178,7 @@ def info(
 
 
 def verify(
-    store: Annotated[Path, typer.Argument(help="A store made by `extract`.")],
+    store: Annotated[str, typer.Argument(help="A store made by `extract`: a path or a URL.")],
     deep: Annotated[
         bool, typer.Option("--deep", help="Also compare every video's tokens with the checksum written at extraction.")
     ] = False,
@@ -182,9 +188,10 @@ def verify(
 
     from .integrity import quant_notes
     from .integrity import verify as verify_store
+    from .storage import store_location
     from .store import open_store
 
-    opened = open_store(store)
+    opened = open_store(store_location(store))
     problems = verify_store(opened, progress=lambda it: tqdm(it, desc="verify", unit="video"), deep=deep)
     for note in quant_notes(opened):  # told, not counted: a lossy store is not a damaged one
         typer.echo(f"note: {note}")

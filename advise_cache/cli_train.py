@@ -18,6 +18,7 @@ import typer
 from .configs import TMMConfig, TrainConfig, fields_from
 from .errors import AdviseCacheError
 from .sampling import SamplerConfig
+from .storage import store_location
 
 TRAIN = TrainConfig(cache=Path(), out=Path())  # every flag's default
 SAMPLER: SamplerConfig = TRAIN.sampler
@@ -72,14 +73,16 @@ def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r
     """Where a run goes without --out: runs/<store name>-prp, -ft or -scratch, plus -avg for
     the average-pooling baseline, so the README's stage-2 commands do not collide."""
     kind = "prp" if task == "prp" else "scratch" if scratch else "ft"
-    return Path("runs") / f"{Path(cache).stem}-{kind}{'-avg' if tmm == 'none' else ''}"
+    return Path("runs") / f"{store_location(cache).stem}-{kind}{'-avg' if tmm == 'none' else ''}"
 
 
 def train_command(task: str):
     """The `train` (task prp) or `finetune` (task classify) command."""
 
     def command(
-        cache: Annotated[Path, typer.Option(help="The store to train from.")],
+        cache: Annotated[
+            str, typer.Option(help="The store to train from: a path, or s3://, gs://, az://, file:// URL.")
+        ],
         out: Annotated[
             Path | None,
             typer.Option(
@@ -159,12 +162,20 @@ def train_command(task: str):
             int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")
         ] = TRAIN.log_every,
         compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TRAIN.compile,
+        local_cache: Annotated[
+            Path | None,
+            typer.Option(help="With a store in a bucket: keep its shards in this folder (shared by a node's ranks)."),
+        ] = TRAIN.local_cache,
+        local_cache_gb: Annotated[
+            float | None, typer.Option(help="Bound of --local-cache in GB (default: 90% of its disk's free space).")
+        ] = TRAIN.local_cache_gb,
     ):
         flags = dict(locals())
         from .train import train
 
         if init is not None and scratch:
             raise AdviseCacheError("give --init or --scratch, not both")
+        cache = store_location(cache, "--cache")
         if out is None:
             out = default_run_dir(cache, task, scratch, tmm)
             typer.echo(f"run folder: {out}")
@@ -180,6 +191,7 @@ def train_command(task: str):
         cfg = TrainConfig(
             **{
                 **fields_from(TrainConfig, flags),
+                "cache": cache,
                 "out": out,
                 "task": task,
                 "ifm": tuple(k for k in ifm.split(",") if k),
@@ -207,7 +219,9 @@ def train_command(task: str):
 
 
 def stats(
-    cache: Annotated[Path | None, typer.Option(help="Take the clip's grid and dim from this store.")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Take the clip's grid and dim from this store (path or URL).")
+    ] = None,
     clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
     classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
     tmm: Tmm = TMM.tmm,
@@ -241,16 +255,16 @@ def stats(
         )
 
 
-def _store_grid_dim(cache: Path) -> tuple[int, int, int]:
+def _store_grid_dim(cache: str) -> tuple[int, int, int]:
     from .loader import TokenSource
     from .store import open_store
 
-    source = TokenSource(open_store(cache))
+    source = TokenSource(open_store(store_location(cache, "--cache")))
     return (*source.grid, source.dim)
 
 
 def evaluate(
-    cache: Annotated[Path, typer.Option(help="The store to evaluate on.")],
+    cache: Annotated[str, typer.Option(help="The store to evaluate on (path or URL).")],
     checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
     views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
@@ -271,7 +285,7 @@ def evaluate(
     if png.is_dir():
         png = png / f"confusion-{split}.png"
     r = run(
-        cache,
+        store_location(cache, "--cache"),
         checkpoint,
         views,
         split,
@@ -293,7 +307,7 @@ def evaluate(
 
 
 def visualize(
-    cache: Annotated[Path, typer.Option(help="The store the checkpoints' features come from.")],
+    cache: Annotated[str, typer.Option(help="The store the checkpoints' features come from (path or URL).")],
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder): the first model row.")],
     video: Annotated[str, typer.Option(help="Name of the video in the store (as `info` lists them).")],
     out: Annotated[Path, typer.Option(help="The figure to write (PNG).")],
@@ -307,7 +321,7 @@ def visualize(
     """Activation maps (channel-wise L2 norm of the TMM's feature maps) over a video's frames."""
     from .visualize import visualize as run
 
-    acts = run(cache, [checkpoint, *(compare or [])], video, out, frames, video_root, device)
+    acts = run(store_location(cache, "--cache"), [checkpoint, *(compare or [])], video, out, frames, video_root, device)
     typer.echo(
         f"{out}: {len(acts.rows)} rows ({', '.join(r.label.splitlines()[0] for r in acts.rows)}) "
         f"x {len(acts.frames)} frames of {video}"
@@ -315,7 +329,7 @@ def visualize(
 
 
 def embed(
-    cache: Annotated[Path, typer.Option(help="The store to embed.")],
+    cache: Annotated[str, typer.Option(help="The store to embed (path or URL).")],
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint (file or run folder), PRP or fine-tuned.")],
     out: Annotated[Path, typer.Option(help="The .npz to write: embeddings, names, labels, classes, meta.")],
     views: Annotated[int, typer.Option(help="Clips per video; their pooled features are averaged.")] = 4,
@@ -336,7 +350,13 @@ def embed(
                 f"{what} {path} is a folder; give the file to write (e.g. {path / 'embeddings.npz'})"
             )
     emb = run(
-        cache, checkpoint, views, split, device, clip_mode, progress=lambda xs: tqdm(xs, desc="embed", unit="batch")
+        store_location(cache, "--cache"),
+        checkpoint,
+        views,
+        split,
+        device,
+        clip_mode,
+        progress=lambda xs: tqdm(xs, desc="embed", unit="batch"),
     )
     save_embeddings(out, emb)
     typer.echo(f"{out}: {emb.embeddings.shape[0]} videos x {emb.embeddings.shape[1]} dims")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import AdviseCacheError, MismatchError
 from .sampling import CLASSIFICATION_MODES, SamplerConfig
+from .storage import store_location
 
 DEFAULT_CODEC = "none"  # of the token shards: one of store.CODECS
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision of every command that computes
@@ -153,6 +154,8 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
     compile: bool = False  # torch.compile the model
     progress: bool = True
+    local_cache: Path | None = None  # a store in a bucket: its shards kept in this folder (remote_shards.py)
+    local_cache_gb: float | None = None  # that folder's bound; None: 90% of its disk's free space
 
 
 def fields_from(config_type, flags: dict) -> dict:
@@ -171,8 +174,9 @@ def config_from_dict(d: dict) -> TrainConfig:
     d["sampler"] = SamplerConfig(**d["sampler"])
     d["tmm"] = TMMConfig(**d["tmm"])
     d["ifm"] = tuple(d.get("ifm", ()))
-    for key in ("cache", "out", "init"):
+    for key in ("out", "init", "local_cache"):
         d[key] = Path(d[key]) if d.get(key) else None
+    d["cache"] = store_location(d["cache"]) if d.get("cache") else None  # a path, or a bucket URL
     return TrainConfig(**d)
 
 

@@ -30,6 +30,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from .ifm import check_weights, create_ifm
 from .pixels import RESIZES
 from .plan import SizePlan
 from .runtime import cores_per_process, local_rank, make_current, resolve_device
+from .storage import store_location
 from .store import DONE, FAILED, PENDING, SAFE_KEY, open_store
 from .video import FramePlan, decoder_available
 
@@ -173,7 +175,7 @@ def _check_flags(cfg: ExtractConfig) -> str:
             f"--name {key!r}: use letters, digits, '-', '_' and '.', not starting with "
             "'.' (it names a folder inside the store)"
         )
-    if cfg.out.exists() and not cfg.out.is_dir():
+    if isinstance(cfg.out, Path) and cfg.out.exists() and not cfg.out.is_dir():
         raise StoreError(f"--out {cfg.out} is a file, not a store")
     return key
 
@@ -183,6 +185,7 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     goes, and the image model's rate measured on random crops. Probes the videos (or reads an
     existing store's table), loads no weights (random ones of the same architecture cost the
     same), writes nothing."""
+    cfg = replace(cfg, out=store_location(cfg.out, "--out"))  # a bucket URL, or a path
     key = _check_flags(cfg)
     index = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.annotations, cfg.holdout)
     # Random weights: the grid, the width and the compute of the real ones.
@@ -209,6 +212,7 @@ def model_rate(ifm, batch: int, repeats: int = 2) -> float:
 
 def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     """Run stage 1 for this process's share of the videos; return what it did."""
+    cfg = replace(cfg, out=store_location(cfg.out, "--out"))  # a bucket URL, or a path
     key = _check_flags(cfg)
     t0 = time.perf_counter()
     (k, n), device = resolve_launch(cfg.shard, cfg.device)

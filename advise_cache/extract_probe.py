@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .configs import ExtractConfig
 from .errors import AdviseCacheError, StoreError
 from .plan import SizePlan, check_fits, size_plan
-from .store import PENDING, create_store, open_store
+from .store import PENDING, check_creatable, create_store, open_store, store_exists
 from .video import init_worker, probe_or_reason, sigint_blocked
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def probe_shared(paths: list[str], workers: int, progress: bool, group: Group, d
 
 def existing_store(cfg: ExtractConfig, index):
     """The store at --out, checked to hold this dataset's video list; None when there is none."""
-    if not (cfg.out / "zarr.json").exists():
+    if not store_exists(cfg.out):
         return None
     store = open_store(cfg.out)
     names = [r.name for r in index.records]
@@ -128,17 +128,9 @@ def existing_store(cfg: ExtractConfig, index):
     return store
 
 
-def _check_new_store(cfg: ExtractConfig) -> None:
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise StoreError(f"{cfg.out} exists and is not a store; refusing to write into it")
-    parent = next(p for p in (cfg.out, *cfg.out.absolute().parents) if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):  # before probing every video
-        raise StoreError(f"cannot create the store {cfg.out}: {parent} is not writable")
-
-
 def probe_table(cfg: ExtractConfig, index, workers: int, group: Group = Group()) -> dict:
     """The video table of a new store: every video probed for its frames and rate."""
-    _check_new_store(cfg)
+    check_creatable(cfg.out)
     log.info("probing %d videos", len(index.records))
     paths = [str(r.path) for r in index.records]
     probes = probe_shared(paths, workers, cfg.progress, group, cfg.decoder)
@@ -160,7 +152,7 @@ def store_or_table(cfg: ExtractConfig, index, workers: int, group: Group = Group
     try:
         store = existing_store(cfg, index)
         if store is None:
-            _check_new_store(cfg)
+            check_creatable(cfg.out)
     except AdviseCacheError as e:
         error = e
     group.first_error(error)

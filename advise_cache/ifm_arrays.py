@@ -25,7 +25,7 @@ import zarr
 from . import __version__
 from .errors import StoreError
 from .quant import SCHEME
-from .shards import ShardReader, index_bytes, shard_index
+from .shards import ShardReader, index_bytes, shard_parts
 
 PENDING, DONE, FAILED = 0, 1, 2  # a video's `status`
 NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
@@ -93,12 +93,16 @@ class IFMArrays:
         return self.store.path / "ifm" / self.key / "tokens"
 
     # -- ownership ----------------------------------------------------------------------
+    # On a bucket there are no locks: a process owns the videos of its --shard/torchrun part
+    # alone (docs/STORE.md, "Ownership"), and `claim` only checks their status.
     # A video is written only by the process holding its claim: an exclusive lock on byte v of
     # `claims.lock` in the group's folder. The kernel drops a dead process's locks, so a
     # claim never outlives its owner (SIGKILL included) and needs no clean-up. Claims are
     # taken before a video's status is read, so whoever holds one sees the status no other
     # process can change meanwhile: a video another process marked done is never cleared.
     def _lock(self, video: int, kind: int) -> bool:
+        if self.store.remote:  # a bucket has no locks: ownership is by disjoint parts (docs/STORE.md)
+            return True
         if self._claims_fd is None:
             try:
                 self._claims_fd = os.open(
@@ -159,27 +163,37 @@ class IFMArrays:
         out = []
         per = int(self.meta["frames_per_shard"])
         frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
+        listed = self.store.bucket.sizes(f"ifm/{self.key}/tokens/c/") if self.store.remote else None  # one listing
         for v in videos:
             v, n = int(v), int(self.frames[v])
-            for k, path in enumerate(self.shard_paths(v)):
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    out.append((v, f"shard file {path.relative_to(self.store.path)} is missing"))
+            for k, key in enumerate(self.shard_keys(v)):
+                if listed is not None:
+                    size = listed.get(key)
+                else:
+                    try:
+                        size = (self.store.path / key).stat().st_size
+                    except FileNotFoundError:
+                        size = None
+                if size is None:
+                    out.append((v, f"shard file {key} is missing"))
                     break
                 want = min(per, n - k * per) * frame + index_bytes(per)
                 if self._direct and size != want:
-                    out.append((v, f"shard file {path.relative_to(self.store.path)} has {size} bytes, expected {want}"))
+                    out.append((v, f"shard file {key} has {size} bytes, expected {want}"))
                     break
         return out
 
     # -- writing ------------------------------------------------------------------------
-    def shard_paths(self, video: int) -> list[Path]:
+    def shard_keys(self, video: int) -> list[str]:
+        """The video's shard files (objects), relative to the store."""
         per = int(self.meta["frames_per_shard"])
         first = int(self.offset[video]) // per
         count = -(-int(self.frames[video]) // per)
-        base = self._token_dir / "c"
-        return [base / str(s) / "0" / "0" / "0" for s in range(first, first + count)]
+        return [f"ifm/{self.key}/tokens/c/{s}/0/0/0" for s in range(first, first + count)]
+
+    def shard_paths(self, video: int) -> list[Path]:
+        """The video's shard files of a local store."""
+        return [self.store.path / k for k in self.shard_keys(video)]
 
     def check_offsets(self) -> None:
         """Refuse a damaged offset table, which would read another video's rows."""
@@ -197,6 +211,9 @@ class IFMArrays:
     def clear_video(self, video: int) -> None:
         """Forget whatever an interrupted run wrote for this video (claimed, not done)."""
         self._owned(video)
+        if self.store.remote:
+            self.store.bucket.delete(self.shard_keys(video))
+            return
         for p in self.shard_paths(video):
             p.unlink(missing_ok=True)
 
@@ -213,15 +230,25 @@ class IFMArrays:
                 f"video {video} shard {index}: got tokens {tokens.shape}, expected {(rows, *self.tokens.shape[1:])}"
             )
         self._owned(video)
-        path = self.shard_paths(video)[index]
         data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
         with self._status_lock:
             self._shard_crcs[(video, index)] = _crc(data)
+        key = self.shard_keys(video)[index]
+        if self.store.remote and self._direct:  # one object, written once, durable when put returns
+            blob = b"".join(shard_parts(data, per))
+            self.store.bucket.write(key, blob)
+            return len(blob)
+        if self.store.remote:  # compressed: zarr writes the shard object whole
+            start = int(self.offset[video]) + index * per
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self.tokens[start : start + rows] = tokens.astype(self.tokens.dtype, copy=False)
+            return self.store.bucket.size(key) or 0
+        path = self.store.path / key
         if self._direct:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _write_all(fd, [memoryview(data).cast("B"), shard_index(rows, per, data[0].nbytes)])
+                _write_all(fd, shard_parts(data, per))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -240,10 +267,11 @@ class IFMArrays:
         is made durable once per video (and the token folder once), then the status, and the
         claim is given up. `quant_error`: an int8 video's (relative L2 error, mean cosine)."""
         self._owned(video)
-        if not self._token_dir_synced:
+        if not self._token_dir_synced and not self.store.remote:  # a bucket's objects are durable once put
             _fsync(self._token_dir)
             self._token_dir_synced = True
-        _fsync(self._token_dir / "c")
+        if not self.store.remote:
+            _fsync(self._token_dir / "c")
         with self._status_lock:
             crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
             if self._checksums is not None:  # before the status: a done video always has its checksum
@@ -288,12 +316,29 @@ class IFMArrays:
         # needs (measured ~10x slower for 8 scattered frames).
         return np.stack([self.tokens[base + int(r)] for r in rows])
 
-    def shard_reader(self) -> ShardReader | None:
-        """A reader of this array's shard files (None when they are compressed: read via zarr)."""
+    def shard_reader(self):
+        """A reader of this array's shard files (None when they are compressed: read via zarr):
+        `ShardReader` for a local store, `RemoteShardReader` (through the store's local cache,
+        if it has one) for a bucket."""
         if not self._direct:
             return None
         dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
-        return ShardReader(self._token_dir, int(self.meta["frames_per_shard"]), self.tokens.shape[1:], dtype)
+        per = int(self.meta["frames_per_shard"])
+        if not self.store.remote:
+            return ShardReader(self._token_dir, per, self.tokens.shape[1:], dtype)
+        from .remote_shards import RemoteShardReader
+
+        cache, folder, sums = self.store.local_cache, None, None
+        if cache is not None:
+            sums = self.checksums()  # a GET per video: only where cached files are named by them
+            folder = cache.folder(str(self.store.path), str(self.store.meta.get("created", "")))
+        owner = np.repeat(np.arange(len(self.frames)), -(-self.frames // per))  # shard -> its video
+
+        def tag(shard: int) -> str:  # the owning video's checksum: a video written again is fetched again
+            return "0" if sums is None else f"{int(sums[owner[shard]]) & 0xFFFFFFFF:08x}"
+
+        key = f"ifm/{self.key}/tokens"
+        return RemoteShardReader(self.store.bucket, key, per, self.tokens.shape[1:], dtype, cache, folder, tag)
 
     def _read_direct(self, rows: np.ndarray) -> np.ndarray:
         if self._reader is None:
@@ -326,6 +371,8 @@ class IFMArrays:
         return self.tokens[base : base + int(self.frames[video])]
 
     def stored_bytes(self) -> int:
+        if self.store.remote:
+            return sum(self.store.bucket.sizes(f"ifm/{self.key}/tokens/").values())
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
 
 

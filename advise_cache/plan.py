@@ -69,10 +69,16 @@ def video_bytes(
 
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system where `path` is or would be made (its nearest existing
-    parent). Tests replace this function to play a small disk."""
-    path = Path(path).absolute()
+    parent); for a bucket, which tells no limit, BUCKET_FREE. Tests replace this function to
+    play a small disk."""
+    if not isinstance(path, Path):
+        return BUCKET_FREE
+    path = path.absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     return shutil.disk_usage(existing).free
+
+
+BUCKET_FREE = 2**63 - 1  # "free space" of an object store: none is known, so everything fits
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,11 @@ class SizePlan:
             f"bytes per frame: {c.frame_bytes} ({h}x{w} tokens x {token_bytes(self.dim, c.dtype)} bytes)",
             f"bytes in all: {_size(c.bytes)} (tokens and shard indexes)"
             + (f"; {_size(c.to_write)} still to write" if c.to_write != c.bytes else ""),
-            f"free where the store goes: {_size(self.free)}: "
+            (
+                "free where the store goes: a bucket tells no limit: "
+                if self.free == BUCKET_FREE
+                else f"free where the store goes: {_size(self.free)}: "
+            )
             + ("fits" if self.fits else f"does NOT fit (needs {_size(c.needed)} with file-system slack)"),
             self._time_line(),
             "options (frame stride, dtype: bytes in all):",
@@ -213,7 +223,7 @@ def size_plan(
         if d in TOKEN_BYTES
     )
     return SizePlan(
-        Path(out),
+        out,
         model,
         grid,
         dim,

@@ -44,6 +44,32 @@ def shard_index(rows: int, per: int, chunk_bytes: int) -> bytes:
     return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
 
 
+def shard_parts(data: np.ndarray, per: int) -> list:
+    """The bytes of a shard holding `data` (its first len(data) one-frame chunks, contiguous,
+    little-endian), as buffers to write one after the other: the chunks, then the index. A local
+    shard file and a shard object in a bucket are these same bytes."""
+    return [memoryview(data).cast("B"), shard_index(len(data), per, data[0].nbytes)]
+
+
+def check_index(raw: bytes, size: int, per: int, frame_bytes: int, name: str) -> np.ndarray:
+    """The byte offset of each chunk (-1: absent) from the `index_bytes(per)` bytes that end a
+    shard of `size` bytes, after checking them: their crc32c, and every present chunk of
+    `frame_bytes` bytes inside the shard. A cut or partial shard fails here; `name` says which."""
+    n, end = 16 * per, index_bytes(per)
+    if len(raw) != end or size < end:
+        raise StoreError(f"{name} is truncated ({size} bytes)")
+    crc = int.from_bytes(raw[n:], "little")
+    if google_crc32c.value(bytes(raw[:n])) != crc:
+        raise StoreError(f"{name}: its chunk index fails its crc32c check")
+    entries = np.frombuffer(raw[:n], "<u8").reshape(per, 2)
+    offsets, nbytes = entries[:, 0], entries[:, 1]
+    present = offsets != EMPTY
+    bad = present & ((nbytes != frame_bytes) | (offsets + nbytes > size - end))
+    if bad.any():
+        raise StoreError(f"{name}: chunk {int(np.flatnonzero(bad)[0])} points outside the file or has the wrong size")
+    return offsets.view(np.int64).copy()  # EMPTY reads as -1; real offsets fit int64
+
+
 def in_parts(n: int, work, pool: ThreadPoolExecutor | None, tasks: int) -> None:
     """work(lo, hi) over [0, n) split into `tasks` runs on `pool`, waited for; errors re-raised."""
     parts = max(1, min(tasks, n))
@@ -70,9 +96,16 @@ class ShardReader:
     One caller at a time (a loader's producer thread); the reads it starts may run in parallel."""
 
     def __init__(
-        self, token_dir: Path, frames_per_shard: int, frame_shape: tuple[int, ...], dtype, max_open: int | None = None
+        self,
+        token_dir: Path,
+        frames_per_shard: int,
+        frame_shape: tuple[int, ...],
+        dtype,
+        max_open: int | None = None,
+        path_of=None,
     ):
         self.token_dir = Path(token_dir)
+        self._path_of = path_of  # shard -> its file, where not the store's own layout (a local cache)
         self.per = int(frames_per_shard)
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
@@ -82,6 +115,8 @@ class ShardReader:
         self._lock = threading.Lock()
 
     def _path(self, shard: int) -> Path:
+        if self._path_of is not None:
+            return self._path_of(shard)
         return self.token_dir / "c" / str(shard) / "0" / "0" / "0"
 
     def _load(self, shard: int) -> tuple[int, np.ndarray]:
@@ -94,23 +129,9 @@ class ShardReader:
             ) from None
         try:
             size = os.fstat(fd).st_size
-            n, end = 16 * self.per, index_bytes(self.per)
+            end = index_bytes(self.per)
             raw = os.pread(fd, end, size - end) if size >= end else b""
-            if len(raw) != end:
-                raise StoreError(f"shard file {path} is truncated ({size} bytes)")
-            crc = int.from_bytes(raw[n:], "little")
-            if google_crc32c.value(raw[:n]) != crc:
-                raise StoreError(f"shard file {path}: its chunk index fails its crc32c check")
-            entries = np.frombuffer(raw[:n], "<u8").reshape(self.per, 2)
-            offsets, nbytes = entries[:, 0], entries[:, 1]
-            present = offsets != EMPTY
-            bad = present & ((nbytes != self.frame_bytes) | (offsets + nbytes > size - end))
-            if bad.any():
-                raise StoreError(
-                    f"shard file {path}: chunk {int(np.flatnonzero(bad)[0])} points outside "
-                    "the file or has the wrong size"
-                )
-            return fd, offsets.view(np.int64).copy()  # EMPTY reads as -1; real offsets fit int64
+            return fd, check_index(raw, size, self.per, self.frame_bytes, f"shard file {path}")
         except BaseException:
             os.close(fd)
             raise
@@ -146,17 +167,20 @@ class ShardReader:
             raise ValueError(
                 f"buffer {out.shape} {out.dtype} does not fit {len(rows)} frames of {self.frame_shape} {self.dtype}"
             )
-        flat = out.reshape(len(rows), -1).view(np.uint8)
-        shard_of = rows // self.per
+        self.read_selected(np.arange(len(rows)), rows, out.reshape(len(rows), -1).view(np.uint8), pool, tasks)
+
+    def read_selected(self, at: np.ndarray, rows: np.ndarray, flat: np.ndarray, pool=None, tasks: int = 1) -> None:
+        """Rows rows[at] into flat[at] (flat: one uint8 row of frame bytes per entry of `rows`)."""
+        shard_of = rows[at] // self.per
         if len(np.unique(shard_of)) <= self.max_open:
-            self._read(np.arange(len(rows)), rows, flat, pool, tasks)
+            self._read(at, rows, flat, pool, tasks)
             return
         # More shards than may stay open: in groups of at most max_open shards, each group's
         # files evicted down to the bound before the next opens (at most 2 x max_open at once).
         order = np.argsort(shard_of, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(shard_of[order]) != 0]).tolist() + [len(rows)]
+        starts = np.flatnonzero(np.r_[True, np.diff(shard_of[order]) != 0]).tolist() + [len(at)]
         for g in range(0, len(starts) - 1, self.max_open):
-            self._read(order[starts[g] : starts[min(g + self.max_open, len(starts) - 1)]], rows, flat, pool, tasks)
+            self._read(at[order[starts[g] : starts[min(g + self.max_open, len(starts) - 1)]]], rows, flat, pool, tasks)
 
     def _read(self, at: np.ndarray, rows: np.ndarray, flat: np.ndarray, pool, tasks: int) -> None:
         """Rows rows[at] into flat[at], then the least recently used files closed down to the bound."""

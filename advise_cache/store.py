@@ -21,8 +21,11 @@ the layout; in short::
 Each video starts on a shard boundary, so every shard belongs to exactly one video: writers
 that own disjoint videos never touch the same object, and a video is rewritten whole when an
 interrupted run resumes. Rows past a video's end are never written and cost no bytes.
-Creation is atomic (atomic.py: built beside the target, then renamed), so processes racing
-to create the same store or IFM group end up agreeing on one.
+Creation is atomic (atomic.py: built beside the target, then renamed; in a bucket, built in
+memory and published with the node's zarr.json last and only if absent), so processes racing
+to create the same store or IFM group end up agreeing on one. A store is a local folder or a
+prefix in an object store (storage.py: s3://, gs://, az://); zarr reaches a bucket through its
+obstore-backed ObjectStore, and the shard files through `storage.Bucket`.
 
 Every array is core Zarr v3 (numbers only, `dimension_names` set), so xarray, tensorstore
 and other readers need no zarr-python extension; `Store.videos` reads format 1 stores too,
@@ -35,8 +38,6 @@ import datetime
 import json
 import logging
 import re
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ import zarr
 import zarr.codecs
 
 from . import __version__
-from .atomic import atomic_create, building, clean_leftovers
+from .atomic import atomic_create, publish
 from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
 
@@ -62,6 +63,8 @@ from .ifm_arrays import (  # noqa: F401
     slot_offsets,
 )
 from .quant import SCALE_BYTES, SCHEME
+from .storage import Location, StoreURL, bucket, store_location
+from .store_places import check_creatable, consolidate, empty_group, in_memory, open_group, store_exists  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +101,13 @@ class VideoTable:
 
 
 def create_store(
-    path: Path, dataset: str, root: str, classes: list[str], table: dict, source: dict | None = None
+    path: Location | str, dataset: str, root: str, classes: list[str], table: dict, source: dict | None = None
 ) -> None:
     """Create a store holding the dataset's video table; no IFM yet. Atomic.
 
     `source` says where the video list came from (`DatasetIndex.source()`): the official
     split number, the annotation files read, and the listed videos missing on disk."""
-    path = Path(path)
+    path = store_location(path)
     source = source or {}
     n = len(table["name"])
 
@@ -136,9 +139,13 @@ def create_store(
             data = np.frombuffer(b"".join(encoded), dtype="uint8")
             _column(v, f"{field}_end", ends, ("video",), {"text": f"{field}_utf8", "encoding": "utf-8"})
             _column(v, f"{field}_utf8", data, (f"{field}_byte",))
-        _consolidate(tmp)
+        consolidate(tmp)
 
-    if not atomic_create(path, build):
+    if isinstance(path, StoreURL):
+        made = publish(bucket(path), in_memory(build), "zarr.json")
+    else:
+        made = atomic_create(path, build)
+    if not made:
         log.info("store %s was created by another process", path)
 
 
@@ -156,26 +163,6 @@ def _column(group, name: str, values: np.ndarray, dims: tuple[str, ...], attrs: 
     if len(values):
         arr[:] = values
     return arr
-
-
-def _open_group(path: Path, mode: str):
-    """The group as it is on disk: never through consolidated metadata, which is for other
-    readers and is stale while an IFM group is being added."""
-    return zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
-
-
-def _consolidate(path: Path) -> None:
-    """Write consolidated metadata (zarr-python's, outside the v3 spec) into the root
-    zarr.json for readers that use it (xarray). Waits out IFM groups being built beside
-    their target so that none of them is recorded; those left by killed runs are removed."""
-    clean_leftovers(path / "ifm")
-    for _ in range(200):
-        if not building(path / "ifm")[0]:
-            break
-        time.sleep(0.05)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "not part of the Zarr format 3 specification"
-        zarr.consolidate_metadata(zarr.storage.LocalStore(path), zarr_format=3)
 
 
 def _read_table(group, fmt: int) -> VideoTable:
@@ -200,11 +187,16 @@ def _read_table(group, fmt: int) -> VideoTable:
 class Store:
     """An open feature cache. `open_store` for reading, `create_store` + `open_store` to fill."""
 
-    def __init__(self, path: Path | str, mode: str = "r"):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+    def __init__(self, path: Location | str, mode: str = "r", local_cache=None):
+        self.path = store_location(path)
+        self.remote = isinstance(self.path, StoreURL)
+        self.bucket = bucket(self.path) if self.remote else None
+        self.local_cache = local_cache  # a remote_shards.ShardCache for the shards of a bucket, or None
+        if local_cache is not None and not self.remote:
+            log.warning("--local-cache is for stores in a bucket; %s is local and is read in place", self.path)
+        if not store_exists(self.path):
             raise StoreError(f"{self.path} is not a store (no zarr.json); create it with `advise-cache extract`")
-        self.group = _open_group(self.path, mode)
+        self.group = open_group(self.path, mode)
         self.meta = attributes(self.group)
         fmt = self.meta.get("format")
         if not isinstance(fmt, int) or "classes" not in self.meta:
@@ -312,12 +304,14 @@ class Store:
         if dtype == "int8":
             meta["quantisation"] = SCHEME
         ifm_dir = self.path / "ifm"
-        if "ifm" not in self.group:
+        if "ifm" not in self.group and not self.remote:
             ifm_dir.mkdir(exist_ok=True)
             if not (ifm_dir / "zarr.json").exists():
                 zarr.open_group(ifm_dir, mode="a", zarr_format=3)
+        elif "ifm" not in self.group:
+            self.bucket.write("ifm/zarr.json", in_memory(empty_group)["zarr.json"], only_new=True)
 
-        def build(tmp: Path) -> None:
+        def build(tmp) -> None:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             g.attrs["advise_cache"] = meta
             g.create_array(
@@ -343,9 +337,12 @@ class Store:
             for name, kind, fill in per_video:
                 g.create_array(name, shape=(n,), chunks=(1,), dtype=kind, fill_value=fill, dimension_names=("video",))
 
-        atomic_create(ifm_dir / key, build)
-        _consolidate(self.path)
-        self.group = _open_group(self.path, self.mode)
+        if not self.remote:
+            atomic_create(ifm_dir / key, build)
+        elif not self.bucket.exists(f"ifm/{key}/zarr.json"):  # never over an existing group's arrays
+            publish(self.bucket, {f"ifm/{key}/{k}": v for k, v in in_memory(build).items()}, f"ifm/{key}/zarr.json")
+        consolidate(self.path)
+        self.group = open_group(self.path, self.mode)
         arrays = self.ifm(key)
         keep = (
             "model",
@@ -419,8 +416,17 @@ class Store:
         return problems
 
 
-def open_store(path: Path | str, mode: str = "r") -> Store:
-    path = Path(path)
+def open_store(path: Location | str, mode: str = "r", local_cache=None) -> Store:
+    """The store at a path or URL; `local_cache` (a remote_shards.ShardCache) keeps a bucket's
+    shards on local disk for training."""
+    path = store_location(path)
+    if isinstance(path, StoreURL):
+        try:
+            return Store(path, mode, local_cache)
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{path} is damaged: {_damage(e)}") from e
     if not path.exists():
         raise StoreError(f"store {path} does not exist")
     if not path.is_dir():

@@ -42,6 +42,7 @@ from .configs import TMMConfig, TrainConfig, changed_recipe, check_train_config,
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
 from .models import count_params, create_model
+from .remote_shards import shard_cache
 from .runtime import (
     Dist,
     all_ranks_agree,
@@ -55,6 +56,7 @@ from .runtime import (
     sum_across,
 )
 from .sampling import classification_epoch, prp_epoch
+from .storage import describe
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def _check_step(cfg: TrainConfig, longest: int) -> None:
 def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
     check_train_config(cfg)
-    store = open_store(cfg.cache)
+    store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
     source = TokenSource(store, list(cfg.ifm) or None)
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
@@ -376,7 +378,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
         num_classes=s["num_classes"],
         classes=store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
         fingerprint=s["fingerprint"],
-        store=str(Path(cfg.cache).resolve()),
+        store=describe(cfg.cache),
         dataset=store.dataset,
         init=str(cfg.init) if cfg.init else None,
         trainable_params=count_params(model),

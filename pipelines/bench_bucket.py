@@ -1,0 +1,305 @@
+"""Training from a store in a bucket: the loader against raw readers, on an S3 emulator.
+
+    .venv/bin/python pipelines/bench_bucket.py                     # ~5 min on 2 cores
+    .venv/bin/python pipelines/bench_bucket.py --quick --no-write  # a look
+
+Starts moto's S3 server on 127.0.0.1 (no other address is touched), copies a store of random
+ViT-B-16-shaped tokens into it, and alternates rounds of readers over one PRP plan:
+- the raw range-GET reader: obstore, every frame's bytes at their known place (no index read),
+  a shard's frames in one `get_ranges`, 16 shards at a time, copied into one batch buffer;
+  beside it the same reader through fsspec (s3fs `cat_ranges`), when s3fs is installed;
+- `ClipLoader` on the bucket store: without a cache (range requests), and with a fresh
+  `--local-cache` (first epoch: whole shards pulled), then the same plan again (cached epoch);
+- the local raw `preadv` reader (bench_loader.py's ceiling) over the same bytes on local disk.
+The emulator is a Python server on the same cores, so absolute rates say little about a real
+bucket; the ratios, measured side by side, are the point.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from bench_loader import FRAME_BYTES, ceiling, ensure_store, make_plan
+from common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+
+BUCKET = "advise-bench"
+TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
+# A first epoch: every video's shard is new to the reader, so the plan spans many videos (4 clips
+# each, as the sampler's default) and one batch only is left untimed (threads starting).
+SIZES = {
+    "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
+    "quick": {"videos": 4, "frames": 16, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
+}
+WARMUP = 1
+LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way
+
+
+@contextmanager
+def emulator():
+    """moto's S3 server on a free port of 127.0.0.1 with an empty bucket; the environment set
+    for it as a user's would be (AWS_ENDPOINT_URL, keys); stopped on the way out."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = dict(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1"
+    )
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit("moto's S3 server did not start (is moto[server] installed? `make venv`)")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        from advise_cache import storage
+
+        storage._BUCKETS.clear()  # clients of this endpoint
+
+
+def upload(local: Path, url: str) -> int:
+    """Copy a local store into the bucket, object for file; returns the bytes."""
+    from advise_cache.storage import bucket, store_location
+
+    b = bucket(store_location(url))
+    files = [p for p in local.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda p: b.write(str(p.relative_to(local)), p.read_bytes()), files))
+    return sum(p.stat().st_size for p in files)
+
+
+def rows_of(url: str, plan) -> np.ndarray:
+    from advise_cache.store import open_store
+
+    offset = open_store(url).ifm("ViT-B-16").offset
+    return np.stack([offset[r.video] + r.indices for r in plan])
+
+
+def raw_obstore(url: str, rows: np.ndarray, batch: int) -> float:
+    """Clips/s of the raw range-GET reader: frame f of a shard is at f x frame bytes (the writer
+    lays chunks back to back), a shard's frames in one get_ranges, 16 shards in flight."""
+    import obstore
+
+    from advise_cache.storage import bucket, store_location
+
+    store = bucket(store_location(url)).store
+    T = rows.shape[1]
+    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
+
+    def fetch(job) -> None:
+        s, at, frames = job
+        got = obstore.get_ranges(
+            store,
+            f"ifm/ViT-B-16/tokens/c/{s}/0/0/0",
+            starts=[f * FRAME_BYTES for f in frames],
+            lengths=[FRAME_BYTES] * len(frames),
+        )
+        for i, data in zip(at, got):
+            buf[i] = np.frombuffer(data, np.uint8)
+
+    with ThreadPoolExecutor(16) as pool:
+        return _timed(rows, batch, lambda r: list(pool.map(fetch, _by_shard(r))))
+
+
+def raw_s3fs(url: str, rows: np.ndarray, batch: int) -> float | None:
+    """The same reader through fsspec: s3fs's cat_ranges over every frame of a batch."""
+    try:
+        import s3fs
+    except ImportError:
+        return None
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], key="bench", secret="bench")
+    base = url.removeprefix("s3://")
+    T = rows.shape[1]
+    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
+
+    def read(r: np.ndarray) -> None:
+        paths = [f"{base}/ifm/ViT-B-16/tokens/c/{x // 64}/0/0/0" for x in r.tolist()]
+        starts = [(x % 64) * FRAME_BYTES for x in r.tolist()]
+        for i, data in enumerate(fs.cat_ranges(paths, starts, [s + FRAME_BYTES for s in starts])):
+            buf[i] = np.frombuffer(data, np.uint8)
+
+    return _timed(rows, batch, read)
+
+
+def _by_shard(r: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
+    shards: dict[int, tuple[list[int], list[int]]] = {}
+    for i, x in enumerate(r.tolist()):
+        at, frames = shards.setdefault(x // 64, ([], []))
+        at.append(i)
+        frames.append(x % 64)
+    return [(s, at, frames) for s, (at, frames) in shards.items()]
+
+
+def _timed(rows: np.ndarray, batch: int, read) -> float:
+    n = len(rows) // batch
+    for b in range(n):
+        if b == WARMUP:
+            t0 = time.perf_counter()
+        read(rows[b * batch : (b + 1) * batch].reshape(-1))
+    return (n - WARMUP) * batch / (time.perf_counter() - t0)
+
+
+def _drain(loader, batch: int, warmup: int = WARMUP) -> float:
+    """Clips/s of a loader after its first `warmup` batches, the consumer doing nothing."""
+    for b, _ in enumerate(loader):
+        if b == warmup - 1:
+            t0 = time.perf_counter()
+    return (len(loader) - warmup) * batch / (time.perf_counter() - t0)
+
+
+def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int = 4):
+    """Clips/s of ClipLoader over the plan from the bucket store with a fresh reader (no shard
+    index known); with `cache_dir`, into a fresh cache. Returns the rate and the source."""
+    from advise_cache.loader import ClipLoader, TokenSource
+    from advise_cache.remote_shards import shard_cache
+    from advise_cache.store import open_store
+
+    if cache_dir is not None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    source = TokenSource(open_store(url, local_cache=shard_cache(cache_dir)))
+    return _drain(ClipLoader(source, plan, batch, threads=threads), batch), source
+
+
+def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> dict[str, list[float]]:
+    """`pairs` passes each, alternating, over the plan three times: the loader on the cached
+    bucket store, the loader on the local store, the local raw preadv reader (bench_loader's
+    ceiling, 4 batches untimed, as here)."""
+    from advise_cache.loader import ClipLoader, TokenSource
+    from advise_cache.store import open_store
+
+    on_disk = TokenSource(open_store(local))
+    longer = plan * 3
+    out: dict[str, list[float]] = {"cached": [], "loader_local": [], "local": []}
+    for k in range(pairs):
+        for name in list(out)[:: 1 if (rnd + k) % 2 == 0 else -1]:
+            if name == "local":
+                out[name].append(ceiling(local, longer, batch, 4))
+            else:
+                src = cached if name == "cached" else on_disk
+                out[name].append(_drain(ClipLoader(src, longer, batch, threads=4), batch, LOCAL_WARMUP))
+    return out
+
+
+def measure(args, local: Path, url: str) -> dict[str, list[float]]:
+    """Rounds alternating the readers of a first epoch (the order reversed each round), each
+    followed by passes over the local cache it filled; clips/s per reader."""
+    _, plan = make_plan(local, args.clips, args.seed)
+    plan = plan[: len(plan) // args.batch_size * args.batch_size]
+    rows = rows_of(url, plan)
+    cache_dir = Path(tempfile.mkdtemp(prefix="bench-bucket-cache-", dir=args.work))
+    names = ("raw", "s3fs", "loader", "first", "cached", "loader_local", "local")
+    rate: dict[str, list[float]] = {k: [] for k in names}
+    for rnd in range(args.rounds):
+        for name in ["raw", "s3fs", "loader", "first"][:: 1 if rnd % 2 == 0 else -1]:
+            if name == "raw":
+                rate["raw"].append(raw_obstore(url, rows, args.batch_size))
+            elif name == "s3fs":
+                got = raw_s3fs(url, rows, args.batch_size)
+                if got is not None:
+                    rate["s3fs"].append(got)
+            elif name == "loader":
+                rate["loader"].append(first_epoch(url, plan, args.batch_size, None)[0])
+            else:
+                got, cached = first_epoch(url, plan, args.batch_size, cache_dir)
+                rate["first"].append(got)
+        for k, v in local_pairs(cached, local, plan, args.batch_size, args.pairs, rnd).items():
+            rate[k] += v
+        say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rate.items() if v) + " clips/s")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return rate
+
+
+def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rate[a], rate[b]))
+
+    names = {
+        "raw": ("raw range-GET reader (obstore)", "raw"),
+        "s3fs": ("raw range-GET reader (fsspec: s3fs)", "raw"),
+        "loader": ("`ClipLoader`, bucket, no cache (range requests)", "raw"),
+        "first": ("`ClipLoader`, bucket, first epoch into a fresh --local-cache", "raw"),
+        "cached": ("`ClipLoader`, bucket, cached epoch (--local-cache)", "local"),
+        "loader_local": ("`ClipLoader`, the same store on local disk", "local"),
+        "local": ("local raw preadv reader (same bytes on local disk)", "local"),
+    }
+    rows = [
+        [
+            label,
+            num(statistics.median(rate[k])),
+            f"{statistics.median(rate[k]) * 8 * FRAME_BYTES / 1e9:.3f}",
+            f"{pct(ratio(k, ref))} of {ref}",
+        ]
+        for k, (label, ref) in names.items()
+        if rate[k]
+    ]
+    lines = [
+        *heading("Training from a bucket (S3 emulator)", "bench_bucket.py", argv, facts),
+        f"moto's S3 server on 127.0.0.1 (a Python server sharing the cores; a real bucket differs in "
+        f"every absolute figure). Store of {args.videos} videos x {args.frames} frames of ViT-B-16-shaped "
+        f"float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, 64 frames a shard object), PRP clips of 8 "
+        f"frames, batch {args.batch_size}, {args.clips} clips a pass ({WARMUP} batch untimed); "
+        f"{args.rounds} rounds, the readers' order reversed every round, each round's first-epoch "
+        f"readers then {args.pairs} alternating passes of the three local ones over the plan three times "
+        "(4 batches untimed); medians of the ratios of each round (or pass).",
+        "",
+        *table(["reader", "clips/s", "GB/s", "ratio"], rows),
+        "",
+        f"- first epoch from the bucket / raw range-GET reader: no cache {pct(ratio('loader', 'raw'))}, "
+        f"pulling whole shards into --local-cache {pct(ratio('first', 'raw'))} (target >= {pct(TARGET_FIRST)}).",
+        f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}).",
+        f"- cached epoch / `ClipLoader` on the local store: {pct(ratio('cached', 'loader_local'))} (the cache's own "
+        "cost; the loader's own against the raw reader is bench_loader.py's figure).",
+    ]
+    if rate["s3fs"]:
+        lines.append(
+            f"- obstore / fsspec (s3fs), the raw readers: {ratio('raw', 's3fs'):.2f}x: why storage.py uses obstore."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__)
+    p.add_argument("--work", type=Path, default=REPO / "data" / "bench_bucket", help="the local store and cache")
+    for key in SIZES["cpu"]:
+        p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default {SIZES['cpu'][key]}")
+    p.add_argument("--quick", action="store_true", help="a tiny store, one round")
+    args = p.parse_args(argv)
+    fill_in(args, SIZES["quick" if args.quick else "cpu"])
+    local = ensure_store(args.work, args.videos, args.frames, args.seed)
+    facts = describe_machine("cpu", packages=("zarr", "obstore", "moto", "s3fs"))
+    with emulator():
+        url = f"s3://{BUCKET}/{local.name}"
+        say(f"copying {local} into {url}: {upload(local, url) / 1e9:.2f} GB")
+        rate = measure(args, local, url)
+    return publish(render(facts, args, argv, rate), args, "bench_bucket")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
