@@ -159,6 +159,9 @@ def train_command(task: str):
             int, typer.Option(help="Steps between metric lines; the host waits for the GPU only then.")
         ] = TRAIN.log_every,
         compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TRAIN.compile,
+        tensorboard: Annotated[
+            bool, typer.Option(help="Also write TensorBoard event files into RUN/tensorboard (needs tensorboard).")
+        ] = TRAIN.tensorboard,
     ):
         flags = dict(locals())
         from .train import train

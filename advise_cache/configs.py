@@ -152,6 +152,7 @@ class TrainConfig:
     loader_threads: int = 0  # 0: from this process's share of the cores (loader.default_threads)
     log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
     compile: bool = False  # torch.compile the model
+    tensorboard: bool = False  # event files in RUN/tensorboard besides metrics.jsonl and curves.png
     progress: bool = True
 
 
