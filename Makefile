@@ -21,7 +21,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv test demo lint clean bench-extract bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
+.PHONY: venv install test demo lint clean bench-extract bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
 	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
@@ -32,6 +32,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# `advise-cache` on your PATH: a link to the venv's command in $(BIN) (on PATH in most shells;
+# otherwise `source .venv/bin/activate`). The venv holds an editable install of this checkout.
+BIN ?= $(HOME)/.local/bin
+install: venv
+	mkdir -p $(BIN)
+	ln -sf $(abspath $(CLI)) $(BIN)/advise-cache
+	@case ":$$PATH:" in *":$(BIN):"*) echo "advise-cache -> $(abspath $(CLI))";; \
+		*) echo "advise-cache is in $(BIN), which is not on your PATH: add it, or run: source $(VENV)/bin/activate";; esac
 
 test: venv
 	$(PY) -m pytest

@@ -141,6 +141,8 @@ def extract(
         typer.echo(json.dumps(asdict(plan), indent=2, default=str) if json_out else "\n".join(plan.lines()))
         return
     summary = extract_videos(cfg)
+    if summary.rank:  # another rank of a torchrun job: rank 0 reports for every part
+        return
     if json_out:
         typer.echo(json.dumps(asdict(summary), indent=2))
     else:
@@ -186,14 +188,14 @@ def verify(
     """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
 
-    from .integrity import quant_notes
+    from .integrity import failed_notes, quant_notes
     from .integrity import verify as verify_store
     from .storage import store_location
     from .store import open_store
 
     opened = open_store(store_location(store))
     problems = verify_store(opened, progress=lambda it: tqdm(it, desc="verify", unit="video"), deep=deep)
-    for note in quant_notes(opened):  # told, not counted: a lossy store is not a damaged one
+    for note in failed_notes(opened) + quant_notes(opened):  # told, not counted: not damage
         typer.echo(f"note: {note}")
     for p in problems:
         typer.echo(p)

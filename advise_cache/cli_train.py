@@ -169,6 +169,9 @@ def train_command(task: str):
         local_cache_gb: Annotated[
             float | None, typer.Option(help="Bound of --local-cache in GB (default: 90% of its disk's free space).")
         ] = TRAIN.local_cache_gb,
+        tensorboard: Annotated[
+            bool, typer.Option(help="Also write TensorBoard event files into RUN/tensorboard (needs tensorboard).")
+        ] = TRAIN.tensorboard,
     ):
         flags = dict(locals())
         from .train import train

@@ -153,6 +153,7 @@ class TrainConfig:
     loader_threads: int = 0  # 0: from this process's share of the cores (loader.default_threads)
     log_every: int = 50  # steps between metric lines (and finiteness checks): the host syncs then only
     compile: bool = False  # torch.compile the model
+    tensorboard: bool = False  # event files in RUN/tensorboard besides metrics.jsonl and curves.png
     progress: bool = True
     local_cache: Path | None = None  # a store in a bucket: its shards kept in this folder (remote_shards.py)
     local_cache_gb: float | None = None  # that folder's bound; None: 90% of its disk's free space

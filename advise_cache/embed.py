@@ -110,6 +110,10 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """(N, C) -> (N, 2) t-SNE coordinates (scikit-learn; perplexity capped for small N)."""
     if len(x) < 3:
         raise AdviseCacheError(f"a t-SNE plot needs at least 3 videos, got {len(x)}")
+    if not np.ptp(x, axis=0).any():  # PCA's start divides by their spread: NaN, then a crash
+        raise AdviseCacheError(
+            f"all {len(x)} embeddings are identical (the same video over and over?): t-SNE has nothing to lay out"
+        )
     try:
         from sklearn.manifold import TSNE
         from threadpoolctl import threadpool_limits

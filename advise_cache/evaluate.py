@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import check_classes, load_model
-from .errors import MismatchError, StoreError
+from .checkpoint import append_metrics, check_classes, load_model
+from .curves import plot_curves
+from .errors import AdviseCacheError, MismatchError, StoreError
 from .figures import pyplot, save_figure
 from .loader import TokenSource, collate
 from .models import ClipClassifier
@@ -111,7 +112,23 @@ def evaluate(
     if confusion_png is not None:
         plot_confusion(confusion, classes, Path(confusion_png), f"top-1 {100 * result['top1']:.1f}%")
         result["confusion_png"] = str(confusion_png)
+    _record(Path(checkpoint), meta, result)
     return result
+
+
+def _record(checkpoint: Path, meta, result: dict) -> None:
+    """Add the score to the run folder's metrics.jsonl and curves.png (test top-1 beside the
+    training curves), where the checkpoint is a run folder's own and the folder can be written."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if not (run / "metrics.jsonl").is_file() or meta.metrics is None:
+        return
+    line = {k: result[k] for k in ("split", "views", "top1", "top5")}
+    line = {"kind": "eval", "step": meta.step, "epochs": meta.metrics["epoch"] + 1, **line}
+    try:
+        append_metrics(run / "metrics.jsonl", line)
+        plot_curves(run)
+    except (OSError, AdviseCacheError) as e:  # someone else's run, a read-only copy: the score stands
+        log.info("not recorded in %s: %s", run, e)
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str) -> None:

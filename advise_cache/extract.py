@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .configs import PRECISIONS, ExtractConfig, check_seed
 from .datasets import load_dataset
-from .errors import AdviseCacheError, StoreError, first_line
+from .errors import AdviseCacheError, StoreError, WeightsError, first_line
 from .extract_probe import ensure_store, join_group, leave_group, plan_store, store_or_table
 from .extract_stages import InlineDecoder, ModelLoop, PoolDecoder, Writer
 from .ifm import check_weights, create_ifm
@@ -76,6 +76,7 @@ class ExtractSummary:
     batch_size: int = 0
     shard: tuple[int, int] = (0, 1)
     device: str = ""
+    rank: int = 0  # under torchrun: not 0 on the ranks whose part rank 0's summary includes
 
     @property
     def exit_code(self) -> int:
@@ -194,7 +195,12 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     store, table = store_or_table(cfg, index, workers)
     plan = plan_store(cfg, key, ifm.grid, ifm.dim, store, table)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
-    return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device))
+    try:
+        check_weights(cfg.model, cfg.pretrained)
+        weights = ""
+    except WeightsError as e:  # the plan stands; the run would not
+        weights = str(e)
+    return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device), weights=weights)
 
 
 def model_rate(ifm, batch: int, repeats: int = 2) -> float:
@@ -224,7 +230,43 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
     batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
-    group = join_group()  # under torchrun: the ranks probe the videos together
+    # Under torchrun the ranks probe the videos together, and rank 0 reports for all of them.
+    group = join_group()
+    try:
+        summary = _extract(cfg, key, index, ifm, workers, batch, (k, n), group)
+        summary.seconds = time.perf_counter() - t0
+        return job_summary(summary, group)
+    finally:
+        leave_group(group)
+
+
+def job_summary(summary: ExtractSummary, group) -> ExtractSummary:
+    """Under torchrun, rank 0's summary covers every rank's part (one report for the job; the
+    others return theirs marked `rank`, which the CLI does not print); alone, `summary`."""
+    if group.world == 1:
+        return summary
+    parts = [ExtractSummary(**{**d, "shard": tuple(d["shard"])}) for (d,) in group.gather([asdict(summary)])]
+    if group.rank:
+        return replace(summary, rank=group.rank)
+    first = parts[0]
+    total = {
+        f: sum(getattr(p, f) for p in parts) for f in ("videos", "done", "already_done", "busy", "frames", "bytes")
+    }
+    return replace(
+        first,
+        **total,
+        failed=[f for p in parts for f in p.failed],
+        seconds=max(p.seconds for p in parts),
+        loop_seconds=max(p.loop_seconds for p in parts),
+        steady_seconds=max(p.steady_seconds for p in parts),
+        workers=sum(p.workers for p in parts),
+        shard=(first.shard[0] // group.world, first.shard[1] // group.world),
+        device=f"{group.world} ranks ({', '.join(p.device for p in parts)})",
+    )
+
+
+def _extract(cfg, key, index, ifm, workers, batch, part, group) -> ExtractSummary:
+    k, n = part
     try:
         ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim, group)
         store = open_store(cfg.out, mode="a")
@@ -232,8 +274,6 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
     except OSError as e:  # a read-only folder, a full disk
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
-    finally:
-        leave_group(group)
     for what in ("resize", "decoder"):  # tokens of other pixels would mix into one group
         if arrays.meta.get(what, "pil" if what == "resize" else "decord") != info[what]:
             log.warning(
@@ -280,7 +320,6 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
         ) from e
     finally:
         arrays.release()
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import first_line
-from .ifm_arrays import DONE, NO_CHECKSUM, PENDING
+from .ifm_arrays import DONE, FAILED, NO_CHECKSUM, PENDING
 from .quant import SCALE_BYTES, dequantize_numpy
 from .store import Store
 from .summary import quant_error_summary
@@ -84,6 +84,22 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():
                     problems.append(f"{key}: {table.name[v]}: some of its frames are missing (all zero)")
     return problems
+
+
+def failed_notes(store: Store, show: int = 5) -> list[str]:
+    """Videos extraction recorded as failed, per image model: not problems of the store (each is
+    kept with its reason, and a rerun does not retry it), but an "ok" should not hide them."""
+    notes = []
+    names = store.videos.name
+    for key in store.ifm_keys():
+        a = store.ifm(key)
+        failed = np.flatnonzero(a.status() == FAILED)
+        if len(failed):
+            reasons = a.reasons()
+            listed = "; ".join(f"{names[v]}: {reasons[v]}" for v in failed[:show])
+            more = f"; and {len(failed) - show} more (`advise-cache info` lists them)" if len(failed) > show else ""
+            notes.append(f"{key}: {len(failed)} video(s) failed at extraction and are not in the store: {listed}{more}")
+    return notes
 
 
 def quant_notes(store: Store) -> list[str]:

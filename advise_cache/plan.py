@@ -117,6 +117,7 @@ class SizePlan:
     codec: str = "none"
     model_fps: float | None = None  # the image model alone, measured by `extract --dry-run`
     device: str = ""
+    weights: str = ""  # why the weights a real run needs are not to be had here ("" when they are)
 
     @property
     def fits(self) -> bool:
@@ -140,6 +141,11 @@ class SizePlan:
             )
             + ("fits" if self.fits else f"does NOT fit (needs {_size(c.needed)} with file-system slack)"),
             self._time_line(),
+            *(
+                [f"weights: NOT available here, so a real run would stop at once: {self.weights}"]
+                if self.weights
+                else []
+            ),
             "options (frame stride, dtype: bytes in all):",
         ]
         for o in self.options:

@@ -30,7 +30,6 @@ from .checkpoint import (
     Checkpoint,
     CheckpointMeta,
     RunFolder,
-    append_metrics,
     check_classes,
     check_features,
     load_checkpoint,
@@ -39,6 +38,7 @@ from .checkpoint import (
     truncate_metrics,
 )
 from .configs import TMMConfig, TrainConfig, changed_recipe, check_train_config, config_to_dict
+from .curves import RunLog
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
 from .models import count_params, create_model
@@ -403,6 +403,9 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
         log.info("resuming %s at step %d", cfg.out, step)
     elif d.main:
         start_metrics(cfg.out, meta.to_dict())
+    run_log = RunLog(cfg.out, cfg.tensorboard, step) if d.main else None
+    if run_log is not None:
+        closing.callback(run_log.close)
 
     if cfg.preload != "none":
         mine = videos[d.rank :: d.world] if d.world > 1 else videos  # the videos _plan gives this rank
@@ -463,7 +466,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
                 dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
                 if d.main:
                     record = dict(kind="step", step=step, epoch=epoch, loss=loss_v, acc=acc_v, lr=lr)
-                    append_metrics(metrics_path, {**record, "clips_per_s": clips / dt})
+                    run_log.step({**record, "clips_per_s": clips / dt})
                 bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
                 bar.update(window_steps)
                 window_steps = 0
@@ -482,7 +485,7 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
             "seconds": seconds,
         }
         if d.main:
-            append_metrics(metrics_path, final)
+            run_log.epoch(final)
         epoch_done = step % steps_per_epoch == 0
         limit = divergence_limit(s["num_classes"], first_loss)
         if final["loss"] > limit:

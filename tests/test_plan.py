@@ -130,6 +130,11 @@ def test_the_dry_run_needs_no_weights(root, tmp_path):
     assert (plan.grid, plan.dim) == ((14, 14), 768) and plan.model_fps > 0
     assert plan.chosen.frame_bytes == 14 * 14 * 768 * 2
     assert not (tmp_path / "s.zarr").exists()
+    # ... and says that the real run would stop for want of them (96c9d02 was silent).
+    weights = [line for line in plan.lines() if line.startswith("weights:")]
+    assert len(weights) == 1 and "NOT available here" in weights[0] and "--pretrained" in weights[0]
+    test_vit = plan_extraction(config(root, tmp_path / "t.zarr", batch_size=1))
+    assert test_vit.weights == "" and not any(line.startswith("weights:") for line in test_vit.lines())
 
 
 def test_the_plan_offers_int8_beside_float16():
