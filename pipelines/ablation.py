@@ -162,9 +162,26 @@ def run_setting(folder: Path) -> dict:
         batch_size=r["ft_batch_size"],
     )
     got = run_protocol(folder, prp, ft, views=r["views"], split=r["test_split"], matched=r.get("matched", True))
-    scratch, first = got.stages["scratch"], got.stages.get("ft", got.stages["scratch"])
-    matched = got.stages.get("scratch-matched")
-    result = {
+    result = result_row(s, stats, got, time.perf_counter() - t0)
+    write_json(folder / "result.json", result)
+    seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
+    delta = "" if result["delta_acc"] is None else f", ΔAcc {100 * result['delta_acc']:+.1f}"
+    if result["delta_matched"] is not None:
+        delta += f", vs matched scratch {100 * result['delta_matched']:+.1f}"
+    print(
+        f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}] done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} "
+        f"({result['seconds']:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def result_row(s: dict, stats: dict, got, seconds: float) -> dict:
+    """A setting's result.json: the setting, its model's size and cost, the protocol's accuracies
+    (a TMM with nothing to pretrain: Acc_ft is its fine-tune from scratch)."""
+    prp, scratch, matched = got.stages.get("prp"), got.stages["scratch"], got.stages.get("scratch-matched")
+    first = got.stages.get("ft", scratch)
+    return {
         "ablation": s["ablation"],
         "dataset": s["dataset"],
         "setting": s["label"],
@@ -177,8 +194,8 @@ def run_setting(folder: Path) -> dict:
         "clip": "x".join(map(str, s["clip"])),
         "params": stats["params"],
         "macs": stats["macs"],
-        "prp_acc": got.stages["prp"].train_acc if "prp" in got.stages else None,
-        "prp_steps": got.stages["prp"].steps if "prp" in got.stages else 0,
+        "prp_acc": prp.train_acc if prp else None,
+        "prp_steps": prp.steps if prp else 0,
         "acc_ft": first.top1,
         "top5_ft": first.top5,
         "acc_scratch": scratch.top1,
@@ -188,21 +205,10 @@ def run_setting(folder: Path) -> dict:
         "delta_matched": got.delta_matched,
         "matched_steps": matched.steps if matched else None,
         "test_videos": first.videos,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "note": s["note"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(folder / "result.json", result)
-    seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
-    delta = "" if result["delta_acc"] is None else f", ΔAcc {100 * result['delta_acc']:+.1f}"
-    if result["delta_matched"] is not None:
-        delta += f", vs matched scratch {100 * result['delta_matched']:+.1f}"
-    print(
-        f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}] done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} "
-        f"({result['seconds']:.0f} s)",
-        flush=True,
-    )
-    return result
 
 
 def write_json(path: Path, obj) -> None:
@@ -306,36 +312,30 @@ def parse_args(argv) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
     args.argv = list(argv)  # the command, as reports name it
-    recipe = RECIPES[args.recipe or ("full" if args.cache else "synthetic")]
     if args.seeds is not None and args.seeds < 1 or args.seed < 0:
         raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
-    seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None
-        and k in ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views")
-    }
+    args.recipe = resolve_recipe(args)
+    args.seeds = args.recipe.seeds
+    args.preload = not args.cache if args.preload is None else args.preload
+    return args
+
+
+def resolve_recipe(args) -> Recipe:
+    """The named recipe (synthetic without --cache, else full) with the flags given on top; a
+    --preset brings its own TMM widths unless --blocks, --hidden or --out-dim are given."""
+    recipe = RECIPES[args.recipe or ("full" if args.cache else "synthetic")]
+    keys = ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views", "matched")
+    given = {k: v for k, v in vars(args).items() if v is not None and k in keys}
     tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim")}
     base = recipe.base_tmm
-    if args.preset:  # a preset's own widths, unless given
+    if args.preset:
         from advise_cache.configs import PRESETS
 
         shape = PRESETS[args.preset].tmm
         base = {"blocks": shape.blocks, "hidden": shape.hidden, "out_dim": shape.out_dim, "preset": args.preset}
-    if args.matched is not None:
-        given["matched"] = args.matched
-    args.recipe = replace(
-        recipe,
-        **given,
-        seeds=seeds,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        base_tmm={**base, **tmm},
-    )
-    args.seeds = seeds
-    args.preload = not args.cache if args.preload is None else args.preload
-    return args
+    seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
+    split = {"train_split": args.train_split, "test_split": args.test_split}
+    return replace(recipe, **given, **split, seeds=seeds, base_tmm={**base, **tmm})
 
 
 def main(argv=None) -> int:

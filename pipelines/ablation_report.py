@@ -61,6 +61,8 @@ CSV_COLUMNS = (
     "note",
 )
 METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc", "acc_matched", "delta_matched")
+HEADER = ["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch", "ΔAcc"]
+HEADER += ["Acc_scratch, matched", "ΔAcc vs matched"]
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -104,6 +106,12 @@ def pooling_costs(rows: list[dict]) -> dict:
     return costs
 
 
+def numbers(r: dict, cell) -> list[str]:
+    """A row's size, cost and accuracies as the table shows them (`cell(r, key, signed)`)."""
+    size = [f"{r['params'] / 1e6:.3g}", f"{r['macs'] / 1e9:.3g}"]
+    return size + [cell(r, key, key.startswith("delta")) for key in METRICS]
+
+
 def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[str]) -> str:
     base, seeds = recipe.base_tmm, recipe.seeds
     several = len(seeds) > 1
@@ -124,38 +132,7 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
         f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
         "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
         "",
-        *table(
-            [
-                "dataset",
-                "setting",
-                "clip",
-                "params (M)",
-                "GMACs",
-                "PRP acc",
-                "Acc_ft",
-                "Acc_scratch",
-                "ΔAcc",
-                "Acc_scratch, matched",
-                "ΔAcc vs matched",
-            ],
-            [
-                [
-                    r["dataset"],
-                    r["setting"],
-                    r["clip"],
-                    f"{r['params'] / 1e6:.3g}",
-                    f"{r['macs'] / 1e9:.3g}",
-                    cell(r, "prp_acc"),
-                    cell(r, "acc_ft"),
-                    cell(r, "acc_scratch"),
-                    cell(r, "delta_acc", True),
-                    cell(r, "acc_matched"),
-                    cell(r, "delta_matched", True),
-                ]
-                for r in aggregate(rows)
-            ],
-            left=3,
-        ),
+        *table(HEADER, [[r["dataset"], r["setting"], r["clip"], *numbers(r, cell)] for r in aggregate(rows)], left=3),
         "",
         "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
         "Acc_scratch (the same fine-tuning from a random TMM); matched: a fine-tune from a random "
