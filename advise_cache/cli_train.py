@@ -9,13 +9,12 @@ instant.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .configs import TMMConfig, TrainConfig, fields_from
+from .configs import PRESETS, TMMConfig, TrainConfig, fields_from, preset_config
 from .errors import AdviseCacheError
 from .sampling import SamplerConfig
 from .storage import store_location
@@ -32,41 +31,54 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise AdviseCacheError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
-def _tmm_config(
-    tmm: str,
-    blocks: int,
-    hidden: int,
-    out_dim: int,
-    temporal_kernel: int,
-    spatial_pool: int,
-    channel_pool: int,
-    head: str,
-    preset: str,
-):
-    kw = dict(
-        tmm=tmm,
-        blocks=blocks,
-        hidden=hidden,
-        out_dim=out_dim,
-        spatial_pool=spatial_pool or None,
-        channel_pool=channel_pool or None,
-    )
-    if preset == "paper":
-        return TMMConfig.paper(**kw)
-    if preset != "ours":
-        raise AdviseCacheError(f"--preset must be ours or paper, got {preset!r}")
-    return replace(TMM, **kw, temporal_kernel=temporal_kernel, head=head)
+def _tmm_fields(tmm: str, spatial_pool: int, channel_pool: int, **given) -> dict:
+    """The TMM fields a command was given (None: the preset's), SFU's 0 meaning "keep"."""
+    return dict(given, tmm=tmm, spatial_pool=spatial_pool or None, channel_pool=channel_pool or None)
+
+
+def _preset_note(name: str) -> str:
+    """Help text: each preset's value of a field (`tmm.x`, `sampler.x`, or a TrainConfig field)."""
+    where, _, key = name.rpartition(".")
+
+    def value(p) -> object:
+        if where == "tmm":
+            return getattr(p.tmm, key)
+        return (
+            p.sampler.get(key, getattr(SAMPLER, key)) if where == "sampler" else p.train.get(key, getattr(TRAIN, key))
+        )
+
+    return " Default: the --preset's (" + ", ".join(f"{n} {value(p)}" for n, p in PRESETS.items()) + ")."
 
 
 Tmm = Annotated[str, typer.Option(help="r3d (ResNet3D bottleneck blocks) or none (average pooling baseline).")]
-Blocks = Annotated[int, typer.Option(help="Bottleneck blocks in the TMM.")]
-Hidden = Annotated[int, typer.Option(help="Bottleneck width.")]
-OutDim = Annotated[int, typer.Option(help="Block output width.")]
-TKernel = Annotated[int, typer.Option(help="Temporal kernel of each block's first conv.")]
+Blocks = Annotated[int | None, typer.Option(help="Bottleneck blocks in the TMM." + _preset_note("tmm.blocks"))]
+Hidden = Annotated[int | None, typer.Option(help="Bottleneck width." + _preset_note("tmm.hidden"))]
+OutDim = Annotated[int | None, typer.Option(help="Block output width." + _preset_note("tmm.out_dim"))]
+TKernel = Annotated[
+    int | None,
+    typer.Option(help="Temporal kernel of each block's first conv." + _preset_note("tmm.temporal_kernel")),
+]
 SPool = Annotated[int, typer.Option(help="SFU: pool the h x w grid to S x S (0 keeps it).")]
 CPool = Annotated[int, typer.Option(help="SFU: pool the channels to C (0 keeps them).")]
-Head = Annotated[str, typer.Option(help="mlp (2 FC layers, hidden 1024) or linear.")]
-Preset = Annotated[str, typer.Option(help="ours, or paper (1x1x1 first conv, linear head: the paper's tables).")]
+Head = Annotated[
+    str | None,
+    typer.Option(
+        help="mlp (Linear, ReLU, Linear), bn-mlp (Linear without bias, BatchNorm, ReLU, Linear: the released "
+        "code's) or linear." + _preset_note("tmm.head")
+    ),
+]
+HeadHidden = Annotated[int | None, typer.Option(help="Hidden width of an MLP head." + _preset_note("tmm.head_hidden"))]
+WeightInit = Annotated[
+    str | None,
+    typer.Option(help="he (Kaiming-normal convs) or torch (PyTorch's defaults)." + _preset_note("tmm.weight_init")),
+]
+Preset = Annotated[
+    str,
+    typer.Option(
+        help="ours (the project's defaults), paper (the TMM the paper's Tables 2-3 count) or released (the "
+        "released code's model and recipe, docs/FIDELITY.md); the flags given override it."
+    ),
+]
 
 
 def default_run_dir(cache: Path, task: str, scratch: bool = False, tmm: str = "r3d") -> Path:
@@ -101,7 +113,14 @@ def train_command(task: str):
         epochs: Annotated[int, typer.Option(help="Epochs (the paper: 800 on UCF101 for PRP).")] = TRAIN.epochs,
         max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = TRAIN.max_steps,
         batch_size: Annotated[int, typer.Option(help="Clips per step per process.")] = TRAIN.batch_size,
-        lr: Annotated[float, typer.Option(help="Learning rate at batch 32 (scaled linearly).")] = TRAIN.lr,
+        lr: Annotated[float, typer.Option(help="Base learning rate, scaled with the batch by --lr-rule.")] = TRAIN.lr,
+        lr_rule: Annotated[
+            str | None,
+            typer.Option(
+                help="per-clip: lr x clips / 32 (the project's); code: lr x videos / 64, a video being "
+                "--clips-per-video clips (the released code's utils/solver.py)." + _preset_note("lr_rule")
+            ),
+        ] = None,
         warmup_epochs: Annotated[
             float, typer.Option(help="Warm-up epochs (capped at a fifth of the run).")
         ] = TRAIN.warmup_epochs,
@@ -124,17 +143,45 @@ def train_command(task: str):
             map(str, SAMPLER.rates)
         ),
         jitter: Annotated[float, typer.Option(help="PRP speed jitter (uniform in +-jitter).")] = SAMPLER.jitter,
-        clips_per_video: Annotated[int, typer.Option(help="PRP clips per video per epoch.")] = SAMPLER.clips_per_video,
-        clip_mode: Annotated[str, typer.Option(help="Classification clips: stride or segment.")] = TRAIN.clip_mode,
+        clips_per_video: Annotated[
+            int, typer.Option(help="PRP clips per video per epoch (and --clip-mode jitter's).")
+        ] = SAMPLER.clips_per_video,
+        clip_start: Annotated[
+            str | None,
+            typer.Option(
+                help="Where a PRP clip starts: any frame (wrapping past the end), or code: in [0, n - frames x "
+                "stride], videos shorter than that left out (the released code's)." + _preset_note("sampler.clip_start")
+            ),
+        ] = None,
+        clip_order: Annotated[
+            str | None,
+            typer.Option(
+                help="shuffled (each clip on its own) or by-video (a video's clips in one batch, as the released "
+                "code's)." + _preset_note("sampler.clip_order")
+            ),
+        ] = None,
+        clip_mode: Annotated[
+            str | None,
+            typer.Option(
+                help="Fine-tuning clips: stride, segment, or jitter (the released code's: rate-1 PRP clips, "
+                "--clips-per-video per video)." + _preset_note("clip_mode")
+            ),
+        ] = None,
         tmm: Tmm = TMM.tmm,
-        blocks: Blocks = TMM.blocks,
-        hidden: Hidden = TMM.hidden,
-        out_dim: OutDim = TMM.out_dim,
-        temporal_kernel: TKernel = TMM.temporal_kernel,
+        blocks: Blocks = None,
+        hidden: Hidden = None,
+        out_dim: OutDim = None,
+        temporal_kernel: TKernel = None,
         spatial_pool: SPool = TMM.spatial_pool or 0,
         channel_pool: CPool = TMM.channel_pool or 0,
-        head: Head = TMM.head,
+        head: Head = None,
+        head_hidden: HeadHidden = None,
+        weight_init: WeightInit = None,
         preset: Preset = "ours",
+        sync_bn: Annotated[
+            bool | None,
+            typer.Option(help="Under torchrun, BatchNorm over every rank's batch (CUDA)." + _preset_note("sync_bn")),
+        ] = None,
         preload: Annotated[
             str,
             typer.Option(
@@ -148,8 +195,11 @@ def train_command(task: str):
         ] = TRAIN.override,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = TRAIN.device,
         precision: Annotated[
-            str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling).")
-        ] = TRAIN.precision,
+            str | None,
+            typer.Option(
+                help="auto (bf16 on CUDA), fp32, bf16, fp16 (CUDA, with loss scaling)." + _preset_note("precision")
+            ),
+        ] = None,
         seed: Annotated[int, typer.Option(help="Seed of sampling and initialisation.")] = TRAIN.seed,
         loader_threads: Annotated[
             int,
@@ -190,19 +240,17 @@ def train_command(task: str):
                 raise AdviseCacheError(
                     f"--resume: {out} holds no run to continue; start it with --init CHECKPOINT or --scratch"
                 )
-        sampler = SamplerConfig(**{**fields_from(SamplerConfig, flags), "rates": _ints(rates, "--rates")})
-        cfg = TrainConfig(
+        cfg = preset_config(
+            preset,
+            tmm=_tmm_fields(**fields_from(TMMConfig, flags)),
+            sampler={**fields_from(SamplerConfig, flags), "rates": _ints(rates, "--rates")},
             **{
-                **fields_from(TrainConfig, flags),
+                **fields_from(TrainConfig, {k: v for k, v in flags.items() if k not in ("tmm", "sampler", "preset")}),
                 "cache": cache,
                 "out": out,
                 "task": task,
                 "ifm": tuple(k for k in ifm.split(",") if k),
-                "sampler": sampler,
-                "tmm": _tmm_config(
-                    tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset
-                ),
-            }
+            },
         )
         try:
             final = train(cfg)
@@ -228,27 +276,31 @@ def stats(
     clip: Annotated[str, typer.Option(help="T,h,w,D of one clip (without --cache).")] = "8,14,14,768",
     classes: Annotated[int, typer.Option(help="Head outputs (4 PRP rates).")] = len(SAMPLER.rates),
     tmm: Tmm = TMM.tmm,
-    blocks: Blocks = TMM.blocks,
-    hidden: Hidden = TMM.hidden,
-    out_dim: OutDim = TMM.out_dim,
-    temporal_kernel: TKernel = TMM.temporal_kernel,
+    blocks: Blocks = None,
+    hidden: Hidden = None,
+    out_dim: OutDim = None,
+    temporal_kernel: TKernel = None,
     spatial_pool: SPool = TMM.spatial_pool or 0,
     channel_pool: CPool = TMM.channel_pool or 0,
-    head: Head = TMM.head,
+    head: Head = None,
+    head_hidden: HeadHidden = None,
+    weight_init: WeightInit = None,
     preset: Preset = "ours",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Trainable parameters and forward cost of the TMM for one clip: multiply-accumulates (the
     paper's "FLOPs"; `macs` in --json) and FLOPs (two per MAC; `flops` in --json)."""
+    flags = dict(locals())
     from .models import model_stats
 
     dims = _ints(clip, "--clip") if cache is None else (SAMPLER.frames, *_store_grid_dim(cache))
     if len(dims) != 4:
         raise AdviseCacheError(f"--clip: expected T,h,w,D (four integers), got {clip!r}")
     t, h, w, d = dims
-    cfg = _tmm_config(tmm, blocks, hidden, out_dim, temporal_kernel, spatial_pool, channel_pool, head, preset)
-    cfg = replace(cfg, in_dim=d)
-    s = model_stats(cfg, classes, clip=(t, h, w, d))
+    cfg = preset_config(
+        preset, tmm={**_tmm_fields(**fields_from(TMMConfig, flags)), "in_dim": d}, cache=Path(), out=Path()
+    )
+    s = model_stats(cfg.tmm, classes, clip=(t, h, w, d))
     if json_out:
         typer.echo(json.dumps({**s, "clip": [t, h, w, d], "preset": preset}))
     else:
@@ -271,7 +323,10 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
     views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    clip_mode: Annotated[
+        str | None,
+        typer.Option(help="stride or segment (default: as trained; a jitter model is tested on stride clips)."),
+    ] = None,
     confusion: Annotated[
         Path | None, typer.Option(help="Confusion-matrix PNG (default: beside the checkpoint).")
     ] = None,
@@ -337,7 +392,10 @@ def embed(
     out: Annotated[Path, typer.Option(help="The .npz to write: embeddings, names, labels, classes, meta.")],
     views: Annotated[int, typer.Option(help="Clips per video; their pooled features are averaged.")] = 4,
     split: Annotated[str, typer.Option(help="Split to embed, or all.")] = "test",
-    clip_mode: Annotated[str | None, typer.Option(help="stride or segment (default: as trained).")] = None,
+    clip_mode: Annotated[
+        str | None,
+        typer.Option(help="stride or segment (default: as trained; a jitter model is tested on stride clips)."),
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw a 2-D t-SNE coloured by class (PNG).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
 ):

@@ -3,6 +3,11 @@ dataclasses, and a training config's round trip through plain JSON types.
 
     cfg = TrainConfig(cache=Path("ucf101.zarr"), out=Path("runs/prp"), tmm=TMMConfig(blocks=2))
     config_from_dict(config_to_dict(cfg)) == cfg
+    preset_config("released", cache=Path("ucf101.zarr"), out=Path("runs/prp"))  # the released code's
+
+A preset (`PRESETS`: ours, paper, released) is a model and recipe that fields given on top of it
+override; docs/FIDELITY.md sets each against the released code, and tests/test_fidelity.py keeps
+that table and these presets the same.
 
 The CLI reads every flag's default from these classes, so this module imports neither torch nor
 zarr: `advise-cache --help` answers at once. Every run folder and checkpoint records a
@@ -29,7 +34,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision of every command th
 MAX_SEED = 2**63 - 1  # what torch's and numpy's generators take
 
 TMM_KINDS = ("r3d", "none")
-HEAD_KINDS = ("mlp", "linear")
+# "mlp": Linear -> ReLU -> Linear; "bn-mlp": Linear without bias -> BatchNorm -> ReLU -> Linear,
+# the released code's head (models/head_helper.py MLPHead with BN); "linear": one Linear.
+HEAD_KINDS = ("mlp", "linear", "bn-mlp")
+# "he": Kaiming-normal convolutions (fan out), as torchvision's ResNets; "torch": PyTorch's own
+# layer defaults, which the released TMM keeps (its TemporalModel calls no init).
+WEIGHT_INITS = ("he", "torch")
 
 
 @dataclass(frozen=True)
@@ -46,14 +56,17 @@ class TMMConfig:
     # 3 so that the TMM mixes neighbouring frames before pooling; the paper's counted
     # TMM uses 1 (see docs/MODEL_STATS.md), which `paper()` restores.
     temporal_kernel: int = 3
-    head: str = "mlp"  # "mlp" (two FC layers with ReLU) or "linear"
+    head: str = "mlp"  # one of HEAD_KINDS
     head_hidden: int = 1024
+    weight_init: str = "he"  # one of WEIGHT_INITS
 
     def __post_init__(self) -> None:
         if self.tmm not in TMM_KINDS:
             raise MismatchError(f"tmm must be one of {TMM_KINDS}, got {self.tmm!r}")
         if self.head not in HEAD_KINDS:
             raise MismatchError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise MismatchError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         for name in ("in_dim", "blocks", "hidden", "out_dim", "temporal_kernel", "head_hidden"):
             if getattr(self, name) < 1:
                 raise MismatchError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -76,6 +89,14 @@ class TMMConfig:
         A 1×1×1 first conv, a linear head, input 768 and blocks of output 1024.
         """
         base = cls(temporal_kernel=1, head="linear")
+        return replace(base, **overrides)
+
+    @classmethod
+    def released(cls, **overrides) -> TMMConfig:
+        """The released code's TMM (configs/pretrain/AdViSe.yaml, models/temporal_modeling.py):
+        4 blocks 1x1x1 -> 1x3x3 -> 1x1x1 (hidden 256, output 512), a BN-MLP head of 1024 and
+        PyTorch's default initialisation: 4.506 M parameters with a 101-way head (Table 8's 4.5 M)."""
+        base = cls(blocks=4, out_dim=512, temporal_kernel=1, head="bn-mlp", weight_init="torch")
         return replace(base, **overrides)
 
     @property
@@ -118,6 +139,10 @@ class ExtractConfig:
 
 TASKS = ("prp", "classify")
 PRELOAD = ("none", "ram", "gpu")
+# How the base lr scales with the global batch: "per-clip", lr x clips / 32 (the project's), or
+# "code", lr x videos / 64 (the released code's utils/solver.py, a video being `clips_per_video`
+# clips: 1e-3 x clips / 256 with its 4 clips a video).
+LR_RULES = ("per-clip", "code")
 
 
 @dataclass(frozen=True)
@@ -129,8 +154,9 @@ class TrainConfig:
     split: str = "train"
     epochs: int = 20
     max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
-    batch_size: int = 32  # per process
-    lr: float = 1e-3  # at a global batch of 32; scaled linearly
+    batch_size: int = 32  # clips per step per process
+    lr: float = 1e-3  # scaled linearly by `lr_rule` (see `scaled_lr`)
+    lr_rule: str = "per-clip"  # one of LR_RULES
     warmup_epochs: float = 5.0  # capped at a fifth of the run, so short runs still decay
     weight_decay: float = 1e-6
     label_smoothing: float = 0.05
@@ -139,11 +165,13 @@ class TrainConfig:
     # counts stored frames) to it divided by the store's frame stride, and refuses a source
     # stride the store does not hold (see `train.resolve_stride`).
     source_stride: int | None = None
-    clip_mode: str = "stride"  # classification clips: "stride" or "segment"
+    clip_mode: str = "stride"  # classification clips: one of sampling.CLASSIFICATION_MODES
     tmm: TMMConfig = field(default_factory=TMMConfig)  # in_dim is taken from the store
     init: Path | None = None  # a checkpoint whose TMM starts this run (fine-tuning)
     linear_probe: bool = False  # train the head only
     preload: str = "none"  # "ram" or "gpu": hold the sampled videos' tokens resident
+    sync_bn: bool = False  # under torchrun, BatchNorm statistics over every rank's batch (CUDA only)
+    preset: str = "ours"  # the preset the run started from (a record: the fields hold its values)
     save_every: int = 1  # epochs between checkpoints (and one at the end)
     resume: bool = False
     override: bool = False  # with resume: accept changed optimisation settings
@@ -186,13 +214,70 @@ def check_seed(seed: int) -> None:
         raise AdviseCacheError(f"--seed must be >= 0 and < 2^63, got {seed}")
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named model and recipe: what a run starts from before the fields given on top."""
+
+    tmm: TMMConfig
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+    sampler: dict = field(default_factory=dict)  # SamplerConfig fields
+
+
+PRESETS = {
+    "ours": Preset(TMMConfig()),
+    "paper": Preset(TMMConfig.paper()),  # the TMM Tables 2 and 3 count, with the project's recipe
+    "released": Preset(  # the released code's model and recipe (docs/FIDELITY.md, file by file)
+        TMMConfig.released(),
+        dict(lr_rule="code", sync_bn=True, precision="fp32", clip_mode="jitter"),
+        dict(clip_start="code", clip_order="by-video"),
+    ),
+}
+
+
+def preset_config(preset: str = "ours", tmm: dict | None = None, sampler: dict | None = None, **fields) -> TrainConfig:
+    """A TrainConfig from `preset` with `fields` (and TMM and sampler fields) on top; a None
+    among them means "the preset's" (every field a preset sets has a value)."""
+    if preset not in PRESETS:
+        raise AdviseCacheError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    p = PRESETS[preset]
+
+    def given(d: dict | None) -> dict:
+        return {k: v for k, v in (d or {}).items() if v is not None}
+
+    return TrainConfig(
+        **{**p.train, **given(fields)},
+        tmm=replace(p.tmm, **given(tmm)),
+        sampler=SamplerConfig(**{**p.sampler, **given(sampler)}),
+        preset=preset,
+    )
+
+
+def clips_per_video(cfg: TrainConfig) -> int:
+    """One video's clips in an epoch: PRP's and "jitter" fine-tuning's `clips_per_video`, else 1."""
+    return cfg.sampler.clips_per_video if cfg.task == "prp" or cfg.clip_mode == "jitter" else 1
+
+
+def scaled_lr(cfg: TrainConfig, world: int) -> float:
+    """The base learning rate for a global batch of `cfg.batch_size * world` clips (`LR_RULES`)."""
+    clips = cfg.batch_size * world
+    if cfg.lr_rule == "per-clip":
+        return cfg.lr * clips / 32
+    return cfg.lr * clips / clips_per_video(cfg) / 64
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Every choice and number a user passes, checked before any work: one clear line instead
     of a traceback (or a run that silently does something else)."""
     if cfg.task not in TASKS:
         raise AdviseCacheError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    if cfg.preload not in PRELOAD:
-        raise AdviseCacheError(f"--preload must be one of {', '.join(PRELOAD)}, got {cfg.preload!r}")
+    for flag, value, choices in (
+        ("--preload", cfg.preload, PRELOAD),
+        ("--lr-rule", cfg.lr_rule, LR_RULES),
+        ("--clip-mode", cfg.clip_mode, CLASSIFICATION_MODES),
+        ("--preset", cfg.preset, tuple(PRESETS)),
+    ):
+        if value not in choices:
+            raise AdviseCacheError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
 
     def finite(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
         ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
@@ -229,6 +314,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     finite("--label-smoothing", cfg.label_smoothing, 0.0)
     if cfg.label_smoothing >= 1.0:
         raise AdviseCacheError(f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
+    if cfg.tmm.head == "bn-mlp" and cfg.batch_size < 2:
+        raise AdviseCacheError("--head bn-mlp normalises over the batch: --batch-size must be at least 2")
     if cfg.task == "prp" and len(set(cfg.sampler.rates)) != len(cfg.sampler.rates):
         raise AdviseCacheError(f"--rates must differ from each other, got {','.join(map(str, cfg.sampler.rates))}")
 
@@ -240,6 +327,8 @@ RECIPE_KEYS = (
     "epochs",
     "batch_size",
     "lr",
+    "lr_rule",
+    "sync_bn",
     "warmup_epochs",
     "weight_decay",
     "label_smoothing",

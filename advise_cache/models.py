@@ -5,7 +5,7 @@ frozen image model's patch-token maps for T frames, channels first — and knows
 of where the tokens came from. `R3D50` is the exception: an end-to-end pixel baseline
 (B, 3, T, H, W) for the efficiency comparison, built from the same bottleneck blocks.
 
-    config = TMMConfig(spatial_pool=9)          # or TMMConfig.paper() for the paper's tables
+    config = TMMConfig(spatial_pool=9)          # TMMConfig.paper(): the paper's tables; .released(): its code
     model = create_model(config, num_classes=4)
     logits = model(tokens)                      # tokens: (B, 768, 8, 14, 14)
     model_stats(config, 4)                      # {"params", "macs", "flops"} for one clip
@@ -129,7 +129,8 @@ class TMM(nn.Module):
                 blocks.append(Bottleneck3D(d_in, config.hidden, d_out, config.temporal_kernel))
         self.blocks = nn.Sequential(*blocks)  # empty (identity) for tmm="none"
         self.out_dim = config.feature_dim
-        _init_weights(self)
+        if config.weight_init == "he":
+            _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.config.in_dim:
@@ -142,6 +143,13 @@ def _make_head(config: TMMConfig, num_classes: int) -> nn.Module:
         raise MismatchError(f"num_classes must be at least 1, got {num_classes}")
     if config.head == "linear":
         return nn.Linear(config.feature_dim, num_classes)
+    if config.head == "bn-mlp":  # the released code's: the BN makes the first layer's bias redundant
+        return nn.Sequential(
+            nn.Linear(config.feature_dim, config.head_hidden, bias=False),
+            nn.BatchNorm1d(config.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.head_hidden, num_classes),
+        )
     return nn.Sequential(
         nn.Linear(config.feature_dim, config.head_hidden),
         nn.ReLU(inplace=True),

@@ -14,7 +14,7 @@ the plan is the same whatever the number of ranks, and each rank reads a disjoin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,7 +22,16 @@ from advise_cache.errors import AdviseCacheError
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION_MODES = ("stride", "segment")
+# "jitter" is the released code's fine-tuning clip (its `action_recog` task): a rate-1 PRP clip,
+# start anywhere and wrapping, span jittered, `clips_per_video` of them per video.
+CLASSIFICATION_MODES = ("stride", "segment", "jitter")
+# Where a PRP clip may start in a video of n frames: "any" frame (the clip wraps past the end), or
+# "code", the released code's [0, n - frames * stride] (its `tmodeling` task), which draws no clip
+# from a video shorter than frames * stride (`long_enough` leaves those out of an epoch).
+CLIP_STARTS = ("any", "code")
+# Which clips share a batch: each clip on its own ("shuffled"), or a video's clips together
+# ("by-video"), as the released code batches 8 videos of 4 clips.
+CLIP_ORDERS = ("shuffled", "by-video")
 
 
 @dataclass(frozen=True)
@@ -31,10 +40,16 @@ class SamplerConfig:
     stride: int = 2  # base stride, in stored frames
     rates: tuple[int, ...] = (1, 2, 4, 8)  # PRP playback rates; a negative rate plays backwards
     jitter: float = 0.2  # speed jitter: the span is scaled by 1 + U(-jitter, +jitter)
-    clips_per_video: int = 4  # PRP clips per video per epoch
+    clips_per_video: int = 4  # PRP clips per video per epoch (and "jitter" fine-tuning clips)
+    clip_start: str = "any"  # one of CLIP_STARTS
+    clip_order: str = "shuffled"  # one of CLIP_ORDERS
 
     def __post_init__(self) -> None:
         _check_clip(self.frames, self.stride)
+        if self.clip_start not in CLIP_STARTS:
+            raise AdviseCacheError(f"--clip-start must be one of {', '.join(CLIP_STARTS)}, got {self.clip_start!r}")
+        if self.clip_order not in CLIP_ORDERS:
+            raise AdviseCacheError(f"--clip-order must be one of {', '.join(CLIP_ORDERS)}, got {self.clip_order!r}")
         rates = tuple(int(r) for r in self.rates)
         if not rates:
             raise AdviseCacheError("PRP needs at least one playback rate")
@@ -72,7 +87,7 @@ def sample_prp_clip(rng: np.random.Generator, n: int, cfg: SamplerConfig) -> tup
     Draw order, always all three, one call each (tests and reproductions rely on it):
       1. label = rng.integers(len(cfg.rates))          -> r = cfg.rates[label]
       2. j = rng.uniform(-cfg.jitter, cfg.jitter)      (drawn even when jitter is 0)
-      3. start = rng.integers(n)
+      3. start = rng.integers(n), or with clip_start "code" rng.integers(max(n - frames * stride, 0) + 1)
     The clip covers span = frames * stride * |r| * (1 + j) frames:
     idx_k = (start + floor(k * span / frames)) mod n for k = 0..frames-1, so a video shorter
     than the span wraps around; for r < 0 the clip is reversed (descending k).
@@ -80,7 +95,8 @@ def sample_prp_clip(rng: np.random.Generator, n: int, cfg: SamplerConfig) -> tup
     _check_n(n)
     label = int(rng.integers(len(cfg.rates)))
     j = float(rng.uniform(-cfg.jitter, cfg.jitter))
-    start = int(rng.integers(n))
+    starts = n if cfg.clip_start == "any" else max(n - cfg.frames * cfg.stride, 0) + 1
+    start = int(rng.integers(starts))
     rate = cfg.rates[label]
     span = cfg.frames * cfg.stride * abs(rate) * (1.0 + j)
     offsets = np.floor(np.arange(cfg.frames) * span / cfg.frames).astype(np.int64)
@@ -134,8 +150,8 @@ def sample_segment_clip(rng: np.random.Generator, n: int, frames: int = 8, jitte
 def multi_view_clips(n: int, frames: int = 8, stride: int = 2, views: int = 1, mode: str = "stride") -> np.ndarray:
     """Deterministic test views of a video of n frames, shape (views, frames), int64.
 
-    "stride": clips of `frames` indices `stride` apart whose starts are evenly spaced over
-    [0, max(n - frames * stride, 0)] (rounded; a single view takes the centre), modulo n.
+    "stride" (and "jitter"): clips of `frames` indices `stride` apart whose starts are evenly
+    spaced over [0, max(n - frames * stride, 0)] (rounded; a single view takes the centre), modulo n.
     "segment": in each equal segment, the frame at fraction (v + 0.5) / views of its length,
     so one view is the segment middle (the same as `sample_segment_clip(jitter=False)`).
     """
@@ -143,7 +159,7 @@ def multi_view_clips(n: int, frames: int = 8, stride: int = 2, views: int = 1, m
     _check_clip(frames, stride)
     if views < 1:
         raise AdviseCacheError(f"views must be >= 1, got {views}")
-    if mode == "stride":
+    if mode in ("stride", "jitter"):  # the released code tests its "jitter" clips' models so
         hi = _valid_start_range(n, frames, stride)
         if views == 1:
             starts = np.array([hi // 2], dtype=np.int64)
@@ -177,22 +193,40 @@ def _check_videos(videos: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     return videos, lengths
 
 
-def _shard(clips: list[ClipRequest], rng: np.random.Generator, rank: int, world: int) -> list[ClipRequest]:
-    """Shuffle, drop the last len % world clips so every rank gets as many, take [rank::world].
+def _shard(groups: list[list[ClipRequest]], rng: np.random.Generator, rank: int, world: int) -> list[ClipRequest]:
+    """Shuffle the groups (a clip each, or a video's clips), drop the last len % world so every
+    rank gets as many, take [rank::world], and flatten them in that order.
 
     Equal counts keep DDP ranks in step (no rank waits on a batch another never makes); the
-    dropped clips change every epoch with the shuffle, so no video is left out for good.
+    dropped groups change every epoch with the shuffle, so no video is left out for good.
     """
     if world < 1 or not 0 <= rank < world:
         raise AdviseCacheError(f"need 0 <= rank < world, got rank={rank}, world={world}")
-    if len(clips) < world:
-        raise AdviseCacheError(f"{len(clips)} clips cannot be shared among {world} ranks")
-    order = rng.permutation(len(clips))
-    keep = len(clips) - len(clips) % world
-    if keep < len(clips):
-        dropped = len(clips) - keep
-        log.debug("dropping %d of %d clips to split them over %d ranks", dropped, len(clips), world)
-    return [clips[i] for i in order[:keep][rank::world]]
+    if len(groups) < world:
+        raise AdviseCacheError(f"{len(groups)} clips (or videos) cannot be shared among {world} ranks")
+    order = rng.permutation(len(groups))
+    keep = len(groups) - len(groups) % world
+    if keep < len(groups):
+        log.debug("dropping %d of %d clip groups to split them over %d ranks", len(groups) - keep, len(groups), world)
+    return [clip for i in order[:keep][rank::world] for clip in groups[i]]
+
+
+def _grouped(per_video: list[list[ClipRequest]], order: str) -> list[list[ClipRequest]]:
+    return per_video if order == "by-video" else [[clip] for clips in per_video for clip in clips]
+
+
+def long_enough(videos: np.ndarray, lengths: np.ndarray, cfg: SamplerConfig) -> np.ndarray:
+    """The videos PRP samples: all, or with clip_start "code" those of at least frames * stride
+    frames (the released code replaces a shorter video by another random one, so it never
+    trains on it either); a warning says how many were left out."""
+    span = cfg.frames * cfg.stride
+    keep = np.asarray(lengths) >= span
+    if cfg.clip_start == "any" or keep.all():
+        return videos
+    if not keep.any():
+        raise AdviseCacheError(f"--clip-start code: every video is shorter than a clip's {span} frames")
+    log.warning("--clip-start code: leaving out %d of %d videos shorter than %d frames", (~keep).sum(), len(keep), span)
+    return videos[keep]
 
 
 def prp_epoch(
@@ -213,12 +247,11 @@ def prp_epoch(
     """
     videos, lengths = _check_videos(videos, lengths)
     rng = _epoch_rng(seed, epoch)
-    clips = []
+    per_video = []
     for video, n in zip(videos.tolist(), lengths.tolist()):
-        for _ in range(cfg.clips_per_video):
-            indices, label = sample_prp_clip(rng, n, cfg)
-            clips.append(ClipRequest(video, indices, label))
-    return _shard(clips, rng, rank, world)
+        clips = [ClipRequest(video, *sample_prp_clip(rng, n, cfg)) for _ in range(cfg.clips_per_video)]
+        per_video.append(clips)
+    return _shard(_grouped(per_video, cfg.clip_order), rng, rank, world)
 
 
 def classification_epoch(
@@ -232,10 +265,13 @@ def classification_epoch(
     mode: str = "stride",
     rank: int = 0,
     world: int = 1,
+    sampler: SamplerConfig | None = None,
 ) -> list[ClipRequest]:
-    """This rank's classification clips for one epoch: one per video, labelled with its class.
+    """This rank's classification clips for one epoch, labelled with their video's class.
 
-    mode "stride" uses `sample_fixed_stride_clip`, "segment" `sample_segment_clip` (jittered);
+    mode "stride" (one clip per video) uses `sample_fixed_stride_clip`, "segment" (one)
+    `sample_segment_clip` (jittered), "jitter" `sampler.clips_per_video` rate-1 PRP clips
+    (`sample_prp_clip` with `sampler`'s jitter, starting anywhere; grouped by `sampler.clip_order`);
     generator, shuffle and rank slicing as in `prp_epoch`.
     """
     videos, lengths = _check_videos(videos, lengths)
@@ -245,12 +281,17 @@ def classification_epoch(
     if mode not in CLASSIFICATION_MODES:
         raise AdviseCacheError(f"unknown clip mode {mode!r}; choose one of {CLASSIFICATION_MODES}")
     _check_clip(frames, stride)
+    sampler = sampler or SamplerConfig()
+    one = replace(sampler, frames=frames, stride=stride, rates=(1,), clip_start="any")
     rng = _epoch_rng(seed, epoch)
-    clips = []
+    per_video = []
     for video, n, label in zip(videos.tolist(), lengths.tolist(), labels.tolist()):
-        if mode == "stride":
-            indices = sample_fixed_stride_clip(rng, n, frames, stride)
+        if mode == "jitter":
+            per_video.append(
+                [ClipRequest(video, sample_prp_clip(rng, n, one)[0], label) for _ in range(one.clips_per_video)]
+            )
+        elif mode == "stride":
+            per_video.append([ClipRequest(video, sample_fixed_stride_clip(rng, n, frames, stride), label)])
         else:
-            indices = sample_segment_clip(rng, n, frames, jitter=True)
-        clips.append(ClipRequest(video, indices, label))
-    return _shard(clips, rng, rank, world)
+            per_video.append([ClipRequest(video, sample_segment_clip(rng, n, frames, jitter=True), label)])
+    return _shard(_grouped(per_video, sampler.clip_order), rng, rank, world)

@@ -5,10 +5,10 @@
     torchrun --nproc_per_node 4 -m advise_cache.cli train --cache ucf101.zarr --out runs/prp
 
 No video is decoded and no image model runs: a step reads the clips' tokens from the store
-(or from RAM with --preload), runs the TMM and its head, and updates them. The recipe is the
-paper's: AdamW, lr 1e-3 at batch 32 scaled linearly, warm-up then cosine decay, weight decay
-1e-6, label smoothing 0.05. A run folder holds config.json, metrics.jsonl (a line per step
-and per epoch) and checkpoint.pt with checkpoint.json beside it (readable without torch).
+(or from RAM with --preload), runs the TMM and its head, and updates them (AdamW, the lr scaled to
+the batch by `configs.scaled_lr`, warm-up then cosine; docs/FIDELITY.md sets each choice against
+the released code). A run folder holds config.json, metrics.jsonl (a line per step and per epoch)
+and checkpoint.pt with checkpoint.json beside it (readable without torch).
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ from .checkpoint import (
     start_metrics,
     truncate_metrics,
 )
-from .configs import TMMConfig, TrainConfig, changed_recipe, check_train_config, config_to_dict
+from .configs import (
+    TMMConfig,
+    TrainConfig,
+    changed_recipe,
+    check_train_config,
+    clips_per_video,
+    config_to_dict,
+    scaled_lr,
+)
 from .curves import RunLog
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
@@ -55,7 +63,7 @@ from .runtime import (
     resolve_precision,
     sum_across,
 )
-from .sampling import classification_epoch, prp_epoch
+from .sampling import classification_epoch, long_enough, prp_epoch
 from .storage import describe
 from .store import open_store
 
@@ -93,19 +101,18 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
     its own share of the videos (so it holds only those), cut to the count every rank has."""
     seed, rank, world = cfg.seed, d.rank, d.world
     if cfg.preload != "none" and d.world > 1:
-        per_video = cfg.sampler.clips_per_video if cfg.task == "prp" else 1
-        keep = len(videos) // d.world * per_video
+        keep = len(videos) // d.world * clips_per_video(cfg)
         videos, labels = videos[d.rank :: d.world], labels[d.rank :: d.world]
         seed = int(np.random.SeedSequence([cfg.seed, d.rank]).generate_state(1)[0])
         rank, world = 0, 1
     else:
         keep = None
-    lengths = source.frames[videos]
+    lengths, s = source.frames[videos], cfg.sampler
     if cfg.task == "prp":
-        plan = prp_epoch(videos, lengths, cfg.sampler, seed, epoch, rank, world)
+        plan = prp_epoch(videos, lengths, s, seed, epoch, rank, world)
     else:
         plan = classification_epoch(
-            videos, lengths, labels, seed, epoch, cfg.sampler.frames, cfg.sampler.stride, cfg.clip_mode, rank, world
+            videos, lengths, labels, seed, epoch, s.frames, s.stride, cfg.clip_mode, rank, world, s
         )
     return plan[:keep]
 
@@ -166,6 +173,8 @@ def prepare(cfg: TrainConfig):
             f"{cfg.cache}: no done video in split {cfg.split!r} "
             f"(splits: {', '.join(sorted(set(store.videos.split.tolist())))})"
         )
+    if cfg.task == "prp":
+        videos = long_enough(videos, source.frames[videos], cfg.sampler)
     _check_step(cfg, int(source.frames[videos].max()))
     labels = store.videos.label[videos]
     classes = store.classes
@@ -281,6 +290,8 @@ def _setup(cfg: TrainConfig, d: Dist) -> dict:
     precision = resolve_precision(cfg.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise AdviseCacheError("--precision fp16 needs a CUDA device; use fp32 or bf16")
+    if cfg.sync_bn and d.world > 1 and device.type != "cuda":
+        raise AdviseCacheError("--sync-bn needs CUDA devices (torch's SyncBatchNorm); pass --no-sync-bn")
     tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
     if tmm_cfg.spatial_pool and tmm_cfg.spatial_pool > min(source.grid):
         raise MismatchError(
@@ -360,11 +371,13 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
         model.tmm.load_state_dict(tmm_state)
     if cfg.linear_probe:
         model.tmm.requires_grad_(False)
+    if cfg.sync_bn and d.world > 1:  # before the optimizer: the converted layers keep the parameters
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=layout)
 
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
     world_batch = cfg.batch_size * d.world
-    base_lr = cfg.lr * world_batch / 32
+    base_lr = scaled_lr(cfg, d.world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
     compute = autocast_dtype(precision)

@@ -6,9 +6,11 @@
     .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
     .venv/bin/python pipelines/ablation.py storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
 
-Each setting (ablation_plan.py) runs in OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP
-pretraining), ft/ (fine-tuned from it: Acc_ft) and scratch/ (from a random TMM: ΔAcc = Acc_ft -
-Acc_scratch), then result.json; trainings resume, a finished setting is skipped, and
+Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
+OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
+Acc_ft), scratch/ (from a random TMM: ΔAcc = Acc_ft - Acc_scratch) and scratch-matched/ (from a
+random TMM for PRP's and the fine-tune's steps together), then result.json; trainings resume, a
+finished setting is skipped, and
 OUT/<ablation>/recipe.json refuses a second recipe. results.csv, .md and .png (ablation_report.py)
 hold every finished setting. Without --cache the synthetic stores are built under --data.
 """
@@ -57,6 +59,7 @@ class Recipe:
     test_split: str = "test"
     base_tmm: dict = field(default_factory=lambda: {"blocks": 1, "hidden": 256, "out_dim": 1024, "preset": "ours"})
     prp_clips: int = 4  # PRP clips per video per epoch
+    matched: bool = True  # also the compute-matched scratch run (as many steps as PRP + fine-tune)
 
 
 # Named recipes. "synthetic": the demo's PRP recipe (long enough for PRP to learn on the tiny
@@ -113,85 +116,72 @@ def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[P
 
 # -- one setting -------------------------------------------------------------------------------
 def run_setting(folder: Path) -> dict:
-    """PRP, the two fine-tunes and their evaluations of the setting in `folder`; writes and
-    returns its result.json. Trainings resume (a finished one returns its metrics); an
-    evaluation with an eval.json is not repeated (the library keeps none)."""
-    from advise_cache.checkpoint import CHECKPOINT
-    from advise_cache.configs import TrainConfig
-    from advise_cache.evaluate import evaluate
+    """The paper's protocol (`advise_cache.protocol.run_protocol`: PRP, the fine-tunes from it and
+    from scratch, the compute-matched scratch run, their evaluations) for the setting in `folder`;
+    writes and returns its result.json. Every stage resumes, and a finished one is read back."""
+    from advise_cache.configs import preset_config
     from advise_cache.models import TMMConfig, model_stats
+    from advise_cache.protocol import run_protocol
     from advise_cache.sampling import SamplerConfig
-    from advise_cache.train import train
 
     spec = json.loads((folder / "setting.json").read_text())
     s, r = spec["setting"], spec["recipe"]
-    tmm = TMMConfig(**s["tmm"])
     t0 = time.perf_counter()
-    stats = model_stats(tmm, len(SamplerConfig().rates), clip=tuple(s["clip"]))
+    stats = model_stats(TMMConfig(**s["tmm"]), len(SamplerConfig().rates), clip=tuple(s["clip"]))
     common = {
         "cache": Path(s["store"]),
         "ifm": tuple(s["ifm"]),
         "split": r["train_split"],
         "lr": r["lr"],
         "max_steps": r["max_steps"],
-        "tmm": tmm,
         "preload": "ram" if spec["preload"] else "none",
-        "resume": True,
         "device": spec["device"],
         "seed": s["seed"],
         "progress": False,
         "loader_threads": 1 if spec["preload"] else 4,
         "source_stride": s.get("source_stride"),
     }
+    preset = r["base_tmm"].get("preset", "ours")
+    prp = preset_config(
+        preset,
+        tmm=s["tmm"],
+        sampler={"clips_per_video": r["prp_clips"]},
+        **common,
+        out=folder / "prp",
+        task="prp",
+        epochs=r["epochs"],
+        batch_size=r["batch_size"],
+    )
+    ft = preset_config(
+        preset,
+        tmm=s["tmm"],
+        **common,
+        out=folder / "ft",
+        task="classify",
+        epochs=r["ft_epochs"],
+        batch_size=r["ft_batch_size"],
+    )
+    got = run_protocol(folder, prp, ft, views=r["views"], split=r["test_split"], matched=r.get("matched", True))
+    result = result_row(s, stats, got, time.perf_counter() - t0)
+    write_json(folder / "result.json", result)
     seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
-    tag = f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}]"
+    delta = "" if result["delta_acc"] is None else f", ΔAcc {100 * result['delta_acc']:+.1f}"
+    if result["delta_matched"] is not None:
+        delta += f", vs matched scratch {100 * result['delta_matched']:+.1f}"
+    print(
+        f"[{s['dataset']} | {s['ablation']} {s['label']}{seed}] done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} "
+        f"({result['seconds']:.0f} s)",
+        flush=True,
+    )
+    return result
 
-    def stage(cfg) -> dict:
-        what = "PRP" if cfg.task == "prp" else ("fine-tune" if cfg.init else "fine-tune from scratch")
-        t1 = time.perf_counter()
-        metrics = train(cfg)
-        print(
-            f"{tag} {what}: {metrics['step']} steps, train acc {100 * metrics['acc']:.1f}% "
-            f"({time.perf_counter() - t1:.0f} s)",
-            flush=True,
-        )
-        if cfg.task == "prp":
-            return metrics
-        path = cfg.out / "eval.json"
-        if not path.exists():
-            e = evaluate(cfg.cache, cfg.out, views=r["views"], split=r["test_split"], device=spec["device"])
-            write_json(path, {k: v for k, v in e.items() if k != "confusion"})
-        return {**metrics, **json.loads(path.read_text())}
 
-    prp = None
-    if tmm.tmm != "none":
-        sampler = SamplerConfig(clips_per_video=r["prp_clips"])
-        prp = stage(
-            TrainConfig(
-                out=folder / "prp",
-                task="prp",
-                epochs=r["epochs"],
-                batch_size=r["batch_size"],
-                sampler=sampler,
-                **common,
-            )
-        )
-    fts = {
-        name: stage(
-            TrainConfig(
-                out=folder / name,
-                task="classify",
-                epochs=r["ft_epochs"],
-                batch_size=r["ft_batch_size"],
-                init=init,
-                **common,
-            )
-        )
-        for name, init in (("ft", folder / "prp" / CHECKPOINT), ("scratch", None))
-        if prp or name == "scratch"
-    }
-    ft = fts.get("ft", fts["scratch"])
-    result = {
+def result_row(s: dict, stats: dict, got, seconds: float) -> dict:
+    """A setting's result.json: the setting, its model's size and cost, the protocol's accuracies
+    (a TMM with nothing to pretrain: Acc_ft is its fine-tune from scratch)."""
+    prp, scratch, matched = got.stages.get("prp"), got.stages["scratch"], got.stages.get("scratch-matched")
+    first = got.stages.get("ft", scratch)
+    return {
         "ablation": s["ablation"],
         "dataset": s["dataset"],
         "setting": s["label"],
@@ -204,22 +194,21 @@ def run_setting(folder: Path) -> dict:
         "clip": "x".join(map(str, s["clip"])),
         "params": stats["params"],
         "macs": stats["macs"],
-        "prp_acc": prp["acc"] if prp else None,
-        "prp_steps": prp["step"] if prp else 0,
-        "acc_ft": ft["top1"],
-        "top5_ft": ft["top5"],
-        "acc_scratch": fts["scratch"]["top1"],
-        "delta_acc": ft["top1"] - fts["scratch"]["top1"] if prp else None,
-        "ft_steps": ft["step"],
-        "test_videos": ft["videos"],
-        "seconds": round(time.perf_counter() - t0, 1),
+        "prp_acc": prp.train_acc if prp else None,
+        "prp_steps": prp.steps if prp else 0,
+        "acc_ft": first.top1,
+        "top5_ft": first.top5,
+        "acc_scratch": scratch.top1,
+        "delta_acc": got.delta,
+        "ft_steps": first.steps,
+        "acc_matched": matched.top1 if matched else None,
+        "delta_matched": got.delta_matched,
+        "matched_steps": matched.steps if matched else None,
+        "test_videos": first.videos,
+        "seconds": round(seconds, 1),
         "note": s["note"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(folder / "result.json", result)
-    delta = "" if result["delta_acc"] is None else f", ΔAcc {100 * result['delta_acc']:+.1f}"
-    print(f"{tag} done: Acc_ft {100 * result['acc_ft']:.1f}%{delta} ({result['seconds']:.0f} s)", flush=True)
-    return result
 
 
 def write_json(path: Path, obj) -> None:
@@ -287,7 +276,17 @@ def parse_args(argv) -> argparse.Namespace:
         ("out-dim", int, "base TMM block output width"),
     ):
         p.add_argument(f"--{flag}", type=kind, help=what)
-    p.add_argument("--preset", choices=("ours", "paper"), help="base TMM: ours, or `TMMConfig.paper`")
+    p.add_argument(
+        "--preset",
+        choices=("ours", "paper", "released"),
+        help="base TMM and recipe: ours, paper (`TMMConfig.paper`) or released (the released code's; "
+        "its blocks, hidden and out-dim unless given)",
+    )
+    p.add_argument(
+        "--matched",
+        action=argparse.BooleanOptionalAction,
+        help="also fine-tune from scratch for PRP's and the fine-tune's steps together (default: on)",
+    )
     p.add_argument(
         "--preload",
         action=argparse.BooleanOptionalAction,
@@ -313,28 +312,30 @@ def parse_args(argv) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
     args.argv = list(argv)  # the command, as reports name it
-    recipe = RECIPES[args.recipe or ("full" if args.cache else "synthetic")]
     if args.seeds is not None and args.seeds < 1 or args.seed < 0:
         raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
-    seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None
-        and k in ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views")
-    }
-    tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim", "preset")}
-    args.recipe = replace(
-        recipe,
-        **given,
-        seeds=seeds,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        base_tmm={**recipe.base_tmm, **tmm},
-    )
-    args.seeds = seeds
+    args.recipe = resolve_recipe(args)
+    args.seeds = args.recipe.seeds
     args.preload = not args.cache if args.preload is None else args.preload
     return args
+
+
+def resolve_recipe(args) -> Recipe:
+    """The named recipe (synthetic without --cache, else full) with the flags given on top; a
+    --preset brings its own TMM widths unless --blocks, --hidden or --out-dim are given."""
+    recipe = RECIPES[args.recipe or ("full" if args.cache else "synthetic")]
+    keys = ("epochs", "ft_epochs", "batch_size", "ft_batch_size", "max_steps", "lr", "prp_clips", "views", "matched")
+    given = {k: v for k, v in vars(args).items() if v is not None and k in keys}
+    tmm = {k: v for k, v in vars(args).items() if v is not None and k in ("blocks", "hidden", "out_dim")}
+    base = recipe.base_tmm
+    if args.preset:
+        from advise_cache.configs import PRESETS
+
+        shape = PRESETS[args.preset].tmm
+        base = {"blocks": shape.blocks, "hidden": shape.hidden, "out_dim": shape.out_dim, "preset": args.preset}
+    seeds = tuple(range(args.seed, args.seed + (args.seeds or len(recipe.seeds))))
+    split = {"train_split": args.train_split, "test_split": args.test_split}
+    return replace(recipe, **given, **split, seeds=seeds, base_tmm={**base, **tmm})
 
 
 def main(argv=None) -> int:
@@ -400,7 +401,8 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
     """Results in one folder come from one recipe: refuse to mix."""
     path, mine = out / "recipe.json", json.loads(json.dumps(asdict(recipe)))
     if path.exists():
-        if (theirs := json.loads(path.read_text())) != mine:
+        # Folders from before the compute-matched run existed ran without it: --no-matched continues them.
+        if (theirs := {"matched": False, **json.loads(path.read_text())}) != mine:
             diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
             raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
         return

@@ -133,12 +133,14 @@ def label_stores(infos: list[StoreInfo]) -> list[StoreInfo]:
 
 
 def base_tmm(args, in_dim: int):
-    """The recipe's base TMM, from TMMConfig's defaults (preset ours) or `TMMConfig.paper`."""
-    from advise_cache.models import TMMConfig
+    """The recipe's base TMM: its preset's (`configs.PRESETS`: ours, paper, released) with the
+    recipe's blocks, hidden and output widths."""
+    from advise_cache.configs import PRESETS
 
     b = args.recipe.base_tmm
-    make = {"ours": TMMConfig, "paper": TMMConfig.paper}[b["preset"]]
-    return make(in_dim=in_dim, blocks=b["blocks"], hidden=b["hidden"], out_dim=b["out_dim"])
+    return replace(
+        PRESETS[b["preset"]].tmm, in_dim=in_dim, blocks=b["blocks"], hidden=b["hidden"], out_dim=b["out_dim"]
+    )
 
 
 def default_ifm(info: StoreInfo, wanted: tuple[str, ...], notes: list[str]) -> tuple[str, ...]:

@@ -53,11 +53,16 @@ CSV_COLUMNS = (
     "acc_scratch",
     "delta_acc",
     "ft_steps",
+    "acc_matched",
+    "delta_matched",
+    "matched_steps",
     "test_videos",
     "seconds",
     "note",
 )
-METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc")
+METRICS = ("prp_acc", "acc_ft", "acc_scratch", "delta_acc", "acc_matched", "delta_matched")
+HEADER = ["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch", "ΔAcc"]
+HEADER += ["Acc_scratch, matched", "ΔAcc vs matched"]
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -101,6 +106,12 @@ def pooling_costs(rows: list[dict]) -> dict:
     return costs
 
 
+def numbers(r: dict, cell) -> list[str]:
+    """A row's size, cost and accuracies as the table shows them (`cell(r, key, signed)`)."""
+    size = [f"{r['params'] / 1e6:.3g}", f"{r['macs'] / 1e9:.3g}"]
+    return size + [cell(r, key, key.startswith("delta")) for key in METRICS]
+
+
 def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[str]) -> str:
     base, seeds = recipe.base_tmm, recipe.seeds
     several = len(seeds) > 1
@@ -109,38 +120,24 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
         return pm(r[key], r.get(f"{key}_sd") if several else None, signed)
 
     steps = f", at most {recipe.max_steps} steps each" if recipe.max_steps else ""
-    spread = "; accuracies are mean ± sample sd over the seeds" if several else ""
+    spread = "; accuracies are mean ± sample sd over the training seeds (one data draw: the store's)" if several else ""
+    rule = "lr x videos / 64 (the code's rule)" if base["preset"] == "released" else "at batch 32, scaled linearly"
     out = [
         f"## Ablation {name} ({SOURCE[name]})",
         "",
         f"PRP {recipe.epochs} epochs (batch {recipe.batch_size}, {recipe.prp_clips} clips per video), "
-        f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} "
-        f"at batch 32, seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
+        f"fine-tuning {recipe.ft_epochs} epochs (batch {recipe.ft_batch_size}){steps}, lr {recipe.lr:g} {rule}, "
+        f"seed{'s' if several else ''} {', '.join(map(str, seeds))}; test top-1 over "
         f"{recipe.views} views{spread}. Base TMM: {base['blocks']} block(s), hidden {base['hidden']}, "
         f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
         "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
         "",
-        *table(
-            ["dataset", "setting", "clip", "params (M)", "GMACs", "PRP acc", "Acc_ft", "Acc_scratch", "ΔAcc"],
-            [
-                [
-                    r["dataset"],
-                    r["setting"],
-                    r["clip"],
-                    f"{r['params'] / 1e6:.3g}",
-                    f"{r['macs'] / 1e9:.3g}",
-                    cell(r, "prp_acc"),
-                    cell(r, "acc_ft"),
-                    cell(r, "acc_scratch"),
-                    cell(r, "delta_acc", True),
-                ]
-                for r in aggregate(rows)
-            ],
-            left=3,
-        ),
+        *table(HEADER, [[r["dataset"], r["setting"], r["clip"], *numbers(r, cell)] for r in aggregate(rows)], left=3),
         "",
         "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
-        "Acc_scratch (the same fine-tuning from a random TMM).",
+        "Acc_scratch (the same fine-tuning from a random TMM); matched: a fine-tune from a random "
+        "TMM for as many steps as PRP and the fine-tune together (what PRP's compute buys spent on "
+        "the labels), and Acc_ft minus it.",
     ]
     if name == "spatial-res":
         for dataset, (m, sd, n, full, small) in pooling_costs(rows).items():

@@ -282,13 +282,13 @@ def extract_cpu(root: Path, out: Path, dataset: str, **fields) -> Path:
     return out
 
 
-def synthetic_store(videos: Path, out: Path, family: str, **fields) -> Path:
-    """The synthetic `family`'s videos (seed 0, SYNTHETIC's sizes) generated into `videos`, then
-    extracted into `out` as `extract_cpu` does."""
+def synthetic_store(videos: Path, out: Path, family: str, data_seed: int = 0, **fields) -> Path:
+    """The synthetic `family`'s videos (drawn with `data_seed`, SYNTHETIC's sizes) generated into
+    `videos`, then extracted into `out` as `extract_cpu` does."""
     from advise_cache.synthetic import generate_synthetic
 
     train_n, test_n = SYNTHETIC[family]
-    generate_synthetic(videos, family, 0, train_per_class=train_n, test_per_class=test_n)
+    generate_synthetic(videos, family, data_seed, train_per_class=train_n, test_per_class=test_n)
     return extract_cpu(videos, out, f"synthetic-{family}", **fields)
 
 

@@ -5,19 +5,24 @@
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
 frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
 the order differs, like Diving48) and `motion` (a small disc moving at one of four speeds,
-1:2:4:8 like PRP's playback rates). For each family it generates the videos and extracts `test-vit` tokens into
-a store once; then, for each seed, it pretrains the TMM with PRP and measures
+1:2:4:8 like PRP's playback rates). For each data draw (`--data-seeds`: the videos generated
+anew) and family it generates the videos and extracts `test-vit` tokens into a store once; then,
+for each of two TMMs (the project's default, and the released code's: temporal kernel 1, 4 blocks,
+a BN-MLP head; both at a quarter of their real widths) and each training seed, it runs the
+paper's protocol (advise_cache/protocol.py) and measures
 
 - a linear probe (logistic regression on the frozen TMM's pooled features, fitted on the
   train split, scored on the test split) from the PRP-pretrained TMM and from a random TMM
   of the same seed: what pretraining taught the TMM, with nothing else trained;
-- Acc_ft (fine-tuning from the PRP checkpoint) and ΔAcc (minus the same fine-tuning from a
-  random TMM), and the average-pooling baseline (`tmm none`), each with a short schedule
-  on the family's train split.
+- Acc_ft (fine-tuning from the PRP checkpoint), ΔAcc (minus the same fine-tuning from a random
+  TMM) and ΔAcc against a fine-tune from a random TMM as long as PRP and the fine-tune together
+  (compute-matched), and the average-pooling baseline (`tmm none`, the same for both TMMs).
 
-It prints one table with the mean and the spread (sample standard deviation) over seeds.
-Finished runs are skipped when it is run again; the same seeds give the same numbers.
-These families are a sanity check of the implementation, not evidence about real videos.
+The two TMMs share the demo's recipe (learning rate, epochs, clips): the columns differ in the
+model only. It prints a table per data draw with the mean and the spread (sample standard
+deviation) over training seeds. Finished runs are skipped when it is run again; the same seeds
+give the same numbers. These families are a sanity check of the implementation, not evidence
+about real videos.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +45,12 @@ FAMILIES = ("appearance", "temporal", "motion")
 # neighbouring frames to see a speed).
 CLIP_MODES = {"appearance": "stride", "temporal": "segment", "motion": "stride"}
 PROBE_VIEWS = (4, 2)  # clips per video whose features are averaged: train, test
-COLUMNS = ("ft_prp", "delta", "probe_prp", "probe_random", "avgpool")
+VARIANTS = {"default": "ours", "released": "released"}  # the TMM of each row: a preset's
+COLUMNS = ("ft_prp", "delta", "delta_matched", "probe_prp", "probe_random", "avgpool")
 HEADER = (  # of COLUMNS in the table
     "Acc_ft (PRP → fine-tune)",
     "ΔAcc (vs scratch)",
+    "ΔAcc (vs matched scratch)",
     "linear probe, PRP TMM",
     "linear probe, random TMM",
     "average pooling",
@@ -113,138 +120,164 @@ def random_model(tmm, in_dim: int, seed: int):
 
 
 # -- one family --------------------------------------------------------------------------------
-def build_store(family: str, args) -> Path:
+def variant_tmm(variant: str, divisor: int):
+    """The row's TMM: its preset's (default: ours; released: the released code's), every width
+    divided by `divisor` (4: hidden 64, output 256 / 128, head 256 for test-vit's 64-dim tokens)."""
+    from advise_cache.configs import PRESETS
+
+    base = PRESETS[VARIANTS[variant]].tmm
+    return replace(
+        base, hidden=base.hidden // divisor, out_dim=base.out_dim // divisor, head_hidden=base.head_hidden // divisor
+    )
+
+
+def build_store(family: str, data_seed: int, args) -> Path:
     import torch
 
-    torch.set_num_threads(1)  # one process per core, as in run_seed
-    videos, out = args.out / "data" / family, args.out / f"{family}.zarr"
-    return synthetic_store(videos, out, family, model=args.model, pretrained=args.pretrained, seed=0)
+    torch.set_num_threads(1)  # one process per core, as in run_task
+    where = args.out / f"data{data_seed}"
+    out = where / f"{family}.zarr"
+    fields = dict(model=args.model, pretrained=args.pretrained, seed=0, data_seed=data_seed)
+    return synthetic_store(where / "videos" / family, out, family, **fields)
 
 
-def run_seed(family: str, seed: int, args) -> dict:
-    """PRP, the two probes, the three fine-tunes of one family and seed (skipped when done)."""
+def run_task(family: str, data_seed: int, variant: str, seed: int, args) -> dict:
+    """One row's seed: the protocol (PRP, fine-tunes, evaluations) and the two probes; or, for
+    variant "avgpool", the average-pooling baseline. Skipped when its result.json exists."""
     import torch
 
     torch.set_num_threads(1)  # one process per core: much faster than two threads fighting
     from advise_cache.checkpoint import load_model
-    from advise_cache.evaluate import evaluate
-    from advise_cache.models import TMMConfig
-    from advise_cache.sampling import SamplerConfig
+    from advise_cache.configs import preset_config
+    from advise_cache.protocol import run_protocol
     from advise_cache.store import open_store
-    from advise_cache.train import TrainConfig, train
 
-    base = args.out / family / f"seed{seed}"
-    done = base / "result.json"
-    if done.exists():
+    base = args.out / f"data{data_seed}" / family / variant / f"seed{seed}"
+    if (done := base / "result.json").exists():
         return json.loads(done.read_text())
-    store = args.out / f"{family}.zarr"
+    store = args.out / f"data{data_seed}" / f"{family}.zarr"
     mode = CLIP_MODES[family]
-    tmm = TMMConfig(hidden=args.hidden, out_dim=args.out_dim, head_hidden=args.out_dim)
-    common = dict(
-        cache=store,
-        device="cpu",
-        seed=seed,
-        resume=True,
-        tmm=tmm,
-        clip_mode=mode,
-        lr=args.lr,
-        warmup_epochs=2,
-        preload="ram",
-        loader_threads=1,
-        progress=False,
+    tmm = (
+        variant_tmm("default", args.width_divisor) if variant == "avgpool" else variant_tmm(variant, args.width_divisor)
     )
-    prp = TrainConfig(
-        out=base / "prp",
-        task="prp",
-        epochs=args.prp_epochs,
-        batch_size=16,
-        sampler=SamplerConfig(clips_per_video=args.prp_clips),
-        **common,
+    tmm = replace(tmm, tmm="none") if variant == "avgpool" else tmm
+    common = dict(cache=store, device="cpu", seed=seed, clip_mode=mode, lr=args.lr, warmup_epochs=2)
+    common.update(preload="ram", loader_threads=1, progress=False)
+    prp = preset_config(
+        "ours", tmm=asdict(tmm), sampler={"clips_per_video": args.prp_clips}, task="prp", out=base,
+        epochs=args.prp_epochs, batch_size=16, **common,
+    )  # fmt: skip
+    ft = preset_config(
+        "ours", tmm=asdict(tmm), task="classify", out=base, epochs=args.ft_epochs, batch_size=8, **common
     )
-    train(prp)
-    in_dim = open_store(store).ifm().dim
-    pretrained, _, _ = load_model(prp.out, open_store(store), torch.device("cpu"))
-    result = {
-        "probe_prp": probe_accuracy(pretrained, store, mode),
-        "probe_random": probe_accuracy(random_model(tmm, in_dim, seed), store, mode),
-        "prp_train_acc": json.loads((prp.out / "checkpoint.json").read_text())["metrics"]["acc"],
-    }
-    fts = {"ft_prp": dict(init=prp.out), "ft_scratch": {}, "avgpool": dict(tmm=replace(tmm, tmm="none"))}
-    for name, extra in fts.items():
-        cfg = TrainConfig(out=base / name, task="classify", epochs=args.ft_epochs, batch_size=8, **{**common, **extra})
-        train(cfg)
-        result[name] = evaluate(store, cfg.out, views=args.views, device="cpu")["top1"]
-    result["delta"] = result["ft_prp"] - result["ft_scratch"]
+    got = run_protocol(base, prp, ft, views=args.views)
+    if variant == "avgpool":
+        result = {"avgpool": got.acc_scratch}
+    else:
+        in_dim = open_store(store).ifm().dim
+        pretrained, _, _ = load_model(base / "prp", open_store(store), torch.device("cpu"))
+        result = {
+            "ft_prp": got.acc_ft,
+            "ft_scratch": got.acc_scratch,
+            "ft_matched": got.stages["scratch-matched"].top1,
+            "delta": got.delta,
+            "delta_matched": got.delta_matched,
+            "probe_prp": probe_accuracy(pretrained, store, mode),
+            "probe_random": probe_accuracy(random_model(tmm, in_dim, seed), store, mode),
+            "prp_train_acc": got.stages["prp"].train_acc,
+            "steps": {name: stage.steps for name, stage in got.stages.items()},
+        }
     done.write_text(json.dumps(result, indent=2))
-    print(f"[{family} seed {seed}] " + ", ".join(f"{k} {100 * result[k]:.1f}" for k in COLUMNS), flush=True)
+    shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in result.items() if k in COLUMNS)
+    print(f"[data {data_seed} | {family} | {variant} | seed {seed}] {shown}", flush=True)
     return result
 
 
 def render(results: dict, seeds: list[int]) -> str:
+    """One table per data draw: a row per family and TMM, mean ± sample sd over `seeds`.
+    `results[data_seed][family][variant]` is the list of per-seed results ("avgpool" among them)."""
+
     def cell(per_seed: list[dict], key: str) -> str:  # percentages averaged (scale 1), as README's table was
         m, sd = mean_sd([100 * r[key] for r in per_seed])
-        return pm(m, sd if len(seeds) > 1 else None, signed=key == "delta", scale=1)
+        return pm(m, sd if len(seeds) > 1 else None, signed=key.startswith("delta"), scale=1)
 
-    rows = [[f"synthetic-{family}", *(cell(per_seed, k) for k in COLUMNS)] for family, per_seed in results.items()]
-    return "\n".join(table(["family", *HEADER], rows))
+    out = []
+    for data_seed, families in results.items():
+        rows = [
+            [
+                f"synthetic-{family}",
+                variant,
+                *(cell(runs[variant] if k != "avgpool" else runs["avgpool"], k) for k in COLUMNS),
+            ]
+            for family, runs in families.items()
+            for variant in VARIANTS
+            if variant in runs
+        ]
+        out += [
+            f"Data draw {data_seed} (videos generated with seed {data_seed}):",
+            "",
+            *table(["family", "TMM", *HEADER], rows, left=2),
+            "",
+        ]
+    return "\n".join(out).rstrip()
 
 
-def main(argv=None) -> None:
+def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo"))
     p.add_argument("--model", default="test-vit")
     p.add_argument("--pretrained", default="auto")
     p.add_argument("--device", default="cpu", help="the demo runs on the CPU (cpu or auto)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=3,
-        help="how many seeds (seed, seed + 1, ...): the table shows mean and spread over them",
-    )
+    p.add_argument("--seed", type=int, default=0, help="the first training seed")
+    p.add_argument("--seeds", type=int, default=3, help="how many training seeds: the tables show mean and spread")
+    p.add_argument("--data-seeds", default="0,1", help="data draws: the videos generated with each seed, a table each")
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="(family, seed) runs at once, one process and one thread each",
-    )
+    p.add_argument("--variants", default=",".join(VARIANTS), help="the TMMs: default, released")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once, a process each")
     p.add_argument("--prp-epochs", type=int, default=20)
     p.add_argument("--prp-clips", type=int, default=8, help="PRP clips per video per epoch")
     p.add_argument("--ft-epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--out-dim", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3, help="at batch 32, scaled linearly (both TMMs)")
+    p.add_argument("--width-divisor", type=int, default=4, help="every TMM width divided by this")
     p.add_argument("--views", type=int, default=2)
     args = p.parse_args(argv)
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    families = [f for f in args.families.split(",") if f]
-    bad = [f for f in families if f not in FAMILIES]
-    if bad:
-        raise SystemExit(f"unknown families {bad} (choose from {', '.join(FAMILIES)})")
-    if args.seed < 0 or args.seeds < 1 or args.jobs < 1:
-        raise SystemExit(f"need --seed >= 0, --seeds >= 1 and --jobs >= 1, got {args.seed}, {args.seeds}, {args.jobs}")
+    args.seeds = list(range(args.seed, args.seed + args.seeds))
+    args.data_seeds = [int(d) for d in args.data_seeds.split(",") if d.strip()]
+    args.families = [f for f in args.families.split(",") if f]
+    args.variants = [v for v in args.variants.split(",") if v]
+    if bad := [f for f in args.families if f not in FAMILIES] + [v for v in args.variants if v not in VARIANTS]:
+        raise SystemExit(f"unknown families or variants {bad} (choose from {', '.join(FAMILIES + tuple(VARIANTS))})")
+    if args.seed < 0 or not args.seeds or args.jobs < 1 or not args.data_seeds or min(args.data_seeds) < 0:
+        raise SystemExit("need --seed >= 0, --seeds >= 1, --jobs >= 1 and data seeds >= 0")
     if args.device not in ("cpu", "auto"):
         raise SystemExit("the demo runs on the CPU: --device cpu")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     quiet()
     t0 = time.perf_counter()
-    print(f"videos and stores: {', '.join(families)}", flush=True)
-    tasks = [(f, s) for f in families for s in seeds]
+    print(f"videos and stores: {', '.join(args.families)} (data draws {args.data_seeds})", flush=True)
+    stores = [(f, d) for d in args.data_seeds for f in args.families]
+    variants = [*args.variants, "avgpool"]
+    tasks = [(f, d, v, s) for d in args.data_seeds for f in args.families for v in variants for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
-        list(pool.map(build_store, families, [args] * len(families)))
-        outs = list(pool.map(run_seed, *zip(*tasks), [args] * len(tasks)))
-    results = {f: [r for (g, _), r in zip(tasks, outs) if g == f] for f in families}
-    text = render(results, seeds)
-    (args.out / "results.json").write_text(json.dumps({"seeds": seeds, "results": results}, indent=2))
+        list(pool.map(build_store, *zip(*stores), [args] * len(stores)))
+        outs = list(pool.map(run_task, *zip(*tasks), [args] * len(tasks)))
+    results: dict = {}
+    for (family, data_seed, variant, _), r in zip(tasks, outs):
+        results.setdefault(data_seed, {}).setdefault(family, {}).setdefault(variant, []).append(r)
+    text = render(results, args.seeds)
+    (args.out / "results.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=2))
     (args.out / "results.md").write_text(text + "\n")
-    print()
-    print(text)
-    print()
+    print(f"\n{text}\n")
     print(
-        f"Top-1 on the test split in %, mean ± sample standard deviation over seeds {seeds} (chance 25). "
-        "ΔAcc = Acc_ft − the same fine-tuning from a random TMM. Linear probes: logistic regression "
-        "on the frozen TMM's pooled features. A sanity check of the implementation on synthetic "
-        "videos, not evidence about real ones."
+        f"Top-1 on the test split in %, mean ± sample standard deviation over training seeds {args.seeds} "
+        "(chance 25). ΔAcc = Acc_ft − the same fine-tuning from a random TMM; matched: from a random TMM "
+        "for PRP's and the fine-tune's steps together. Linear probes: logistic regression on the frozen "
+        "TMM's pooled features. A sanity check of the implementation on synthetic videos, not evidence "
+        "about real ones."
     )
     print(f"({time.perf_counter() - t0:.0f} s; runs and stores in {args.out}/)")
 

@@ -96,6 +96,8 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
         assert 0.0 <= float(r["acc_ft"]) <= 1.0 and 0.0 <= float(r["acc_scratch"]) <= 1.0
         assert float(r["delta_acc"]) == pytest.approx(float(r["acc_ft"]) - float(r["acc_scratch"]))
         assert int(r["prp_steps"]) == 2 and int(r["ft_steps"]) == 2
+        assert int(r["matched_steps"]) == 4  # as many as PRP and the fine-tune together
+        assert float(r["delta_matched"]) == pytest.approx(float(r["acc_ft"]) - float(r["acc_matched"]))
         assert int(r["params"]) > 0
     assert rows[0]["params"] == rows[1]["params"]  # pooling adds no weights ...
     assert int(rows[1]["macs"]) < int(rows[0]["macs"])  # ... and saves compute
@@ -112,17 +114,20 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
     assert "2 already finished, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    # A setting killed before its last evaluation: only that evaluation runs again.
+    # A setting killed before its scratch evaluation (so before the protocol's and the setting's
+    # results were written): only that evaluation runs again.
     setting = folder / "synthetic" / "1"
     before = json.loads((setting / "result.json").read_text())
-    for name in ("result.json", "scratch/eval.json"):
+    for name in ("result.json", "protocol.json", "scratch/eval.json"):
         (setting / name).unlink()
     assert ablation.main(argv) == 0
     assert "1 already finished, 1 to run" in capsys.readouterr().out
     after = json.loads((setting / "result.json").read_text())
-    keys = ("prp_acc", "prp_steps", "acc_ft", "acc_scratch", "ft_steps")
+    keys = ("prp_acc", "prp_steps", "acc_ft", "acc_scratch", "ft_steps", "acc_matched", "matched_steps")
     assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
-    for name in ("prp/checkpoint.pt", "ft/checkpoint.pt", "scratch/checkpoint.pt", "ft/eval.json"):
+    assert (setting / "scratch" / "eval.json").exists()
+    untouched = ("prp/checkpoint.pt", "ft/checkpoint.pt", "scratch/checkpoint.pt", "ft/eval.json")
+    for name in (*untouched, "scratch-matched/checkpoint.pt", "scratch-matched/eval.json"):
         assert (setting / name).stat().st_mtime_ns == stamps[setting / name]
     assert len(read_csv(folder / "results.csv")) == 2
 

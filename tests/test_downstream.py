@@ -142,3 +142,27 @@ def test_cli_finetune_and_evaluate(synthetic_store, tmp_path):
     assert Path(out["confusion_png"]).stat().st_size > 1000
     r = runner.invoke(app, ["evaluate", "--cache", str(synthetic_store), "--checkpoint", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_protocol_result_and_the_matched_run():
+    """protocol.py's arithmetic: ΔAcc against scratch and against the compute-matched scratch run,
+    whose fine-tune is stretched to PRP's and the fine-tune's steps together (tests/test_ablation.py
+    runs the whole protocol, killed and resumed)."""
+    from advise_cache.configs import TrainConfig
+    from advise_cache.protocol import ProtocolResult, Stage, matched_config
+
+    stages = {
+        "prp": Stage(480, 0.7),
+        "ft": Stage(120, 0.9, 0.6, 1.0, 48),
+        "scratch": Stage(120, 0.8, 0.2, 1.0, 48),
+        "scratch-matched": Stage(600, 1.0, 0.35, 1.0, 48),
+    }
+    result = ProtocolResult(stages)
+    assert result.delta == pytest.approx(0.4) and result.delta_matched == pytest.approx(0.25)
+    assert ProtocolResult.from_dict(result.to_dict()) == result
+    assert ProtocolResult({"scratch": stages["scratch"]}).delta is None  # average pooling: no PRP
+    ft = TrainConfig(Path("s"), Path("o"), task="classify", epochs=20, init=Path("prp"))
+    matched = matched_config(ft, ft_steps=120, target=600)
+    assert (matched.epochs, matched.max_steps, matched.init) == (100, 600, None)
+    # A target that is not a whole number of epochs: the schedule spans the next whole epoch.
+    assert (matched_config(ft, 120, 610).epochs, matched_config(ft, 120, 610).max_steps) == (102, 610)

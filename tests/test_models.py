@@ -78,6 +78,30 @@ def test_paper_preset_fields():
     assert (config.temporal_kernel, config.head, config.hidden) == (1, "linear", 512)
 
 
+def test_released_preset_fields_and_head():
+    """The released code's TMM (models/temporal_modeling.py, configs/pretrain/AdViSe.yaml) and its
+    head: Linear without bias (BatchNorm follows), BatchNorm, ReLU, Linear with bias."""
+    config = TMMConfig.released()
+    assert (config.blocks, config.hidden, config.out_dim, config.temporal_kernel) == (4, 256, 512, 1)
+    assert (config.head, config.head_hidden, config.weight_init) == ("bn-mlp", 1024, "torch")
+    head = create_model(small(head="bn-mlp"), num_classes=5).head
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head[0].bias is None and head[3].bias is not None
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (48, 16, 5)
+
+
+def test_torch_init_keeps_pytorchs_layer_defaults():
+    # "torch" initialises nothing itself (as the released TemporalModel): the first conv is what
+    # nn.Conv3d draws from the same seed; "he" redraws it.
+    torch.manual_seed(3)
+    tmm = TMM(small(weight_init="torch", temporal_kernel=1))
+    torch.manual_seed(3)
+    plain = nn.Conv3d(32, 8, (1, 1, 1), bias=False)
+    torch.testing.assert_close(tmm.blocks[0].conv1.weight, plain.weight)
+    torch.manual_seed(3)
+    assert not torch.allclose(TMM(small(temporal_kernel=1)).blocks[0].conv1.weight, plain.weight)
+
+
 @pytest.mark.parametrize(
     "overrides,grid,dim",
     [
@@ -234,6 +258,7 @@ def test_r3d50_macs_are_those_of_the_former_hand_count():
         dict(temporal_kernel=2),
         dict(blocks=0),
         dict(spatial_pool=0),
+        dict(weight_init="xavier"),
     ],
 )
 def test_bad_config_raises(overrides):

@@ -2,6 +2,7 @@
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from advise_cache.sampling import (
     ClipRequest,
     SamplerConfig,
     classification_epoch,
+    long_enough,
     multi_view_clips,
     prp_epoch,
     sample_fixed_stride_clip,
@@ -134,11 +136,79 @@ def test_prp_clip_deterministic_and_in_range():
         {"jitter": -0.1},
         {"jitter": float("nan")},
         {"clips_per_video": 0},
+        {"clip_start": "middle"},
+        {"clip_order": "random"},
     ],
 )
 def test_invalid_sampler_config_raises(kwargs):
     with pytest.raises(AdviseCacheError):
         SamplerConfig(**kwargs)
+
+
+def test_code_clip_start_keeps_the_draw_order_and_the_clip_inside(seed=3):
+    """clip_start "code": the start is the third draw as always, from [0, n - frames * stride]
+    (the released code's `randint(0, n - 16)`), so a rate-1 clip never wraps."""
+    cfg = SamplerConfig(clip_start="code", rates=(1,), jitter=0.0)
+    for n in (16, 17, 40, 300):
+        rng = np.random.default_rng(seed)
+        rng.integers(1), rng.uniform(0, 0)
+        start = int(rng.integers(n - 15))
+        indices, _ = sample_prp_clip(np.random.default_rng(seed), n, cfg)
+        assert indices.tolist() == [start + 2 * k for k in range(8)]
+    starts = {int(sample_prp_clip(np.random.default_rng(s), 20, cfg)[0][0]) for s in range(400)}
+    assert starts == set(range(5))  # 0 .. 20 - 16, every one drawn
+    anywhere = {
+        int(sample_prp_clip(np.random.default_rng(s), 20, replace(cfg, clip_start="any"))[0][0]) for s in range(400)
+    }
+    assert anywhere == set(range(20))
+
+
+def test_long_enough_leaves_out_short_videos_for_the_code_start(caplog):
+    videos, lengths = np.array([5, 6, 7]), np.array([15, 16, 40])
+    assert long_enough(videos, lengths, SamplerConfig()).tolist() == [5, 6, 7]
+    assert long_enough(videos, lengths, SamplerConfig(clip_start="code")).tolist() == [6, 7]
+    assert "leaving out 1 of 3 videos shorter than 16 frames" in caplog.text
+    with pytest.raises(AdviseCacheError, match="every video is shorter"):
+        long_enough(videos[:1], lengths[:1], SamplerConfig(clip_start="code"))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_by_video_order_keeps_a_videos_clips_together(world):
+    """clip_order "by-video": a video's clips follow each other, as the released code's batches of
+    8 videos x 4 clips; the clips are the ones the shuffled order draws, only their order differs."""
+    cfg = SamplerConfig(clips_per_video=4, clip_order="by-video")
+    plans = [prp_epoch(VIDEOS, LENGTHS, cfg, seed=1, epoch=2, rank=r, world=world) for r in range(world)]
+    for plan in plans:
+        assert len(plan) == 4 * (len(VIDEOS) // world)
+        for i in range(0, len(plan), 4):
+            assert len({c.video for c in plan[i : i + 4]}) == 1
+    assert len({c.video for p in plans for c in p}) == len(VIDEOS) // world * world  # ranks share no video
+    shuffled = prp_epoch(VIDEOS, LENGTHS, replace(cfg, clip_order="shuffled"), seed=1, epoch=2)
+    one = prp_epoch(VIDEOS, LENGTHS, cfg, seed=1, epoch=2)
+    assert sorted(as_tuples(one)) == sorted(as_tuples(shuffled))
+
+
+def test_jitter_classification_clips_are_rate_1_prp_clips():
+    """clip_mode "jitter": the released code's fine-tuning clips, `clips_per_video` rate-1 PRP clips
+    a video (start anywhere, wrapping, span jittered), labelled with the video's class."""
+    cfg = SamplerConfig(clips_per_video=3, jitter=0.2, clip_order="by-video", clip_start="code")
+    plan = classification_epoch(VIDEOS, LENGTHS, LABELS, 0, 1, frames=8, stride=2, mode="jitter", sampler=cfg)
+    assert len(plan) == 3 * len(VIDEOS)
+    label = dict(zip(VIDEOS.tolist(), LABELS.tolist()))
+    length = dict(zip(VIDEOS.tolist(), LENGTHS.tolist()))
+    for i in range(0, len(plan), 3):
+        assert len({c.video for c in plan[i : i + 3]}) == 1
+    for c in plan:
+        n = length[c.video]
+        assert c.label == label[c.video] and c.indices.shape == (8,)
+        steps = np.diff(c.indices) % n
+        assert (steps >= 1).all() and (steps <= 3).all() or n < 16  # 2 frames apart, +-20%
+    # The same clips a rate-1 PRP sampler draws, starting anywhere whatever the sampler's clip start.
+    rng = np.random.default_rng([0, 1])
+    first = sample_prp_clip(rng, int(LENGTHS[0]), SamplerConfig(rates=(1,), jitter=0.2))[0]
+    ordered = classification_epoch(VIDEOS, LENGTHS, LABELS, 0, 1, mode="jitter", sampler=cfg)
+    assert any(c.video == VIDEOS[0] and c.indices.tolist() == first.tolist() for c in ordered)
+    assert (multi_view_clips(50, 8, 2, 3, "jitter") == multi_view_clips(50, 8, 2, 3, "stride")).all()
 
 
 def test_rates_list_becomes_tuple():

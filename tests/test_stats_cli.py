@@ -69,6 +69,35 @@ def test_default_preset_is_not_the_papers():
     assert ours["params"] > 1.01 * stats()["params"]
 
 
+def test_released_preset_is_table_8s_model():
+    """The released code's model (4 blocks, hidden 256, output 512, a BN-MLP head of 1024 without
+    bias, 101 classes): Table 8's 4.5 M, 4,505,701 parameters counted by hand in docs/FIDELITY.md."""
+    result = runner.invoke(app, ["stats", "--preset", "released", "--classes", "101", "--json"])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["preset"] == "released" and s["clip"] == [8, 14, 14, 768]
+    assert s["params"] == 4_505_701
+    assert s["params"] == pytest.approx(4.506e6, rel=0.01)
+
+
+def test_table_6_row_a_b16_2048():
+    """Table 6's A-B/16-2048 (44.3 M, 66.2 G): one block of hidden 2048 (the counted TMM) and the
+    code's default BN-MLP head of 2048 (configs/defaults.py SSL.MLP_DIM) on the 4 PRP rates."""
+    s = stats("--hidden", "2048", "--head", "bn-mlp", "--head-hidden", "2048")
+    assert s["params"] == pytest.approx(44.3e6, rel=0.01)
+    assert s["macs"] == pytest.approx(66.2e9, rel=0.01)
+    assert stats("--hidden", "2048")["params"] < 0.99 * 44.3e6  # the linear head alone falls short
+
+
+def test_flags_override_the_preset():
+    released = json.loads(runner.invoke(app, ["stats", "--preset", "released", "--json"]).stdout)
+    kernel3 = json.loads(
+        runner.invoke(app, ["stats", "--preset", "released", "--temporal-kernel", "3", "--json"]).stdout
+    )
+    # A 3x1x1 first conv adds two taps of in x hidden per block: 768 x 256 once, then 512 x 256 three times.
+    assert kernel3["params"] - released["params"] == 2 * 256 * (768 + 3 * 512)
+
+
 def test_human_readable_line():
     result = runner.invoke(app, ["stats", "--preset", "paper", "--hidden", "2048", "--spatial-pool", "9"])
     assert result.exit_code == 0, result.output
@@ -79,7 +108,7 @@ def test_human_readable_line():
 def test_bad_flags_are_one_line_errors():
     result = runner.invoke(app, ["stats", "--preset", "nope"])
     assert result.exit_code == 2
-    assert "--preset must be ours or paper" in result.output
+    assert "--preset must be one of ours, paper, released, got 'nope'" in result.output
     result = runner.invoke(app, ["stats", "--clip", "8,14,x,768"])
     assert result.exit_code == 2
     assert "--clip" in result.output

@@ -1,0 +1,143 @@
+"""The paper's evaluation protocol as one resumable function: PRP pretraining, the fine-tune from it
+(Acc_ft), the same fine-tune from a random TMM (ΔAcc = Acc_ft - Acc_scratch), and, beside it, a
+fine-tune from a random TMM for as many optimisation steps as PRP and the fine-tune together (the
+compute-matched scratch run: what the PRP steps would have bought spent on the labels instead).
+
+    result = run_protocol(Path("runs/x"), prp=TrainConfig(..., task="prp"), finetune=TrainConfig(..., task="classify"))
+    result.delta, result.delta_matched, result.stages["ft"].top1
+
+Each stage trains in its own folder under `folder` (prp/, ft/, scratch/, scratch-matched/) with
+`resume=True`, so a killed protocol continues where it stopped and a finished training returns its
+metrics; each evaluation is kept in its folder's eval.json, the whole result in protocol.json.
+The configs' `out`, `init`, `resume` and (for the matched run) `epochs` and `max_steps` are the
+protocol's; everything else is the caller's. A TMM with nothing to pretrain (`tmm="none"`, average
+pooling) runs the scratch stage alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT
+from .configs import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prp", "ft", "scratch", "scratch-matched")
+RESULT = "protocol.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training and, for a classifier, its evaluation on the test split."""
+
+    steps: int
+    train_acc: float  # of the last epoch (PRP: the rate accuracy)
+    top1: float | None = None
+    top5: float | None = None
+    videos: int | None = None  # test videos
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    stages: dict  # STAGES name -> Stage, for the stages that ran
+
+    def top1(self, name: str) -> float | None:
+        stage = self.stages.get(name)
+        return stage.top1 if stage else None
+
+    @property
+    def acc_ft(self) -> float | None:
+        return self.top1("ft")
+
+    @property
+    def acc_scratch(self) -> float:
+        return self.stages["scratch"].top1
+
+    @property
+    def delta(self) -> float | None:
+        """ΔAcc: Acc_ft minus the same fine-tune from a random TMM."""
+        return None if self.acc_ft is None else self.acc_ft - self.acc_scratch
+
+    @property
+    def delta_matched(self) -> float | None:
+        """Acc_ft minus a fine-tune from a random TMM as long as PRP and the fine-tune together."""
+        matched = self.top1("scratch-matched")
+        return None if self.acc_ft is None or matched is None else self.acc_ft - matched
+
+    def to_dict(self) -> dict:
+        return {name: asdict(stage) for name, stage in self.stages.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProtocolResult:
+        return cls({name: Stage(**stage) for name, stage in d.items()})
+
+
+def matched_config(finetune: TrainConfig, ft_steps: int, target: int) -> TrainConfig:
+    """The fine-tune stretched to `target` steps: its epochs scaled up (rounded up to a whole
+    epoch, so the cosine schedule spans the run) and the run cut at exactly `target` steps."""
+    epochs = math.ceil(finetune.epochs * target / max(ft_steps, 1))
+    return replace(finetune, init=None, epochs=epochs, max_steps=target)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _run_stage(cfg: TrainConfig, views: int, split: str) -> Stage:
+    """Train (or resume, or read back) one stage; evaluate a classifier once (eval.json)."""
+    from .evaluate import evaluate
+    from .train import train
+
+    metrics = train(replace(cfg, resume=True))
+    if cfg.task == "prp":
+        return Stage(metrics["step"], metrics["acc"])
+    path = cfg.out / "eval.json"
+    if not path.exists():
+        result = evaluate(cfg.cache, cfg.out, views=views, split=split, device=cfg.device)
+        _write_json(path, {k: v for k, v in result.items() if k != "confusion"})
+    e = json.loads(path.read_text())
+    return Stage(metrics["step"], metrics["acc"], e["top1"], e["top5"], e["videos"])
+
+
+def run_protocol(
+    folder: Path,
+    prp: TrainConfig,
+    finetune: TrainConfig,
+    views: int = 4,
+    split: str = "test",
+    matched: bool = True,
+) -> ProtocolResult:
+    """PRP (`prp`) -> fine-tune from it, from scratch and (with `matched`) from scratch for PRP's
+    and the fine-tune's steps together (each `finetune`) -> evaluate on `split` with `views` clips
+    a video. Resumable; a finished protocol returns its protocol.json without touching a run."""
+    folder = Path(folder)
+    if (folder / RESULT).exists():
+        return ProtocolResult.from_dict(json.loads((folder / RESULT).read_text()))
+    if prp.task != "prp" or finetune.task != "classify":
+        raise ValueError(f"run_protocol needs a prp and a classify config, got {prp.task} and {finetune.task}")
+    folder.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, Stage] = {}
+    pretrain = finetune.tmm.tmm != "none"
+    if pretrain:
+        stages["prp"] = _run_stage(replace(prp, out=folder / "prp"), views, split)
+        ft = replace(finetune, out=folder / "ft", init=folder / "prp" / CHECKPOINT)
+        stages["ft"] = _run_stage(ft, views, split)
+    stages["scratch"] = _run_stage(replace(finetune, out=folder / "scratch", init=None), views, split)
+    if pretrain and matched:
+        target = stages["prp"].steps + stages["ft"].steps
+        cfg = matched_config(replace(finetune, out=folder / "scratch-matched"), stages["ft"].steps, target)
+        stages["scratch-matched"] = _run_stage(cfg, views, split)
+    result = ProtocolResult(stages)
+    _write_json(folder / RESULT, result.to_dict())
+    log.info(
+        "%s: %s", folder, ", ".join(f"{k} {v.train_acc if v.top1 is None else v.top1:.3f}" for k, v in stages.items())
+    )
+    return result
