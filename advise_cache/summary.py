@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ifm_arrays import DONE, FAILED, PENDING
+from .ifm_layout import DONE, FAILED, PENDING
 from .store import Store
 
 

@@ -24,6 +24,7 @@ from advise_cache.cli import app
 from advise_cache.errors import StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.remote_shards import RemoteShardReader, ShardCache
+from advise_cache.sampling import SamplerConfig
 from advise_cache.shards import shard_index
 from advise_cache.storage import StoreURL, store_location
 from advise_cache.store import DONE, check_creatable, create_store, open_store
@@ -228,13 +229,14 @@ def test_train_from_a_bucket_with_a_local_cache_then_evaluate(local_and_bucket, 
     real = storage.Bucket.read
     monkeypatch.setattr(storage.Bucket, "read", lambda self, key: gets.append(key) or real(self, key))
     cache = tmp_path / "cache"
-    final = train(train_config(url, tmp_path / "prp", epochs=1, batch_size=4, local_cache=cache))
+    short = SamplerConfig(rates=(1, 2))  # the videos hold 12 frames at most: rate 8 would not fit
+    final = train(train_config(url, tmp_path / "prp", epochs=1, batch_size=4, local_cache=cache, sampler=short))
     pulled = [k for k in gets if "/tokens/c/" in k]
     assert final["step"] > 0 and pulled and len(pulled) == len(set(pulled))  # each shard fetched once
     files = [p for p in cache.rglob("*") if p.is_file()]
     assert len(files) == len(pulled)
     gets.clear()
-    again = train(train_config(url, tmp_path / "prp2", epochs=2, batch_size=4, local_cache=cache))
+    again = train(train_config(url, tmp_path / "prp2", epochs=2, batch_size=4, local_cache=cache, sampler=short))
     assert again["step"] > final["step"]
     assert not [k for k in gets if k in pulled]  # shards in the cache are read locally
     ft = tmp_path / "ft"

@@ -116,7 +116,7 @@ def test_a_new_store_records_where_its_videos_came_from(tmp_path):
     source = {"split": 2, "annotations": ["/d/ucfTrainTestlist/classInd.txt"], "missing": ["c/gone"]}
     create_store(tmp_path / "s.zarr", "ucf101", "/d", ["a", "b"], _table(), source)
     store = open_store(tmp_path / "s.zarr")
-    assert store.format == FORMAT == 2
+    assert store.format == FORMAT == 3
     assert store.source == source
     t = store.videos
     assert t.probe_error.tolist() == ["", "", "cannot open é"]
@@ -162,8 +162,8 @@ def test_a_format_1_store_is_still_read(tmp_path):
 @pytest.mark.parametrize(
     ("attrs", "message"),
     [
-        ({"format": 3, "version": "9.0", "classes": []}, r"store format 3 \(made by advise-cache 9.0\).*upgrade"),
-        ({"format": 0, "classes": []}, "reads formats 1, 2: extract it again"),
+        ({"format": 4, "version": "9.0", "classes": []}, r"store format 4 \(made by advise-cache 9.0\).*upgrade"),
+        ({"format": 0, "classes": []}, "reads formats 1, 2, 3: extract it again"),
         ({}, "a Zarr group but not an advise-cache store"),
     ],
 )
