@@ -89,6 +89,16 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
     return problems
 
 
+def checksum_notes(store: Store) -> list[str]:
+    """Image models made before store format 3: their frames carry no crc32c, so neither
+    `verify` nor training can tell a changed value (`--deep` can, per video)."""
+    return [
+        f"{key}: frames carry no checksums (made before store format 3); `verify --deep` compares whole videos"
+        for key in store.ifm_keys()
+        if not store.ifm(key).frame_checked
+    ]
+
+
 def failed_notes(store: Store, show: int = 5) -> list[str]:
     """Videos extraction recorded as failed, per image model: not problems of the store (each is
     kept with its reason, and a rerun does not retry it), but an "ok" should not hide them."""

@@ -98,6 +98,16 @@ def synthetic_store(synthetic_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lz4_store(synthetic_root, tmp_path_factory) -> Path:
+    """The synthetic store with lz4-compressed frames: zarr reads and writes its shards."""
+    from advise_cache.extract import extract_videos
+
+    out = tmp_path_factory.mktemp("lz4") / "lz4.zarr"
+    assert extract_videos(extract_config(synthetic_root, out, codec="lz4")).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def temporal_store(tmp_path_factory) -> Path:
     """The temporal family alone (like Diving48), with enough videos to learn from."""
     from advise_cache.extract import extract_videos
