@@ -5,8 +5,9 @@
     .venv/bin/python pipelines/bench_loader.py --quick --no-write   # a look (and the smoke test)
 
 From a store of random ViT-B-16-shaped tokens in the page cache, rounds alternate the readers
-of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader`, and the `ClipLoader` of
-commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
+of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
+against its crc32c), the same `ClipLoader` with the checks turned off (what they cost), and the
+`ClipLoader` of commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
 (bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
 `train.train_step` on a batch in memory; on CUDA also `--compile` and `--preload gpu`.
 """
@@ -45,6 +46,7 @@ SHAPE = (14, 14, 768)  # ViT-B-16 at 224 px
 FRAME_BYTES = int(np.prod(SHAPE)) * 2
 BASELINE = "1aa8d33"
 TARGET_CEILING, TARGET_BASELINE, TARGET_TRAIN = 0.8, 10.0, 0.9  # training: 0.8 on the CPU
+TARGET_CHECKS = 0.9  # the loader checking every frame's crc32c / the loader not checking
 WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first time
 # Store videos x frames; readers' batch, clips a round, rounds; training batch, rounds, timed
 # and untimed steps. A flag of the same name overrides one.
@@ -90,7 +92,8 @@ def ensure_store(work: Path, videos: int, frames: int, seed: int) -> Path:
 
     path = work / f"store-{videos}x{frames}.zarr"
     if (path / "zarr.json").is_file():
-        if (open_store(path).ifm("ViT-B-16").status() == DONE).all():
+        a = open_store(path).ifm("ViT-B-16")
+        if (a.status() == DONE).all() and a.frame_checked:  # a store made before format 3 is made again
             return path
         shutil.rmtree(path)
     say(f"writing {videos * frames * FRAME_BYTES / 1e9:.1f} GB of tokens into {path} (once)")
@@ -113,6 +116,17 @@ def make_plan(store_path: Path, clips: int, seed: int):
     videos, _ = source.videos("train")
     sampler = SamplerConfig(clips_per_video=-(-clips // len(videos)))
     return source, prp_epoch(videos, source.frames[videos], sampler, seed, 0)[:clips]
+
+
+def unchecked(store_path: Path):
+    """A TokenSource of the same store whose readers do not check the frames' crc32c."""
+    from advise_cache.loader import TokenSource
+    from advise_cache.store import open_store
+
+    source = TokenSource(open_store(store_path))
+    for reader in source._readers:  # the library always checks; only this comparison turns it off
+        reader.check = False
+    return source
 
 
 # -- the readers -----------------------------------------------------------------------------
@@ -240,20 +254,22 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
     package = None if args.no_baseline or args.quick or cuda else baseline_package(args.work)  # a CPU figure
     spec = None if package is None else baseline_spec(store_path, plan, args)
-    rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
+    plain = unchecked(store_path)
+    rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "unchecked": [], "baseline": []}
     for rnd in range(args.rounds):
-        for name in ("ceiling", "loader")[:: 1 if rnd % 2 == 0 else -1]:  # neither always first
+        for name in ("ceiling", "loader", "unchecked")[:: 1 if rnd % 2 == 0 else -1]:  # none always first
             rate[name].append(
                 ceiling(store_path, plan, args.batch_size, args.threads)
                 if name == "ceiling"
-                else loader_now(source, plan, args.batch_size, args.threads)
+                else loader_now(source if name == "loader" else plain, plan, args.batch_size, args.threads)
             )
         if spec is not None:
             rate["baseline"].append(run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})["clips_per_s"])
         say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
     names = {
         "ceiling": "ceiling: minimal preadv reader",
-        "loader": "`ClipLoader` (this commit)",
+        "loader": "`ClipLoader` (this commit), every frame checked",
+        "unchecked": "`ClipLoader`, frame crc32c checks off",
         "baseline": f"`ClipLoader` at {BASELINE}",
     }
     rows = [
@@ -262,6 +278,7 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
         if v
     ]
     ratios = {"ceiling": statistics.median(a / c for a, c in zip(rate["loader"], rate["ceiling"]))}
+    ratios["checks"] = statistics.median(a / u for a, u in zip(rate["loader"], rate["unchecked"]))
     if rate["baseline"]:
         ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
     if cuda:
@@ -288,6 +305,8 @@ def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: lis
         "",
         f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
         "median of the per-round ratios.",
+        f"- loader checking every frame's crc32c / the same loader not checking: {pct(ratios['checks'])} "
+        f"(target >= {pct(TARGET_CHECKS)}), median of the per-round ratios.",
     ]
     if "baseline" in ratios:
         lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x (target >= {TARGET_BASELINE:.0f}x).")
