@@ -69,8 +69,8 @@ def bench_writer(
     model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int, kinds=KINDS
 ) -> WriterRow:
     """The same tokens through the new writer (into a group with frame checksums, and `nocrc`
-    into one without), the old one and raw writes, in rounds alternating their order; the best
-    round of each, and every round's."""
+    into one without), the old one and raw writes, each round rotating their order (each takes
+    every place in turn); the best round of each, and every round's."""
     import torch
 
     from advise_cache.extract import ExtractSummary, ifm_key
@@ -149,7 +149,7 @@ def bench_writer(
     base = work / "writer"
     for rounds in range(1, repeats + 1):
         shutil.rmtree(base, ignore_errors=True)
-        order = kinds if rounds % 2 else kinds[::-1]  # neither always first
+        order = kinds[rounds % len(kinds) :] + kinds[: rounds % len(kinds)]  # each in every place in turn
         got = {k: runs[k]() for k in order}
         say(f"[writer {key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
         row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
@@ -169,7 +169,7 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
         f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
         "done) through `extract_stages.Writer` (each frame with its crc32c), the same into a group "
         "without frame checksums, the writer of commit 1aa8d33 (one thread, fed float32) and raw "
-        "write + fsync of the shard bytes, in rounds alternating their order.",
+        "write + fsync of the shard bytes, each round rotating their order.",
         "",
         *table(
             [
@@ -316,7 +316,7 @@ def checks_section(rows: list[WriterRow], facts: dict, argv) -> str:
         f"Random float16 tokens (videos of {WRITER_LENGTHS[0]}-{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame "
         f"shards, fsync, {rows[0].threads} threads) through `extract_stages.Writer` into a group whose frames "
         "carry their crc32c (format 3) and into one without (as before format 3), and as raw write + fsync "
-        "of the same shard bytes; rounds alternate the order; frames/s, best round of each.",
+        "of the same shard bytes; each round rotates their order; frames/s, best round of each.",
         "",
         *table(
             ["tokens", "frames", "MB", "rounds", "with crc32c", "without", "with / without (median)", "raw"],

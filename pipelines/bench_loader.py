@@ -4,8 +4,8 @@
     python3 pipelines/bench_loader.py --device cuda             # part of `make bench-gpu`
     .venv/bin/python pipelines/bench_loader.py --quick --no-write   # a look (and the smoke test)
 
-From a store of random ViT-B-16-shaped tokens in the page cache, rounds alternate the readers
-of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
+From a store of random ViT-B-16-shaped tokens in the page cache, rounds rotate the readers
+of one PRP plan (each in every place in turn): a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
 against its crc32c), the same `ClipLoader` with the checks turned off (what they cost), and the
 `ClipLoader` of commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
 (bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
@@ -56,7 +56,7 @@ SIZES = {
         "frames": 48,
         "batch_size": 32,
         "clips": 2048,
-        "rounds": 5,
+        "rounds": 6,  # a multiple of the 3 readers rotated
         "train_batch": 8,
         "train_rounds": 3,
         "steps": 6,
@@ -246,9 +246,9 @@ def reader_row(name: str, clips_per_s: float, of_ceiling: float) -> list:
 
 
 def reading(store_path: Path, args) -> tuple[list[list], dict]:
-    """Rounds alternating the ceiling and the loader (and the loader at BASELINE, on the CPU) over
-    one plan; their rows and the median per-round ratios of the loader to the others. On CUDA
-    also the loader delivering to the GPU."""
+    """Rounds rotating the ceiling, the loader and the loader without frame checks (then the
+    loader at BASELINE, on the CPU) over one plan; their rows and the median per-round ratios of
+    the loader to the others. On CUDA also the loader delivering to the GPU."""
     cuda = args.device.startswith("cuda")
     source, plan = make_plan(store_path, args.clips, args.seed)
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
@@ -257,7 +257,8 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
     plain = unchecked(store_path)
     rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "unchecked": [], "baseline": []}
     for rnd in range(args.rounds):
-        for name in ("ceiling", "loader", "unchecked")[:: 1 if rnd % 2 == 0 else -1]:  # none always first
+        names = ("ceiling", "loader", "unchecked")
+        for name in names[rnd % 3 :] + names[: rnd % 3]:  # each reader in every place in turn
             rate[name].append(
                 ceiling(store_path, plan, args.batch_size, args.threads)
                 if name == "ceiling"
