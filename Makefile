@@ -21,7 +21,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv install test demo lint clean bench-extract bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
+.PHONY: venv install test demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
 	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
@@ -56,6 +56,9 @@ demo: venv
 
 bench-extract: venv
 	$(PY) pipelines/bench_extract.py
+
+bench-writer: venv
+	$(PY) pipelines/bench_extract_writer.py
 
 bench-loader: venv
 	$(PY) pipelines/bench_loader.py

@@ -185,17 +185,17 @@ def verify(
         bool, typer.Option("--deep", help="Also compare every video's tokens with the checksum written at extraction.")
     ] = False,
 ):
-    """Check completeness, offsets, shapes and NaN/Inf; exit 1 on any problem."""
+    """Check completeness, offsets, shapes, every frame's checksum and NaN/Inf; exit 1 on any problem."""
     from tqdm import tqdm
 
-    from .integrity import failed_notes, quant_notes
+    from .integrity import checksum_notes, failed_notes, quant_notes
     from .integrity import verify as verify_store
     from .storage import store_location
     from .store import open_store
 
     opened = open_store(store_location(store))
     problems = verify_store(opened, progress=lambda it: tqdm(it, desc="verify", unit="video"), deep=deep)
-    for note in failed_notes(opened) + quant_notes(opened):  # told, not counted: not damage
+    for note in checksum_notes(opened) + failed_notes(opened) + quant_notes(opened):  # told, not counted
         typer.echo(f"note: {note}")
     for p in problems:
         typer.echo(p)

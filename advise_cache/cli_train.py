@@ -222,6 +222,10 @@ def train_command(task: str):
         tensorboard: Annotated[
             bool, typer.Option(help="Also write TensorBoard event files into RUN/tensorboard (needs tensorboard).")
         ] = TRAIN.tensorboard,
+        skip_damaged: Annotated[
+            bool,
+            typer.Option(help="A video with a frame failing its checksum is named and left out, not an error."),
+        ] = TRAIN.skip_damaged,
     ):
         flags = dict(locals())
         from .train import train

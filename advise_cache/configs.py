@@ -185,6 +185,7 @@ class TrainConfig:
     progress: bool = True
     local_cache: Path | None = None  # a store in a bucket: its shards kept in this folder (remote_shards.py)
     local_cache_gb: float | None = None  # that folder's bound; None: 90% of its disk's free space
+    skip_damaged: bool = False  # a video with a frame failing its crc32c is left out (loader.py), not an error
 
 
 def fields_from(config_type, flags: dict) -> dict:

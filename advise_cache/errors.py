@@ -36,6 +36,16 @@ class StoreError(AdviseCacheError):
     """A store is missing, malformed, or does not fit the request."""
 
 
+class DamagedFrameError(StoreError):
+    """Stored frames whose bytes fail their crc32c check: `rows` of the token array, and once
+    the store has named them, the `videos` (indices) they belong to."""
+
+    def __init__(self, message: str, rows=(), videos=()):
+        super().__init__(message)
+        self.rows = list(rows)
+        self.videos = list(videos)
+
+
 class MismatchError(AdviseCacheError):
     """A checkpoint, a flag or a store does not fit another one."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import struct
 import threading
@@ -23,14 +22,22 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .errors import StoreError
+from .errors import DamagedFrameError, StoreError
+from .ifm_layout import (
+    DONE,
+    FAILED,
+    NO_CHECKSUM,
+    PENDING,
+    QUANT_ERROR_ARRAYS,
+    TOKEN_DTYPES,
+    decode_reasons,
+    encode_reason,
+    slot_offsets,
+    token_layout,
+    video_checksum,
+)
 from .quant import SCHEME
-from .shards import ShardReader, index_bytes, shard_parts
-
-PENDING, DONE, FAILED = 0, 1, 2  # a video's `status`
-NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
-TOKEN_DTYPES = ("float16", "float32", "int8")  # int8: quant.py's packing, one scale per token
-QUANT_ERROR_ARRAYS = ("quant_rel_l2", "quant_cos")  # per video, int8 groups only
+from .shards import CRC_BYTES, ShardReader, frame_crcs, index_bytes, shard_parts, write_shard_file
 
 
 def attributes(node) -> dict:
@@ -56,15 +63,18 @@ class IFMArrays:
                 f"advise-cache {__version__} cannot decode: upgrade advise-cache"
             )
         self.quantised = dtype == "int8"
-        self._direct = _plain_shards(self.tokens)
+        # direct: shards.py reads and writes the shard files; frame_checked: each chunk ends in its crc32c
+        self._direct, self.frame_checked = token_layout(self.tokens)
         self._reader: ShardReader | None = None
         self._status_lock = threading.Lock()  # status/reason writes come from several threads
         self._token_dir_synced = False
         self._claims_fd: int | None = None
         self._checksums = self.group["checksum"] if "checksum" in self.group else None
-        for name in ("status", "reason"):  # read later, but a store without them is damaged now
+        # Format 3 keeps reasons as UTF-8 bytes (core Zarr v3); older groups as zarr-python strings.
+        self._reason_name = "reason_utf8" if "reason_utf8" in self.group else "reason"
+        for name in ("status", self._reason_name):  # read later, but a store without them is damaged now
             self.group[name]
-        self._shard_crcs: dict[tuple[int, int], int] = {}
+        self._shard_crcs: dict[tuple[int, int], object] = {}  # a shard's crc32c, or its frames' (format 3)
         self._claimed: set[int] = set()
         self._claims_lock = threading.Lock()
 
@@ -86,7 +96,15 @@ class IFMArrays:
         return self.group["status"][:]
 
     def reasons(self) -> np.ndarray:
-        return self.group["reason"][:]
+        """Why each video failed ("" where it did not), as numpy strings."""
+        raw = self.group[self._reason_name][:]
+        return raw if self._reason_name == "reason" else decode_reasons(raw)
+
+    def _set_reason(self, video: int, reason: str) -> None:
+        if self._reason_name == "reason":  # a group made before format 3
+            self.group["reason"][video] = reason[:500]
+        else:
+            self.group["reason_utf8"][video] = encode_reason(reason)
 
     @property
     def _token_dir(self) -> Path:
@@ -154,7 +172,7 @@ class IFMArrays:
         if video not in self._claimed:
             raise StoreError(f"video {video} of {self.key} is not claimed by this process")
         with self._status_lock:
-            self.group["reason"][video] = ""
+            self._set_reason(video, "")
             self.group["status"][video] = PENDING
 
     def damaged(self, videos) -> list[tuple[int, str]]:
@@ -163,6 +181,7 @@ class IFMArrays:
         out = []
         per = int(self.meta["frames_per_shard"])
         frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
+        frame += CRC_BYTES * self.frame_checked  # a chunk: the frame and its crc32c
         listed = self.store.bucket.sizes(f"ifm/{self.key}/tokens/c/") if self.store.remote else None  # one listing
         for v in videos:
             v, n = int(v), int(self.frames[v])
@@ -231,11 +250,12 @@ class IFMArrays:
             )
         self._owned(video)
         data = np.ascontiguousarray(tokens, dtype=np.dtype(self.tokens.dtype).newbyteorder("<"))
+        crcs = frame_crcs(data) if self.frame_checked else None  # zarr's, where the chunks are plain
         with self._status_lock:
-            self._shard_crcs[(video, index)] = _crc(data)
+            self._shard_crcs[(video, index)] = _crc(data) if crcs is None else crcs
         key = self.shard_keys(video)[index]
         if self.store.remote and self._direct:  # one object, written once, durable when put returns
-            blob = b"".join(shard_parts(data, per))
+            blob = b"".join(shard_parts(data, per, crcs))
             self.store.bucket.write(key, blob)
             return len(blob)
         if self.store.remote:  # compressed: zarr writes the shard object whole
@@ -245,13 +265,7 @@ class IFMArrays:
             return self.store.bucket.size(key) or 0
         path = self.store.path / key
         if self._direct:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                _write_all(fd, shard_parts(data, per))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_shard_file(path, shard_parts(data, per, crcs))
         else:
             # Every chunk holds data: skip zarr's comparison of each chunk with the fill value.
             start = int(self.offset[video]) + index * per
@@ -275,7 +289,8 @@ class IFMArrays:
         with self._status_lock:
             crcs = [self._shard_crcs.pop((video, k), None) for k in range(self.shards_of(video))]
             if self._checksums is not None:  # before the status: a done video always has its checksum
-                self._checksums[video] = NO_CHECKSUM if None in crcs else video_checksum(crcs)
+                missing = any(c is None for c in crcs)
+                self._checksums[video] = NO_CHECKSUM if missing else video_checksum(crcs)
             if self.quantised and quant_error is not None:
                 for name, value in zip(QUANT_ERROR_ARRAYS, quant_error):
                     self.group[name][video] = value
@@ -297,7 +312,7 @@ class IFMArrays:
     def mark_failed(self, video: int, reason: str) -> None:
         self._owned(video)
         with self._status_lock:
-            self.group["reason"][video] = reason[:500]
+            self._set_reason(video, reason)
             self.group["status"][video] = FAILED
 
     # -- reading ------------------------------------------------------------------------
@@ -307,25 +322,75 @@ class IFMArrays:
         n = int(self.frames[video])
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise StoreError(f"video {video} has {n} frames; asked for {rows.min()}..{rows.max()}")
-        base = int(self.offset[video])
-        if not rows.size:
-            return np.zeros((0, *self.tokens.shape[1:]), self.tokens.dtype)
-        if self._direct:
-            return self._read_direct(base + rows)
-        # Frame-at-a-time: zarr's orthogonal indexing into a shard decodes far more than it
-        # needs (measured ~10x slower for 8 scattered frames).
-        return np.stack([self.tokens[base + int(r)] for r in rows])
+        return self._read(int(self.offset[video]) + rows)
+
+    def read_video(self, video: int) -> np.ndarray:
+        """All rows of one video, through zarr (whose crc32c codec checks every frame of a format 3
+        group): a damaged frame is a `DamagedFrameError` naming it."""
+        base, n = int(self.offset[video]), int(self.frames[video])
+        try:
+            return self.tokens[base : base + n]
+        except ValueError:
+            if not self.frame_checked:
+                raise
+            self._read(base + np.arange(n))  # zarr does not say which chunk failed: find them
+            raise
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        if self._direct and self._reader is None:
+            self._reader = self.shard_reader()
+        dtype = self._reader.dtype if self._direct else self.tokens.dtype
+        out = np.empty((len(rows), *self.tokens.shape[1:]), dtype)
+        self.read_rows(rows, out, self._reader)
+        return out
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray, reader=None, pool=None, tasks: int = 1) -> None:
+        """Rows of `tokens` into `out` (len(rows), h, w, row_dim): through `reader` (this group's
+        `shard_reader()`), else zarr a frame at a time (its orthogonal indexing into a shard decodes
+        far more than a few scattered frames need). A frame failing its crc32c is a
+        `DamagedFrameError` naming its video and frame."""
+        try:
+            if reader is not None:
+                reader.read_into(rows, out, pool, tasks)
+                return
+            for i, r in enumerate(np.asarray(rows).tolist()):
+                try:
+                    out[i] = self.tokens[r]
+                except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+                    if not (self.frame_checked and "checksum" in str(e)):
+                        raise
+                    raise DamagedFrameError(str(e), rows=[r]) from None
+        except DamagedFrameError as e:
+            raise self.named(e) from None
+
+    def named(self, e: DamagedFrameError) -> DamagedFrameError:
+        """`e` (rows of `tokens`) as one line naming the video and its frames, what to do, and
+        the video indices (for a reader that skips them)."""
+        rows = np.unique(np.asarray(e.rows, np.int64))
+        videos = np.searchsorted(self.offset, rows, side="right") - 1  # empty videos share the next one's offset
+        v = int(videos[0])
+        frames = (rows[videos == v] - self.offset[v]).tolist()
+        shard = self.store.path / self.shard_keys(v)[frames[0] // int(self.meta["frames_per_shard"])]
+        listed = ", ".join(map(str, frames[:5])) + (f" and {len(frames) - 5} more" if len(frames) > 5 else "")
+        more = len(set(videos.tolist())) - 1
+        message = (
+            f"{self.key}: {self.store.videos.name[v]}: frame{'s' if len(frames) > 1 else ''} {listed} "
+            f"{'fail their' if len(frames) > 1 else 'fails its'} crc32c check: changed after extraction "
+            f"(delete {shard} and `advise-cache extract` writes the video again)"
+            + (f"; frames of {more} more video(s) too" if more else "")
+        )
+        return DamagedFrameError(message, rows=rows.tolist(), videos=sorted(set(videos.tolist())))
 
     def shard_reader(self):
         """A reader of this array's shard files (None when they are compressed: read via zarr):
         `ShardReader` for a local store, `RemoteShardReader` (through the store's local cache,
-        if it has one) for a bucket."""
+        if it has one) for a bucket. Both check each frame against its crc32c (format 3)."""
         if not self._direct:
             return None
         dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
         per = int(self.meta["frames_per_shard"])
         if not self.store.remote:
-            return ShardReader(self._token_dir, per, self.tokens.shape[1:], dtype)
+            return ShardReader(self._token_dir, per, self.tokens.shape[1:], dtype, frame_crcs=self.frame_checked)
         from .remote_shards import RemoteShardReader
 
         cache, folder, sums = self.store.local_cache, None, None
@@ -338,14 +403,8 @@ class IFMArrays:
             return "0" if sums is None else f"{int(sums[owner[shard]]) & 0xFFFFFFFF:08x}"
 
         key = f"ifm/{self.key}/tokens"
-        return RemoteShardReader(self.store.bucket, key, per, self.tokens.shape[1:], dtype, cache, folder, tag)
-
-    def _read_direct(self, rows: np.ndarray) -> np.ndarray:
-        if self._reader is None:
-            self._reader = self.shard_reader()
-        out = np.empty((len(rows), *self.tokens.shape[1:]), self._reader.dtype)
-        self._reader.read_into(rows, out)
-        return out
+        shape = self.tokens.shape[1:]
+        return RemoteShardReader(self.store.bucket, key, per, shape, dtype, cache, folder, tag, self.frame_checked)
 
     def checksums(self) -> np.ndarray | None:
         """Each video's checksum (NO_CHECKSUM: none recorded); None for a group made before
@@ -355,9 +414,11 @@ class IFMArrays:
     def computed_checksum(self, video: int, tokens: np.ndarray | None = None) -> int:
         """The checksum of what the store holds for a video now (`tokens`: its rows, if read)."""
         x = self.read_video(video) if tokens is None else tokens
+        x = np.ascontiguousarray(x, np.dtype(self.tokens.dtype).newbyteorder("<"))
+        if self.frame_checked:
+            return video_checksum([frame_crcs(x)])
         per = int(self.meta["frames_per_shard"])
-        le = np.dtype(self.tokens.dtype).newbyteorder("<")
-        return video_checksum([_crc(np.ascontiguousarray(x[k : k + per], le)) for k in range(0, len(x), per)])
+        return video_checksum([_crc(x[k : k + per]) for k in range(0, len(x), per)])
 
     def quant_errors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per video, the relative L2 error and mean cosine similarity of an int8 group's tokens
@@ -366,39 +427,15 @@ class IFMArrays:
             return None
         return tuple(self.group[name][:] for name in QUANT_ERROR_ARRAYS)
 
-    def read_video(self, video: int) -> np.ndarray:
-        base = int(self.offset[video])
-        return self.tokens[base : base + int(self.frames[video])]
-
     def stored_bytes(self) -> int:
         if self.store.remote:
             return sum(self.store.bucket.sizes(f"ifm/{self.key}/tokens/").values())
         return sum(p.stat().st_size for p in self._token_dir.rglob("*") if p.is_file())
 
 
-def slot_offsets(frames: np.ndarray, per: int) -> tuple[np.ndarray, int]:
-    """Where each video's rows start when every video starts on a shard boundary, and the
-    rows of all slots together."""
-    slots = -(-np.asarray(frames, np.int64) // per) * per
-    return np.cumsum(slots) - slots, int(slots.sum())
-
-
 def _crc(array: np.ndarray) -> int:
     """crc32c of a contiguous array's bytes, without copying them."""
     return google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
-
-
-def video_checksum(shard_crcs: list[int]) -> int:
-    """A video's checksum: the crc32c of its shards' crc32c values (little-endian uint32, in
-    order), each taken over that shard's token bytes as stored (little-endian, uncompressed)."""
-    return google_crc32c.value(np.asarray(shard_crcs, "<u4").tobytes())
-
-
-def _write_all(fd: int, buffers: list) -> None:
-    for buf in buffers:
-        view = memoryview(buf)
-        while view.nbytes:
-            view = view[os.write(fd, view) :]
 
 
 def _fsync(path: Path) -> None:
@@ -407,18 +444,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _plain_shards(array) -> bool:
-    """True when the token array is a local, uncompressed, little-endian sharded array with
-    its index at the end: the layout `ShardReader` understands."""
-    codecs = array.metadata.to_dict()["codecs"]
-    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-        return False
-    c = codecs[0]["configuration"]
-    plain = [{"name": "bytes", "configuration": {"endian": "little"}}]
-    crc = plain + [{"name": "crc32c"}]
-    codecs, index = json.loads(json.dumps([c["codecs"], c["index_codecs"]], default=str))
-    # one-byte values (int8) have no byte order: zarr writes their bytes codec without one
-    single = array.dtype.itemsize == 1 and codecs == [{"name": "bytes"}]
-    return (codecs == plain or single) and index == crc and c["index_location"] == "end"

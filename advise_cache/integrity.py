@@ -1,9 +1,9 @@
 """Checking a store's integrity: what `advise-cache verify` reports.
 
 Every problem is one line naming the image model and the video: an incomplete video, an
-offset or a shape the layout does not allow, a shard file missing or cut, NaN/Inf tokens, an
-all-zero (never written) frame and, with `deep`, tokens that differ from the checksum written
-at extraction. The store's own layout checks (`Store.table_problems`, `IFMArrays.damaged`)
+offset or a shape the layout does not allow, a shard file missing or cut, a frame failing its
+crc32c (format 3: every frame read is checked), NaN/Inf tokens, an all-zero (never written)
+frame and, with `deep`, tokens that differ from the checksum written at extraction. The store's own layout checks (`Store.table_problems`, `IFMArrays.damaged`)
 live beside the layout; this module walks them over a whole store.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import first_line
-from .ifm_arrays import DONE, FAILED, NO_CHECKSUM, PENDING
+from .errors import DamagedFrameError, first_line
+from .ifm_layout import DONE, FAILED, NO_CHECKSUM, PENDING
 from .quant import SCALE_BYTES, dequantize_numpy
 from .store import Store
 from .summary import quant_error_summary
@@ -69,7 +69,10 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                     continue
                 try:
                     x = a.read_video(int(v))
-                except Exception as e:  # zarr's own errors: a bad checksum, a cut index, ...
+                except DamagedFrameError as e:  # already "KEY: VIDEO: frame F fails its crc32c check ..."
+                    problems.append(str(e))
+                    continue
+                except Exception as e:  # zarr's own errors: a cut index, ...
                     problems.append(f"{key}: {table.name[v]}: its shards cannot be read ({first_line(e, 200)})")
                     continue
                 if sums is not None and sums[v] != NO_CHECKSUM and a.computed_checksum(int(v), x) != sums[v]:
@@ -84,6 +87,16 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():
                     problems.append(f"{key}: {table.name[v]}: some of its frames are missing (all zero)")
     return problems
+
+
+def checksum_notes(store: Store) -> list[str]:
+    """Image models made before store format 3: their frames carry no crc32c, so neither
+    `verify` nor training can tell a changed value (`--deep` can, per video)."""
+    return [
+        f"{key}: frames carry no checksums (made before store format 3); `verify --deep` compares whole videos"
+        for key in store.ifm_keys()
+        if not store.ifm(key).frame_checked
+    ]
 
 
 def failed_notes(store: Store, show: int = 5) -> list[str]:

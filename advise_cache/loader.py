@@ -18,13 +18,15 @@ the batch's frames each, once the batch is read.
 `TokenSource` reads clips from one or several IFMs of a store; several are concatenated along
 channels (on the device, from one buffer per IFM). `preload` keeps the videos a run samples
 resident: in RAM, or on the GPU, where a batch is gathered without the host.
+
+Every frame read is checked against its crc32c (format 3, shards.py): a damaged one stops the
+loader with a line naming its video and frame, or its video is left out (damaged.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -33,9 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .errors import MismatchError, StoreError
+from .damaged import DamagedVideos
+from .errors import DamagedFrameError, MismatchError, StoreError
 from .quant import dequantize, dequantize_into
-from .runtime import cores_per_process
+from .runtime import cores_per_process, free_memory
 from .sampling import ClipRequest
 from .shards import in_parts
 from .store import DONE, Store
@@ -48,10 +51,12 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 
 class TokenSource:
-    """Clips of tokens from one or more IFMs of a store, read into caller buffers."""
+    """Clips of tokens from one or more IFMs of a store, read into caller buffers. `damaged`: the
+    videos found with a frame failing its crc32c, left out by the loader with `skip_damaged`."""
 
-    def __init__(self, store: Store, keys: list[str] | None = None):
+    def __init__(self, store: Store, keys: list[str] | None = None, skip_damaged: bool = False):
         self.store = store
+        self.damaged = DamagedVideos(store, skip_damaged)
         self.keys = list(keys) if keys else [store.ifm().key]
         self.arrays = [store.ifm(k) for k in self.keys]
         grids = {a.grid for a in self.arrays}
@@ -101,7 +106,7 @@ class TokenSource:
         total = int(counts.sum())
         row = int(np.prod(self.grid)) * self.stored_dtype.itemsize
         need = total * row * sum(self.row_dims)
-        free = _free_bytes(device if on_device else torch.device("cpu"))
+        free = free_memory(device if on_device else torch.device("cpu"))
         if free is not None and need > 0.9 * free:
             where = "GPU" if on_device else "RAM"
             raise StoreError(
@@ -119,13 +124,16 @@ class TokenSource:
             )
             for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
                 rows = int(a.offset[v]) + np.arange(n)
-                if bounce is None:
-                    _read_rows(a, reader, rows, out.numpy()[s : s + n])
-                    continue
-                for i in range(0, n, len(bounce)):  # a piece at a time through the host buffer
-                    piece = bounce[: min(len(bounce), n - i)]
-                    _read_rows(a, reader, rows[i : i + len(piece)], piece)
-                    out[s + i : s + i + len(piece)].copy_(torch.from_numpy(piece))
+                try:
+                    if bounce is None:
+                        a.read_rows(rows, out.numpy()[s : s + n], reader)
+                        continue
+                    for i in range(0, n, len(bounce)):  # a piece at a time through the host buffer
+                        piece = bounce[: min(len(bounce), n - i)]
+                        a.read_rows(rows[i : i + len(piece)], piece, reader)
+                        out[s + i : s + i + len(piece)].copy_(torch.from_numpy(piece))
+                except DamagedFrameError as e:
+                    self.damaged.record(e)  # its clips are never taken from the resident copy
             resident.append(out)
         self.resident, self._resident_start = resident, start
         return need
@@ -156,7 +164,7 @@ class TokenSource:
             if self.resident is not None:
                 np.take(self.resident[k].numpy(), rows, axis=0, out=flat)
             else:
-                _read_rows(a, reader, rows, flat, pool, tasks)
+                a.read_rows(rows, flat, reader, pool, tasks)
 
     def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """(T, h, w, D) tokens of one clip on `device`, in `self.dtype`: the rows travel as stored
@@ -204,32 +212,6 @@ class TokenSource:
 
 _BOUNCE_BYTES = 64 << 20  # the host buffer a GPU preload is filled through
 _DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
-
-
-def _read_rows(array, reader, rows: np.ndarray, out: np.ndarray, pool=None, tasks: int = 1) -> None:
-    if reader is not None:
-        reader.read_into(rows, out, pool, tasks)
-    else:  # compressed shards: zarr decodes, one frame at a time (its orthogonal indexing
-        for i, r in enumerate(rows.tolist()):  # decodes far more than a few scattered frames)
-            out[i] = array.tokens[r]
-
-
-def _free_bytes(device: torch.device) -> int | None:
-    """Memory a preload may take: free on a GPU; on the host MemAvailable (what the kernel can
-    hand out without swapping, page cache included), not MemFree."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def default_threads(device: torch.device) -> int:
@@ -303,6 +285,7 @@ class ClipLoader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.threads = max(1, threads) if threads else default_threads(self.device)
         self.wait_seconds = 0.0  # time the consumer spent blocked on data
+        self._whole = None  # the plan's clips as three arrays, made when a damaged video is first left out
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -354,7 +337,10 @@ class ClipLoader:
                 torch.cuda.set_device(dev)  # the current device is per thread
             with ThreadPoolExecutor(self.threads) as pool:
                 try:
-                    for videos, indices, labels in self._arrays:
+                    for i, clips in enumerate(self._arrays):
+                        if src.damaged:  # damaged videos' clips give way to others of the plan
+                            clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
+                        videos, indices, labels = clips
                         if on_device:
                             item = self._gather_on_device(videos, indices, labels, side)
                         else:
@@ -366,7 +352,7 @@ class ClipLoader:
                                 event.synchronize()  # its last copy to the device has finished
                             stored, decoded = bufs
                             used = [b[: len(videos)] for b in stored]  # a short last batch uses a part
-                            src.fill(videos, indices, [u.numpy() for u in used], pool, self.threads)
+                            videos, indices, labels = self._fill(i, clips, [u.numpy() for u in used], pool)
                             if decoded is not None:  # CPU: decoded by the reading threads
                                 x = src.decode_into(used, decoded[: len(videos)], pool, self.threads)
                                 item = (x, torch.from_numpy(labels), None, bufs)
@@ -403,6 +389,23 @@ class ClipLoader:
         finally:
             stop.set()
             thread.join()
+
+    def _fill(self, i: int, clips: tuple, outs: list[np.ndarray], pool) -> tuple:
+        """`source.fill` for batch i (`clips`: its videos, indices and labels); a damaged video
+        found on the way is left out (its clips replaced, the batch read again) or stops the
+        loader, as the source says. Returns the clips read."""
+        while True:
+            try:
+                self.source.fill(clips[0], clips[1], outs, pool, self.threads)
+                return clips
+            except DamagedFrameError as e:
+                self.source.damaged.record(e)
+                clips = self.source.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
+
+    def _plan(self) -> tuple:
+        if self._whole is None:
+            self._whole = tuple(np.concatenate(parts) for parts in zip(*self._arrays))
+        return self._whole
 
     def _deliver(self, used: list[torch.Tensor], bufs: tuple, labels: np.ndarray, side, free: queue.Queue):
         """(x, y, event, ring slot the consumer holds) for a filled host batch `used` (views of

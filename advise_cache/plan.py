@@ -7,8 +7,10 @@ on the meta device for its grid and width (no weights), and prints a `SizePlan`;
 checks the same plan against the free space before it creates anything (`check_fits`).
 
 The bytes are those `extract` writes for the tokens, exactly: each video's stored frames
-(ceil(source frames / stride)) times h × w tokens of `token_bytes(D)`, plus, for every shard
-file, the index that ends it (`shards.index_bytes`). The rest of a store (the video table,
+(ceil(source frames / stride)) times h × w tokens of `token_bytes(D)` and the frame's 4-byte
+crc32c (`shards.CRC_BYTES`), plus, for every shard file, the index that ends it
+(`shards.index_bytes`). (Resuming a group made before format 3, whose frames carry no crc32c,
+writes 4 bytes a frame less.) The rest of a store (the video table,
 three one-chunk files per video for status, reason and checksum, the zarr.json files) is a
 few kB per video, left to `SLACK_*` in the fit check. With a codec the plan is an upper
 bound: compression only shrinks the chunks (about 10%, BENCHMARKS.md).
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AdviseCacheError, StoreError
-from .shards import index_bytes
+from .shards import CRC_BYTES, index_bytes
 
 # Stored bytes of one token of width D, per dtype that extract can store. A new dtype is one
 # line here (int8 with a float16 scale per token would be `lambda dim: dim + 2`); the plan
@@ -61,10 +63,10 @@ def stored_frames(source_frames, frame_stride: int) -> np.ndarray:
 def video_bytes(
     source_frames, frame_stride: int, grid: tuple[int, int], dim: int, dtype: str, frames_per_shard: int
 ) -> np.ndarray:
-    """Bytes of each video's shard files: its rows' tokens and one index per shard."""
+    """Bytes of each video's shard files: its rows' tokens and crc32c values, and one index per shard."""
     rows = stored_frames(source_frames, frame_stride)
     shards = -(-rows // frames_per_shard)
-    return rows * frame_bytes(grid, dim, dtype) + shards * index_bytes(frames_per_shard)
+    return rows * (frame_bytes(grid, dim, dtype) + CRC_BYTES) + shards * index_bytes(frames_per_shard)
 
 
 def free_bytes(path: Path) -> int:
@@ -132,7 +134,7 @@ class SizePlan:
             + (f", codec {self.codec} (bytes below are an upper bound)" if self.codec != "none" else ""),
             f"videos: {self.videos}; frames: {self.source_frames} in the videos, {c.frames} stored",
             f"bytes per frame: {c.frame_bytes} ({h}x{w} tokens x {token_bytes(self.dim, c.dtype)} bytes)",
-            f"bytes in all: {_size(c.bytes)} (tokens and shard indexes)"
+            f"bytes in all: {_size(c.bytes)} (tokens, a 4-byte crc32c a frame, shard indexes)"
             + (f"; {_size(c.to_write)} still to write" if c.to_write != c.bytes else ""),
             (
                 "free where the store goes: a bucket tells no limit: "

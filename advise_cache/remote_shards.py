@@ -5,11 +5,12 @@
 
 Without a cache, each shard's index is fetched once (a suffix range request, checked against
 its crc32c) and every frame of a batch is a range request, all of a shard's in one concurrent
-`get_ranges`, the shards of a batch in parallel; each frame's bytes are copied once, into its
-slot of the batch buffer. With a cache (`--local-cache DIR`), a shard a batch needs is fetched
-whole (one request), checked (its index crc32c, and every chunk inside the object: a partial
-download fails there and is never stored), written beside its place and renamed into it, and
-its frames are copied out of the same bytes; from then on that shard is read from the local
+`get_ranges`, the shards of a batch in parallel; each frame's bytes are checked against the
+crc32c that ends its chunk (format 3) and copied once, into its slot of the batch buffer. With a
+cache (`--local-cache DIR`), a shard a batch needs is fetched whole (one request), checked (its
+index crc32c, every chunk inside the object, and every frame against its crc32c: a partial or
+damaged download fails there and is never stored), written beside its place and renamed into it,
+and its frames are copied out of the same bytes; from then on that shard is read from the local
 file by `ShardReader` (preadv, the local fast path). The first epoch pulls; later epochs read
 locally.
 
@@ -38,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
-from .shards import ShardReader, check_index, index_bytes
+from .errors import DamagedFrameError, StoreError
+from .shards import CRC_BYTES, ShardReader, bad_chunks, check_index, index_bytes
 from .storage import Bucket
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class RemoteShardReader:
         cache: ShardCache | None = None,
         cache_folder: Path | None = None,
         tag=None,
+        frame_crcs: bool = False,
     ):
         self.bucket = bucket
         self.token_key = token_key
@@ -152,11 +154,20 @@ class RemoteShardReader:
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
         self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        self.frame_crcs = bool(frame_crcs)  # each chunk ends in its frame's crc32c (format 3)
+        self.chunk_bytes = self.frame_bytes + CRC_BYTES * self.frame_crcs
         self.cache = cache
         self._tag = tag or (lambda shard: "0")  # shard -> the owning video's checksum: its version
         self._folder = cache_folder
         self._local = (
-            ShardReader(Path(cache_folder or "."), self.per, self.frame_shape, self.dtype, path_of=self._cached)
+            ShardReader(
+                Path(cache_folder or "."),
+                self.per,
+                self.frame_shape,
+                self.dtype,
+                path_of=self._cached,
+                frame_crcs=frame_crcs,
+            )
             if cache is not None
             else None
         )
@@ -228,8 +239,15 @@ class RemoteShardReader:
             view = memoryview(data)
             end = index_bytes(self.per)
             offsets = check_index(
-                view[len(view) - end :], len(view), self.per, self.frame_bytes, str(self.bucket.url / key)
+                view[len(view) - end :], len(view), self.per, self.chunk_bytes, str(self.bucket.url / key)
             )
+            bad = bad_chunks(view, offsets, self.frame_bytes) if self.frame_crcs else []
+            if bad:  # damaged in the bucket or on the way: never cached
+                raise DamagedFrameError(
+                    f"{self.bucket.url / key}: row(s) {', '.join(str(shard * self.per + k) for k in bad[:5])} "
+                    "fail their crc32c check",
+                    rows=[shard * self.per + k for k in bad],
+                )
             self.cache.put(self._cached(shard), data)
             self._seen[shard] = time.monotonic()
             for i, f in zip(at.tolist(), frames):
@@ -241,9 +259,17 @@ class RemoteShardReader:
             if offsets[f] < 0:
                 flat[i] = 0
         if present:
-            got = self.bucket.read_ranges(key, [o for _, o in present], [self.frame_bytes] * len(present))
+            got = self.bucket.read_ranges(key, [o for _, o in present], [self.chunk_bytes] * len(present))
+            bad = []
             for (i, _), buf in zip(present, got):
-                flat[i] = np.frombuffer(buf, np.uint8)
+                flat[i] = np.frombuffer(buf, np.uint8, self.frame_bytes)
+                if self.frame_crcs and bad_chunks(buf, np.zeros(1, np.int64), self.frame_bytes):
+                    bad.append(int(rows[i]))
+            if bad:
+                raise DamagedFrameError(
+                    f"{self.bucket.url / key}: row(s) {', '.join(map(str, sorted(bad)[:5]))} fail their crc32c check",
+                    rows=sorted(bad),
+                )
 
     def _offsets(self, shard: int) -> np.ndarray:
         """A shard's chunk offsets, fetched (the index at its end) and checked once; a few thousand kept."""
@@ -252,7 +278,7 @@ class RemoteShardReader:
         if entry is None:
             key = self._key(shard)
             raw, size = self.bucket.read_tail(key, index_bytes(self.per))
-            entry = check_index(raw, size, self.per, self.frame_bytes, str(self.bucket.url / key))
+            entry = check_index(raw, size, self.per, self.chunk_bytes, str(self.bucket.url / key))
             with self._index_lock:
                 self._index[shard] = entry
                 while len(self._index) > 4096:

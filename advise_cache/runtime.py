@@ -17,6 +17,24 @@ import torch.distributed as dist
 from .errors import AdviseCacheError
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Memory a process may take on `device` (what a preload checks): free on a GPU; on the host
+    MemAvailable (what the kernel can hand out without swapping, page cache included), not MemFree."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, where the OS tells it)."""
     try:

@@ -1,6 +1,6 @@
 """Frames read straight out of a token array's uncompressed shard files, into caller buffers.
 
-    reader = ShardReader(token_dir, frames_per_shard=64, frame_shape=(14, 14, 768), dtype="<f2")
+    reader = ShardReader(token_dir, frames_per_shard=64, frame_shape=(14, 14, 768), dtype="<f2", frame_crcs=True)
     reader.read_into(rows, out)           # out: (len(rows), 14, 14, 768), any writable buffer
 
 Training reads a few scattered frames per clip. Through zarr every frame costs a call of
@@ -11,6 +11,12 @@ open for later batches, up to a bound on open files (a batch that spans more sha
 that is read in groups, so the bound holds within a batch too). The layout is the Zarr v3 sharding
 codec's with the index at the end: (offset, nbytes) as little-endian uint64 per chunk, then a
 crc32c of those bytes.
+
+Each chunk (one frame) ends in the crc32c of its bytes (zarr's `crc32c` codec after `bytes`,
+4 bytes, little-endian) in stores of format 3; the same `preadv` reads them beside the frame and
+the frame is checked where it lies, still in the core's cache: a mismatch is a
+`DamagedFrameError` naming the rows. Groups made before format 3 have no frame checksums
+(`frame_crcs=False`) and are read as they are.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from .errors import StoreError
+from .errors import DamagedFrameError, StoreError
 
 EMPTY = 2**64 - 1  # the sharding index's marker of an absent chunk (reads as the fill value, 0)
+CRC_BYTES = 4  # zarr's crc32c codec: a chunk's bytes, then their crc32c as a little-endian uint32
 
 
 def index_bytes(per: int) -> int:
@@ -44,17 +51,73 @@ def shard_index(rows: int, per: int, chunk_bytes: int) -> bytes:
     return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
 
 
-def shard_parts(data: np.ndarray, per: int) -> list:
+def frame_crcs(data: np.ndarray) -> np.ndarray:
+    """The crc32c of each frame (along the first axis) of a C-contiguous array's bytes, as
+    little-endian uint32: what zarr's crc32c codec appends to each one-frame chunk."""
+    rows = data.reshape(len(data), -1)
+    return np.array([google_crc32c.value(r) for r in rows], "<u4")  # numpy views: no copy
+
+
+def shard_parts(data: np.ndarray, per: int, crcs: np.ndarray | None = None) -> list:
     """The bytes of a shard holding `data` (its first len(data) one-frame chunks, contiguous,
-    little-endian), as buffers to write one after the other: the chunks, then the index. A local
-    shard file and a shard object in a bucket are these same bytes."""
-    return [memoryview(data).cast("B"), shard_index(len(data), per, data[0].nbytes)]
+    little-endian), as buffers to write one after the other: the chunks, each followed by its
+    crc32c from `crcs` (`frame_crcs(data)`; None: a group without frame checksums), then the
+    index. A local shard file and a shard object in a bucket are these same bytes."""
+    if crcs is None:
+        return [memoryview(data).cast("B"), shard_index(len(data), per, data[0].nbytes)]
+    parts: list = []
+    for frame, crc in zip(data.reshape(len(data), -1).view(np.uint8), crcs.view(np.uint8).reshape(-1, CRC_BYTES)):
+        parts += [frame, crc]
+    return parts + [shard_index(len(data), per, data[0].nbytes + CRC_BYTES)]
 
 
-def check_index(raw: bytes, size: int, per: int, frame_bytes: int, name: str) -> np.ndarray:
+def write_shard_file(path: Path, parts: list) -> None:
+    """Write a shard's buffers (`shard_parts`) into a new file at `path`, made durable (fsync)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, parts)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, buffers: list) -> None:
+    """The buffers one after the other: a few `writev` calls, a short write continued where it stopped."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    at = 0
+    while at < len(views):
+        done = os.writev(fd, views[at : at + _IOV_MAX])
+        while at < len(views) and done >= views[at].nbytes:
+            done -= views[at].nbytes
+            at += 1
+        if done:
+            views[at] = views[at][done:]
+
+
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+
+
+def bad_chunks(data, offsets: np.ndarray, frame_bytes: int) -> list[int]:
+    """The chunks of a whole shard in memory (`data`, bytes-like; `offsets` from `check_index`)
+    whose frame bytes fail the crc32c that follows them."""
+    buf = np.frombuffer(data, np.uint8)
+    bad = []
+    for k, o in enumerate(offsets.tolist()):
+        if o >= 0 and google_crc32c.value(buf[o : o + frame_bytes]) != _stored_crc(buf, o + frame_bytes):
+            bad.append(k)
+    return bad
+
+
+def _stored_crc(buf: np.ndarray, at: int) -> int:
+    return int(buf[at : at + CRC_BYTES].view("<u4")[0])
+
+
+def check_index(raw: bytes, size: int, per: int, chunk_bytes: int, name: str) -> np.ndarray:
     """The byte offset of each chunk (-1: absent) from the `index_bytes(per)` bytes that end a
     shard of `size` bytes, after checking them: their crc32c, and every present chunk of
-    `frame_bytes` bytes inside the shard. A cut or partial shard fails here; `name` says which."""
+    `chunk_bytes` bytes (a frame, and its crc32c where kept) inside the shard. A cut or partial
+    shard fails here; `name` says which."""
     n, end = 16 * per, index_bytes(per)
     if len(raw) != end or size < end:
         raise StoreError(f"{name} is truncated ({size} bytes)")
@@ -64,7 +127,7 @@ def check_index(raw: bytes, size: int, per: int, frame_bytes: int, name: str) ->
     entries = np.frombuffer(raw[:n], "<u8").reshape(per, 2)
     offsets, nbytes = entries[:, 0], entries[:, 1]
     present = offsets != EMPTY
-    bad = present & ((nbytes != frame_bytes) | (offsets + nbytes > size - end))
+    bad = present & ((nbytes != chunk_bytes) | (offsets + nbytes > size - end))
     if bad.any():
         raise StoreError(f"{name}: chunk {int(np.flatnonzero(bad)[0])} points outside the file or has the wrong size")
     return offsets.view(np.int64).copy()  # EMPTY reads as -1; real offsets fit int64
@@ -93,7 +156,9 @@ def _default_max_open() -> int:
 
 class ShardReader:
     """Reads rows of one sharded, uncompressed (rows, *frame_shape) array into given buffers.
-    One caller at a time (a loader's producer thread); the reads it starts may run in parallel."""
+    One caller at a time (a loader's producer thread); the reads it starts may run in parallel.
+    `frame_crcs`: each chunk ends in its crc32c, checked on every read (`check`; benchmarks
+    turn it off to measure what it costs)."""
 
     def __init__(
         self,
@@ -103,6 +168,7 @@ class ShardReader:
         dtype,
         max_open: int | None = None,
         path_of=None,
+        frame_crcs: bool = False,
     ):
         self.token_dir = Path(token_dir)
         self._path_of = path_of  # shard -> its file, where not the store's own layout (a local cache)
@@ -110,6 +176,9 @@ class ShardReader:
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
         self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        self.frame_crcs = bool(frame_crcs)
+        self.chunk_bytes = self.frame_bytes + CRC_BYTES * self.frame_crcs
+        self.check = self.frame_crcs
         self.max_open = max_open or _default_max_open()
         self._open: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()  # shard -> (fd, offsets)
         self._lock = threading.Lock()
@@ -131,7 +200,7 @@ class ShardReader:
             size = os.fstat(fd).st_size
             end = index_bytes(self.per)
             raw = os.pread(fd, end, size - end) if size >= end else b""
-            return fd, check_index(raw, size, self.per, self.frame_bytes, f"shard file {path}")
+            return fd, check_index(raw, size, self.per, self.chunk_bytes, f"shard file {path}")
         except BaseException:
             os.close(fd)
             raise
@@ -186,6 +255,10 @@ class ShardReader:
         """Rows rows[at] into flat[at], then the least recently used files closed down to the bound."""
         fds, offsets = self._locate(rows[at])
         fds, offsets, at = fds.tolist(), offsets.tolist(), at.tolist()
+        check, size = self.check and self.frame_crcs, self.frame_bytes
+        stored = np.empty(len(at) if check else 0, "<u4")  # each frame's crc32c as read
+        crc_bytes = stored.view(np.uint8)
+        bad: list[int] = []  # list.append is atomic: the reading threads share it
 
         def read(lo: int, hi: int) -> None:
             for j in range(lo, hi):
@@ -193,12 +266,24 @@ class ShardReader:
                 if offsets[j] < 0:
                     flat[i] = 0
                     continue
-                got = os.preadv(fds[j], [flat[i]], offsets[j])
-                if got != self.frame_bytes:
-                    raise StoreError(f"short read of row {int(rows[i])} ({got} of {self.frame_bytes} bytes)")
+                if check:  # the frame into its slot and its crc32c beside it, in one call
+                    got = os.preadv(fds[j], [flat[i], crc_bytes[4 * j : 4 * j + 4]], offsets[j]) - CRC_BYTES
+                    if google_crc32c.value(flat[i]) != stored[j]:  # still in this core's cache
+                        bad.append(i)
+                else:
+                    got = os.preadv(fds[j], [flat[i]], offsets[j])
+                if got != size:
+                    raise StoreError(f"short read of row {int(rows[i])} ({got} of {size} bytes)")
 
         in_parts(len(at), read, pool, tasks)
         self._evict()  # after the reads: no file is closed while a read may still use it
+        if bad:
+            damaged = sorted({int(rows[i]) for i in bad})
+            raise DamagedFrameError(
+                f"shard file {self._path(damaged[0] // self.per)}: row(s) {', '.join(map(str, damaged[:5]))} "
+                "fail their crc32c check",
+                rows=damaged,
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -10,12 +10,13 @@ the layout; in short::
         split probe_error                        codes; attrs["categories"] are the names
         label fps source_frames                  the per-video table, written at creation
       ifm/<key>/                one group per image model; attrs["advise_cache"]: the model,
-        tokens  (F, h, w, D)      weights, pixels, grid, dim, dtype, stride, codec, version
+        tokens  (F, h, w, D)      weights, pixels, grid, dim, dtype, stride, codec, version;
+                                  each one-frame chunk ends in its crc32c (zarr's crc32c codec)
         offset  (V,)  first row of each video in `tokens` (a multiple of frames_per_shard)
         frames  (V,)  rows of each video
         status  (V,)  0 pending, 1 done, 2 failed   (one chunk per video)
-        reason  (V,)  why a video failed            (one chunk per video)
-        checksum (V,) crc32c of a done video's tokens (one chunk per video)
+        reason_utf8 (V, 512) why a video failed, UTF-8, zero-padded (one chunk per video)
+        checksum (V,) crc32c of a done video's frame crc32c values (one chunk per video)
         claims.lock   byte v locked by the process writing video v (not Zarr)
 
 Each video starts on a shard boundary, so every shard belongs to exactly one video: writers
@@ -29,7 +30,8 @@ obstore-backed ObjectStore, and the shard files through `storage.Bucket`.
 
 Every array is core Zarr v3 (numbers only, `dimension_names` set), so xarray, tensorstore
 and other readers need no zarr-python extension; `Store.videos` reads format 1 stores too,
-whose text columns are zarr-python strings.
+whose text columns are zarr-python strings, and image-model groups made before format 3 (no
+frame checksums, `reason` as zarr-python strings) are read and resumed as they are.
 """
 
 from __future__ import annotations
@@ -49,17 +51,17 @@ from . import __version__
 from .atomic import atomic_create, publish
 from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
+from .ifm_arrays import IFMArrays, attributes
 
 # The status values are public through this module too (`from advise_cache.store import DONE`).
-from .ifm_arrays import (  # noqa: F401
+from .ifm_layout import (  # noqa: F401
     DONE,
     FAILED,
     NO_CHECKSUM,
     PENDING,
     QUANT_ERROR_ARRAYS,
     TOKEN_DTYPES,
-    IFMArrays,
-    attributes,
+    create_arrays,
     slot_offsets,
 )
 from .quant import SCALE_BYTES, SCHEME
@@ -68,8 +70,10 @@ from .store_places import check_creatable, consolidate, empty_group, in_memory, 
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: text columns as bytes or codes, dimension names, consolidated metadata
-READABLE_FORMATS = (1, 2)
+# 2: text columns as bytes or codes, dimension names, consolidated metadata; 3: a crc32c per
+# stored frame, failure reasons as UTF-8 bytes (docs/STORE.md, "Format versions")
+FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 # Chosen by measurement (pipelines/bench_extract.py, BENCHMARKS.md): lossless codecs gain
 # little on float tokens and cost read speed, which bounds training.
 CODECS = {
@@ -314,28 +318,9 @@ class Store:
         def build(tmp) -> None:
             g = zarr.open_group(tmp, mode="w", zarr_format=3)
             g.attrs["advise_cache"] = meta
-            g.create_array(
-                "tokens",
-                shape=(total, h, w, row),
-                dtype=dtype,
-                chunks=(1, h, w, row),
-                shards=(frames_per_shard, h, w, row),
-                compressors=CODECS[codec],
-                fill_value=0,
-                dimension_names=("row", "y", "x", "channel"),
-            )
-            n = len(table)
-            for name, values in (("offset", offset), ("frames", frames)):
-                a = g.create_array(
-                    name, shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=0, dimension_names=("video",)
-                )
-                if n:
-                    a[:] = values
-            per_video = [("status", "int8", PENDING), ("reason", str, ""), ("checksum", "int64", NO_CHECKSUM)]
-            if dtype == "int8":  # measured at extraction against the float tokens (NaN: not yet)
-                per_video += [(name, "float32", float("nan")) for name in QUANT_ERROR_ARRAYS]
-            for name, kind, fill in per_video:
-                g.create_array(name, shape=(n,), chunks=(1,), dtype=kind, fill_value=fill, dimension_names=("video",))
+            # Each chunk (a frame) ends in its crc32c: every reader, ours or zarr's, checks what it reads.
+            compressors = [c for c in (CODECS[codec], zarr.codecs.Crc32cCodec()) if c is not None]
+            create_arrays(g, (offset, frames, total), (h, w, row), dtype, frames_per_shard, compressors)
 
         if not self.remote:
             atomic_create(ifm_dir / key, build)

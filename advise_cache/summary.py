@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ifm_arrays import DONE, FAILED, PENDING
+from .ifm_layout import DONE, FAILED, PENDING
 from .store import Store
 
 
@@ -50,6 +50,8 @@ def summarize(store: Store) -> dict:
             "bytes": a.stored_bytes(),
             # the shard files read and written by advise-cache itself, or by zarr (20-50x slower)
             "direct_shard_io": a.shard_reader() is not None,
+            # each frame's crc32c, checked on every read (store format 3); none in groups made before
+            "frame_checksums": a.frame_checked,
             "resize": a.meta.get("resize", "pil"),
         }
         errors = a.quant_errors()
@@ -101,6 +103,11 @@ def summary_lines(s: dict) -> list[str]:
             f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
             f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)"
         )
+        if not m["frame_checksums"]:
+            out.append(
+                "    frames carry no checksums (made before store format 3): reads cannot find damaged values; "
+                "`verify --deep` compares whole videos with their checksums"
+            )
         if not m["direct_shard_io"]:
             why = "a codec" if m["codec"] != "none" else "this zarr's sharding metadata is not the layout expected"
             out.append(

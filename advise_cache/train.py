@@ -166,7 +166,7 @@ def prepare(cfg: TrainConfig):
     """Open the store and check everything that could stop a run, before any training."""
     check_train_config(cfg)
     store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
-    source = TokenSource(store, list(cfg.ifm) or None)
+    source = TokenSource(store, list(cfg.ifm) or None, skip_damaged=cfg.skip_damaged)
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
         raise StoreError(

@@ -1,20 +1,25 @@
-"""The store side of pipelines/bench_extract.py: the writer against the writer of commit 1aa8d33
-and raw write + fsync of the same bytes; every token codec's size, write and read speed; the
-tables of both for its section."""
+"""The store side of pipelines/bench_extract.py: the writer against the writer of commit 1aa8d33,
+the same writer into a group without frame checksums, and raw write + fsync of the same bytes;
+every token codec's size, write and read speed; the tables of both for its section.
+
+    .venv/bin/python pipelines/bench_extract_writer.py       # the writer with and without frame
+                                                             # checksums alone: its own section
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import num, pct, say, table, token_store
+from common import describe_machine, filesystem, heading, num, parser, pct, publish, say, table, token_store
 
-WRITER_TARGET_OLD, WRITER_TARGET_RAW = 3.0, 0.8
+WRITER_TARGET_OLD, WRITER_TARGET_RAW, WRITER_TARGET_CRC = 3.0, 0.8, 0.9
 WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
 PER_SHARD = 64
 
@@ -27,8 +32,9 @@ class WriterRow:
     shards: int
     mb: float
     threads: int
-    fps: dict = field(default_factory=dict)  # new, old, raw, raw1 (raw with one thread): best rounds
+    fps: dict = field(default_factory=dict)  # new, nocrc, old, raw, raw1 (raw with one thread): best rounds
     rounds: int = 0
+    per_round: list = field(default_factory=list)  # every round's frames/s of each
 
 
 # -- the writer ------------------------------------------------------------------------------
@@ -56,9 +62,15 @@ def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
     return written
 
 
-def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int) -> WriterRow:
-    """The same tokens through the new writer, the old one and raw writes, in alternating
-    rounds; the best round of each."""
+KINDS = ("new", "nocrc", "old", "raw", "raw1")
+
+
+def bench_writer(
+    model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int, kinds=KINDS
+) -> WriterRow:
+    """The same tokens through the new writer (into a group with frame checksums, and `nocrc`
+    into one without), the old one and raw writes, each round rotating their order (each takes
+    every place in turn); the best round of each, and every round's."""
     import torch
 
     from advise_cache.extract import ExtractSummary, ifm_key
@@ -76,8 +88,8 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
     shards = [(v, k) for v, n in enumerate(lengths) for k in range(-(-n // per))]
     row = WriterRow(model, total, len(lengths), len(shards), total * int(np.prod(shape)) * 2 / 1e6, threads)
 
-    def new(path: Path) -> float:
-        arrays = token_store(path, key, shape, lengths, fill=False)
+    def new(path: Path, frame_crcs: bool = True) -> float:
+        arrays = token_store(path, key, shape, lengths, fill=False, frame_crcs=frame_crcs)
         summary = ExtractSummary(str(path), key, len(lengths))
         writer = Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
         for v in range(len(lengths)):
@@ -127,17 +139,21 @@ def bench_writer(model: str, shape: tuple, work: Path, frames: int, threads: int
         os.close(fd)
         return total / (time.perf_counter() - t0)
 
+    runs = {
+        "new": lambda: new(base / "new.zarr"),
+        "nocrc": lambda: new(base / "nocrc.zarr", frame_crcs=False),
+        "old": lambda: old(base / "old.zarr"),
+        "raw": lambda: raw(base / "raw", threads),
+        "raw1": lambda: raw(base / "raw1", 1),
+    }
     base = work / "writer"
     for rounds in range(1, repeats + 1):
         shutil.rmtree(base, ignore_errors=True)
-        got = {
-            "new": new(base / "new.zarr"),
-            "old": old(base / "old.zarr"),
-            "raw": raw(base / "raw", threads),
-            "raw1": raw(base / "raw1", 1),
-        }
+        order = kinds[rounds % len(kinds) :] + kinds[: rounds % len(kinds)]  # each in every place in turn
+        got = {k: runs[k]() for k in order}
         say(f"[writer {key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
         row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
+        row.per_round.append(got)
         row.rounds = rounds
     shutil.rmtree(base, ignore_errors=True)
     return row
@@ -151,8 +167,9 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
         "",
         f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
         f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
-        "done) through `extract_stages.Writer`, the writer of commit 1aa8d33 (one thread, fed "
-        "float32) and raw write + fsync of the shard bytes, in alternating rounds.",
+        "done) through `extract_stages.Writer` (each frame with its crc32c), the same into a group "
+        "without frame checksums, the writer of commit 1aa8d33 (one thread, fed float32) and raw "
+        "write + fsync of the shard bytes, each round rotating their order.",
         "",
         *table(
             [
@@ -167,6 +184,7 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
                 "new / old",
                 "new / raw",
                 "new, MB/s",
+                "with / without frame crc32c",
             ],
             [
                 [
@@ -181,13 +199,20 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
                     f"{w.fps['new'] / w.fps['old']:.1f}x",
                     pct(w.fps["new"] / w.fps["raw"]),
                     num(w.fps["new"] * w.mb / w.frames),
+                    pct(crc_cost(w)),
                 ]
                 for w in rows
             ],
         ),
         "",
-        f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}.",
+        f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}, with / without "
+        f"frame crc32c >= {pct(WRITER_TARGET_CRC)} (the median of the per-round ratios).",
     ]
+
+
+def crc_cost(w: WriterRow) -> float:
+    """The writer with frame checksums over the writer without: median of the per-round ratios."""
+    return statistics.median(r["new"] / r["nocrc"] for r in w.per_round)
 
 
 # -- codecs ----------------------------------------------------------------------------------
@@ -279,3 +304,65 @@ def codec_table(rows: list[list]) -> list[str]:
             left=2,
         ),
     ]
+
+
+# -- alone: the cost of frame checksums ----------------------------------------------------------
+SHAPES = {"test-vit": (4, 4, 64), "ViT-B-16": (14, 14, 768)}  # (h, w, D) of the stored tokens
+
+
+def checks_section(rows: list[WriterRow], facts: dict, argv) -> str:
+    lines = [
+        *heading("The writer with frame checksums", "bench_extract_writer.py", argv, facts),
+        f"Random float16 tokens (videos of {WRITER_LENGTHS[0]}-{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame "
+        f"shards, fsync, {rows[0].threads} threads) through `extract_stages.Writer` into a group whose frames "
+        "carry their crc32c (format 3) and into one without (as before format 3), and as raw write + fsync "
+        "of the same shard bytes; each round rotates their order; frames/s, best round of each.",
+        "",
+        *table(
+            ["tokens", "frames", "MB", "rounds", "with crc32c", "without", "with / without (median)", "raw"],
+            [
+                [
+                    w.model,
+                    w.frames,
+                    f"{w.mb:.0f}",
+                    w.rounds,
+                    num(w.fps["new"]),
+                    num(w.fps["nocrc"]),
+                    pct(crc_cost(w)),
+                    num(w.fps["raw"]),
+                ]
+                for w in rows
+            ],
+        ),
+        "",
+        f"Target: with / without >= {pct(WRITER_TARGET_CRC)}, the median of the per-round ratios.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    import tempfile
+
+    p = parser(__doc__)
+    p.add_argument("--models", default="test-vit,ViT-B-16", help=f"token shapes of: {', '.join(SHAPES)}")
+    p.add_argument("--frames", type=int, default=1536, help="frames written per variant and round")
+    p.add_argument("--writers", type=int, default=4, help="writer threads")
+    p.add_argument("--repeats", type=int, default=5, help="rounds")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench_writer-"))
+    facts = describe_machine("cpu", packages=("zarr",))
+    facts["store folder"] = f"{work} ({filesystem(work)})"
+    try:
+        rows = [
+            bench_writer(
+                m, SHAPES[m], work, args.frames, args.writers, args.repeats, args.seed, ("new", "nocrc", "raw")
+            )
+            for m in args.models.split(",")
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return publish(checks_section(rows, facts, argv), args, "bench_extract_writer")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

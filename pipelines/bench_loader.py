@@ -4,9 +4,10 @@
     python3 pipelines/bench_loader.py --device cuda             # part of `make bench-gpu`
     .venv/bin/python pipelines/bench_loader.py --quick --no-write   # a look (and the smoke test)
 
-From a store of random ViT-B-16-shaped tokens in the page cache, rounds alternate the readers
-of one PRP plan: a minimal `preadv` reader (the ceiling), `ClipLoader`, and the `ClipLoader` of
-commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
+From a store of random ViT-B-16-shaped tokens in the page cache, rounds rotate the readers
+of one PRP plan (each in every place in turn): a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
+against its crc32c), the same `ClipLoader` with the checks turned off (what they cost), and the
+`ClipLoader` of commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
 (bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
 `train.train_step` on a batch in memory; on CUDA also `--compile` and `--preload gpu`.
 """
@@ -45,6 +46,7 @@ SHAPE = (14, 14, 768)  # ViT-B-16 at 224 px
 FRAME_BYTES = int(np.prod(SHAPE)) * 2
 BASELINE = "1aa8d33"
 TARGET_CEILING, TARGET_BASELINE, TARGET_TRAIN = 0.8, 10.0, 0.9  # training: 0.8 on the CPU
+TARGET_CHECKS = 0.9  # the loader checking every frame's crc32c / the loader not checking
 WARMUP_BATCHES = 4  # untimed: threads starting, buffers touched for the first time
 # Store videos x frames; readers' batch, clips a round, rounds; training batch, rounds, timed
 # and untimed steps. A flag of the same name overrides one.
@@ -54,7 +56,7 @@ SIZES = {
         "frames": 48,
         "batch_size": 32,
         "clips": 2048,
-        "rounds": 5,
+        "rounds": 8,  # a multiple of the 4 readers rotated
         "train_batch": 8,
         "train_rounds": 3,
         "steps": 6,
@@ -90,7 +92,8 @@ def ensure_store(work: Path, videos: int, frames: int, seed: int) -> Path:
 
     path = work / f"store-{videos}x{frames}.zarr"
     if (path / "zarr.json").is_file():
-        if (open_store(path).ifm("ViT-B-16").status() == DONE).all():
+        a = open_store(path).ifm("ViT-B-16")
+        if (a.status() == DONE).all() and a.frame_checked:  # a store made before format 3 is made again
             return path
         shutil.rmtree(path)
     say(f"writing {videos * frames * FRAME_BYTES / 1e9:.1f} GB of tokens into {path} (once)")
@@ -115,10 +118,23 @@ def make_plan(store_path: Path, clips: int, seed: int):
     return source, prp_epoch(videos, source.frames[videos], sampler, seed, 0)[:clips]
 
 
+def unchecked(store_path: Path):
+    """A TokenSource of the same store whose readers do not check the frames' crc32c."""
+    from advise_cache.loader import TokenSource
+    from advise_cache.store import open_store
+
+    source = TokenSource(open_store(store_path))
+    for reader in source._readers:  # the library always checks; only this comparison turns it off
+        reader.check = False
+    return source
+
+
 # -- the readers -----------------------------------------------------------------------------
-def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
+def ceiling(store_path: Path, plan, batch: int, threads: int, check: bool = False) -> float:
     """Clips/s of the minimal reader over the plan: shards opened and indexes read beforehand,
-    then a thread pool `preadv`ing each frame into its slot of one (B*T, frame bytes) buffer."""
+    then a thread pool `preadv`ing each frame into its slot of one (B*T, frame bytes) buffer;
+    with `check`, its crc32c beside it too, and google_crc32c's value of the frame compared."""
+    import google_crc32c
     import torch
 
     from advise_cache.store import open_store
@@ -139,11 +155,18 @@ def ceiling(store_path: Path, plan, batch: int, threads: int) -> float:
     # torch's allocator, like the loader's buffers: it asks for transparent huge pages, which
     # make the kernel's copy into the buffer ~1.6x faster here than into a plain numpy array.
     buf = torch.empty((batch * T, FRAME_BYTES), dtype=torch.uint8).numpy()
+    crcs = np.empty(batch * T, "<u4")
+    crc_bytes = crcs.view(np.uint8)
 
     def read(lo: int, hi: int, base: int) -> None:
         for i in range(lo, hi):
             fd, off = where[base + i]
-            os.preadv(fd, [buf[i]], off)
+            if not check:
+                os.preadv(fd, [buf[i]], off)
+            else:
+                os.preadv(fd, [buf[i], crc_bytes[4 * i : 4 * i + 4]], off)
+                if google_crc32c.value(buf[i]) != crcs[i]:
+                    raise RuntimeError(f"frame at {off} fails its crc32c")
 
     n = len(plan) // batch
     edges = np.linspace(0, batch * T, threads + 1).astype(int).tolist()
@@ -232,28 +255,34 @@ def reader_row(name: str, clips_per_s: float, of_ceiling: float) -> list:
 
 
 def reading(store_path: Path, args) -> tuple[list[list], dict]:
-    """Rounds alternating the ceiling and the loader (and the loader at BASELINE, on the CPU) over
-    one plan; their rows and the median per-round ratios of the loader to the others. On CUDA
-    also the loader delivering to the GPU."""
+    """Rounds rotating the ceiling (without and with frame checks), the loader and the loader
+    without frame checks (then the loader at BASELINE, on the CPU) over one plan; their rows and the median per-round ratios of
+    the loader to the others. On CUDA also the loader delivering to the GPU."""
     cuda = args.device.startswith("cuda")
     source, plan = make_plan(store_path, args.clips, args.seed)
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
     package = None if args.no_baseline or args.quick or cuda else baseline_package(args.work)  # a CPU figure
     spec = None if package is None else baseline_spec(store_path, plan, args)
-    rate: dict[str, list[float]] = {"ceiling": [], "loader": [], "baseline": []}
+    plain = unchecked(store_path)
+    runs = {
+        "ceiling": lambda: ceiling(store_path, plan, args.batch_size, args.threads),
+        "checked ceiling": lambda: ceiling(store_path, plan, args.batch_size, args.threads, check=True),
+        "loader": lambda: loader_now(source, plan, args.batch_size, args.threads),
+        "unchecked": lambda: loader_now(plain, plan, args.batch_size, args.threads),
+    }
+    rate: dict[str, list[float]] = {name: [] for name in (*runs, "baseline")}
+    names = list(runs)
     for rnd in range(args.rounds):
-        for name in ("ceiling", "loader")[:: 1 if rnd % 2 == 0 else -1]:  # neither always first
-            rate[name].append(
-                ceiling(store_path, plan, args.batch_size, args.threads)
-                if name == "ceiling"
-                else loader_now(source, plan, args.batch_size, args.threads)
-            )
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:  # each in every place in turn
+            rate[name].append(runs[name]())
         if spec is not None:
             rate["baseline"].append(run_child("bench_loader.py", spec, {"PYTHONPATH": str(package)})["clips_per_s"])
         say(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} clips/s" for k, v in rate.items() if v))
     names = {
         "ceiling": "ceiling: minimal preadv reader",
-        "loader": "`ClipLoader` (this commit)",
+        "checked ceiling": "the same, each frame's crc32c read and checked",
+        "loader": "`ClipLoader` (this commit), every frame checked",
+        "unchecked": "`ClipLoader`, frame crc32c checks off",
         "baseline": f"`ClipLoader` at {BASELINE}",
     }
     rows = [
@@ -262,6 +291,9 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
         if v
     ]
     ratios = {"ceiling": statistics.median(a / c for a, c in zip(rate["loader"], rate["ceiling"]))}
+    ratios["checks"] = statistics.median(a / u for a, u in zip(rate["loader"], rate["unchecked"]))
+    ratios["checked ceiling"] = statistics.median(a / c for a, c in zip(rate["loader"], rate["checked ceiling"]))
+    ratios["minimal checks"] = statistics.median(c / u for c, u in zip(rate["checked ceiling"], rate["ceiling"]))
     if rate["baseline"]:
         ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
     if cuda:
@@ -288,6 +320,10 @@ def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: lis
         "",
         f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
         "median of the per-round ratios.",
+        f"- loader checking every frame's crc32c / the same loader not checking: {pct(ratios['checks'])} "
+        f"(target >= {pct(TARGET_CHECKS)}), median of the per-round ratios; the minimal reader checking / "
+        f"not checking: {pct(ratios['minimal checks'])}; loader / minimal reader, both checking: "
+        f"{pct(ratios['checked ceiling'])}.",
     ]
     if "baseline" in ratios:
         lines.append(f"- loader / loader at {BASELINE}: {ratios['baseline']:.1f}x (target >= {TARGET_BASELINE:.0f}x).")

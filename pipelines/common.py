@@ -229,9 +229,11 @@ def token_store(
     seed: int = 0,
     fill: bool = True,
     codec: str | None = None,
+    frame_crcs: bool = True,
 ):
     """A real store of `len(lengths)` train videos of random float16 tokens of `shape` (h, w, D)
-    under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written."""
+    under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written. `frame_crcs=False`:
+    its frames without a crc32c, as groups made before store format 3 (what the checks cost)."""
     import numpy as np
 
     from advise_cache.store import DEFAULT_CODEC, create_store, open_store
@@ -258,10 +260,38 @@ def token_store(
         "precision": "fp32",
     }
     arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC)
+    if not frame_crcs:
+        arrays = _without_frame_crcs(path, key)
     rng = np.random.default_rng(seed)
     for v, frames in enumerate(lengths if fill else []):
         arrays.write_video(v, rng.standard_normal((frames, *shape), dtype=np.float32).astype(np.float16))
     return arrays
+
+
+def _without_frame_crcs(path: Path, key: str):
+    """The empty token array of a new group made again without zarr's crc32c codec; its IFMArrays."""
+    import zarr
+
+    from advise_cache.store import open_store
+
+    g = zarr.open_group(path / "ifm" / key, mode="a", use_consolidated=False)
+    old = g["tokens"]
+    codecs = old.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    if any(c["name"] != "crc32c" for c in codecs[1:]):
+        raise SystemExit("frame_crcs=False is for uncompressed tokens")
+    shape, chunks, shards, dtype = old.shape, old.chunks, old.shards, old.dtype
+    del g["tokens"]
+    g.create_array(
+        "tokens",
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=None,
+        fill_value=0,
+        dimension_names=("row", "y", "x", "channel"),
+    )
+    return open_store(path, mode="r+").ifm(key)
 
 
 # -- the synthetic stores of the demo and the ablations --------------------------------------

@@ -98,6 +98,16 @@ def synthetic_store(synthetic_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lz4_store(synthetic_root, tmp_path_factory) -> Path:
+    """The synthetic store with lz4-compressed frames: zarr reads and writes its shards."""
+    from advise_cache.extract import extract_videos
+
+    out = tmp_path_factory.mktemp("lz4") / "lz4.zarr"
+    assert extract_videos(extract_config(synthetic_root, out, codec="lz4")).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def temporal_store(tmp_path_factory) -> Path:
     """The temporal family alone (like Diving48), with enough videos to learn from."""
     from advise_cache.extract import extract_videos
@@ -177,3 +187,29 @@ def read_metrics(run: Path, kind: str = "step") -> list[dict]:
     import json
 
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def frame_chunk(store: Path, video: int, frame: int, key: str = "test-vit") -> tuple[Path, int, int]:
+    """Where a stored frame lies: (its shard file, the byte offset of its chunk, the bytes of its
+    values), from the shard's index as any reader of the sharding codec finds it."""
+    from advise_cache.store import open_store
+
+    a = open_store(store).ifm(key)
+    per = int(a.meta["frames_per_shard"])
+    path = store / "ifm" / key / "tokens" / "c" / str(int(a.offset[video]) // per + frame // per) / "0/0/0"
+    tail = path.read_bytes()[-(16 * per + 4) : -4]
+    start = int(np.frombuffer(tail, "<u8").reshape(per, 2)[frame % per, 0])
+    return path, start, int(np.prod(a.tokens.shape[1:])) * a.tokens.dtype.itemsize
+
+
+def patch_frame(store: Path, video: int, frame: int, at: int, data: bytes, key: str = "test-vit") -> None:
+    """Overwrite bytes of a stored frame's values (from byte `at` of the frame) and its crc32c
+    to match: damage that only the values themselves, or --deep, can show."""
+    import google_crc32c
+
+    path, start, size = frame_chunk(store, video, frame, key)
+    raw = bytearray(path.read_bytes())
+    raw[start + at : start + at + len(data)] = data
+    crc = google_crc32c.value(bytes(raw[start : start + size]))
+    raw[start + size : start + size + 4] = np.uint32(crc).astype("<u4").tobytes()
+    path.write_bytes(bytes(raw))

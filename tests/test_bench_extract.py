@@ -30,3 +30,15 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
     codecs = [line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| test-vit | ")]
     assert codecs[-3:] == ["none", "lz4", "zstd"]
     assert capsys.readouterr().out.strip().startswith("## Extraction")
+
+
+def test_the_writer_alone_compares_frame_checksums_on_and_off(tmp_path):
+    import bench_extract_writer
+
+    out = tmp_path / "BENCH.md"
+    argv = ["--models", "test-vit", "--frames", "48", "--repeats", "2", "--out", str(out)]
+    assert bench_extract_writer.main(argv) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| test-vit | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    with_crc, without = float(cells[4].replace(",", "")), float(cells[5].replace(",", ""))
+    assert with_crc > 0 and without > 0 and cells[6].endswith("%")

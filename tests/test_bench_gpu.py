@@ -30,7 +30,7 @@ def test_preflight_says_when_the_direct_shard_io_is_off(tmp_path, monkeypatch):
 
     from advise_cache import ifm_arrays
 
-    monkeypatch.setattr(ifm_arrays, "_plain_shards", lambda array: False)
+    monkeypatch.setattr(ifm_arrays, "token_layout", lambda array: (False, True))
     ok, why = bench_gpu.direct_io(tmp_path)
     assert not ok and why.startswith("off")
 
@@ -43,7 +43,7 @@ def test_info_says_when_the_direct_shard_io_is_off(synthetic_store, monkeypatch)
     on = summarize(open_store(synthetic_store))
     assert on["ifms"]["test-vit"]["direct_shard_io"] is True
     assert not any("direct shard reader" in line for line in summary_lines(on))
-    monkeypatch.setattr(ifm_arrays, "_plain_shards", lambda array: False)
+    monkeypatch.setattr(ifm_arrays, "token_layout", lambda array: (False, True))
     off = summarize(open_store(synthetic_store))
     assert off["ifms"]["test-vit"]["direct_shard_io"] is False
     assert any("direct shard reader and writer: not in use" in line for line in summary_lines(off))

@@ -16,8 +16,12 @@ def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
 
     assert bench_loader.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| ceiling: minimal preadv reader |" in out and "| `ClipLoader` (this commit) |" in out
-    assert "loader / ceiling:" in out
+    assert "| ceiling: minimal preadv reader |" in out and "| `ClipLoader` (this commit), every frame checked |" in out
+    assert (
+        "| `ClipLoader`, frame crc32c checks off |" in out
+        and "| the same, each frame's crc32c read and checked |" in out
+    )
+    assert "loader / ceiling:" in out and "the same loader not checking:" in out
     assert "| `train.train` from the store |" in out and "| `train_step` on a batch in memory | " in out
     assert "from the store / in memory:" in out
     sys.modules.pop("bench_loader", None)

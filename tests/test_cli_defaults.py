@@ -103,7 +103,7 @@ def test_info_shows_split_sources_and_missing_videos(ucf_workdir, ucf_store):
         "  2 listed videos missing on disk, not extracted: Archery/v_Archery_g03_c01, Bowling/v_Bowling_g01_c01"
     )
     info = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
-    assert info["missing"] == sorted(GONE) and info["split"] == 1 and info["format"] == 2
+    assert info["missing"] == sorted(GONE) and info["split"] == 1 and info["format"] == 3
     assert info["annotations"][0] == str(root / "ucfTrainTestlist" / "classInd.txt")
 
 

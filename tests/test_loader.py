@@ -1,5 +1,6 @@
 """The training data path: batches bit-equal to the store for every kind of store, in plan
-order; shard files read straight, and refused when they are damaged."""
+order; shard files read straight, and refused when they are damaged; a frame failing its
+crc32c named with its video, or its video left out (--skip-damaged) with batches kept whole."""
 
 from __future__ import annotations
 
@@ -7,20 +8,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import extract_config
+from conftest import extract_config, frame_chunk
 
-from advise_cache.errors import StoreError
+from advise_cache.errors import DamagedFrameError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.loader import ClipLoader, TokenSource
 from advise_cache.sampling import SamplerConfig, classification_epoch, prp_epoch
 from advise_cache.store import open_store
-
-
-@pytest.fixture(scope="module")
-def lz4_store(synthetic_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lz4") / "lz4.zarr"
-    assert extract_videos(extract_config(synthetic_root, out, codec="lz4")).exit_code == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +101,51 @@ def test_a_damaged_shard_index_is_refused_not_read(synthetic_store, tmp_path):
     source = TokenSource(open_store(path))
     with pytest.raises(StoreError, match="fails its crc32c check"):
         source.clip(0, np.arange(4))
+
+
+@pytest.mark.parametrize("kind", ["plain", "lz4"])
+def test_a_damaged_frame_is_named_with_its_video_not_read(kind, synthetic_store, lz4_store, tmp_path):
+    path = _copy(synthetic_store if kind == "plain" else lz4_store, tmp_path)
+    v = 3
+    shard, start, _ = frame_chunk(path, v, 2)
+    data = bytearray(shard.read_bytes())
+    data[start + 7] ^= 0x10  # one bit of frame 2's chunk (its values, or lz4's bytes of them)
+    shard.write_bytes(bytes(data))
+    store = open_store(path)
+    source = TokenSource(store)
+    source.clip(v, np.array([0, 1, 3]))  # the video's other frames read as ever
+    with pytest.raises(DamagedFrameError, match=f"test-vit: {store.videos.name[v]}: frame 2 fails its crc32c") as e:
+        source.clip(v, np.array([1, 2]))
+    assert e.value.videos == [v]
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_skipping_damaged_videos_keeps_every_batch_whole_and_clean(synthetic_store, tmp_path, caplog, preload):
+    path = _copy(synthetic_store, tmp_path)
+    store = open_store(path)
+    source = TokenSource(store)
+    videos, _ = source.videos("train")
+    plan = prp_epoch(videos, source.frames[videos], SamplerConfig(rates=(1, 2)), seed=3, epoch=0)
+    bad = plan[2].video  # the first batch meets it
+    for f in range(int(source.frames[bad])):  # every frame: whichever a clip takes is damaged
+        shard, start, size = frame_chunk(path, bad, f)
+        data = bytearray(shard.read_bytes())
+        data[start : start + size] = np.full(size // 2, 30000, "<f2").tobytes()
+        shard.write_bytes(bytes(data))
+    source = TokenSource(open_store(path), skip_damaged=True)
+    if preload:
+        source.preload(videos)
+    got = _batches(ClipLoader(source, plan, batch_size=8, threads=2))
+    assert len(got) == len(plan) // 8 and all(len(y) == 8 for _, y in got)
+    assert list(source.damaged.found) == [bad]
+    said = [r.getMessage() for r in caplog.records if "skipping video" in r.getMessage()]
+    assert len(said) == 1 and str(store.videos.name[bad]) in said[0]
+    for i, (x, y) in enumerate(got):
+        assert not (x == 30000).any()  # no damaged value reaches a batch
+        for b in range(8):
+            r = plan[8 * i + b]
+            if r.video != bad:  # the others stay as planned; a damaged video's give way to other clips
+                assert x[b].tobytes() == _expected(store, source.keys, r).tobytes() and y[b] == r.label
 
 
 def test_a_missing_or_truncated_shard_is_an_error_not_zeros(synthetic_store, tmp_path):

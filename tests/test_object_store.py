@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from advise_cache import storage
 from advise_cache.cli import app
-from advise_cache.errors import StoreError
+from advise_cache.errors import DamagedFrameError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.remote_shards import RemoteShardReader, ShardCache
 from advise_cache.sampling import SamplerConfig
-from advise_cache.shards import shard_index
+from advise_cache.shards import CRC_BYTES, frame_crcs, shard_index, shard_parts
 from advise_cache.storage import StoreURL, store_location
 from advise_cache.store import DONE, check_creatable, create_store, open_store
 
@@ -229,14 +229,14 @@ def test_train_from_a_bucket_with_a_local_cache_then_evaluate(local_and_bucket, 
     real = storage.Bucket.read
     monkeypatch.setattr(storage.Bucket, "read", lambda self, key: gets.append(key) or real(self, key))
     cache = tmp_path / "cache"
-    prp = {"sampler": SamplerConfig(rates=(1, 2, 4))}  # rate 8 steps past these 12-frame videos
-    final = train(train_config(url, tmp_path / "prp", epochs=1, batch_size=4, local_cache=cache, **prp))
+    short = SamplerConfig(rates=(1, 2))  # the videos hold 12 frames at most: rate 8 would not fit
+    final = train(train_config(url, tmp_path / "prp", epochs=1, batch_size=4, local_cache=cache, sampler=short))
     pulled = [k for k in gets if "/tokens/c/" in k]
     assert final["step"] > 0 and pulled and len(pulled) == len(set(pulled))  # each shard fetched once
     files = [p for p in cache.rglob("*") if p.is_file()]
     assert len(files) == len(pulled)
     gets.clear()
-    again = train(train_config(url, tmp_path / "prp2", epochs=2, batch_size=4, local_cache=cache, **prp))
+    again = train(train_config(url, tmp_path / "prp2", epochs=2, batch_size=4, local_cache=cache, sampler=short))
     assert again["step"] > final["step"]
     assert not [k for k in gets if k in pulled]  # shards in the cache are read locally
     ft = tmp_path / "ft"
@@ -285,6 +285,26 @@ def test_the_local_cache_never_serves_a_partial_shard(s3, tmp_path):
     fresh.read_into(np.array([per + 3]), out)
     np.testing.assert_array_equal(out[0], frames[3])
     assert kept.read_bytes() == whole
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_damaged_frame_in_a_bucket_is_refused_and_never_cached(s3, tmp_path, cached):
+    per, shape = 4, (2, 3)
+    frames = np.arange(per * 6, dtype="<f2").reshape(per, *shape)
+    whole = bytearray(b"".join(shard_parts(frames, per, frame_crcs(frames))))
+    whole[2 * (12 + CRC_BYTES) + 3] ^= 0x01  # a bit of frame 2 (a chunk: its 12 bytes, then their crc32c)
+    bucket = storage.bucket(store_location(f"{s3}/stores/damaged-{cached}"))
+    bucket.write("t/c/0/0/0/0", bytes(whole))
+    cache = ShardCache(tmp_path / "cache", 10**6) if cached else None
+    reader = RemoteShardReader(bucket, "t", per, shape, "<f2", cache, tmp_path / "cache" / "s", frame_crcs=True)
+    out = np.empty((2, *shape), "<f2")
+    if not cached:  # range requests: the frames asked for are checked, each on its own
+        reader.read_into(np.array([0, 3]), out)
+        np.testing.assert_array_equal(out, frames[[0, 3]])
+    with pytest.raises(DamagedFrameError, match="fail their crc32c check") as e:  # cached: the whole object
+        reader.read_into(np.array([1, 2] if not cached else [0, 3]), out)
+    assert e.value.rows == [2]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
 def test_the_local_cache_stays_within_its_bound_least_recently_used_out(tmp_path):

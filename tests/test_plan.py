@@ -17,7 +17,7 @@ from advise_cache import plan as plan_mod
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos, plan_extraction
 from advise_cache.integrity import verify
-from advise_cache.shards import index_bytes
+from advise_cache.shards import CRC_BYTES, index_bytes
 from advise_cache.store import open_store
 
 runner = CliRunner()
@@ -61,7 +61,8 @@ def test_the_plan_is_the_bytes_extraction_writes(root, tmp_path, stride, dtype):
     # test-vit: a 4x4 grid of 64 channels, float16 or int8 with a float16 scale per token
     frame = 4 * 4 * (64 * 2 if dtype == "float16" else 64 + 2)
     assert plan.chosen.frame_bytes == frame and plan.chosen.frames == sum(rows)
-    assert plan.chosen.bytes == sum(r * frame + -(-r // PER) * index_bytes(PER) for r in rows)
+    # each frame followed by its crc32c, each shard ended by its index
+    assert plan.chosen.bytes == sum(r * (frame + CRC_BYTES) + -(-r // PER) * index_bytes(PER) for r in rows)
 
     assert extract_videos(config(root, out, frame_stride=stride, dtype=dtype)).done == len(FRAMES)
     # The shard files are exactly the plan; the whole folder adds only metadata.

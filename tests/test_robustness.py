@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST_EXTRACT, assert_same_tokens, extract_config, small_store, write_video
+from conftest import (
+    FAST_EXTRACT,
+    assert_same_tokens,
+    extract_config,
+    frame_chunk,
+    patch_frame,
+    small_store,
+    write_video,
+)
 from typer.testing import CliRunner
 
 from advise_cache.cli import app
@@ -460,19 +469,19 @@ def test_an_unreadable_folder_is_recorded_as_failed_not_skipped(tmp_path, monkey
     assert "cannot be read" in summary.failed[0]["reason"]
 
 
-# -- 6. per-video checksums: flipped finite values are found by verify --deep --------------------
-def test_verify_deep_finds_a_flipped_finite_value(tiny_store, tmp_path):
+# -- 6. per-video checksums: tokens rewritten with a matching crc32c are found by verify --deep ---
+def test_verify_deep_finds_a_frame_rewritten_with_a_matching_crc(tiny_store, tmp_path):
+    """A chunk replaced whole, its crc32c included (a frame copied from elsewhere): every frame
+    passes its own check, only the video's checksum written at extraction sees it."""
     out = tmp_path / "s.zarr"
     shutil.copytree(tiny_store, out)
     r = runner.invoke(app, ["verify", "--deep", str(out)])
     assert r.exit_code == 0 and "ok" in r.output, r.output
-    store = open_store(out)
-    name = str(store.videos.name[3])
-    shard = store.ifm("test-vit").shard_paths(3)[0]
-    data = bytearray(shard.read_bytes())
-    data[1000] ^= 0x01  # the lowest mantissa bit of one float16: still finite, still non-zero
-    shard.write_bytes(bytes(data))
-    assert verify(open_store(out)) == []  # what verify could see before: nothing
+    name = str(open_store(out).videos.name[3])
+    path, start, _ = frame_chunk(out, 3, 1)
+    value = np.frombuffer(path.read_bytes()[start + 10 : start + 12], "<u2") ^ 1  # lowest mantissa bit: still finite
+    patch_frame(out, 3, 1, 10, value.astype("<u2").tobytes())
+    assert verify(open_store(out)) == []  # every frame passes its crc32c
     r = runner.invoke(app, ["verify", "--deep", str(out)])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     flagged = [line for line in r.output.splitlines() if "checksum" in line]
@@ -486,3 +495,47 @@ def test_verify_deep_says_when_a_group_has_no_checksums(tiny_store, tmp_path):
     problems = verify(open_store(out), deep=True)
     assert len(problems) == 1 and "no checksums" in problems[0]
     assert verify(open_store(out)) == []
+
+
+# -- 7. frame checksums (issue 25, red-team case 1): a frame overwritten on disk is found by every read
+TRAIN_SMALL = (
+    "--epochs 1 --rates 1,2 --clips-per-video 8 --hidden 16 --out-dim 32 --device cpu --loader-threads 1".split()
+)
+
+
+def _overwrite_frame(store: Path, video: int, frame: int, value: float = 30000.0) -> str:
+    """Overwrite one stored frame's values with a finite value (not its crc32c); the video's name."""
+    path, start, size = frame_chunk(store, video, frame)
+    data = bytearray(path.read_bytes())
+    data[start : start + size] = np.full(size // 2, value, "<f2").tobytes()
+    path.write_bytes(bytes(data))
+    return str(open_store(store).videos.name[video])
+
+
+def _said(output: str) -> list[str]:
+    """The lines a user reads, without progress bars (which share lines with them through \\r)."""
+    return [t for t in re.split(r"[\r\n]", output) if t.strip() and not re.search(r"\d+%\|", t)]
+
+
+def test_a_frame_overwritten_with_finite_values_stops_training_and_verify_names_it(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    name = _overwrite_frame(out, 1, 2)
+    r = runner.invoke(app, ["train", "--cache", str(out), "--out", str(tmp_path / "r"), *TRAIN_SMALL])
+    lines = _said(r.stderr)
+    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert f"{name}: frame 2 fails its crc32c check" in lines[0], lines[0]
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    flagged = [line for line in r.output.splitlines() if name in line]
+    assert len(flagged) == 1 and "frame 2 fails its crc32c check" in flagged[0], r.output
+
+
+def test_skip_damaged_trains_without_the_video_and_says_so(tiny_store, tmp_path):
+    out = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store, out)
+    name = _overwrite_frame(out, 1, 2)
+    r = runner.invoke(app, ["train", "--cache", str(out), "--out", str(tmp_path / "r"), *TRAIN_SMALL, "--skip-damaged"])
+    assert r.exit_code == 0, r.output
+    said = [line for line in re.split(r"[\r\n]", r.stderr) if "skipping video" in line]
+    assert len(said) == 1 and name in said[0] and "frame 2 fails its crc32c check" in said[0], r.stderr

@@ -20,7 +20,7 @@ import pytest
 from conftest import FAST_EXTRACT, extract_config, write_folder_tree
 from typer.testing import CliRunner
 
-from advise_cache import ifm_arrays as store_mod
+from advise_cache import shards as store_mod
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos
 from advise_cache.integrity import verify
@@ -55,7 +55,7 @@ def messages(output: str) -> list[str]:
 
 
 def disk_with(free: int):
-    """store._write_all on a disk with `free` bytes left: it writes what fits, then raises
+    """shards._write_all on a disk with `free` bytes left: it writes what fits, then raises
     ENOSPC as write(2) does, leaving the file cut there."""
     real, lock, left = store_mod._write_all, threading.Lock(), [free]
 

@@ -1,18 +1,30 @@
 """The store as other readers see it: core Zarr v3 types, dimension names, consolidated
-metadata, xarray; and stores of other format versions."""
+metadata, xarray, tensorstore, dask; and stores of other format versions (format 2: no frame
+checksums, reasons as zarr-python strings)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
+from conftest import extract_config, frame_chunk
+from typer.testing import CliRunner
 
-from advise_cache.errors import StoreError
+from advise_cache.cli import app
+from advise_cache.errors import DamagedFrameError, StoreError
+from advise_cache.extract import extract_videos
+from advise_cache.ifm_layout import REASON_BYTES, video_checksum
 from advise_cache.integrity import verify
-from advise_cache.store import FORMAT, TABLE_FIELDS, create_store, open_store
+from advise_cache.loader import TokenSource
+from advise_cache.store import DONE, FAILED, FORMAT, PENDING, TABLE_FIELDS, create_store, open_store
+from advise_cache.store_places import consolidate
+
+runner = CliRunner()
 
 # The data types of the Zarr v3 core specification (no extension such as "string").
 CORE_TYPES = {
@@ -51,9 +63,10 @@ def test_every_array_has_dimension_names_and_the_table_is_core_zarr(synthetic_st
         assert names is not None and len(names) == len(doc["shape"]), path
         assert all(isinstance(n, str) and n for n in names), path
     assert arrays["ifm/test-vit/tokens"]["dimension_names"] == ["row", "y", "x", "channel"]
-    for path, doc in arrays.items():
-        if path.startswith("videos/"):
-            assert doc["data_type"] in CORE_TYPES, (path, doc["data_type"])
+    for path, doc in arrays.items():  # the table and every image model's arrays
+        assert doc["data_type"] in CORE_TYPES, (path, doc["data_type"])
+    inner = arrays["ifm/test-vit/tokens"]["codecs"][0]["configuration"]["codecs"]
+    assert inner[-1] == {"name": "crc32c"}  # each frame's chunk ends in its crc32c
 
 
 def test_text_columns_read_with_numbers_and_attributes_only(synthetic_store):
@@ -116,7 +129,7 @@ def test_a_new_store_records_where_its_videos_came_from(tmp_path):
     source = {"split": 2, "annotations": ["/d/ucfTrainTestlist/classInd.txt"], "missing": ["c/gone"]}
     create_store(tmp_path / "s.zarr", "ucf101", "/d", ["a", "b"], _table(), source)
     store = open_store(tmp_path / "s.zarr")
-    assert store.format == FORMAT == 2
+    assert store.format == FORMAT == 3
     assert store.source == source
     t = store.videos
     assert t.probe_error.tolist() == ["", "", "cannot open é"]
@@ -162,8 +175,8 @@ def test_a_format_1_store_is_still_read(tmp_path):
 @pytest.mark.parametrize(
     ("attrs", "message"),
     [
-        ({"format": 3, "version": "9.0", "classes": []}, r"store format 3 \(made by advise-cache 9.0\).*upgrade"),
-        ({"format": 0, "classes": []}, "reads formats 1, 2: extract it again"),
+        ({"format": 4, "version": "9.0", "classes": []}, r"store format 4 \(made by advise-cache 9.0\).*upgrade"),
+        ({"format": 0, "classes": []}, "reads formats 1, 2, 3: extract it again"),
         ({}, "a Zarr group but not an advise-cache store"),
     ],
 )
@@ -173,3 +186,145 @@ def test_other_formats_are_refused_with_a_clear_message(tmp_path, attrs, message
         g.attrs["advise_cache"] = attrs
     with pytest.raises(StoreError, match=message):
         open_store(tmp_path / "x.zarr")
+
+
+# -- other readers: tensorstore, dask ----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["none", "lz4"])
+def test_tensorstore_opens_every_array_and_checks_each_frame(synthetic_store, lz4_store, tmp_path, kind):
+    """Every array is core Zarr v3: tensorstore (no zarr-python code) opens and reads each one,
+    the sharded tokens with their crc32c per frame included, and refuses a frame whose bytes changed."""
+    ts = pytest.importorskip("tensorstore")
+    store = tmp_path / "s.zarr"
+    shutil.copytree(synthetic_store if kind == "none" else lz4_store, store)
+    arrays = array_metadata(store)
+    assert {"ifm/test-vit/reason_utf8", "ifm/test-vit/tokens", "videos/name_utf8"} <= set(arrays)
+
+    def open_(path: str):
+        return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store / path)}}).result()
+
+    for path in arrays:
+        np.testing.assert_array_equal(open_(path).read().result(), zarr.open_array(store / path, mode="r")[:])
+    a = open_store(store).ifm("test-vit")
+    v = 2
+    lo = int(a.offset[v])
+    tokens = open_("ifm/test-vit/tokens")
+    np.testing.assert_array_equal(tokens[lo : lo + 3].read().result(), a.read_frames(v, [0, 1, 2]))
+    path, start, size = frame_chunk(store, v, 1)
+    raw = bytearray(path.read_bytes())
+    raw[start + 5] ^= 0xFF  # inside frame 1's chunk (compressed or not), not its crc32c
+    path.write_bytes(bytes(raw))
+    # tensorstore checks the crc32c too (a compressed chunk may fail blosc's own check first)
+    with pytest.raises(ValueError, match="Digest mismatch" if kind == "none" else "Digest mismatch|Blosc error"):
+        open_("ifm/test-vit/tokens")[lo + 1].read().result()
+    with pytest.raises(DamagedFrameError, match=f"{open_store(store).videos.name[v]}: frame 1 fails"):
+        open_store(store).ifm("test-vit").read_frames(v, [0, 1])
+
+
+def test_dask_reads_one_video_in_one_chunk_per_shard(synthetic_store):
+    """docs/STORE.md's recipe: a dask chunk per shard, the video's rows only (no padding rows)."""
+    da = pytest.importorskip("dask.array")
+    g = zarr.open_group(synthetic_store, mode="r")
+    ifm = g["ifm/test-vit"]
+    offset, frames, status = ifm["offset"][:], ifm["frames"][:], ifm["status"][:]
+    tokens = ifm["tokens"]
+    per = tokens.shards[0]
+    x = da.from_zarr(tokens, chunks=tokens.shards)  # one task per shard file, not one per frame
+    v = int(np.flatnonzero(status == 1)[0])
+    video = x[offset[v] : offset[v] + frames[v]]
+    assert video.numblocks[0] == -(-frames[v] // per) and video.shape[0] == frames[v]
+    np.testing.assert_array_equal(video.compute(), open_store(synthetic_store).ifm().read_video(v))
+    done = np.flatnonzero(status == 1)
+    every = da.concatenate([x[offset[u] : offset[u] + frames[u]] for u in done])  # padding left out
+    assert every.shape[0] == int(frames[done].sum())
+
+
+# -- format 2: stores made before frame checksums ----------------------------------------------
+def _as_format_2(store: Path, failed: tuple[int, str] | None = None) -> None:
+    """Rewrite a fresh store as advise-cache wrote it before format 3 (2082a74): one-frame
+    chunks without a crc32c, reasons in a zarr-python string array, the per-video checksum over
+    each shard's token bytes, format 2. `failed`: a video recorded as failed with its reason."""
+    g = zarr.open_group(store, mode="a", use_consolidated=False)
+    ifm = g["ifm/test-vit"]
+    old = ifm["tokens"]
+    offset, frames, status = ifm["offset"][:], ifm["frames"][:], ifm["status"][:]
+    rows = {v: old[offset[v] : offset[v] + frames[v]] for v in np.flatnonzero(status == DONE)}
+    del ifm["tokens"], ifm["reason_utf8"]
+    t = ifm.create_array(
+        "tokens",
+        shape=old.shape,
+        dtype=old.dtype,
+        chunks=old.chunks,
+        shards=old.shards,
+        compressors=None,
+        fill_value=0,
+        dimension_names=("row", "y", "x", "channel"),
+    )
+    reason = ifm.create_array(
+        "reason", shape=(len(frames),), chunks=(1,), dtype=str, fill_value="", dimension_names=("video",)
+    )
+    per = old.shards[0]
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for v, x in rows.items():
+            t[offset[v] : offset[v] + frames[v]] = x
+            shard_crcs = [google_crc32c.value(np.ascontiguousarray(x[k : k + per])) for k in range(0, len(x), per)]
+            ifm["checksum"][v] = video_checksum(shard_crcs)
+    if failed is not None:
+        v, why = failed
+        reason[v], ifm["status"][v] = why, FAILED
+    g.attrs["advise_cache"] = {**g.attrs["advise_cache"], "format": 2}
+    consolidate(store)
+
+
+def test_a_store_made_before_frame_checksums_is_read_resumed_and_said_so(synthetic_root, synthetic_store, tmp_path):
+    out = tmp_path / "old.zarr"
+    shutil.copytree(synthetic_store, out)
+    _as_format_2(out, failed=(0, "cannot decode é"))
+    store = open_store(out)
+    a = store.ifm("test-vit")
+    assert store.format == 2 and not a.frame_checked and a.shard_reader() is not None  # read directly
+    assert a.reasons()[0] == "cannot decode é" and a.status()[0] == FAILED
+    new = open_store(synthetic_store).ifm("test-vit")
+    source = TokenSource(store)
+    videos = np.flatnonzero(a.status() == DONE)[:4]
+    indices = np.stack([np.arange(3)] * len(videos))
+    out_ = np.empty((len(videos), 3, *a.grid, a.dim), np.float16)
+    source.fill(videos, indices, [out_])
+    for b, v in enumerate(videos):
+        np.testing.assert_array_equal(out_[b], new.read_frames(int(v), [0, 1, 2]))
+    assert verify(store, deep=True) == []
+    r = runner.invoke(app, ["info", str(out)])
+    assert "frames carry no checksums" in r.output and "failed " in r.output and "cannot decode é" in r.output
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 0 and "note: test-vit: frames carry no checksums" in r.output, r.output
+    # Extraction resumes into it in its own layout: a video written again has the bytes it had.
+    v = int(videos[1])
+    shard = a.shard_paths(v)[0]
+    before = shard.read_bytes()
+    opened = open_store(out, mode="a").ifm("test-vit")
+    assert opened.claim([v], state=DONE) == [v]
+    opened.reopen(v)
+    opened.clear_video(v)
+    opened.release()
+    assert open_store(out).ifm("test-vit").status()[v] == PENDING and not shard.exists()
+    summary = extract_videos(extract_config(synthetic_root, out))
+    assert summary.done == 1 and summary.failed == [{"name": str(store.videos.name[0]), "reason": "cannot decode é"}]
+    assert shard.read_bytes() == before
+    again = open_store(out)
+    assert again.ifm("test-vit").status()[v] == DONE and verify(again, deep=True) == []
+
+
+def test_a_reason_is_kept_as_utf8_bytes_cut_at_a_character(tmp_path):
+    table = _table()
+    create_store(tmp_path / "s.zarr", "folder", "/d", ["a", "b"], table)
+    info = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 2], "dim": 4}
+    a = open_store(tmp_path / "s.zarr", mode="a").add_ifm(
+        "k", {**info, "normalisation": "n", "precision": "fp32"}, 1, 4
+    )
+    long = "é" * REASON_BYTES  # 2 bytes each: cut at byte REASON_BYTES, a character boundary
+    a.mark_failed(0, "cannot open a/b.mp4: ünïcode")
+    a.mark_failed(1, long)
+    reasons = open_store(tmp_path / "s.zarr").ifm("k").reasons()
+    assert reasons.tolist()[:2] == ["cannot open a/b.mp4: ünïcode", long[: REASON_BYTES // 2]]
+    assert reasons[2] == ""
+    raw = zarr.open_array(tmp_path / "s.zarr" / "ifm" / "k" / "reason_utf8", mode="r")
+    assert raw.dtype == np.uint8 and raw.shape == (3, REASON_BYTES) and raw.chunks == (1, REASON_BYTES)
