@@ -7,24 +7,34 @@ prints; the libraries are imported when a command runs, so `--help` stays instan
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .config_files import extract_config_from, given_flags
 from .configs import ExtractConfig, fields_from
+from .errors import AdviseCacheError
 
 EXTRACT = ExtractConfig(dataset="", root=Path(), out=Path())  # every flag's default
 
 
 def extract(
+    ctx: typer.Context,
     dataset: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="ucf101, hmdb51, diving48, ssv2, kinetics400, folder, manifest, synthetic[-appearance|-temporal]"
         ),
-    ],
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Settings from a YAML or JSON file; flags given beside it override it."),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option(help="Print the resolved settings as JSON (a valid --config) and exit.")
+    ] = False,
     root: Annotated[
         Path | None,
         typer.Option(
@@ -125,17 +135,23 @@ def extract(
     from .extract import extract_videos, parse_shard, plan_extraction
     from .storage import store_location
 
-    place = store_location(out, "--out") if out else Path(f"{dataset.lower()}.zarr")  # before anything else
-
     cfg = ExtractConfig(
         **{
             **fields_from(ExtractConfig, flags),
-            "root": root or default_root(dataset),
-            "out": place,
+            "dataset": dataset or "",
+            "out": store_location(out, "--out") if out else None,  # before anything else
             "codec": codec or EXTRACT.codec,
             "shard": parse_shard(shard),
         }
     )
+    if config is not None:  # the file, then the flags given on top
+        cfg = extract_config_from(config, cfg, given_flags(ctx))
+    if not cfg.dataset:
+        raise AdviseCacheError("Missing argument 'DATASET' (or give `dataset:` in a --config file)")
+    cfg = replace(cfg, root=cfg.root or default_root(cfg.dataset), out=cfg.out or Path(f"{cfg.dataset.lower()}.zarr"))
+    if print_config:
+        typer.echo(json.dumps(asdict(cfg), indent=2, default=str))
+        return
     if dry_run:
         plan = plan_extraction(cfg)
         typer.echo(json.dumps(asdict(plan), indent=2, default=str) if json_out else "\n".join(plan.lines()))

@@ -9,12 +9,14 @@ instant.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .configs import PRESETS, TMMConfig, TrainConfig, fields_from, preset_config
+from .config_files import given_flags, overlay, train_config_from
+from .configs import PRESETS, TMMConfig, TrainConfig, config_to_dict, fields_from, preset_config
 from .errors import AdviseCacheError
 from .sampling import SamplerConfig
 from .storage import store_location
@@ -92,9 +94,21 @@ def train_command(task: str):
     """The `train` (task prp) or `finetune` (task classify) command."""
 
     def command(
+        ctx: typer.Context,
         cache: Annotated[
-            str, typer.Option(help="The store to train from: a path, or s3://, gs://, az://, file:// URL.")
-        ],
+            str | None,
+            typer.Option(help="The store to train from: a path, or s3://, gs://, az://, file:// URL."),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                help="Settings from a YAML or JSON file (a run folder's config.json replays that run); "
+                "flags given beside it override it."
+            ),
+        ] = None,
+        print_config: Annotated[
+            bool, typer.Option(help="Print the resolved settings as JSON (a valid --config) and exit.")
+        ] = False,
         out: Annotated[
             Path | None,
             typer.Option(
@@ -228,34 +242,44 @@ def train_command(task: str):
         ] = TRAIN.skip_damaged,
     ):
         flags = dict(locals())
-        from .train import train
+        given = given_flags(ctx) | ({"init"} if scratch else set())
 
         if init is not None and scratch:
             raise AdviseCacheError("give --init or --scratch, not both")
-        cache = store_location(cache, "--cache")
-        if out is None:
-            out = default_run_dir(cache, task, scratch, tmm)
-            typer.echo(f"run folder: {out}")
-        if task == "classify" and init is None and not scratch:
-            # Without either, only a run already under way knows where its TMM came from.
-            if not resume:
-                raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
-            if not (out / "checkpoint.pt").is_file():
-                raise AdviseCacheError(
-                    f"--resume: {out} holds no run to continue; start it with --init CHECKPOINT or --scratch"
-                )
         cfg = preset_config(
             preset,
             tmm=_tmm_fields(**fields_from(TMMConfig, flags)),
             sampler={**fields_from(SamplerConfig, flags), "rates": _ints(rates, "--rates")},
             **{
                 **fields_from(TrainConfig, {k: v for k, v in flags.items() if k not in ("tmm", "sampler", "preset")}),
-                "cache": cache,
-                "out": out,
+                "cache": None if cache is None else store_location(cache, "--cache"),
                 "task": task,
                 "ifm": tuple(k for k in ifm.split(",") if k),
             },
         )
+        if config is not None:  # the file, then the flags given on top
+            cfg = overlay(train_config_from(config, task, preset if "preset" in given else None), cfg, given)
+        if cfg.cache is None:
+            raise AdviseCacheError("--cache STORE is missing (or give it in a --config file)")
+        if cfg.out is None:
+            cfg = replace(cfg, out=default_run_dir(cfg.cache, task, scratch, cfg.tmm.tmm))
+            if not print_config:
+                typer.echo(f"run folder: {cfg.out}")
+        out = cfg.out
+        if config is None and task == "classify" and init is None and not scratch:
+            # Without either, only a run already under way knows where its TMM came from (a
+            # config file says it: no init is a run from scratch).
+            if not resume:
+                raise AdviseCacheError("finetune needs --init CHECKPOINT (pretrained TMM) or --scratch (random TMM)")
+            if not (out / "checkpoint.pt").is_file():
+                raise AdviseCacheError(
+                    f"--resume: {out} holds no run to continue; start it with --init CHECKPOINT or --scratch"
+                )
+        if print_config:
+            typer.echo(json.dumps(config_to_dict(cfg), indent=2))
+            return
+        from .train import train
+
         try:
             final = train(cfg)
         except KeyboardInterrupt:

@@ -237,7 +237,8 @@ PRESETS = {
 
 def preset_config(preset: str = "ours", tmm: dict | None = None, sampler: dict | None = None, **fields) -> TrainConfig:
     """A TrainConfig from `preset` with `fields` (and TMM and sampler fields) on top; a None
-    among them means "the preset's" (every field a preset sets has a value)."""
+    among them means "the preset's" (every field a preset sets has a value). The store and the
+    run folder may be left None, for a caller that fills them in later (a --config file)."""
     if preset not in PRESETS:
         raise AdviseCacheError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     p = PRESETS[preset]
@@ -245,7 +246,9 @@ def preset_config(preset: str = "ours", tmm: dict | None = None, sampler: dict |
     def given(d: dict | None) -> dict:
         return {k: v for k, v in (d or {}).items() if v is not None}
 
+    place = {k: fields.pop(k, None) for k in ("cache", "out")}
     return TrainConfig(
+        **place,
         **{**p.train, **given(fields)},
         tmm=replace(p.tmm, **given(tmm)),
         sampler=SamplerConfig(**{**p.sampler, **given(sampler)}),
