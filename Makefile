@@ -21,7 +21,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $
 	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv install test demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
+.PHONY: venv install test test-fast demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
 	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
@@ -44,6 +44,10 @@ install: venv
 
 test: venv
 	$(PY) -m pytest
+
+# The developer's loop: every test not marked slow (pyproject.toml's markers), under 2 minutes.
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
 
 # ruff's rules are in pyproject.toml; CI runs this before the tests. `ruff format .` mends what
 # the second line finds.

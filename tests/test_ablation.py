@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import load_pipeline
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
+
 
 def tiny(max_steps: int) -> list[str]:
     """A recipe of a few steps with a tiny TMM: the runner's plumbing, not its results."""

@@ -6,9 +6,12 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
     import bench_extract
 

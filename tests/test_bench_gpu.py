@@ -6,9 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
 
 
+@pytest.mark.slow
 def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
     import bench_gpu
 
@@ -35,6 +38,7 @@ def test_preflight_says_when_the_direct_shard_io_is_off(tmp_path, monkeypatch):
     assert not ok and why.startswith("off")
 
 
+@pytest.mark.slow
 def test_info_says_when_the_direct_shard_io_is_off(synthetic_store, monkeypatch):
     from advise_cache import ifm_arrays
     from advise_cache.store import open_store

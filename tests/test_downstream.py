@@ -50,6 +50,7 @@ def temporal_runs(temporal_store, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_the_tmm_sees_order_that_average_pooling_cannot(temporal_store, temporal_runs):
     # Fine-tuning learns the labels well above chance (0.25); and since the temporal
     # family's frames look alike in every class, pooling over time stays at chance while
@@ -61,6 +62,7 @@ def test_the_tmm_sees_order_that_average_pooling_cannot(temporal_store, temporal
     assert avg["top1"] <= 0.4, avg["top1"]
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_multi_view_logits_are_the_mean_of_each_views_logits(temporal_store, temporal_runs):
     store = open_store(temporal_store)
     model, meta, source = load_model(temporal_runs["tmm"], store, torch.device("cpu"))
@@ -94,6 +96,7 @@ def test_finetune_from_pretrained_and_linear_probe(synthetic_store, tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in tmm_keys)  # fine-tuning moves the TMM
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_evaluate_refuses_what_does_not_fit(synthetic_store, temporal_store, temporal_runs, tmp_path):
     with pytest.raises(MismatchError, match="predicts 4 classes"):
         evaluate(synthetic_store, temporal_runs["tmm"], device="cpu")

@@ -37,6 +37,8 @@ from advise_cache.store import open_store
 from advise_cache.train import TrainConfig, train
 from advise_cache.trained import load_model
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
+
 DRAWS = tuple(int(s) for s in os.environ.get("ADVISE_EFFECT_DRAWS", "0,1,2").split(",") if s.strip())
 # Videos per class (train, test): 64 motion test videos a draw (one is 1.6 points), 192 over three.
 SIZES = {"motion": (12, 16), "appearance": (6, 8)}

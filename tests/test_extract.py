@@ -73,6 +73,7 @@ def test_store_is_self_describing(synthetic_store):
     assert (a.offset % 8 == 0).all() and (np.diff(a.offset) >= a.frames[:-1]).all()
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synthetic_store, tmp_path, monkeypatch):
     from advise_cache import store as store_mod
 
@@ -110,6 +111,7 @@ def _wait_for_done(path: Path, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "killed.zarr"
     args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), *FAST_EXTRACT]
@@ -123,6 +125,7 @@ def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_stor
     assert_same_tokens(out, synthetic_store)
 
 
+@pytest.mark.slow
 def test_two_shard_processes_at_once_give_a_complete_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "sharded.zarr"
     args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out)]
@@ -252,6 +255,7 @@ def test_weights_that_cannot_be_found_are_an_error_not_random(tmp_path):
         create_ifm("test-vit", "openai", device="cpu")
 
 
+@pytest.mark.slow
 def test_a_second_model_lives_beside_the_first(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "two.zarr"
     shutil.copytree(synthetic_store, out)
@@ -311,6 +315,7 @@ def test_resolve_launch_takes_torchrun_ranks(monkeypatch):
         resolve_launch((0, 1), "cpu")
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synthetic_store, tmp_path):
     """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
     set) fill one store: each probes half of the videos over a gloo group, and rank 0 reports."""

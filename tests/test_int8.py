@@ -125,6 +125,7 @@ def test_decoding_rounds_each_product_once(monkeypatch):
         dequantize_into(q, torch.empty(5, 7, d + 2, dtype=torch.float16))
 
 
+@pytest.mark.slow
 def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     a = open_store(int8_store).ifm("test-vit")
     f16 = open_store(synthetic_store).ifm("test-vit")
@@ -146,6 +147,7 @@ def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
         assert rel.max() < 64**0.5 / 254 and rel.mean() < 0.01
 
 
+@pytest.mark.slow
 def test_recorded_error_matches_a_recomputation(int8_store):
     store = open_store(int8_store)
     a = store.ifm("test-vit")
@@ -191,6 +193,7 @@ def test_loader_dequantises_the_stored_rows(int8_store):
     assert x.permute(0, 2, 3, 4, 1).numpy().tobytes() == seen[0].tobytes()
 
 
+@pytest.mark.slow
 def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
     # Two int8 IFMs (the second of random tokens): on the CPU the reading threads decode each
     # into its channels of the batch.
@@ -224,6 +227,7 @@ def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
     assert seen == len(plan)
 
 
+@pytest.mark.slow
 def test_int8_store_trains_prp_and_finetunes_through_the_cli(int8_store, tmp_path):
     small = ["--batch-size", "8", "--hidden", "32", "--out-dim", "64", "--device", "cpu"]
     r = runner.invoke(

@@ -9,11 +9,14 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 from conftest import extract_config
 from typer.testing import CliRunner
 
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Epochs and widths a test can afford; the device this machine has. Appended to each training

@@ -152,6 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
     assert all(torch.equal(before.model[k], after.model[k]) for k in before.model)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(synthetic_store, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node 2 -m advise_cache.cli".split()]

@@ -277,6 +277,7 @@ def test_visualize_api_errors(runs, video, temporal_store, tmp_path):
 
 
 # -- embed ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_embed_equals_the_pooled_tmm_output(runs, video, temporal_store, tmp_path):
     npz, png = tmp_path / "emb.npz", tmp_path / "tsne.png"
     args = ["--cache", temporal_store, "--checkpoint", runs["ft"], "--out", npz]
