@@ -52,77 +52,99 @@ PAPER_R3D_RATIO = 3.0
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def measure(spec: dict) -> dict:
-    """Build one configuration, train it for a few iterations, return what was measured."""
+def _pixels_r3d(spec: dict, device, labels):
+    """R3D-50 on pixels: the model, its forward MACs, and the same batch of pixels every step."""
+    import torch
+
+    from advise_cache.models import R3D50, forward_cost
+
+    b, t = spec["batch_size"], spec["frames"]
+    model = R3D50(RATES).to(device)
+    with torch.device("meta"):
+        macs_model = forward_cost(R3D50(RATES), (3, t, SIZE, SIZE))["macs"]
+    pixels = torch.randn(b, 3, t, SIZE, SIZE, device=device)  # as the IFM sees them, made once
+
+    def batches():
+        while True:
+            yield pixels, labels
+
+    return model, macs_model, 0, batches
+
+
+def _online_tmm(spec: dict, device, labels, rng):
+    """The IFM run on every step's frames, then the TMM (the paper's online baseline): the TMM,
+    the MACs of each, and batches of fresh tokens."""
     import numpy as np
     import torch
 
-    from advise_cache.configs import TMMConfig, TrainConfig
+    from advise_cache.configs import TMMConfig
     from advise_cache.ifm import create_ifm
+    from advise_cache.models import create_model, forward_cost, model_stats
+
+    ifm_name = CONFIGS[spec["config"]][1]
+    (grid, dim), b, t = TOKENS[ifm_name], spec["batch_size"], spec["frames"]
+    cfg = TMMConfig(in_dim=dim)
+    model = create_model(cfg, RATES).to(device)
+    ifm = create_ifm(ifm_name, "none", str(device), "auto", spec["seed"])
+    if tuple(ifm.grid) != (grid, grid) or ifm.dim != dim:
+        raise SystemExit(f"{ifm_name} gives {ifm.grid} x {ifm.dim} tokens, expected {grid} x {dim}")
+    macs_ifm = t * forward_cost(ifm.backbone, (3, SIZE, SIZE))["macs"]
+    frames = torch.from_numpy(rng.integers(0, 256, (b * t, SIZE, SIZE, 3), dtype=np.uint8))
+
+    def batches():
+        while True:
+            with torch.no_grad():
+                tokens = ifm.encode(frames)  # (B*T, h, w, D), frozen: no graph
+            yield tokens.reshape(b, t, grid, grid, dim).permute(0, 4, 1, 2, 3), labels
+
+    return model, model_stats(cfg, RATES, clip=(t, grid, grid, dim))["macs"], macs_ifm, batches
+
+
+def _cached_tmm(spec: dict, device):
+    """The TMM trained from the store (the cache): the TMM, its MACs, and the loader's batches
+    of a PRP plan long enough for every step."""
+    import torch
+
+    from advise_cache.configs import TMMConfig
     from advise_cache.loader import ClipLoader, TokenSource
-    from advise_cache.models import R3D50, count_params, create_model, forward_cost, model_stats
-    from advise_cache.runtime import resolve_device
+    from advise_cache.models import create_model, model_stats
     from advise_cache.sampling import SamplerConfig, prp_epoch
     from advise_cache.store import open_store
+
+    ifm_name = CONFIGS[spec["config"]][1]
+    (grid, dim), b, t = TOKENS[ifm_name], spec["batch_size"], spec["frames"]
+    cfg = TMMConfig(in_dim=dim)
+    model = create_model(cfg, RATES).to(device)
+    source = TokenSource(open_store(spec["store"]), [ifm_name])
+    videos, _ = source.videos("train")
+    plan, epoch, need = [], 0, b * (spec["warmup"] + spec["max_iters"])
+    while len(plan) < need:
+        plan += prp_epoch(videos, source.frames[videos], SamplerConfig(frames=t), spec["seed"], epoch)
+        epoch += 1
+    loader = ClipLoader(source, plan[:need], b, device=device)
+    compute = torch.bfloat16 if device.type == "cuda" else torch.float32  # as train.train casts, on the device
+
+    def batches():
+        for x, y in loader:
+            yield x.to(device, compute, non_blocking=True), y
+
+    return model, model_stats(cfg, RATES, clip=(t, grid, grid, dim))["macs"], 0, batches
+
+
+def _timed_steps(spec: dict, model, batches, device) -> tuple[list[float], float]:
+    """Seconds of each timed training step (after the warm-up ones), until enough are timed;
+    and the wall time of them all."""
+    import torch
+
+    from advise_cache.configs import TrainConfig
     from advise_cache.train import train_step
 
-    torch.set_num_threads(spec["threads"])
-    device = resolve_device(spec["device"])
     cuda = device.type == "cuda"
-    baseline = memory()[0]
-    torch.manual_seed(spec["seed"])
-    method, ifm_name = CONFIGS[spec["config"]]
-    b, t = spec["batch_size"], spec["frames"]
-    rng = np.random.default_rng(spec["seed"])
-    labels = torch.from_numpy(rng.integers(0, RATES, b)).to(device)
-    macs_ifm = 0
-    if ifm_name is None:
-        model = R3D50(RATES).to(device)
-        with torch.device("meta"):
-            macs_model = forward_cost(R3D50(RATES), (3, t, SIZE, SIZE))["macs"]
-        pixels = torch.randn(b, 3, t, SIZE, SIZE, device=device)  # as the IFM sees them, made once
-
-        def batches():
-            while True:
-                yield pixels, labels
-    else:
-        grid, dim = TOKENS[ifm_name]
-        cfg = TMMConfig(in_dim=dim)
-        model = create_model(cfg, RATES).to(device)
-        macs_model = model_stats(cfg, RATES, clip=(t, grid, grid, dim))["macs"]
-        if spec["config"].startswith("online"):
-            ifm = create_ifm(ifm_name, "none", str(device), "auto", spec["seed"])
-            if tuple(ifm.grid) != (grid, grid) or ifm.dim != dim:
-                raise SystemExit(f"{ifm_name} gives {ifm.grid} x {ifm.dim} tokens, expected {grid} x {dim}")
-            macs_ifm = t * forward_cost(ifm.backbone, (3, SIZE, SIZE))["macs"]
-            frames = torch.from_numpy(rng.integers(0, 256, (b * t, SIZE, SIZE, 3), dtype=np.uint8))
-
-            def batches():
-                while True:
-                    with torch.no_grad():
-                        tokens = ifm.encode(frames)  # (B*T, h, w, D), frozen: no graph
-                    yield tokens.reshape(b, t, grid, grid, dim).permute(0, 4, 1, 2, 3), labels
-        else:
-            source = TokenSource(open_store(spec["store"]), [ifm_name])
-            videos, _ = source.videos("train")
-            plan, epoch, need = [], 0, b * (spec["warmup"] + spec["max_iters"])
-            while len(plan) < need:
-                plan += prp_epoch(videos, source.frames[videos], SamplerConfig(frames=t), spec["seed"], epoch)
-                epoch += 1
-            loader = ClipLoader(source, plan[:need], b, device=device)
-            compute = torch.bfloat16 if cuda else torch.float32  # as train.train casts, on the device
-
-            def batches():
-                for x, y in loader:
-                    yield x.to(device, compute, non_blocking=True), y
-
     recipe = TrainConfig(cache=Path(), out=Path())
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=recipe.weight_decay
     )
     model.train()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
     times, it, t_start = [], batches(), time.perf_counter()
     while True:
         t0 = clock(device)
@@ -134,7 +156,34 @@ def measure(spec: dict) -> dict:
         say(f"[{spec['config']}] iteration {len(times)}: {times[-1]:.2f} s")
         enough = len(timed) >= spec["iters"] and sum(timed) >= spec["min_time"]
         if enough or len(timed) >= spec["max_iters"]:
-            break
+            return timed, time.perf_counter() - t_start
+
+
+def measure(spec: dict) -> dict:
+    """Build one configuration, train it for a few iterations, return what was measured."""
+    import numpy as np
+    import torch
+
+    from advise_cache.models import count_params
+    from advise_cache.runtime import resolve_device
+
+    torch.set_num_threads(spec["threads"])
+    device = resolve_device(spec["device"])
+    cuda = device.type == "cuda"
+    baseline = memory()[0]
+    torch.manual_seed(spec["seed"])
+    method, ifm_name = CONFIGS[spec["config"]]
+    rng = np.random.default_rng(spec["seed"])
+    labels = torch.from_numpy(rng.integers(0, RATES, spec["batch_size"])).to(device)
+    if ifm_name is None:
+        model, macs_model, macs_ifm, batches = _pixels_r3d(spec, device, labels)
+    elif spec["config"].startswith("online"):
+        model, macs_model, macs_ifm, batches = _online_tmm(spec, device, labels, rng)
+    else:
+        model, macs_model, macs_ifm, batches = _cached_tmm(spec, device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    timed, wall = _timed_steps(spec, model, batches, device)
     peak = memory()[1]
     return {
         "config": spec["config"],
@@ -149,7 +198,7 @@ def measure(spec: dict) -> dict:
         "memory": torch.cuda.max_memory_allocated(device) if cuda else peak - baseline,
         "seconds": statistics.median(timed),
         "iters": len(timed),
-        "wall": time.perf_counter() - t_start,
+        "wall": wall,
     }
 
 
