@@ -244,7 +244,8 @@ def train_command(task: str):
             str,
             typer.Option(
                 help="A store with augmented views (extract --aug-views): each clip draws one view, the same for "
-                "its frames, from all (the centre crop and the augmented views), augmented, or centre."
+                "its frames, from all (the centre crop and the augmented views), augmented, centre, or N (the centre "
+                "crop and the first N augmented views)."
             ),
         ] = TRAIN.views_train,
     ):

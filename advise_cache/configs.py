@@ -275,6 +275,11 @@ def scaled_lr(cfg: TrainConfig, world: int) -> float:
     return cfg.lr * clips / clips_per_video(cfg) / 64
 
 
+def check_views_train(choice: str) -> None:
+    if choice not in VIEWS_TRAIN and not choice.isdigit():
+        raise AdviseCacheError(f"--views-train must be one of {', '.join(VIEWS_TRAIN)} or a number, got {choice!r}")
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Every choice and number a user passes, checked before any work: one clear line instead
     of a traceback (or a run that silently does something else)."""
@@ -285,7 +290,6 @@ def check_train_config(cfg: TrainConfig) -> None:
         ("--lr-rule", cfg.lr_rule, LR_RULES),
         ("--clip-mode", cfg.clip_mode, CLASSIFICATION_MODES),
         ("--preset", cfg.preset, tuple(PRESETS)),
-        ("--views-train", cfg.views_train, VIEWS_TRAIN),
     ):
         if value not in choices:
             raise AdviseCacheError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -313,6 +317,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
     check_seed(cfg.seed)
+    check_views_train(cfg.views_train)
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.clip_mode not in CLASSIFICATION_MODES:

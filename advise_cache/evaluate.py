@@ -51,7 +51,9 @@ def video_outputs(
     fn = model if what == "logits" else model.features
     out = []
     for v in videos:
-        clips = [(idx, k) for idx in multi_view_clips(int(source.frames[v]), frames, stride, views, mode) for k in stored]
+        clips = [
+            (idx, k) for idx in multi_view_clips(int(source.frames[v]), frames, stride, views, mode) for k in stored
+        ]
         total = 0
         for i in range(0, len(clips), batch_size):
             x = collate([source.clip(int(v), idx, device, k) for idx, k in clips[i : i + batch_size]])

@@ -321,7 +321,7 @@ class IFMArrays:
         tokens = tokens.astype(self.tokens.dtype, copy=False)
         spv = int(self.view_stride[video]) // per  # shards a view
         written = sum(
-            self.write_shard(video, k, tokens[k // spv * frames :][k % spv * per : k % spv * per + per])
+            self.write_shard(video, k, tokens[k // spv * frames : (k // spv + 1) * frames][k % spv * per :][:per])
             for k in range(self.shards_of(video))
         )
         self.finish_video(video, quant_error)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .configs import VIEWS_TRAIN
+from .configs import check_views_train
 from .errors import AdviseCacheError
 
 if TYPE_CHECKING:
@@ -153,10 +153,14 @@ def colour_jitter(frames: torch.Tensor, d: dict) -> torch.Tensor:
 
 def train_views(views: list[dict], choice: str) -> list[int]:
     """Which stored views a training clip may draw from: `all` (the centre crop and every
-    augmented view), `augmented` (those alone) or `centre`."""
-    if choice not in VIEWS_TRAIN:
-        raise AdviseCacheError(f"--views-train must be one of {', '.join(VIEWS_TRAIN)}, got {choice!r}")
+    augmented view), `augmented` (those alone), `centre`, or a number N (the centre crop and the
+    first N augmented views: what a store extracted with --aug-views N holds)."""
+    check_views_train(choice)
     augmented = [i for i, v in enumerate(views) if v["kind"] == "simple"]
+    if choice.isdigit():
+        if int(choice) > len(augmented):
+            raise AdviseCacheError(f"--views-train {choice}: the store holds {len(augmented)} augmented views")
+        return [0, *augmented[: int(choice)]]
     if choice == "centre":
         return [0]
     if choice == "augmented":

@@ -228,7 +228,7 @@ def test_views_train_chooses_the_pool_and_a_preloaded_run_reads_the_same_views(v
 
     source = TokenSource(open_store(views_store))
     assert source.train_views("all") == [0, 1, 2] and source.train_views("augmented") == [1, 2]
-    assert source.train_views("centre") == [0]
+    assert source.train_views("centre") == [0] and source.train_views("1") == [0, 1]
     cfg = train_config(views_store, tmp_path / "store", task="classify", epochs=2, batch_size=4)
     train(cfg)
     train(replace(cfg, out=tmp_path / "ram", preload="ram"))
@@ -288,3 +288,19 @@ def test_evaluate_averages_logits_over_clips_and_stored_crops(views_root, views_
         ["evaluate", "--cache", views_store, "--checkpoint", run, "--crops", "2", "--device", "cpu"],
         "holds 3 evaluation crop",
     )
+
+
+def test_write_video_takes_every_view_one_after_the_other(tmp_path):
+    from advise_cache.store import create_store
+
+    table = {"name": ["v0", "v1"], "path": ["", ""], "split": ["train"] * 2, "label": [0, 0], "fps": [25.0] * 2}
+    create_store(
+        tmp_path / "s.zarr", "bench", str(tmp_path), ["a"], {**table, "source_frames": [5, 3], "probe_error": ["", ""]}
+    )
+    info = {"model": "m", "pretrained": "none", "weights_sha256": None, "input_size": 64, "grid": [1, 1], "dim": 2}
+    a = open_store(tmp_path / "s.zarr", mode="r+").add_ifm("m", info, 1, 4, views=view_specs(2, 0, 0, 64))
+    x = np.arange(3 * 5 * 2, dtype=np.float16).reshape(15, 1, 1, 2)
+    a.write_video(0, x)
+    for k in range(3):
+        np.testing.assert_array_equal(a.read_video(0, k), x[5 * k : 5 * k + 5])
+    assert verify(open_store(tmp_path / "s.zarr"), deep=True) == ["m: v1: not extracted yet"]
