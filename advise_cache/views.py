@@ -119,7 +119,7 @@ def _eval_crop(frames: torch.Tensor, view: dict, spec: PixelSpec) -> torch.Tenso
 
     _, h, w, _ = frames.shape
     s = spec.size
-    nh, nw, top, left = crop_box(h, w, view["short_side"])
+    nh, nw, _, _ = crop_box(h, w, view["short_side"])
     x = resize_tensor(frames, nh, nw, spec.interpolation)
     top, left = (nh - s) // 2, (nw - s) // 2  # centred on both sides, then moved along the long one
     at = CROP_POSITIONS.index(view["position"])
