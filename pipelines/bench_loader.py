@@ -345,7 +345,8 @@ def render_views(facts, args, argv, rows: list[list], ratios: dict, store_path: 
         *heading("Loader with views in the store, CPU", "bench_loader.py", argv, facts),
         f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens from the page cache; a store of {len(a.frames)} "
         f"videos x {int(a.frames[0])} frames x {len(a.views)} views (the centre crop and {len(a.views) - 1} "
-        "augmented views: the bytes of the store above), each clip reading the view it draws "
+        f"augmented views: the bytes of the loader section's store of {len(a.frames) * len(a.views)} videos x "
+        f"{int(a.frames[0])} frames), each clip reading the view it draws "
         f"(`sampling.draw_views`, --views-train all: views {list(range(len(a.views)))}); "
         f"batch {args.batch_size}, {args.threads} reading threads; {args.rounds} rounds, each reader once per round "
         "(rotated); medians over the rounds.",

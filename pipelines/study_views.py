@@ -55,7 +55,9 @@ def make_store(work: Path, sizes: dict) -> Path:
     say(f"extracting {out} with 4 augmented views and 3 crops (once)")
     t0 = time.perf_counter()
     extract_cpu(videos, out, "synthetic-shifted", model="test-vit", pretrained="none", aug_views=max(VIEWS), crops=3)
-    say(f"extracted in {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    (work / "extract.json").write_text(json.dumps({"seconds": seconds}))
+    say(f"extracted in {seconds:.0f} s")
     return out
 
 
@@ -146,7 +148,8 @@ def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> s
         f"{args.ft_epochs} epochs from it; the project's defaults, a TMM of hidden 64), seeds "
         f"{', '.join(map(str, range(args.seeds)))}: mean ± sd over the seeds. N views: each training clip "
         "draws one of the centre crop and N augmented views (`--views-train N`). Bytes: the token shard "
-        "bytes the training views take (the 3 evaluation crops add 3x the first column's per view).",
+        "bytes the training views take (the 3 evaluation crops add 3x the first column's per view). "
+        f"Time: {_minutes(rows, store)}.",
         "",
         *table(
             [
@@ -161,6 +164,14 @@ def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> s
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _minutes(rows: list[dict], store: Path) -> str:
+    """The study's wall time: the extraction (once) and every run with its evaluations."""
+    record = store.parent / "extract.json"
+    extract = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
+    runs = sum(r["seconds"] for r in rows)
+    return f"{(extract + runs) / 60:.1f} min ({extract:.0f} s extracting, {runs:.0f} s training and evaluating)"
 
 
 def main(argv=None) -> int:

@@ -304,3 +304,14 @@ def test_write_video_takes_every_view_one_after_the_other(tmp_path):
     for k in range(3):
         np.testing.assert_array_equal(a.read_video(0, k), x[5 * k : 5 * k + 5])
     assert verify(open_store(tmp_path / "s.zarr"), deep=True) == ["m: v1: not extracted yet"]
+
+
+def test_an_int8_store_with_views_measures_its_error_over_every_view(views_root, tmp_path):
+    out = tmp_path / "q.zarr"
+    cfg = extract_config(views_root, out, dataset="synthetic-appearance", aug_views=1, dtype="int8")
+    assert extract_videos(cfg).exit_code == 0
+    a = open_store(out).ifm()
+    rel, cos = a.quant_errors()
+    assert np.isfinite(rel).all() and (rel < 0.02).all() and (cos > 0.99).all()
+    assert verify(open_store(out), deep=True) == []
+    assert not np.array_equal(a.read_video(0, 0), a.read_video(0, 1))
