@@ -27,7 +27,7 @@ from common import REPO, describe_machine, fill_in, heading, mean_sd, parser, pm
 VIEWS = (0, 2, 4)
 SIZES = {
     "cpu": {"train_per_class": 10, "test_per_class": 6, "seeds": 3, "epochs": 6, "ft_epochs": 10},
-    "quick": {"train_per_class": 1, "test_per_class": 1, "seeds": 1, "epochs": 1, "ft_epochs": 1},
+    "quick": {"train_per_class": 2, "test_per_class": 1, "seeds": 1, "epochs": 1, "ft_epochs": 1},
 }
 FRAMES = (16, 24)  # video lengths drawn in this range
 
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     work = args.work / ("quick" if args.quick else "cpu")
     store = make_store(work, {k: getattr(args, k) for k in sizes})
     rows = [run_one(store, work / f"views{n}-seed{s}", n, s, args) for s in range(args.seeds) for n in VIEWS]
-    facts = describe_machine(args.device, packages=())
+    facts = describe_machine(args.device, packages=("zarr",))
     return publish(render(facts, args, argv, rows, view_bytes(store), store), args, "study_views")
 
 
