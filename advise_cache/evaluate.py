@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import append_metrics, check_classes, load_model
+from .checkpoint import append_metrics, check_classes
 from .curves import plot_curves
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .figures import pyplot, save_figure
@@ -26,6 +26,7 @@ from .models import ClipClassifier
 from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import open_store
+from .trained import load_model
 from .views import crop_views
 
 log = logging.getLogger(__name__)

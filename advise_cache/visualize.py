@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import CheckpointMeta, load_model
+from .checkpoint import CheckpointMeta
 from .errors import DecodeError, MismatchError, StoreError, writing
 from .loader import collate
 from .models import ClipClassifier, create_model
@@ -33,6 +33,7 @@ from .pixels import PixelSpec
 from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import Store, open_store
+from .trained import load_model
 from .video import decode_frames
 
 log = logging.getLogger(__name__)

@@ -190,17 +190,18 @@ def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int
 def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> dict[str, list[float]]:
     """`pairs` passes each, alternating, over the plan three times: the loader on the cached
     bucket store, the loader on the local store, the local raw preadv reader (bench_loader's
-    ceiling, 4 batches untimed, as here)."""
+    ceiling, 4 batches untimed, as here) without and with each frame's crc32c checked (the loader
+    always checks: store format 3)."""
     from advise_cache.loader import ClipLoader, TokenSource
     from advise_cache.store import open_store
 
     on_disk = TokenSource(open_store(local))
     longer = plan * 3
-    out: dict[str, list[float]] = {"cached": [], "loader_local": [], "local": []}
+    out: dict[str, list[float]] = {"cached": [], "loader_local": [], "local": [], "local_checked": []}
     for k in range(pairs):
         for name in list(out)[:: 1 if (rnd + k) % 2 == 0 else -1]:
-            if name == "local":
-                out[name].append(ceiling(local, longer, batch, 4))
+            if name.startswith("local"):
+                out[name].append(ceiling(local, longer, batch, 4, check=name == "local_checked"))
             else:
                 src = cached if name == "cached" else on_disk
                 out[name].append(_drain(ClipLoader(src, longer, batch, threads=4), batch, LOCAL_WARMUP))
@@ -214,7 +215,7 @@ def measure(args, local: Path, url: str) -> dict[str, list[float]]:
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
     rows = rows_of(url, plan)
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-bucket-cache-", dir=args.work))
-    names = ("raw", "s3fs", "loader", "first", "cached", "loader_local", "local")
+    names = ("raw", "s3fs", "loader", "first", "cached", "loader_local", "local", "local_checked")
     rate: dict[str, list[float]] = {k: [] for k in names}
     for rnd in range(args.rounds):
         for name in ["raw", "s3fs", "loader", "first"][:: 1 if rnd % 2 == 0 else -1]:
@@ -248,6 +249,7 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         "cached": ("`ClipLoader`, bucket, cached epoch (--local-cache)", "local"),
         "loader_local": ("`ClipLoader`, the same store on local disk", "local"),
         "local": ("local raw preadv reader (same bytes on local disk)", "local"),
+        "local_checked": ("the same, each frame's crc32c checked", "local"),
     }
     rows = [
         [
@@ -266,14 +268,15 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         f"float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, 64 frames a shard object), PRP clips of 8 "
         f"frames, batch {args.batch_size}, {args.clips} clips a pass ({WARMUP} batch untimed); "
         f"{args.rounds} rounds, the readers' order reversed every round, each round's first-epoch "
-        f"readers then {args.pairs} alternating passes of the three local ones over the plan three times "
+        f"readers then {args.pairs} alternating passes of the four local ones over the plan three times "
         "(4 batches untimed); medians of the ratios of each round (or pass).",
         "",
         *table(["reader", "clips/s", "GB/s", "ratio"], rows),
         "",
         f"- first epoch from the bucket / raw range-GET reader: no cache {pct(ratio('loader', 'raw'))}, "
         f"pulling whole shards into --local-cache {pct(ratio('first', 'raw'))} (target >= {pct(TARGET_FIRST)}).",
-        f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}).",
+        f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}); "
+        f"/ the same reader checking each frame's crc32c, as the loader does: {pct(ratio('cached', 'local_checked'))}.",
         f"- cached epoch / `ClipLoader` on the local store: {pct(ratio('cached', 'loader_local'))} (the cache's own "
         "cost; the loader's own against the raw reader is bench_loader.py's figure).",
     ]

@@ -57,10 +57,10 @@ def measure(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from advise_cache.configs import TrainConfig
+    from advise_cache.configs import TMMConfig, TrainConfig
     from advise_cache.ifm import create_ifm
     from advise_cache.loader import ClipLoader, TokenSource
-    from advise_cache.models import R3D50, TMMConfig, count_params, create_model, forward_cost, model_stats
+    from advise_cache.models import R3D50, count_params, create_model, forward_cost, model_stats
     from advise_cache.runtime import resolve_device
     from advise_cache.sampling import SamplerConfig, prp_epoch
     from advise_cache.store import open_store

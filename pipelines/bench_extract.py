@@ -6,7 +6,7 @@ side by side on the same generated videos (320x240 mpeg4), in rounds, the best r
     python pipelines/bench_extract.py --device cpu --quick --no-write   # smoke test, seconds
 
 Per image model: the decode processes, `IFM.encode` alone, and `extract.extract_videos` into a
-fresh store; the writer against the writer of commit 1aa8d33 and raw write + fsync
+fresh store; the writer with and without frame checksums and raw write + fsync
 (bench_extract_writer.py); on the CPU every codec of `store.CODECS`, on CUDA bf16 tokens
 against fp32 ones. On a GPU machine without a venv run it with `python3` and `PYTHONPATH=.`.
 """

@@ -1,5 +1,5 @@
-"""The store side of pipelines/bench_extract.py: the writer against the writer of commit 1aa8d33,
-the same writer into a group without frame checksums, and raw write + fsync of the same bytes;
+"""The store side of pipelines/bench_extract.py: the writer, the same writer into a group without
+frame checksums, and raw write + fsync of the same bytes;
 every token codec's size, write and read speed; the tables of both for its section.
 
     .venv/bin/python pipelines/bench_extract_writer.py       # the writer with and without frame
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from common import describe_machine, filesystem, heading, num, parser, pct, publish, say, table, token_store
 
-WRITER_TARGET_OLD, WRITER_TARGET_RAW, WRITER_TARGET_CRC = 3.0, 0.8, 0.9
+WRITER_TARGET_RAW, WRITER_TARGET_CRC = 0.8, 0.9
 WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
 PER_SHARD = 64
 
@@ -32,50 +32,87 @@ class WriterRow:
     shards: int
     mb: float
     threads: int
-    fps: dict = field(default_factory=dict)  # new, nocrc, old, raw, raw1 (raw with one thread): best rounds
+    fps: dict = field(default_factory=dict)  # new, nocrc, raw, raw1 (raw with one thread): best rounds
     rounds: int = 0
     per_round: list = field(default_factory=list)  # every round's frames/s of each
 
 
 # -- the writer ------------------------------------------------------------------------------
-def old_write_video(arrays, video: int, tokens: np.ndarray) -> int:
-    """`IFMArrays.write_video` as of commit 1aa8d33 (the writer thread called it with the
-    float32 tokens the model loop had brought back): zarr writes, fill-value checks
-    included, then fsync of each shard and of its four parent folders."""
-    n = int(arrays.frames[video])
-    start = int(arrays.offset[video])
-    per = int(arrays.meta["frames_per_shard"])
-    tokens = tokens.astype(arrays.tokens.dtype, copy=False)
-    for lo in range(0, n, per):
-        arrays.tokens[start + lo : start + min(lo + per, n)] = tokens[lo : lo + per]
-    written = 0
-    for p in arrays.shard_paths(video):
-        if p.exists():
-            for target in (p, *p.parents[:4]):
-                fd = os.open(target, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            written += p.stat().st_size
-    arrays.group["status"][video] = 1
-    return written
+KINDS = ("new", "nocrc", "raw", "raw1")
 
 
-KINDS = ("new", "nocrc", "old", "raw", "raw1")
+@dataclass
+class WriterInput:
+    """The tokens every writer of a round writes: videos that are prefixes of one random block."""
+
+    key: str
+    shape: tuple
+    lengths: list[int]  # frames per video
+    shards: list[tuple[int, int]]  # (video, shard) in writing order
+    big16: object  # torch float16 (longest video, *shape)
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
 
 
-def bench_writer(
-    model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int, kinds=KINDS
-) -> WriterRow:
-    """The same tokens through the new writer (into a group with frame checksums, and `nocrc`
-    into one without), the old one and raw writes, each round rotating their order (each takes
-    every place in turn); the best round of each, and every round's."""
+def _through_writer(w: WriterInput, path: Path, threads: int, frame_crcs: bool) -> float:
+    """Frames/s of `extract_stages.Writer` writing every shard (as the extraction's model loop
+    hands them over), its last frame read back and compared."""
+    from advise_cache.extract import ExtractSummary
+    from advise_cache.extract_stages import Shard, Writer
+
+    arrays = token_store(path, w.key, w.shape, w.lengths, fill=False, frame_crcs=frame_crcs)
+    summary = ExtractSummary(str(path), w.key, len(w.lengths))
+    writer = Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
+    for v in range(len(w.lengths)):
+        writer.expect(v, arrays.shards_of(v))
+    t0 = time.perf_counter()
+    for v, k in w.shards:
+        buf = w.big16[: w.lengths[v]][k * PER_SHARD : (k + 1) * PER_SHARD]
+        writer.put(Shard(v, k, len(buf), buf, len(buf)))
+    writer.close()
+    seconds = time.perf_counter() - t0
+    if writer.error is not None:
+        raise writer.error
+    if summary.done != len(w.lengths) or summary.frames != w.total:
+        raise RuntimeError(f"the writer stored {summary.done} of {len(w.lengths)} videos")
+    last = len(w.lengths) - 1
+    if not np.array_equal(arrays.read_frames(last, [w.lengths[-1] - 1])[0], w.big16[w.lengths[-1] - 1].numpy()):
+        raise RuntimeError("a frame read back differs from the one written")
+    return w.total / seconds
+
+
+def _raw_writes(w: WriterInput, path: Path, n_threads: int) -> float:
+    """Frames/s of writing the same shard bytes (and their index) with os.write + fsync."""
+    from advise_cache.shards import shard_index
+
+    path.mkdir(parents=True)
+    blobs = [w.big16[: w.lengths[v]][k * PER_SHARD : (k + 1) * PER_SHARD].numpy() for v, k in w.shards]
+    blobs = [(data, shard_index(len(data), PER_SHARD, data[0].nbytes)) for data in blobs]
+
+    def put(i: int) -> None:
+        fd = os.open(path / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, memoryview(blobs[i][0]).cast("B"))
+            os.write(fd, blobs[i][1])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_threads) as ex:
+        list(ex.map(put, range(len(blobs))))
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return w.total / (time.perf_counter() - t0)
+
+
+def _writer_input(model: str, shape: tuple, frames: int, seed: int) -> WriterInput:
     import torch
 
-    from advise_cache.extract import ExtractSummary, ifm_key
-    from advise_cache.extract_stages import Shard, Writer
-    from advise_cache.shards import shard_index
+    from advise_cache.extract import ifm_key
 
     rng = np.random.default_rng(seed)
     lengths = []
@@ -83,75 +120,30 @@ def bench_writer(
         lengths.append(int(rng.integers(*WRITER_LENGTHS)))
     # Random tokens (nothing to compress, no zero to skip); every video a prefix of them.
     big = rng.standard_normal((WRITER_LENGTHS[1], *shape), dtype=np.float32)
-    big16 = torch.from_numpy(big.astype(np.float16))
-    key, per, total = ifm_key(model), PER_SHARD, sum(lengths)
-    shards = [(v, k) for v, n in enumerate(lengths) for k in range(-(-n // per))]
-    row = WriterRow(model, total, len(lengths), len(shards), total * int(np.prod(shape)) * 2 / 1e6, threads)
+    shards = [(v, k) for v, n in enumerate(lengths) for k in range(-(-n // PER_SHARD))]
+    return WriterInput(ifm_key(model), shape, lengths, shards, torch.from_numpy(big.astype(np.float16)))
 
-    def new(path: Path, frame_crcs: bool = True) -> float:
-        arrays = token_store(path, key, shape, lengths, fill=False, frame_crcs=frame_crcs)
-        summary = ExtractSummary(str(path), key, len(lengths))
-        writer = Writer(arrays, summary, threads, release=lambda buf: None, on_done=lambda v: None)
-        for v in range(len(lengths)):
-            writer.expect(v, arrays.shards_of(v))
-        t0 = time.perf_counter()
-        for v, k in shards:
-            buf = big16[: lengths[v]][k * per : (k + 1) * per]
-            writer.put(Shard(v, k, len(buf), buf, len(buf)))
-        writer.close()
-        seconds = time.perf_counter() - t0
-        if writer.error is not None:
-            raise writer.error
-        if summary.done != len(lengths) or summary.frames != total:
-            raise RuntimeError(f"the writer stored {summary.done} of {len(lengths)} videos")
-        if not np.array_equal(
-            arrays.read_frames(len(lengths) - 1, [lengths[-1] - 1])[0], big16[lengths[-1] - 1].numpy()
-        ):
-            raise RuntimeError("a frame read back differs from the one written")
-        return total / seconds
 
-    def old(path: Path) -> float:
-        arrays = token_store(path, key, shape, lengths, fill=False)
-        t0 = time.perf_counter()
-        for v, n in enumerate(lengths):
-            old_write_video(arrays, v, big[:n])
-        return total / (time.perf_counter() - t0)
-
-    def raw(path: Path, n_threads: int) -> float:
-        path.mkdir(parents=True)
-        blobs = [big16[: lengths[v]][k * per : (k + 1) * per].numpy() for v, k in shards]
-        blobs = [(data, shard_index(len(data), per, data[0].nbytes)) for data in blobs]
-
-        def put(i: int) -> None:
-            fd = os.open(path / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, memoryview(blobs[i][0]).cast("B"))
-                os.write(fd, blobs[i][1])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(n_threads) as ex:
-            list(ex.map(put, range(len(blobs))))
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        return total / (time.perf_counter() - t0)
-
-    runs = {
-        "new": lambda: new(base / "new.zarr"),
-        "nocrc": lambda: new(base / "nocrc.zarr", frame_crcs=False),
-        "old": lambda: old(base / "old.zarr"),
-        "raw": lambda: raw(base / "raw", threads),
-        "raw1": lambda: raw(base / "raw1", 1),
-    }
+def bench_writer(
+    model: str, shape: tuple, work: Path, frames: int, threads: int, repeats: int, seed: int, kinds=KINDS
+) -> WriterRow:
+    """The same tokens through the writer (into a group with frame checksums, and `nocrc` into
+    one without) and raw writes, each round rotating their order (each takes every place in
+    turn); the best round of each, and every round's."""
+    w = _writer_input(model, shape, frames, seed)
+    row = WriterRow(model, w.total, len(w.lengths), len(w.shards), w.total * int(np.prod(shape)) * 2 / 1e6, threads)
     base = work / "writer"
+    runs = {
+        "new": lambda: _through_writer(w, base / "new.zarr", threads, frame_crcs=True),
+        "nocrc": lambda: _through_writer(w, base / "nocrc.zarr", threads, frame_crcs=False),
+        "raw": lambda: _raw_writes(w, base / "raw", threads),
+        "raw1": lambda: _raw_writes(w, base / "raw1", 1),
+    }
     for rounds in range(1, repeats + 1):
         shutil.rmtree(base, ignore_errors=True)
         order = kinds[rounds % len(kinds) :] + kinds[: rounds % len(kinds)]  # each in every place in turn
         got = {k: runs[k]() for k in order}
-        say(f"[writer {key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
+        say(f"[writer {w.key}] round {rounds}: {', '.join(f'{k} {v:.0f}' for k, v in got.items())} frames/s")
         row.fps = {k: max(v, row.fps.get(k, 0.0)) for k, v in got.items()}
         row.per_round.append(got)
         row.rounds = rounds
@@ -168,7 +160,7 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
         f"The writer alone, frames/s: random float16 tokens (videos of {WRITER_LENGTHS[0]}-"
         f"{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame shards, each durable before its video is "
         "done) through `extract_stages.Writer` (each frame with its crc32c), the same into a group "
-        "without frame checksums, the writer of commit 1aa8d33 (one thread, fed float32) and raw "
+        "without frame checksums and raw "
         "write + fsync of the shard bytes, each round rotating their order.",
         "",
         *table(
@@ -178,10 +170,8 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
                 "MB",
                 "rounds",
                 f"new writer ({rows[0].threads} threads)",
-                "writer of 1aa8d33",
                 "raw write + fsync (same threads)",
                 "raw, 1 thread",
-                "new / old",
                 "new / raw",
                 "new, MB/s",
                 "with / without frame crc32c",
@@ -193,10 +183,8 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
                     f"{w.mb:.0f}",
                     w.rounds,
                     num(w.fps["new"]),
-                    num(w.fps["old"]),
                     num(w.fps["raw"]),
                     num(w.fps["raw1"]),
-                    f"{w.fps['new'] / w.fps['old']:.1f}x",
                     pct(w.fps["new"] / w.fps["raw"]),
                     num(w.fps["new"] * w.mb / w.frames),
                     pct(crc_cost(w)),
@@ -205,7 +193,7 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
             ],
         ),
         "",
-        f"Targets: new / old >= {WRITER_TARGET_OLD:.0f}x, new / raw >= {pct(WRITER_TARGET_RAW)}, with / without "
+        f"Targets: new / raw >= {pct(WRITER_TARGET_RAW)}, with / without "
         f"frame crc32c >= {pct(WRITER_TARGET_CRC)} (the median of the per-round ratios).",
     ]
 

@@ -147,10 +147,10 @@ def run_task(family: str, data_seed: int, variant: str, seed: int, args) -> dict
     import torch
 
     torch.set_num_threads(1)  # one process per core: much faster than two threads fighting
-    from advise_cache.checkpoint import load_model
     from advise_cache.configs import preset_config
     from advise_cache.protocol import run_protocol
     from advise_cache.store import open_store
+    from advise_cache.trained import load_model
 
     base = args.out / f"data{data_seed}" / family / variant / f"seed{seed}"
     if (done := base / "result.json").exists():

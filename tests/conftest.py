@@ -190,7 +190,7 @@ def small_store(path: Path, lengths=(5, 8, 13)):
 
 def train_config(cache: Path, out: Path, **kw):
     """A small, fast training config: a tiny TMM, fixed seed, CPU."""
-    from advise_cache.models import TMMConfig
+    from advise_cache.configs import TMMConfig
     from advise_cache.train import TrainConfig
 
     tmm = kw.pop("tmm", TMMConfig(hidden=32, out_dim=64, head_hidden=64))

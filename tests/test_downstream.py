@@ -12,16 +12,17 @@ import torch
 from conftest import read_metrics, train_config, write_video
 from typer.testing import CliRunner
 
-from advise_cache.checkpoint import load_checkpoint, load_model, save_checkpoint
+from advise_cache.checkpoint import load_checkpoint, save_checkpoint
 from advise_cache.cli import app
+from advise_cache.configs import TMMConfig
 from advise_cache.errors import MismatchError, StoreError
 from advise_cache.evaluate import evaluate, video_outputs
 from advise_cache.extract import extract_videos
 from advise_cache.loader import collate
-from advise_cache.models import TMMConfig
 from advise_cache.sampling import multi_view_clips
 from advise_cache.store import open_store
 from advise_cache.train import train
+from advise_cache.trained import load_model
 
 runner = CliRunner()
 SMALL_TMM = TMMConfig(hidden=32, out_dim=64, head_hidden=64)

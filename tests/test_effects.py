@@ -30,11 +30,12 @@ import torch
 from conftest import extract_config, load_pipeline
 
 import advise_cache.train as train_module
-from advise_cache.checkpoint import load_checkpoint, load_model
-from advise_cache.models import TMMConfig
+from advise_cache.checkpoint import load_checkpoint
+from advise_cache.configs import TMMConfig
 from advise_cache.sampling import ClipRequest, SamplerConfig
 from advise_cache.store import open_store
 from advise_cache.train import TrainConfig, train
+from advise_cache.trained import load_model
 
 DRAWS = tuple(int(s) for s in os.environ.get("ADVISE_EFFECT_DRAWS", "0,1,2").split(",") if s.strip())
 # Videos per class (train, test): 64 motion test videos a draw (one is 1.6 points), 192 over three.

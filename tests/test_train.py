@@ -12,10 +12,10 @@ import torch
 from conftest import extract_config, read_metrics, train_config
 
 from advise_cache.checkpoint import load_checkpoint
+from advise_cache.configs import TMMConfig
 from advise_cache.errors import AdviseCacheError, MismatchError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.loader import ClipLoader, TokenSource
-from advise_cache.models import TMMConfig
 from advise_cache.runtime import backend_spec, sum_across
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import open_store
