@@ -63,8 +63,7 @@ def make_store(work: Path, sizes: dict) -> Path:
 
 def configs(store: Path, folder: Path, views: int, seed: int, args):
     """PRP and fine-tune configs of one run: the project's defaults, a small TMM, test-vit tokens."""
-    from advise_cache.configs import TrainConfig
-    from advise_cache.models import TMMConfig
+    from advise_cache.configs import TMMConfig, TrainConfig
 
     base = TrainConfig(
         cache=store,

@@ -251,11 +251,11 @@ def test_views_train_augmented_needs_augmented_views(synthetic_store, tmp_path):
 def test_evaluate_averages_logits_over_clips_and_stored_crops(views_root, views_store, tmp_path):
     from conftest import train_config
 
-    from advise_cache.trained import load_model
     from advise_cache.evaluate import video_outputs
     from advise_cache.loader import collate
     from advise_cache.sampling import multi_view_clips
     from advise_cache.train import train
+    from advise_cache.trained import load_model
 
     run = tmp_path / "ft"
     train(train_config(views_store, run, task="classify", epochs=2, batch_size=4))
