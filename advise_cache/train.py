@@ -188,6 +188,7 @@ def prepare(cfg: TrainConfig) -> Setup:
     check_train_config(cfg)
     store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
     source = TokenSource(store, list(cfg.ifm) or None, skip_damaged=cfg.skip_damaged)
+    source.train_views(cfg.views_train)  # --views-train asks for views the store holds
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
         raise StoreError(

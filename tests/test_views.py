@@ -241,6 +241,7 @@ def test_views_train_augmented_needs_augmented_views(synthetic_store, tmp_path):
         ["finetune", "--cache", synthetic_store, "--out", tmp_path / "r", "--scratch", "--views-train", "augmented"],
         "holds no augmented views",
     )
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
     one_line(
         ["finetune", "--cache", synthetic_store, "--out", tmp_path / "r", "--scratch", "--views-train", "x"],
         "--views-train must be one of",
