@@ -67,6 +67,11 @@ bench-writer: venv
 bench-loader: venv
 	$(PY) pipelines/bench_loader.py
 
+# Issue 21: what stored augmented views buy on the synthetic shifted family (README, BENCHMARKS.md).
+.PHONY: study-views
+study-views: venv
+	$(PY) pipelines/study_views.py
+
 bench-bucket: venv
 	$(PY) pipelines/bench_bucket.py
 

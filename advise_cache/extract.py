@@ -48,6 +48,7 @@ from .runtime import cores_per_process, local_rank, make_current, resolve_device
 from .storage import store_location
 from .store import DONE, FAILED, PENDING, SAFE_KEY, open_store
 from .video import FramePlan, decoder_available
+from .views import REFERENCE_SIZE, view_specs
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,11 @@ def _check_flags(cfg: ExtractConfig) -> str:
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     check_seed(cfg.seed)
+    view_specs(cfg.aug_views, cfg.crops, cfg.seed, REFERENCE_SIZE)  # the counts, checked
+    if (cfg.aug_views or cfg.crops) and cfg.resize != "tensor":
+        raise AdviseCacheError(
+            "--aug-views and --crops need --resize tensor: --resize pil hands over centre crops only"
+        )
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(
@@ -271,7 +277,8 @@ def _extract(cfg, key, index, ifm, workers, batch, part, group) -> ExtractSummar
         ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim, group)
         store = open_store(cfg.out, mode="a")
         info = {**ifm.info(), "resize": cfg.resize, "decoder": cfg.decoder}
-        arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
+        views = view_specs(cfg.aug_views, cfg.crops, cfg.seed, ifm.spec.size)
+        arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype, views)
     except OSError as e:  # a read-only folder, a full disk
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
     for what in ("resize", "decoder"):  # tokens of other pixels would mix into one group
@@ -358,7 +365,7 @@ def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
     writer = Writer(arrays, summary, cfg.writers, release=lambda buf: loop.release(buf), on_done=stored)
     for task in tasks:
         writer.expect(task[0], arrays.shards_of(task[0]))
-    loop = ModelLoop(ifm, batch, arrays, writer.put)
+    loop = ModelLoop(ifm, batch, arrays, writer.put, arrays.views)
     decoder = (
         InlineDecoder(tasks)
         if workers <= 0

@@ -26,6 +26,7 @@ loader with a line naming its video and frame, or its video is left out (damaged
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -42,6 +43,7 @@ from .runtime import cores_per_process, free_memory
 from .sampling import ClipRequest
 from .shards import in_parts
 from .store import DONE, Store
+from .views import train_views
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,19 @@ class TokenSource:
         self.dtype = np.dtype(np.float16) if self.quantised else self.stored_dtype  # what clips come out as
         for a in self.arrays:
             a.check_offsets()
+        # The stored views (views.py), the same in every IFM read together: a clip's view is one index.
+        self.views = self.arrays[0].views
+        if any(json.dumps(a.views) != json.dumps(self.views) for a in self.arrays[1:]):
+            raise MismatchError("cannot concatenate IFMs extracted with different views (--aug-views, --crops)")
         status = np.stack([a.status() for a in self.arrays])
         self.done = (status == DONE).all(axis=0)
         self._readers = [a.shard_reader() for a in self.arrays]  # None: compressed, via zarr
         self.resident: list[torch.Tensor] | None = None  # per IFM, (rows, h, w, D_k)
         self._resident_start: np.ndarray | None = None  # per video, its first resident row (-1: none)
+
+    def train_views(self, choice: str) -> list[int]:
+        """The views a training clip draws from (`--views-train`; views.train_views)."""
+        return train_views(self.views, choice)
 
     def videos(self, split: str | None = None) -> tuple[np.ndarray, int]:
         """Indices of usable (done in every IFM) videos of a split, and how many were skipped."""
@@ -102,7 +112,8 @@ class TokenSource:
         host buffer, never built whole in RAM; both fit checks come before anything is read."""
         device = torch.device(device or "cpu")
         videos = np.unique(np.asarray(videos, np.int64))
-        counts = self.frames[videos].astype(np.int64)
+        k = len(self.views)  # every view of a video, one after the other (`rows`)
+        counts = self.frames[videos].astype(np.int64) * k
         total = int(counts.sum())
         row = int(np.prod(self.grid)) * self.stored_dtype.itemsize
         need = total * row * sum(self.row_dims)
@@ -123,7 +134,7 @@ class TokenSource:
                 None if not on_device else np.empty((max(1, _BOUNCE_BYTES // (row * d)), *shape[1:]), self.stored_dtype)
             )
             for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
-                rows = int(a.offset[v]) + np.arange(n)
+                rows = (a.view_start([v] * k, range(k))[:, None] + np.arange(n // k)).reshape(-1)
                 try:
                     if bounce is None:
                         a.read_rows(rows, out.numpy()[s : s + n], reader)
@@ -139,14 +150,16 @@ class TokenSource:
         return need
 
     # -- reading ----------------------------------------------------------------------------
-    def rows(self, k: int, videos: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """(B, T) rows of IFM k's token array for clips (videos[b], indices[b])."""
+    def rows(self, k: int, videos: np.ndarray, indices: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """(B, T) rows of IFM k's token array (or of the resident copy) for clips (videos[b],
+        indices[b]) of stored views views[b] (None: the centre crop)."""
+        views = np.zeros(len(videos), np.int64) if views is None else np.asarray(views, np.int64)
         if self.resident is not None:
             start = self._resident_start[videos]
             if (start < 0).any():
                 raise StoreError(f"video {int(videos[start < 0][0])} was not preloaded")
-            return start[:, None] + indices
-        return self.arrays[k].offset[videos][:, None] + indices
+            return (start + views * self.frames[videos])[:, None] + indices
+        return self.arrays[k].view_start(videos, views)[:, None] + indices
 
     def fill(
         self,
@@ -155,29 +168,31 @@ class TokenSource:
         outs: list[np.ndarray],
         pool: ThreadPoolExecutor | None = None,
         tasks: int = 1,
+        views: np.ndarray | None = None,
     ) -> None:
-        """Write clip b's frames, as stored, into outs[k][b] (one (B, T, h, w, row_dims[k]) buffer
-        per IFM)."""
+        """Write clip b's frames (of stored view views[b]; None: the centre crop), as stored, into
+        outs[k][b] (one (B, T, h, w, row_dims[k]) buffer per IFM)."""
         for k, (a, reader, out) in enumerate(zip(self.arrays, self._readers, outs)):
-            rows = self.rows(k, videos, indices).reshape(-1)
+            rows = self.rows(k, videos, indices, views).reshape(-1)
             flat = out.reshape(len(rows), *out.shape[2:])
             if self.resident is not None:
                 np.take(self.resident[k].numpy(), rows, axis=0, out=flat)
             else:
                 a.read_rows(rows, flat, reader, pool, tasks)
 
-    def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(T, h, w, D) tokens of one clip on `device`, in `self.dtype`: the rows travel as stored
-        and an int8 store's are dequantised there (evaluation and plots, a clip at a time)."""
+    def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu", view: int = 0) -> torch.Tensor:
+        """(T, h, w, D) tokens of one clip (of stored `view`) on `device`, in `self.dtype`: the rows
+        travel as stored and an int8 store's are dequantised there (evaluation and plots, a clip at a time)."""
         indices = np.asarray(indices, np.int64)
         _check_indices(self.frames, np.array([video]), indices[None])
+        views = np.array([view], np.int64)
         outs = [np.empty((1, len(indices), *self.grid, d), self.stored_dtype) for d in self.row_dims]
         if self.resident is not None and self.resident[0].device.type != "cpu":
-            rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None]).reshape(-1))
+            rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None], views).reshape(-1))
             for out, r in zip(outs, self.resident):
                 out[0] = r[rows.to(r.device)].cpu().numpy()
         else:
-            self.fill(np.array([video]), indices[None], outs)
+            self.fill(np.array([video]), indices[None], outs, views=views)
         return self.decode([torch.from_numpy(o[0]).to(device) for o in outs])
 
     def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -274,10 +289,15 @@ class ClipLoader:
                 np.array([r.video for r in b], np.int64),
                 np.stack([np.asarray(r.indices, np.int64) for r in b]),
                 np.array([r.label for r in b], np.int64),
+                np.array([r.view for r in b], np.int64),
             )
             for b in self.batches
         ]
-        for videos, indices, _ in self._arrays:  # a bad plan fails here, not mid-epoch
+        for videos, indices, _, views in self._arrays:
+            if views.size and not 0 <= views.min() <= views.max() < len(source.views):
+                raise StoreError(
+                    f"a clip asks for view {int(views.max())}; the store holds {len(source.views)}"
+                )  # a bad plan fails here, not mid-epoch
             _check_indices(source.frames, videos, indices)
         self.prefetch = max(1, prefetch)
         self.device = torch.device(device or "cpu")
@@ -340,9 +360,8 @@ class ClipLoader:
                     for i, clips in enumerate(self._arrays):
                         if src.damaged:  # damaged videos' clips give way to others of the plan
                             clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
-                        videos, indices, labels = clips
                         if on_device:
-                            item = self._gather_on_device(videos, indices, labels, side)
+                            item = self._gather_on_device(*clips, side)
                         else:
                             got = take_free()
                             if got is None:
@@ -351,8 +370,8 @@ class ClipLoader:
                             if event is not None:
                                 event.synchronize()  # its last copy to the device has finished
                             stored, decoded = bufs
-                            used = [b[: len(videos)] for b in stored]  # a short last batch uses a part
-                            videos, indices, labels = self._fill(i, clips, [u.numpy() for u in used], pool)
+                            used = [b[: len(clips[0])] for b in stored]  # a short last batch uses a part
+                            videos, _, labels, _ = self._fill(i, clips, [u.numpy() for u in used], pool)
                             if decoded is not None:  # CPU: decoded by the reading threads
                                 x = src.decode_into(used, decoded[: len(videos)], pool, self.threads)
                                 item = (x, torch.from_numpy(labels), None, bufs)
@@ -396,7 +415,7 @@ class ClipLoader:
         loader, as the source says. Returns the clips read."""
         while True:
             try:
-                self.source.fill(clips[0], clips[1], outs, pool, self.threads)
+                self.source.fill(clips[0], clips[1], outs, pool, self.threads, clips[3])
                 return clips
             except DamagedFrameError as e:
                 self.source.damaged.record(e)
@@ -422,12 +441,12 @@ class ClipLoader:
         free.put((bufs, event))  # refilled once this copy has finished
         return x, y, event, None
 
-    def _gather_on_device(self, videos, indices, labels, side):
+    def _gather_on_device(self, videos, indices, labels, views, side):
         src = self.source
         with torch.cuda.stream(side):
             parts = []
             for k, r in enumerate(src.resident):
-                rows = torch.from_numpy(src.rows(k, videos, indices).reshape(-1)).pin_memory()
+                rows = torch.from_numpy(src.rows(k, videos, indices, views).reshape(-1)).pin_memory()
                 rows = rows.to(r.device, non_blocking=True)
                 parts.append(r.index_select(0, rows).view(len(videos), self.frames, *r.shape[1:]))
             x = src.decode(parts)

@@ -280,8 +280,10 @@ class Store:
         frames_per_shard: int,
         codec: str = DEFAULT_CODEC,
         dtype: str = "float16",
+        views: list[dict] | None = None,
     ) -> IFMArrays:
-        """Create the IFM's group (atomically) or check that an existing one matches."""
+        """Create the IFM's group (atomically) or check that an existing one matches. `views`:
+        the stored views (views.view_specs) where there are more than the centre crop."""
         if not SAFE_KEY.fullmatch(key):
             raise StoreError(
                 f"image model key {key!r}: use letters, digits, '-', '_' and '.', "
@@ -293,7 +295,8 @@ class Store:
             raise StoreError(f"unsupported token dtype {dtype!r}; use {', '.join(TOKEN_DTYPES)}")
         table = self.videos
         frames = -(-table.source_frames // frame_stride)  # ceil
-        offset, total = slot_offsets(frames, frames_per_shard)
+        views = views if views and len(views) > 1 else None  # the centre crop alone: no record, as before
+        offset, total = slot_offsets(frames, frames_per_shard, len(views) if views else 1)
         h, w = info["grid"]
         meta = dict(
             info,
@@ -303,6 +306,8 @@ class Store:
             codec=codec,
             version=__version__,
         )
+        if views:
+            meta["views"] = views
         # int8: each token's D values then its float16 scale, 2 more bytes (quant.py)
         row = info["dim"] + (SCALE_BYTES if dtype == "int8" else 0)
         if dtype == "int8":
@@ -342,6 +347,7 @@ class Store:
             "codec",
             "normalisation",
             "precision",
+            "views",
         )
         diff = [k for k in keep if json.dumps(arrays.meta.get(k)) != json.dumps(meta.get(k))]
         if diff:

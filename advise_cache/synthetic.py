@@ -32,6 +32,12 @@ is made for PRP:
   else moves (the background is still and its noise faint), so a spatial average of the
   tokens keeps little of where it is.
 
+- shifted (made for issue 21's study of augmented views): the appearance family's four shapes
+  and colours, smaller (a radius of 15-20% of the short side) and nearly still, at the centre of
+  the frame in the train videos and a fifth of the width to its left or right in the test videos.
+  The class survives any crop that keeps the shape; what changes from train to test is only where
+  it sits, so a model that saw the shape at one place only has a reason to gain from random crops.
+
 These families are a sanity check of the implementation (does PRP teach the TMM what it
 should, does pooling destroy what it should), not evidence about real videos.
 
@@ -73,16 +79,18 @@ MOTION_CLASSES: tuple[str, ...] = (
     "motion_speed_4",
     "motion_speed_8",
 )
+SHIFTED_CLASSES: tuple[str, ...] = tuple("shifted_" + c.split("_", 1)[1] for c in APPEARANCE_CLASSES)
 # Class ids for seeding come from this fixed order, so a temporal video is the same
 # whether it was generated with family "temporal" or "both" (motion comes last, so adding
 # it changed no earlier video).
-_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES + MOTION_CLASSES
+_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES + MOTION_CLASSES + SHIFTED_CLASSES
 _SPLITS = ("train", "test")
 _FAMILIES = {
     "both": APPEARANCE_CLASSES + TEMPORAL_CLASSES,
     "appearance": APPEARANCE_CLASSES,
     "temporal": TEMPORAL_CLASSES,
     "motion": MOTION_CLASSES,
+    "shifted": SHIFTED_CLASSES,
 }
 _FPS_CHOICES = (12, 15, 24, 25, 30)
 MARKER = "SYNTHETIC.json"
@@ -101,6 +109,8 @@ _GREY = 190.0  # the temporal object; brighter than any background pixel at gain
 _APPEARANCE_RADIUS = (0.35, 0.5)  # format 2 had (0.14, 0.24): see the docstring
 _TEMPORAL_RADIUS = (0.15, 0.3)
 _MOTION_RADIUS = (0.08, 0.12)
+_SHIFTED_RADIUS = (0.15, 0.2)
+_SHIFTED_OFFSET = 0.2  # of the width: where a test video's shape sits, left or right of the centre
 _MOTION_BASE_SPEED = 0.01  # fraction of min(width, height) per frame at speed 1
 _MOTION_JITTER = 0.15
 _LOW_GAIN = (0.3, 0.5)
@@ -183,7 +193,7 @@ def generate_synthetic(
                 final = root / split / name / f"{name}_{i:03d}.mp4"
                 partial = final.with_name(final.name + ".partial")
                 fps = int(rng.choice(_FPS_CHOICES))
-                _encode(partial, _render(name, rng, min_frames, max_frames, width, height), fps)
+                _encode(partial, _render(name, rng, min_frames, max_frames, width, height, split), fps)
                 os.replace(partial, final)  # a killed run never leaves a half .mp4
 
     info = {
@@ -251,9 +261,16 @@ _PROFILES = {
 
 
 def _render(
-    name: str, rng: np.random.Generator, min_frames: int, max_frames: int, width: int, height: int
+    name: str,
+    rng: np.random.Generator,
+    min_frames: int,
+    max_frames: int,
+    width: int,
+    height: int,
+    split: str = "train",
 ) -> np.ndarray:
-    """Return the (T, H, W, 3) uint8 frames of one video of class `name`."""
+    """Return the (T, H, W, 3) uint8 frames of one video of class `name` (of `split`: where a
+    shifted video's shape sits)."""
     n = int(rng.integers(min_frames, max_frames + 1))
     t = np.arange(n, dtype=np.float32)
     ramp = t / max(n - 1, 1)  # 0 → 1 over the whole video
@@ -290,10 +307,15 @@ def _render(
         radius = np.full(n, rng.uniform(*_APPEARANCE_RADIUS) * side, np.float32)
     elif name in MOTION_CLASSES:
         radius = np.full(n, rng.uniform(*_MOTION_RADIUS) * side, np.float32)
+    elif name in SHIFTED_CLASSES:
+        radius = np.full(n, rng.uniform(*_SHIFTED_RADIUS) * side, np.float32)
     else:  # temporal: a grey disc of one size, the same distribution in every class
         radius = np.full(n, rng.uniform(*_TEMPORAL_RADIUS) * side, np.float32)
     if name in MOTION_CLASSES:
         centre = _bouncing_path(name, rng, t, float(radius[0]), width, height)
+    elif name in SHIFTED_CLASSES:
+        centre = _shifted_place(rng, t, width, height, split)
+        name = "appearance_" + name.split("_", 1)[1]  # from here on, its shape and colour
     else:
         centre = []
         for dim in (width, height):
@@ -346,6 +368,16 @@ def _render(
         plane += sigma * noise.reshape(plane.shape) + np.float32(0.5)
         out[..., c] = np.clip(plane, 0, 255)
     return out
+
+
+def _shifted_place(rng: np.random.Generator, t: np.ndarray, width: int, height: int, split: str) -> list:
+    """Centre (x, y) per frame of a shifted video's shape: the frame's centre in train videos,
+    _SHIFTED_OFFSET of the width to the left or right in test ones, wobbling by 2% of the side."""
+    side = min(width, height)
+    x = width / 2 + (0.0 if split == "train" else rng.choice([-1, 1]) * _SHIFTED_OFFSET * width)
+    rate, phase = rng.uniform(0.04, 0.12, 2), rng.uniform(0, 2 * np.pi, 2)
+    wobble = 0.02 * side * np.sin(np.outer(rate, t) + phase[:, None])
+    return [(x + wobble[0]).astype(np.float32), (height / 2 + wobble[1]).astype(np.float32)]
 
 
 def _bouncing_path(

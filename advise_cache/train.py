@@ -63,7 +63,7 @@ from .runtime import (
     resolve_precision,
     sum_across,
 )
-from .sampling import classification_epoch, long_enough, prp_epoch
+from .sampling import classification_epoch, draw_views, long_enough, prp_epoch
 from .storage import describe
 from .store import Store, open_store
 
@@ -114,7 +114,7 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
         plan = classification_epoch(
             videos, lengths, labels, seed, epoch, s.frames, s.stride, cfg.clip_mode, rank, world, s
         )
-    return plan[:keep]
+    return draw_views(plan[:keep], source.train_views(cfg.views_train), seed, epoch, rank)
 
 
 def resolve_stride(cfg: TrainConfig) -> TrainConfig:
@@ -188,6 +188,7 @@ def prepare(cfg: TrainConfig) -> Setup:
     check_train_config(cfg)
     store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
     source = TokenSource(store, list(cfg.ifm) or None, skip_damaged=cfg.skip_damaged)
+    source.train_views(cfg.views_train)  # --views-train asks for views the store holds
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
         raise StoreError(

@@ -7,13 +7,17 @@
 From a store of random ViT-B-16-shaped tokens in the page cache, rounds rotate the readers
 of one PRP plan (each in every place in turn): a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
 against its crc32c), the same `ClipLoader` with the checks turned off (what they cost), and the
-`ClipLoader` of commit 1aa8d33 (from `git archive`, in a fresh process). Then rounds alternate training modes
+`ClipLoader` of commit 1aa8d33 (from `git archive`, in a fresh process). Then, from a store of
+the same bytes holding the centre crop and 2 augmented views of every frame (issue 21), rounds
+alternate the minimal reader and `ClipLoader` over a plan whose clips each read their drawn view
+(`--views-only`: that part alone, its own section). Then rounds alternate training modes
 (bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
 `train.train_step` on a batch in memory; on CUDA also `--compile` and `--preload gpu`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -102,20 +106,40 @@ def ensure_store(work: Path, videos: int, frames: int, seed: int) -> Path:
     return path
 
 
+VIEWS = 3  # the views store: the centre crop and 2 augmented views, a third of the videos (the same bytes)
+
+
+def ensure_views_store(work: Path, videos: int, frames: int, seed: int) -> Path:
+    from advise_cache.store import DONE, open_store
+
+    videos = max(1, videos // VIEWS)
+    path = work / f"store-{videos}x{frames}x{VIEWS}views.zarr"
+    if (path / "zarr.json").is_file() and (open_store(path).ifm("ViT-B-16").status() == DONE).all():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    say(f"writing {VIEWS * videos * frames * FRAME_BYTES / 1e9:.1f} GB of tokens into {path} (once)")
+    work.mkdir(parents=True, exist_ok=True)
+    token_store(path, "ViT-B-16", SHAPE, [frames] * videos, seed, aug_views=VIEWS - 1)
+    return path
+
+
 def warm_page_cache(path: Path) -> int:
     """Bytes read: every file of the store once (a shard is 64 frames, about 19 MB)."""
     return sum(len(p.read_bytes()) for p in path.rglob("*") if p.is_file())
 
 
 def make_plan(store_path: Path, clips: int, seed: int):
+    """The source and a PRP plan of `clips` clips; in a store with views each clip reads the view
+    it draws (train's `draw_views`, --views-train all)."""
     from advise_cache.loader import TokenSource
-    from advise_cache.sampling import SamplerConfig, prp_epoch
+    from advise_cache.sampling import SamplerConfig, draw_views, prp_epoch
     from advise_cache.store import open_store
 
     source = TokenSource(open_store(store_path))
     videos, _ = source.videos("train")
     sampler = SamplerConfig(clips_per_video=-(-clips // len(videos)))
-    return source, prp_epoch(videos, source.frames[videos], sampler, seed, 0)[:clips]
+    plan = prp_epoch(videos, source.frames[videos], sampler, seed, 0)[:clips]
+    return source, draw_views(plan, source.train_views("all"), seed, 0)
 
 
 def unchecked(store_path: Path):
@@ -141,8 +165,9 @@ def ceiling(store_path: Path, plan, batch: int, threads: int, check: bool = Fals
 
     per = 64
     arrays_dir = store_path / "ifm" / "ViT-B-16" / "tokens" / "c"
-    offset = open_store(store_path).ifm("ViT-B-16").offset
-    rows = np.stack([offset[r.video] + r.indices for r in plan])  # (clips, T)
+    a = open_store(store_path).ifm("ViT-B-16")
+    start = a.view_start([r.video for r in plan], [r.view for r in plan])  # the clip's view: offset without views
+    rows = np.stack([s + r.indices for s, r in zip(start.tolist(), plan)])  # (clips, T)
     fds, index = {}, {}
     for s in np.unique(rows // per).tolist():
         fd = os.open(arrays_dir / str(s) / "0" / "0" / "0", os.O_RDONLY)
@@ -294,6 +319,7 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
     ratios["checks"] = statistics.median(a / u for a, u in zip(rate["loader"], rate["unchecked"]))
     ratios["checked ceiling"] = statistics.median(a / c for a, c in zip(rate["loader"], rate["checked ceiling"]))
     ratios["minimal checks"] = statistics.median(c / u for c, u in zip(rate["checked ceiling"], rate["ceiling"]))
+    ratios["unchecked ceiling"] = statistics.median(u / c for u, c in zip(rate["unchecked"], rate["ceiling"]))
     if rate["baseline"]:
         ratios["baseline"] = statistics.median(a / b for a, b in zip(rate["loader"], rate["baseline"]))
     if cuda:
@@ -303,6 +329,36 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
         gpu = "`ClipLoader` to the GPU (pinned, side-stream copy)"
         rows.append(reader_row(gpu, med, med / statistics.median(rate["ceiling"])))
     return rows, ratios
+
+
+def views_reading(store_path: Path, args) -> tuple[list[list], dict]:
+    """`reading` over the store with views (its plan's clips each read their drawn view), without
+    the old loader: rows and ratios of the same four readers."""
+    return reading(store_path, argparse.Namespace(**{**vars(args), "no_baseline": True}))
+
+
+def render_views(facts, args, argv, rows: list[list], ratios: dict, store_path: Path) -> str:
+    from advise_cache.store import open_store
+
+    a = open_store(store_path).ifm("ViT-B-16")
+    lines = [
+        *heading("Loader with views in the store, CPU", "bench_loader.py", argv, facts),
+        f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens from the page cache; a store of {len(a.frames)} "
+        f"videos x {int(a.frames[0])} frames x {len(a.views)} views (the centre crop and {len(a.views) - 1} "
+        f"augmented views: the bytes of the loader section's store of {len(a.frames) * len(a.views)} videos x "
+        f"{int(a.frames[0])} frames), each clip reading the view it draws "
+        f"(`sampling.draw_views`, --views-train all: views {list(range(len(a.views)))}); "
+        f"batch {args.batch_size}, {args.threads} reading threads; {args.rounds} rounds, each reader once per round "
+        "(rotated); medians over the rounds.",
+        "",
+        *table(["reader", "clips/s", "GB/s", "of the ceiling"], rows),
+        "",
+        f"- loader / minimal reader of the same frames, both checking each frame's crc32c: "
+        f"{pct(ratios['checked ceiling'])} (target >= {pct(TARGET_CEILING)}); the loader not checking / the "
+        f"minimal reader not checking: {pct(ratios['unchecked ceiling'])}; the loader checking / the minimal "
+        f"reader not checking: {pct(ratios['ceiling'])}. Medians of the per-round ratios.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -354,15 +410,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="reading threads; default: 4 (cpu), the cores up to 16 (cuda)")
     p.add_argument("--no-baseline", action="store_true", help=f"skip the loader at {BASELINE}")
     p.add_argument("--quick", action="store_true", help="a tiny store and one short round")
+    p.add_argument("--views-only", action="store_true", help="only the store with views (its own section)")
     args = p.parse_args(argv)
     if args.child:
         return child_main(old_loader, json.loads(args.child))
     cuda = args.device.startswith("cuda")
     fill_in(args, SIZES["quick" if args.quick else "cuda" if cuda else "cpu"])
     args.threads = args.threads or (min(16, os.cpu_count() or 4) if cuda else 4)
+    facts = describe_machine(args.device, packages=("zarr",))
+    if not cuda:  # the views row: a CPU figure, like the ceiling's
+        views_path = ensure_views_store(args.work, args.videos, args.frames, args.seed)
+        say(f"warming the page cache: {warm_page_cache(views_path) / 1e9:.2f} GB read")
+        rows, ratios = views_reading(views_path, args)
+        publish(render_views(facts, args, argv, rows, ratios, views_path), args, "bench_loader_views")
+    if args.views_only:
+        return 0
     store_path = ensure_store(args.work, args.videos, args.frames, args.seed)
     say(f"warming the page cache: {warm_page_cache(store_path) / 1e9:.2f} GB read")
-    facts = describe_machine(args.device, packages=("zarr",))
     readers, ratios = reading(store_path, args)
     train_rows, ratios["train"] = training(store_path, args, SHAPE)
     section = render(facts, args, argv, readers, ratios, train_rows)

@@ -230,13 +230,16 @@ def token_store(
     fill: bool = True,
     codec: str | None = None,
     frame_crcs: bool = True,
+    aug_views: int = 0,
 ):
     """A real store of `len(lengths)` train videos of random float16 tokens of `shape` (h, w, D)
     under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written. `frame_crcs=False`:
-    its frames without a crc32c, as groups made before store format 3 (what the checks cost)."""
+    its frames without a crc32c, as groups made before store format 3 (what the checks cost).
+    `aug_views`: that many augmented views stored besides the centre crop (their tokens random too)."""
     import numpy as np
 
     from advise_cache.store import DEFAULT_CODEC, create_store, open_store
+    from advise_cache.views import view_specs
 
     n = len(lengths)
     table_ = {
@@ -259,12 +262,14 @@ def token_store(
         "normalisation": None,
         "precision": "fp32",
     }
-    arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC)
+    views = view_specs(aug_views, 0, seed, 224)
+    arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC, views=views)
     if not frame_crcs:
         arrays = _without_frame_crcs(path, key)
     rng = np.random.default_rng(seed)
     for v, frames in enumerate(lengths if fill else []):
-        arrays.write_video(v, rng.standard_normal((frames, *shape), dtype=np.float32).astype(np.float16))
+        rows = frames * len(views)
+        arrays.write_video(v, rng.standard_normal((rows, *shape), dtype=np.float32).astype(np.float16))
     return arrays
 
 

@@ -123,6 +123,31 @@ def temporal_store(tmp_path_factory) -> Path:
     return out
 
 
+VIEWS = dict(train_per_class=2, test_per_class=1, min_frames=12, max_frames=20)  # 12 videos
+
+
+@pytest.fixture(scope="session")
+def views_root(tmp_path_factory) -> Path:
+    """A few appearance videos, for stores with views (each view is a pass of the model)."""
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("views")
+    generate_synthetic(root, family="appearance", seed=2, **VIEWS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def views_store(views_root, tmp_path_factory) -> Path:
+    """`extract synthetic-appearance --aug-views 2 --crops 3`: 6 views of every frame."""
+    from advise_cache.extract import extract_videos
+
+    out = tmp_path_factory.mktemp("stores") / "views.zarr"
+    cfg = extract_config(views_root, out, dataset="synthetic-appearance", aug_views=2, crops=3)
+    summary = extract_videos(cfg)
+    assert summary.exit_code == 0, summary.failed
+    return out
+
+
 def assert_same_tokens(path: Path, reference: Path) -> None:
     """The store at `path` holds the test-vit statuses and tokens of `reference`, bit for bit."""
     from advise_cache.store import open_store

@@ -27,4 +27,7 @@ def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
     assert "loader / ceiling:" in out and "the same loader not checking:" in out
     assert "| `train.train` from the store |" in out and "| `train_step` on a batch in memory | " in out
     assert "from the store / in memory:" in out
+    # issue 21: the same readers over a store with views, each clip reading its drawn view
+    assert "Loader with views in the store" in out and "views [0, 1, 2]" in out
+    assert "loader / minimal reader of the same frames, both checking each frame's crc32c:" in out
     sys.modules.pop("bench_loader", None)
