@@ -350,6 +350,7 @@ RECIPE_KEYS = (
     "label_smoothing",
     "sampler",
     "clip_mode",
+    "views_train",
     "linear_probe",
     "seed",
     "ifm",

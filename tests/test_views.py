@@ -236,6 +236,20 @@ def test_views_train_chooses_the_pool_and_a_preloaded_run_reads_the_same_views(v
     assert losses[0] == losses[1]
 
 
+def test_resuming_with_another_views_train_needs_override(views_store, tmp_path):
+    from conftest import train_config
+
+    from advise_cache.errors import MismatchError
+    from advise_cache.train import train
+
+    cfg = train_config(views_store, tmp_path / "r", task="classify", epochs=2, batch_size=4, max_steps=1)
+    train(cfg)
+    again = replace(cfg, max_steps=None, resume=True, views_train="centre")
+    with pytest.raises(MismatchError, match="--views-train 'all' then, 'centre' now"):
+        train(again)
+    assert train(replace(again, override=True))["step"] > 1  # --override continues with the new pool
+
+
 def test_views_train_augmented_needs_augmented_views(synthetic_store, tmp_path):
     one_line(
         ["finetune", "--cache", synthetic_store, "--out", tmp_path / "r", "--scratch", "--views-train", "augmented"],
