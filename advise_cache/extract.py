@@ -200,13 +200,18 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
     store, table = store_or_table(cfg, index, workers)
     plan = plan_store(cfg, key, ifm.grid, ifm.dim, store, table)
-    batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
+    batch = cfg.batch_size or default_batch(ifm.device)  # the batch extraction runs: the rate it gets
     try:
         check_weights(cfg.model, cfg.pretrained)
         weights = ""
     except WeightsError as e:  # the plan stands; the run would not
         weights = str(e)
     return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device), weights=weights)
+
+
+def default_batch(device: torch.device) -> int:
+    """Frames a model call takes when --batch-size is not given."""
+    return 256 if device.type == "cuda" else 64
 
 
 def model_rate(ifm, batch: int, repeats: int = 2) -> float:
@@ -235,7 +240,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     make_current(resolve_device(device))
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
-    batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
+    batch = cfg.batch_size or default_batch(ifm.device)
     # Under torchrun the ranks probe the videos together, and rank 0 reports for all of them.
     group = join_group()
     try:
