@@ -56,27 +56,27 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 demo: venv
-	$(PY) pipelines/demo.py --out $(DEMO) --device $(DEVICE) --seed $(SEED)
+	$(PY) -m pipelines.demo --out $(DEMO) --device $(DEVICE) --seed $(SEED)
 
 bench-extract: venv
-	$(PY) pipelines/bench_extract.py
+	$(PY) -m pipelines.bench_extract
 
 bench-writer: venv
-	$(PY) pipelines/bench_extract_writer.py
+	$(PY) -m pipelines.bench_extract_writer
 
 bench-loader: venv
-	$(PY) pipelines/bench_loader.py
+	$(PY) -m pipelines.bench_loader
 
 # Issue 21: what stored augmented views buy on the synthetic shifted family (README, BENCHMARKS.md).
 .PHONY: study-views
 study-views: venv
-	$(PY) pipelines/study_views.py
+	$(PY) -m pipelines.study_views
 
 bench-bucket: venv
-	$(PY) pipelines/bench_bucket.py
+	$(PY) -m pipelines.bench_bucket
 
 bench-efficiency: venv
-	$(PY) pipelines/bench_efficiency.py
+	$(PY) -m pipelines.bench_efficiency
 
 # Every GPU figure in two commands of under 5 minutes each (one device call each), both opened by
 # a ~20 s pre-flight (CUDA, versions, the direct shard reader and writer, a one-batch extraction on
@@ -91,15 +91,15 @@ GPU_DEVICE ?= cuda
 GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
 bench-gpu: bench-gpu-extract bench-gpu-train
 bench-gpu-extract:
-	$(GPU_RUN) pipelines/bench_gpu.py extract --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.bench_gpu extract --device $(GPU_DEVICE)
 bench-gpu-train:
-	$(GPU_RUN) pipelines/bench_gpu.py train --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.bench_gpu train --device $(GPU_DEVICE)
 
 bench-decode: venv
-	$(PY) pipelines/bench_decode.py
+	$(PY) -m pipelines.bench_decode
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
-	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)
+	$(PY) -m pipelines.ablation $* $(ABLATION_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

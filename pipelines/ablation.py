@@ -1,10 +1,10 @@
 """The paper's ablations (Figures 3-6, Tables 4-5), every one from ONE store per dataset.
 
-    .venv/bin/python pipelines/ablation.py spatial-res --out runs/ablations   # make ablation-spatial-res
-    .venv/bin/python pipelines/ablation.py tmm-depth --cache ucf101.zarr,diving48.zarr \\
+    .venv/bin/python -m pipelines.ablation spatial-res --out runs/ablations   # make ablation-spatial-res
+    .venv/bin/python -m pipelines.ablation tmm-depth --cache ucf101.zarr,diving48.zarr \\
         --epochs 200 --ft-epochs 50 --jobs 2
-    .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
-    .venv/bin/python pipelines/ablation.py storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
+    .venv/bin/python -m pipelines.ablation ifm --cache ucf101.zarr    # each IFM in it, and pairs
+    .venv/bin/python -m pipelines.ablation storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
 
 Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # The settings' rules and the report live beside this file; the names tests use are re-exported.
-from ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
-from ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
-from common import REPO, SYNTHETIC, quiet, synthetic_store
+from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
+from pipelines.ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
+from pipelines.common import REPO, SYNTHETIC, quiet, synthetic_store
 
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
 # Stores extracted from each family's videos: (name suffix, token dtype, frame stride).
@@ -227,8 +227,6 @@ def _worker_threads(threads: int) -> None:
 def run_settings(folders: list[Path], jobs: int) -> list[Path]:
     """Run the settings in `folders`, `jobs` at a time in a process pool (a broken setting costs
     no other); the folders that failed."""
-    if str(Path(__file__).parent) not in sys.path:  # spawned workers import this module by name
-        sys.path.insert(0, str(Path(__file__).parent))
     failed, jobs = [], max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(
@@ -381,7 +379,7 @@ def main(argv=None) -> int:
     missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
     text = render(args.name, rows, args.recipe, notes, missing)
     if args.name == "storage" and rows:
-        from ablation_storage import report
+        from pipelines.ablation_storage import report
 
         text = report(text, stores, rows, args)
     if rows:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ablation_report import SOURCE
+from pipelines.ablation_report import SOURCE
 
 ABLATIONS = tuple(SOURCE)
 PAPER = {

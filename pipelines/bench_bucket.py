@@ -1,7 +1,7 @@
 """Training from a store in a bucket: the loader against raw readers, on an S3 emulator.
 
-    .venv/bin/python pipelines/bench_bucket.py                     # ~5 min on 2 cores
-    .venv/bin/python pipelines/bench_bucket.py --quick --no-write  # a look
+    .venv/bin/python -m pipelines.bench_bucket                     # ~5 min on 2 cores
+    .venv/bin/python -m pipelines.bench_bucket --quick --no-write  # a look
 
 Starts moto's S3 server on 127.0.0.1 (no other address is touched), copies a store of random
 ViT-B-16-shaped tokens into it, and alternates rounds of readers over one PRP plan:
@@ -31,8 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from bench_loader import FRAME_BYTES, ceiling, ensure_store, make_plan
-from common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+
+from pipelines.common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+from pipelines.readers import FRAME_BYTES, ceiling, ensure_store, make_plan
 
 BUCKET = "advise-bench"
 TARGET_FIRST, TARGET_CACHED = 0.7, 0.8

@@ -1,8 +1,8 @@
 """Decoding and resizing real footage: what extraction's pixels cost on the CPU, by path, side by
 side in alternating rounds, and how far the tokens of the tensor resize are from PIL's.
 
-    python pipelines/bench_decode.py                       # ~4 minutes on 2 shared cores
-    python pipelines/bench_decode.py --quick --no-write    # smoke run on a generated clip, seconds
+    python -m pipelines.bench_decode                       # ~4 minutes on 2 shared cores
+    python -m pipelines.bench_decode --quick --no-write    # smoke run on a generated clip, seconds
 
 The clip: OpenCV's sample `vtest.avi` (768x576 msmpeg4, 795 frames of people walking, a fixed
 camera), which Debian ships in its `opencv-doc` package (`apt-get install opencv-doc` puts it at
@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, describe_machine, heading, num, parser, publish, quiet, say, table
+
+from pipelines.common import REPO, describe_machine, heading, num, parser, publish, quiet, say, table
 
 DEBIAN_CLIP = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SMALL = (240, 320)  # height, width of the transcoded clip
@@ -320,8 +321,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_decode-"))
     try:
         if args.quick:
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import write_video
+            from advise_cache.testing import write_video
 
             clip = write_video(work / "generated.mp4", 48, size=(144, 192))
             args.rounds, args.extract_rounds, args.models, args.token_frames = 1, 1, "test-vit", 4

@@ -1,9 +1,9 @@
 """Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50. This
 script owns the "online vs from the cache" figure.
 
-    .venv/bin/python pipelines/bench_efficiency.py    # make bench-efficiency; ~15 min on 2 CPU cores
-    python3 pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
-    .venv/bin/python pipelines/bench_efficiency.py --configs cached-B16,r3d50 --no-write
+    .venv/bin/python -m pipelines.bench_efficiency    # make bench-efficiency; ~15 min on 2 CPU cores
+    python3 -m pipelines.bench_efficiency --device cuda --batch-size 32 --min-time 5 --rounds 1
+    .venv/bin/python -m pipelines.bench_efficiency --configs cached-B16,r3d50 --no-write
 
 Per configuration: trainable parameters, forward MACs per clip (`models.forward_cost`), peak
 memory and seconds per `train.train_step` plus producing its batch (frozen IFM on the frames,
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from advise_cache.testing import token_store
+from pipelines.common import (
     child_main,
     clock,
     describe_machine,
@@ -32,7 +33,6 @@ from common import (
     run_child,
     say,
     table,
-    token_store,
 )
 
 CONFIGS = {  # name: (method, image model or None)

@@ -1,9 +1,9 @@
 """Stage-1 extraction benchmark: decoding, the image model, the writer and the whole pipeline,
 side by side on the same generated videos (320x240 mpeg4), in rounds, the best round of each kept.
 
-    python pipelines/bench_extract.py                      # CPU (make bench-extract); ~12 minutes
-    python3 pipelines/bench_extract.py --device cuda       # GPU mode (make bench-gpu); ~2 minutes
-    python pipelines/bench_extract.py --device cpu --quick --no-write   # smoke test, seconds
+    python -m pipelines.bench_extract                      # CPU (make bench-extract); ~12 minutes
+    python3 -m pipelines.bench_extract --device cuda       # GPU mode (make bench-gpu); ~2 minutes
+    python -m pipelines.bench_extract --device cpu --quick --no-write   # smoke test, seconds
 
 Per image model: the decode processes, `IFM.encode` alone, and `extract.extract_videos` into a
 fresh store; the writer with and without frame checksums and raw write + fsync
@@ -26,8 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_extract_writer import bench_codecs, bench_writer, codec_table, writer_table
-from common import clock, describe_machine, filesystem, fill_in, heading, num, parser, pct, publish, quiet, say, table
+
+from pipelines.bench_extract_writer import bench_codecs, bench_writer, codec_table, writer_table
+from pipelines.common import (
+    clock,
+    describe_machine,
+    filesystem,
+    fill_in,
+    heading,
+    num,
+    parser,
+    pct,
+    publish,
+    quiet,
+    say,
+    table,
+)
 
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several
 # Frames per model: ViT-B-16 runs about 1 frame/s in fp32 on 2 CPU cores, test-vit

@@ -2,7 +2,7 @@
 frame checksums, and raw write + fsync of the same bytes;
 every token codec's size, write and read speed; the tables of both for its section.
 
-    .venv/bin/python pipelines/bench_extract_writer.py       # the writer with and without frame
+    .venv/bin/python -m pipelines.bench_extract_writer       # the writer with and without frame
                                                              # checksums alone: its own section
 """
 
@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import describe_machine, filesystem, heading, num, parser, pct, publish, say, table, token_store
+
+from advise_cache.testing import token_store
+from pipelines.common import describe_machine, filesystem, heading, num, parser, pct, publish, say, table
 
 WRITER_TARGET_RAW, WRITER_TARGET_CRC = 0.8, 0.9
 WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)

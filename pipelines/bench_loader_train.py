@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import clock, num, pct, say
+from pipelines.common import clock, num, pct, say
 
 
 def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = False) -> dict:

@@ -1,6 +1,6 @@
 """The whole AdViSe story on the built-in synthetic dataset, end to end, on the CPU.
 
-    make demo                      # or: python pipelines/demo.py --out demo --seed 0 --seeds 3
+    make demo                      # or: python -m pipelines.demo --out demo --seed 0 --seeds 3
 
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
 frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
@@ -37,7 +37,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from common import mean_sd, pm, quiet, synthetic_store, table
+
+from pipelines.common import mean_sd, pm, quiet, synthetic_store, table
 
 FAMILIES = ("appearance", "temporal", "motion")
 # Classification clips: the temporal family is judged as Diving48 is, one frame from each

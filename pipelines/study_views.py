@@ -1,8 +1,8 @@
 """What stored views buy (issue 21): Acc_ft with 0, 2 and 4 augmented views, seeds, bytes, and
 10 x 3 against 4 x 1 evaluation, on the synthetic `shifted` family.
 
-    .venv/bin/python pipelines/study_views.py              # `make study-views`, ~15 min on 2 cores
-    .venv/bin/python pipelines/study_views.py --quick --no-write   # a look (and the smoke test)
+    .venv/bin/python -m pipelines.study_views              # `make study-views`, ~15 min on 2 cores
+    .venv/bin/python -m pipelines.study_views --quick --no-write   # a look (and the smoke test)
 
 The shifted family's shapes sit at the centre of the train videos and a fifth of the width aside
 in the test videos (advise_cache/synthetic.py): the class survives a crop, its place does not, so
@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import REPO, describe_machine, fill_in, heading, mean_sd, parser, pm, publish, say, table
+from pipelines.common import REPO, describe_machine, fill_in, heading, mean_sd, parser, pm, publish, say, table
 
 VIEWS = (0, 2, 4)
 SIZES = {
@@ -34,10 +34,9 @@ FRAMES = (16, 24)  # video lengths drawn in this range
 
 def make_store(work: Path, sizes: dict) -> Path:
     """The shifted videos and their store with every view the study reads (made once)."""
-    from common import extract_cpu
-
     from advise_cache.store import DONE, open_store
     from advise_cache.synthetic import generate_synthetic
+    from pipelines.common import extract_cpu
 
     videos = work / "videos"
     out = work / "shifted.zarr"

@@ -8,56 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from advise_cache.testing import video_table, write_folder_tree, write_video  # noqa: F401 (tests import them from here)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
-
-
-def load_pipeline(name: str):
-    """Import pipelines/NAME.py as module NAME (the scripts are not a package); a generator for
-    fixtures: it yields the module and forgets it afterwards."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(name, None)
 
 
 TINY = dict(train_per_class=3, test_per_class=2, min_frames=24, max_frames=40)
 # `extract` as extract_config below runs it, in flags: the random-init test-vit (no weights to
 # fetch), decoding in this process, on the CPU. Shard and batch sizes stay with each test.
 FAST_EXTRACT = "--model test-vit --pretrained none --workers 0 --device cpu".split()
-
-
-def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", size=(72, 96), fps=25) -> Path:
-    """A small real video of random smooth noise, for tests that need a specific file."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=fps)
-        s.height, s.width = size
-        s.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 255, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
-            img = np.repeat(np.repeat(img, 8, 0), 8, 1)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-def write_folder_tree(root: Path, frames: tuple[int, ...]) -> Path:
-    """A `folder` dataset: video i of frames[i] frames in class folder a or b, alternately."""
-    for i, n in enumerate(frames):
-        write_video(root / "ab"[i % 2] / f"v{i}.mp4", n, seed=i)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -162,16 +121,7 @@ def small_store(path: Path, lengths=(5, 8, 13)):
     open for writing, and the tokens its videos should get."""
     from advise_cache.store import create_store, open_store
 
-    n = len(lengths)
-    table = {
-        "name": [f"v{i}" for i in range(n)],
-        "path": [""] * n,
-        "split": ["train"] * n,
-        "label": [0] * n,
-        "fps": [25.0] * n,
-        "source_frames": list(lengths),
-        "probe_error": [""] * n,
-    }
+    table = video_table(lengths)
     info = {
         "model": "m",
         "pretrained": "none",

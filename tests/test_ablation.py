@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_pipeline
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
@@ -30,12 +28,9 @@ def tiny(max_steps: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ablation():
-    pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
-    sys.path.insert(0, pipelines)  # ablation.py imports its neighbours, as a script does
-    yield from load_pipeline("ablation")
-    sys.path.remove(pipelines)
-    for name in ("ablation_plan", "ablation_report"):
-        sys.modules.pop(name, None)
+    from pipelines import ablation
+
+    return ablation
 
 
 def test_spatial_settings_follow_the_grid(ablation):

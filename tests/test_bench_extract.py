@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
 
 
 @pytest.mark.slow
 def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
-    import bench_extract
+    from pipelines import bench_extract
 
     out = tmp_path / "BENCH.md"
     assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--out", str(out)]) == 0
@@ -39,7 +35,7 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
 
 
 def test_the_writer_alone_compares_frame_checksums_on_and_off(tmp_path):
-    import bench_extract_writer
+    from pipelines import bench_extract_writer
 
     out = tmp_path / "BENCH.md"
     argv = ["--models", "test-vit", "--frames", "48", "--repeats", "2", "--out", str(out)]

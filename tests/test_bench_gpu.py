@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
 
 
 @pytest.mark.slow
 def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
-    import bench_gpu
+    from pipelines import bench_gpu
 
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert bench_gpu.main(["extract", "--device", "cpu", "--quick"]) == 0
@@ -29,9 +25,8 @@ def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
 
 
 def test_preflight_says_when_the_direct_shard_io_is_off(tmp_path, monkeypatch):
-    import bench_gpu
-
     from advise_cache import ifm_arrays
+    from pipelines import bench_gpu
 
     monkeypatch.setattr(ifm_arrays, "token_layout", lambda array: (False, True))
     ok, why = bench_gpu.direct_io(tmp_path)

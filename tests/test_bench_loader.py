@@ -5,17 +5,13 @@ never from a test."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
-
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.mark.slow
 def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(PIPELINES))
-    import bench_loader
+    from pipelines import bench_loader
 
     assert bench_loader.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import extract_config, load_pipeline
+from conftest import extract_config
 
 import advise_cache.train as train_module
 from advise_cache.checkpoint import load_checkpoint
@@ -67,10 +66,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def demo():
-    pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
-    sys.path.insert(0, pipelines)  # demo.py imports common.py, as a script does
-    yield from load_pipeline("demo")
-    sys.path.remove(pipelines)
+    from pipelines import demo
+
+    return demo
 
 
 def _store(tmp_path_factory, family: str, draw: int) -> Path:

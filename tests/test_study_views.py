@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 def test_study_views_smoke(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(PIPELINES))
-    import study_views
+    from pipelines import study_views
 
     assert study_views.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
