@@ -287,12 +287,12 @@ def _extract(cfg, key, index, ifm, workers, batch, part, group) -> ExtractSummar
     except OSError as e:  # a read-only folder, a full disk
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
     for what in ("resize", "decoder"):  # tokens of other pixels would mix into one group
-        if arrays.meta.get(what, "pil" if what == "resize" else "decord") != info[what]:
+        if getattr(arrays.meta, what) != info[what]:
             log.warning(
                 "%s was extracted with --%s %s; this run uses %s: its videos' tokens differ slightly",
                 key,
                 what,
-                arrays.meta.get(what, "pil" if what == "resize" else "decord"),
+                getattr(arrays.meta, what),
                 info[what],
             )
     table = store.videos

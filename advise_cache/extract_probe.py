@@ -167,7 +167,7 @@ def written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
     if key not in store.ifm_keys():
         return np.zeros(len(store.videos), bool)
     a = store.ifm(key)
-    if (a.meta["frame_stride"], a.meta["dtype"]) != (cfg.frame_stride, cfg.dtype):
+    if (a.meta.frame_stride, a.meta.dtype) != (cfg.frame_stride, cfg.dtype):
         return np.zeros(len(store.videos), bool)  # add_ifm refuses this group anyway
     return a.status() != PENDING
 

@@ -279,7 +279,7 @@ class ModelLoop:
         self.spare: list[torch.Tensor] = []  # shard buffers back from the writer
         self.spare_lock = threading.Lock()
         self.dropped: set[int] = set()
-        self.per = int(arrays.meta["frames_per_shard"])
+        self.per = arrays.meta.frames_per_shard
         self.row_shape = tuple(arrays.tokens.shape[1:])
         self.views = views or [{"kind": "centre"}]
 

@@ -33,8 +33,8 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
         problems.append("no image model has been extracted into this store")
     for key in keys:
         a = store.ifm(key)
-        per = int(a.meta["frames_per_shard"])
-        stride = int(a.meta["frame_stride"])
+        per = a.meta.frames_per_shard
+        stride = a.meta.frame_stride
         status = a.status()
         h, w = a.grid
         row = a.dim + (SCALE_BYTES if a.quantised else 0)  # int8: each token's float16 scale

@@ -19,7 +19,7 @@ def summarize(store: Store) -> dict:
         "path": str(store.path),
         "format": store.format,
         "dataset": store.dataset,
-        "root": store.meta.get("root"),
+        "root": store.root,
         "split": source["split"],
         "annotations": source["annotations"],
         "classes": len(store.classes),
@@ -34,13 +34,13 @@ def summarize(store: Store) -> dict:
         done = status == DONE
         reasons = a.reasons()
         out["ifms"][key] = {
-            "model": a.meta["model"],
-            "pretrained": a.meta["pretrained"],
+            "model": a.meta.model,
+            "pretrained": a.meta.pretrained,
             "grid": list(a.grid),
             "dim": a.dim,
-            "dtype": a.meta["dtype"],
-            "frame_stride": a.meta["frame_stride"],
-            "codec": a.meta["codec"],
+            "dtype": a.meta.dtype,
+            "frame_stride": a.meta.frame_stride,
+            "codec": a.meta.codec,
             "done": int(done.sum()),
             "pending": int((status == PENDING).sum()),
             "failed": [
@@ -52,7 +52,7 @@ def summarize(store: Store) -> dict:
             "direct_shard_io": a.shard_reader() is not None,
             # each frame's crc32c, checked on every read (store format 3); none in groups made before
             "frame_checksums": a.frame_checked,
-            "resize": a.meta.get("resize", "pil"),
+            "resize": a.meta.resize,
             "views": a.views,  # the centre crop alone where no views were stored
         }
         errors = a.quant_errors()

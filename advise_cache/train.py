@@ -122,7 +122,7 @@ def resolve_stride(cfg: TrainConfig) -> TrainConfig:
     --frame-stride s holds source frames 0, s, 2s, ... of each video, so a base stride of
     `source_stride` source frames is source_stride / s stored frames, served exactly only when
     s divides it. Without a source stride, sampler.stride counts stored frames as given."""
-    fs = int(open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta["frame_stride"])
+    fs = open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta.frame_stride
     if cfg.source_stride is None:
         if fs > 1:
             log.warning(

@@ -117,9 +117,9 @@ def describe_store(path: Path) -> StoreInfo:
         keys,
         {k: tuple(a.grid) for k, a in arrays.items()},
         {k: a.dim for k, a in arrays.items()},
-        {k: int(a.meta["frame_stride"]) for k, a in arrays.items()},
+        {k: a.meta.frame_stride for k, a in arrays.items()},
         SamplerConfig().frames,
-        {k: a.meta["dtype"] for k, a in arrays.items()},
+        {k: a.meta.dtype for k, a in arrays.items()},
     )
 
 

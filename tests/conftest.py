@@ -170,7 +170,7 @@ def frame_chunk(store: Path, video: int, frame: int, key: str = "test-vit") -> t
     from advise_cache.store import open_store
 
     a = open_store(store).ifm(key)
-    per = int(a.meta["frames_per_shard"])
+    per = a.meta.frames_per_shard
     path = store / "ifm" / key / "tokens" / "c" / str(int(a.offset[video]) // per + frame // per) / "0/0/0"
     tail = path.read_bytes()[-(16 * per + 4) : -4]
     start = int(np.frombuffer(tail, "<u8").reshape(per, 2)[frame % per, 0])

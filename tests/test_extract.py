@@ -33,8 +33,8 @@ def test_stored_tokens_equal_a_direct_forward(synthetic_root, synthetic_store):
     store = open_store(synthetic_store)
     a = store.ifm("test-vit")
     ifm = create_ifm("test-vit", "none", device="cpu")
-    assert a.meta["weights_sha256"] == ifm.weights_sha256
-    assert (a.grid, a.dim, a.meta["dtype"]) == ((4, 4), 64, "float16")
+    assert a.meta.weights_sha256 == ifm.weights_sha256
+    assert (a.grid, a.dim, a.meta.dtype) == ((4, 4), 64, "float16")
     for v in range(0, len(store.videos), 5):
         frames = decode_frames(Path(store.videos.path[v]), ifm.spec)
         direct = ifm.encode(frames).numpy()
@@ -51,7 +51,7 @@ def test_frame_stride_keeps_every_nth_frame(synthetic_root, synthetic_store, tmp
     extract_videos(extract_config(synthetic_root, out, frame_stride=3, frames_per_shard=4))
     full = open_store(synthetic_store).ifm("test-vit")
     strided = open_store(out).ifm("test-vit")
-    assert strided.meta["frame_stride"] == 3
+    assert strided.meta.frame_stride == 3
     for v in range(3):
         n = int(full.frames[v])
         assert strided.frames[v] == -(-n // 3)
@@ -62,7 +62,7 @@ def test_store_is_self_describing(synthetic_store):
     store = open_store(synthetic_store)
     assert store.dataset == "synthetic"
     assert len(store.classes) == 8 and all(c.startswith(("appearance_", "temporal_")) for c in store.classes)
-    m = store.ifm("test-vit").meta
+    m = store.ifm("test-vit").meta.stored  # the attributes as written
     keys = "model pretrained weights_sha256 input_size normalisation grid dim dtype frame_stride version mean std codec"
     for key in keys.split():
         assert key in m, key
@@ -262,7 +262,7 @@ def test_a_second_model_lives_beside_the_first(synthetic_root, synthetic_store, 
     extract_videos(extract_config(synthetic_root, out, name="test-vit-seed1", seed=1))
     store = open_store(out)
     assert store.ifm_keys() == ["test-vit", "test-vit-seed1"]
-    assert store.ifm("test-vit").meta["weights_sha256"] != store.ifm("test-vit-seed1").meta["weights_sha256"]
+    assert store.ifm("test-vit").meta.weights_sha256 != store.ifm("test-vit-seed1").meta.weights_sha256
     with pytest.raises(StoreError, match="made differently"):  # same key, other weights
         extract_videos(extract_config(synthetic_root, out, seed=2))
 

@@ -129,9 +129,9 @@ def test_decoding_rounds_each_product_once(monkeypatch):
 def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     a = open_store(int8_store).ifm("test-vit")
     f16 = open_store(synthetic_store).ifm("test-vit")
-    assert (a.meta["dtype"], a.dim, a.row_dim, a.quantised) == ("int8", 64, 66, True)
+    assert (a.meta.dtype, a.dim, a.row_dim, a.quantised) == ("int8", 64, 66, True)
     assert a.tokens.dtype == np.int8 and a.tokens.shape[1:] == (4, 4, 66)
-    assert a.meta["quantisation"] == "int8-absmax-per-token-f16-scale"
+    assert a.meta.quantisation == "int8-absmax-per-token-f16-scale"
     # (D + 2) bytes a token against 2 D: 66 / 128 of the float16 store, both plus the same index
     per_frame = {
         s: summarize(open_store(p))["ifms"]["test-vit"] for s, p in (("q", int8_store), ("h", synthetic_store))
@@ -200,8 +200,8 @@ def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
     path = tmp_path / "two.zarr"
     shutil.copytree(int8_store, path)
     first = open_store(path).ifm("test-vit")
-    info = {k: first.meta[k] for k in ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim")}
-    second = open_store(path, mode="r+").add_ifm("second", info, first.meta["frame_stride"], 8, dtype="int8")
+    info = {k: first.meta.stored[k] for k in ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim")}
+    second = open_store(path, mode="r+").add_ifm("second", info, first.meta.frame_stride, 8, dtype="int8")
     g = torch.Generator().manual_seed(1)
     for v in np.flatnonzero(first.status() == DONE).tolist():
         x = torch.randn((int(second.frames[v]), 4, 4, 64), generator=g) * (v + 1)
@@ -299,7 +299,7 @@ def test_info_and_verify_show_the_error(int8_store, tmp_path):
 
 def test_float16_stores_are_unchanged_and_unknown_schemes_refused(synthetic_store, tmp_path):
     a = open_store(synthetic_store).ifm("test-vit")
-    assert not a.quantised and a.quant_errors() is None and "quantisation" not in a.meta
+    assert not a.quantised and a.quant_errors() is None and a.meta.quantisation is None
     assert a.row_dim == a.dim == 64 and a.tokens.dtype == np.float16
     assert "quant_rel_l2" not in a.group and "quant_cos" not in a.group
     assert "quant_error" not in summarize(open_store(synthetic_store))["ifms"]["test-vit"]

@@ -87,7 +87,7 @@ def test_extraction_stores_the_tokens_of_its_resize(tmp_path, resize):
 
     ifm = create_ifm("test-vit", "none", device="cpu")
     a = open_store(out).ifm("test-vit")
-    assert a.meta["resize"] == resize and a.meta["decoder"] == "decord"
+    assert a.meta.resize == resize and a.meta.decoder == "decord"
     for v in range(2):
         want = ifm.encode(decode_frames(open_store(out).videos.path[v], ifm.spec, resize=resize)).numpy()
         np.testing.assert_allclose(a.read_video(v).astype(np.float32), want, rtol=1e-3, atol=1e-3)

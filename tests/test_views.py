@@ -65,7 +65,7 @@ def test_view_zero_is_the_centre_crop_of_a_store_without_views(views_root, views
     plain = tmp_path / "plain.zarr"
     assert extract_videos(extract_config(views_root, plain, dataset="synthetic-appearance")).exit_code == 0
     a, b = open_store(views_store).ifm(), open_store(plain).ifm()
-    assert "views" not in b.meta and len(b.views) == 1  # a store without views is laid out as before
+    assert "views" not in b.meta.stored and len(b.views) == 1  # a store without views is laid out as before
     assert len(a.views) == 6 and a.tokens.shape[0] == 6 * b.tokens.shape[0]
     for v in range(len(a.frames)):
         np.testing.assert_array_equal(a.read_video(v, view=0), b.read_video(v))
