@@ -29,7 +29,7 @@ import torch
 
 from .errors import AdviseCacheError, DecodeError
 from .pixels import max_pixels, resize_crop_tensor
-from .quant import error_sums, quantize, summarise_error
+from .quant import error_sums, quantise, summarise_error
 from .runtime import local_world_size
 from .video import decode_worker, iter_frames, sigint_blocked
 from .views import view_pixels
@@ -353,7 +353,7 @@ class ModelLoop:
         x = self.crops[: self.fill]
         if self.quantised:
             floats = self.ifm.encode(x, dtype=torch.float32)
-            tokens = quantize(floats)
+            tokens = quantise(floats)
         else:
             tokens = self.ifm.encode(x, dtype=self.dtype)
         complete = []

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import DamagedFrameError, first_line
 from .ifm_layout import DONE, FAILED, NO_CHECKSUM, PENDING
-from .quant import SCALE_BYTES, dequantize_numpy
+from .quant import SCALE_BYTES, dequantise_numpy
 from .store import Store
 from .summary import quant_error_summary
 
@@ -81,7 +81,7 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                         "extraction (corrupted on disk)"
                     )
                 if a.quantised:  # the values the loader will see: int8 times each token's scale
-                    x = dequantize_numpy(x)
+                    x = dequantise_numpy(x)
                 if not np.isfinite(x).all():
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():

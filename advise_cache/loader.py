@@ -38,7 +38,7 @@ import torch
 
 from .damaged import DamagedVideos
 from .errors import DamagedFrameError, MismatchError, StoreError
-from .quant import dequantize, dequantize_into
+from .quant import dequantise, dequantise_into
 from .runtime import cores_per_process, free_memory
 from .sampling import ClipRequest
 from .shards import in_parts
@@ -193,31 +193,31 @@ class TokenSource:
                 out[0] = r[rows.to(r.device)].cpu().numpy()
         else:
             self.fill(np.array([video]), indices[None], outs, views=views)
-        return self.decode([torch.from_numpy(o[0]).to(device) for o in outs])
+        return self.dequantise([torch.from_numpy(o[0]).to(device) for o in outs])
 
-    def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def dequantise(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Rows as stored, one tensor (..., row_dims[k]) per IFM → (..., D) tokens in `self.dtype`,
         computed where the parts are (int8: dequantised there)."""
         if self.quantised:
-            parts = [dequantize(p, torch.float16) for p in parts]
+            parts = [dequantise(p, torch.float16) for p in parts]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
-    def decode_into(
+    def dequantise_into(
         self, parts: list[torch.Tensor], out: torch.Tensor, pool: ThreadPoolExecutor | None = None, tasks: int = 1
     ) -> torch.Tensor:
-        """`decode` on the host into `out` (..., h, w, D) rather than new memory: its frames are
+        """`dequantise` on the host into `out` (..., h, w, D) rather than new memory: its frames are
         split into up to `tasks` shares run on `pool` (the kernels release the GIL), each of at
-        least _DECODE_SHARE values: handing a small batch to threads costs more than it saves.
+        least _DEQUANTISE_SHARE values: handing a small batch to threads costs more than it saves.
         Returns `out`."""
         frames = out.view(-1, *out.shape[-3:])
-        tasks = max(1, min(tasks, out.numel() // _DECODE_SHARE))
+        tasks = max(1, min(tasks, out.numel() // _DEQUANTISE_SHARE))
         rows = [p.reshape(-1, *p.shape[-3:]) for p in parts]
         ends = np.cumsum([0, *self.dims]).tolist()
 
         def work(lo: int, hi: int) -> None:
             for r, a, b in zip(rows, ends[:-1], ends[1:]):
                 if self.quantised:
-                    dequantize_into(r[lo:hi], frames[lo:hi, ..., a:b])
+                    dequantise_into(r[lo:hi], frames[lo:hi, ..., a:b])
                 else:
                     frames[lo:hi, ..., a:b].copy_(r[lo:hi])
 
@@ -226,7 +226,7 @@ class TokenSource:
 
 
 _BOUNCE_BYTES = 64 << 20  # the host buffer a GPU preload is filled through
-_DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
+_DEQUANTISE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
 
 
 def default_threads(device: torch.device) -> int:
@@ -369,11 +369,11 @@ class ClipLoader:
                             bufs, event = got
                             if event is not None:
                                 event.synchronize()  # its last copy to the device has finished
-                            stored, decoded = bufs
+                            stored, dequantised = bufs
                             used = [b[: len(clips[0])] for b in stored]  # a short last batch uses a part
                             videos, _, labels, _ = self._fill(i, clips, [u.numpy() for u in used], pool)
-                            if decoded is not None:  # CPU: decoded by the reading threads
-                                x = src.decode_into(used, decoded[: len(videos)], pool, self.threads)
+                            if dequantised is not None:  # CPU: dequantised by the reading threads
+                                x = src.dequantise_into(used, dequantised[: len(videos)], pool, self.threads)
                                 item = (x, torch.from_numpy(labels), None, bufs)
                             else:
                                 item = self._deliver(used, bufs, labels, side, free)
@@ -435,7 +435,7 @@ class ClipLoader:
         with torch.cuda.stream(side):
             parts = [b.to(self.device, non_blocking=True) for b in used]
             y = y.pin_memory().to(self.device, non_blocking=True)
-            x = self.source.decode(parts)
+            x = self.source.dequantise(parts)
             event = torch.cuda.Event()
             event.record(side)
         free.put((bufs, event))  # refilled once this copy has finished
@@ -449,7 +449,7 @@ class ClipLoader:
                 rows = torch.from_numpy(src.rows(k, videos, indices, views).reshape(-1)).pin_memory()
                 rows = rows.to(r.device, non_blocking=True)
                 parts.append(r.index_select(0, rows).view(len(videos), self.frames, *r.shape[1:]))
-            x = src.decode(parts)
+            x = src.dequantise(parts)
             y = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(side)

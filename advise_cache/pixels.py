@@ -137,7 +137,7 @@ def resize_tensor(
     return y.permute(0, 2, 3, 1)
 
 
-def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
+def normalise(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     """(T, S, S, 3) uint8 → (T, 3, S, S) float32 scaled to [0, 1] and standardised."""
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     mean, std = _stats(spec, x.device)

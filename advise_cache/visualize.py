@@ -101,11 +101,7 @@ def load_frames(store: Store, video: int, key: str, video_root: Path | None = No
     try:
         frames = decode_frames(path, pixel_spec(meta), meta.frame_stride, meta.resize)
     except DecodeError as e:
-        hint = (
-            ""
-            if video_root
-            else (f"; if the dataset moved from {store.root}, give its new place with --video-root")
-        )
+        hint = "" if video_root else (f"; if the dataset moved from {store.root}, give its new place with --video-root")
         raise DecodeError(f"cannot read video {name}: {e}{hint}") from e
     expected = int(store.ifm(key).frames[video])
     if len(frames) != expected:
