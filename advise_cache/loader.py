@@ -254,6 +254,27 @@ def collate(clips: list) -> torch.Tensor:
     return x.permute(0, 4, 1, 2, 3).float().contiguous()
 
 
+def _handed(stop: threading.Event, target: queue.Queue, item) -> bool:
+    """Hand an item over unless the consumer has stopped; never blocks for good."""
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _taken(stop: threading.Event, source: queue.Queue):
+    """The next item of `source`, or None once the consumer has stopped."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
+
+
 class ClipLoader:
     """Iterates (x, y) batches for a plan of clip requests, reading ahead in the background.
 
@@ -320,9 +341,9 @@ class ClipLoader:
         return stored, torch.empty((*shape, src.dim), dtype=_torch_dtype(src.dtype)) if on_host else None
 
     def __iter__(self):
-        src, dev = self.source, self.device
+        dev = self.device
         cuda = dev.type == "cuda"
-        on_device = src.resident is not None and src.resident[0].device.type == "cuda"
+        on_device = self.source.resident is not None and self.source.resident[0].device.type == "cuda"
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         free: queue.Queue = queue.Queue()  # host buffers ready to be filled, with the event of their last copy
         if not on_device:
@@ -333,57 +354,8 @@ class ClipLoader:
                     free.put((self._buffers(self.batch_size), None))
         stop = threading.Event()
         side = torch.cuda.Stream(dev) if cuda else None
-
-        def handed(item, target: queue.Queue = q) -> bool:
-            """Hand an item over unless the consumer has stopped; never blocks for good."""
-            while not stop.is_set():
-                try:
-                    target.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def take_free():
-            while not stop.is_set():
-                try:
-                    return free.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-            return None
-
-        def produce() -> None:
-            if cuda:
-                torch.cuda.set_device(dev)  # the current device is per thread
-            with ThreadPoolExecutor(self.threads) as pool:
-                try:
-                    for i, clips in enumerate(self._arrays):
-                        if src.damaged:  # damaged videos' clips give way to others of the plan
-                            clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
-                        if on_device:
-                            item = self._gather_on_device(*clips, side)
-                        else:
-                            got = take_free()
-                            if got is None:
-                                return
-                            bufs, event = got
-                            if event is not None:
-                                event.synchronize()  # its last copy to the device has finished
-                            stored, dequantised = bufs
-                            used = [b[: len(clips[0])] for b in stored]  # a short last batch uses a part
-                            videos, _, labels, _ = self._fill(i, clips, [u.numpy() for u in used], pool)
-                            if dequantised is not None:  # CPU: dequantised by the reading threads
-                                x = src.dequantise_into(used, dequantised[: len(videos)], pool, self.threads)
-                                item = (x, torch.from_numpy(labels), None, bufs)
-                            else:
-                                item = self._deliver(used, bufs, labels, side, free)
-                        if not handed(item):
-                            return
-                    handed(None)
-                except BaseException as e:  # handed to the consumer
-                    handed(e)
-
-        thread = threading.Thread(target=produce, name="clip-loader", daemon=True)
+        args = (q, free, stop, on_device, side)
+        thread = threading.Thread(target=self._produce, args=args, name="clip-loader", daemon=True)
         thread.start()
         held = None  # host buffers the consumer is using (CPU): back to the ring on the next ask
         try:
@@ -408,6 +380,46 @@ class ClipLoader:
         finally:
             stop.set()
             thread.join()
+
+    def _produce(self, q: queue.Queue, free: queue.Queue, stop: threading.Event, on_device: bool, side) -> None:
+        """The loader's thread: each batch of the plan read (into a free host buffer, or gathered
+        on the device) and handed to the consumer through `q`, then None; an error is handed over
+        instead. Ends early when the consumer stops."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the current device is per thread
+        src = self.source
+        with ThreadPoolExecutor(self.threads) as pool:
+            try:
+                for i, clips in enumerate(self._arrays):
+                    if src.damaged:  # damaged videos' clips give way to others of the plan
+                        clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
+                    if on_device:
+                        item = self._gather_on_device(*clips, side)
+                    else:
+                        item = self._read_on_host(i, clips, pool, free, stop, side)
+                    if item is None or not _handed(stop, q, item):
+                        return
+                _handed(stop, q, None)
+            except BaseException as e:  # handed to the consumer
+                _handed(stop, q, e)
+
+    def _read_on_host(self, i: int, clips: tuple, pool, free: queue.Queue, stop: threading.Event, side):
+        """Batch i read into the next free host buffer (once its last copy to the device is done):
+        on the CPU dequantised there, on CUDA copied to the device (`_deliver`). None when the
+        consumer has stopped."""
+        got = _taken(stop, free)
+        if got is None:
+            return None
+        bufs, event = got
+        if event is not None:
+            event.synchronize()  # its last copy to the device has finished
+        stored, dequantised = bufs
+        used = [b[: len(clips[0])] for b in stored]  # a short last batch uses a part
+        videos, _, labels, _ = self._fill(i, clips, [u.numpy() for u in used], pool)
+        if dequantised is not None:  # CPU: dequantised by the reading threads
+            x = self.source.dequantise_into(used, dequantised[: len(videos)], pool, self.threads)
+            return (x, torch.from_numpy(labels), None, bufs)
+        return self._deliver(used, bufs, labels, side, free)
 
     def _fill(self, i: int, clips: tuple, outs: list[np.ndarray], pool) -> tuple:
         """`source.fill` for batch i (`clips`: its videos, indices and labels); a damaged video
