@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.bench_extract_writer import bench_codecs, bench_writer, codec_table, writer_table
 from pipelines.common import (
     clock,
     describe_machine,
@@ -42,6 +41,7 @@ from pipelines.common import (
     say,
     table,
 )
+from pipelines.store_writes import bench_codecs, bench_writer, codec_table, writer_table
 
 VIDEO_FRAMES = (16, 32)  # frames per generated video: short, so a small budget spans several
 # Frames per model: ViT-B-16 runs about 1 frame/s in fp32 on 2 CPU cores, test-vit
