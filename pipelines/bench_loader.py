@@ -11,7 +11,7 @@ readers and stores are pipelines/readers.py's. Then, from a store of
 the same bytes holding the centre crop and 2 augmented views of every frame (issue 21), rounds
 alternate the minimal reader and `ClipLoader` over a plan whose clips each read their drawn view
 (`--views-only`: that part alone, its own section). Then rounds alternate training modes
-(bench_loader_train.py): `train.train` from the store (timed through `on_step`) and
+(loader_training.py): `train.train` from the store (timed through `on_step`) and
 `train.train_step` on a batch in memory; on CUDA also `--compile` and `--preload gpu`.
 """
 
@@ -21,7 +21,6 @@ import os
 import statistics
 from pathlib import Path
 
-from pipelines.bench_loader_train import training
 from pipelines.common import (
     REPO,
     describe_machine,
@@ -34,6 +33,7 @@ from pipelines.common import (
     say,
     table,
 )
+from pipelines.loader_training import training
 from pipelines.readers import (
     FRAME_BYTES,
     SHAPE,
