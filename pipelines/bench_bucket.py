@@ -30,10 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
-from pipelines.readers import FRAME_BYTES, ceiling, ensure_store, make_plan
+from pipelines.readers import (
+    FRAME_BYTES,
+    RANGE_WARMUP,
+    ceiling,
+    ensure_store,
+    make_plan,
+    raw_obstore,
+    raw_s3fs,
+    rows_of,
+)
 
 BUCKET = "advise-bench"
 TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
@@ -43,7 +50,6 @@ SIZES = {
     "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
     "quick": {"videos": 4, "frames": 16, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
 }
-WARMUP = 1
 LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way
 
 
@@ -96,78 +102,7 @@ def upload(local: Path, url: str) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def rows_of(url: str, plan) -> np.ndarray:
-    from advise_cache.store import open_store
-
-    offset = open_store(url).ifm("ViT-B-16").offset
-    return np.stack([offset[r.video] + r.indices for r in plan])
-
-
-def raw_obstore(url: str, rows: np.ndarray, batch: int) -> float:
-    """Clips/s of the raw range-GET reader: frame f of a shard is at f x frame bytes (the writer
-    lays chunks back to back), a shard's frames in one get_ranges, 16 shards in flight."""
-    import obstore
-
-    from advise_cache.storage import bucket, store_location
-
-    store = bucket(store_location(url)).store
-    T = rows.shape[1]
-    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
-
-    def fetch(job) -> None:
-        s, at, frames = job
-        got = obstore.get_ranges(
-            store,
-            f"ifm/ViT-B-16/tokens/c/{s}/0/0/0",
-            starts=[f * FRAME_BYTES for f in frames],
-            lengths=[FRAME_BYTES] * len(frames),
-        )
-        for i, data in zip(at, got):
-            buf[i] = np.frombuffer(data, np.uint8)
-
-    with ThreadPoolExecutor(16) as pool:
-        return _timed(rows, batch, lambda r: list(pool.map(fetch, _by_shard(r))))
-
-
-def raw_s3fs(url: str, rows: np.ndarray, batch: int) -> float | None:
-    """The same reader through fsspec: s3fs's cat_ranges over every frame of a batch."""
-    try:
-        import s3fs
-    except ImportError:
-        return None
-    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], key="bench", secret="bench")
-    base = url.removeprefix("s3://")
-    T = rows.shape[1]
-    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
-
-    def read(r: np.ndarray) -> None:
-        paths = [f"{base}/ifm/ViT-B-16/tokens/c/{x // 64}/0/0/0" for x in r.tolist()]
-        starts = [(x % 64) * FRAME_BYTES for x in r.tolist()]
-        for i, data in enumerate(fs.cat_ranges(paths, starts, [s + FRAME_BYTES for s in starts])):
-            buf[i] = np.frombuffer(data, np.uint8)
-
-    return _timed(rows, batch, read)
-
-
-def _by_shard(r: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
-    shards: dict[int, tuple[list[int], list[int]]] = {}
-    for i, x in enumerate(r.tolist()):
-        at, frames = shards.setdefault(x // 64, ([], []))
-        at.append(i)
-        frames.append(x % 64)
-    return [(s, at, frames) for s, (at, frames) in shards.items()]
-
-
-def _timed(rows: np.ndarray, batch: int, read) -> float:
-    n = len(rows) // batch
-    for b in range(n):
-        if b == WARMUP:
-            t0 = time.perf_counter()
-        read(rows[b * batch : (b + 1) * batch].reshape(-1))
-    return (n - WARMUP) * batch / (time.perf_counter() - t0)
-
-
-def _drain(loader, batch: int, warmup: int = WARMUP) -> float:
+def _drain(loader, batch: int, warmup: int = RANGE_WARMUP) -> float:
     """Clips/s of a loader after its first `warmup` batches, the consumer doing nothing."""
     for b, _ in enumerate(loader):
         if b == warmup - 1:
@@ -267,7 +202,7 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         f"moto's S3 server on 127.0.0.1 (a Python server sharing the cores; a real bucket differs in "
         f"every absolute figure). Store of {args.videos} videos x {args.frames} frames of ViT-B-16-shaped "
         f"float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, 64 frames a shard object), PRP clips of 8 "
-        f"frames, batch {args.batch_size}, {args.clips} clips a pass ({WARMUP} batch untimed); "
+        f"frames, batch {args.batch_size}, {args.clips} clips a pass ({RANGE_WARMUP} batch untimed); "
         f"{args.rounds} rounds, the readers' order reversed every round, each round's first-epoch "
         f"readers then {args.pairs} alternating passes of the four local ones over the plan three times "
         "(4 batches untimed); medians of the ratios of each round (or pass).",

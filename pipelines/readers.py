@@ -1,6 +1,7 @@
 """The minimal readers and random-token stores the loader benchmarks share (bench_loader.py,
 bench_bucket.py, the storage ablation): a store of ViT-B-16-shaped tokens made once, a PRP plan
-over it, the minimal `preadv` reader (the ceiling) and `ClipLoader` timed over the same plan.
+over it, the minimal `preadv` reader (the ceiling) and `ClipLoader` timed over the same plan,
+and the raw range-GET readers (obstore, s3fs) of the same frames in a bucket.
 """
 
 from __future__ import annotations
@@ -151,3 +152,79 @@ def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> f
     from advise_cache.loader import ClipLoader
 
     return drain(ClipLoader(source, plan, batch, threads=threads, device=torch.device(device)), batch, device)
+
+
+# -- the raw range-GET readers of a store in a bucket (bench_bucket.py) ---------------------
+RANGE_WARMUP = 1  # batches left untimed: a first epoch has few
+
+
+def rows_of(url: str, plan) -> np.ndarray:
+    """The store rows of each clip of the plan (views aside): where its frames are."""
+    from advise_cache.store import open_store
+
+    offset = open_store(url).ifm("ViT-B-16").offset
+    return np.stack([offset[r.video] + r.indices for r in plan])
+
+
+def raw_obstore(url: str, rows: np.ndarray, batch: int) -> float:
+    """Clips/s of the raw range-GET reader: frame f of a shard is at f x frame bytes (the writer
+    lays chunks back to back), a shard's frames in one get_ranges, 16 shards in flight."""
+    import obstore
+
+    from advise_cache.storage import bucket, store_location
+
+    store = bucket(store_location(url)).store
+    T = rows.shape[1]
+    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
+
+    def fetch(job) -> None:
+        s, at, frames = job
+        got = obstore.get_ranges(
+            store,
+            f"ifm/ViT-B-16/tokens/c/{s}/0/0/0",
+            starts=[f * FRAME_BYTES for f in frames],
+            lengths=[FRAME_BYTES] * len(frames),
+        )
+        for i, data in zip(at, got):
+            buf[i] = np.frombuffer(data, np.uint8)
+
+    with ThreadPoolExecutor(16) as pool:
+        return _timed(rows, batch, lambda r: list(pool.map(fetch, _by_shard(r))))
+
+
+def raw_s3fs(url: str, rows: np.ndarray, batch: int) -> float | None:
+    """The same reader through fsspec: s3fs's cat_ranges over every frame of a batch."""
+    try:
+        import s3fs
+    except ImportError:
+        return None
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], key="bench", secret="bench")
+    base = url.removeprefix("s3://")
+    T = rows.shape[1]
+    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
+
+    def read(r: np.ndarray) -> None:
+        paths = [f"{base}/ifm/ViT-B-16/tokens/c/{x // 64}/0/0/0" for x in r.tolist()]
+        starts = [(x % 64) * FRAME_BYTES for x in r.tolist()]
+        for i, data in enumerate(fs.cat_ranges(paths, starts, [s + FRAME_BYTES for s in starts])):
+            buf[i] = np.frombuffer(data, np.uint8)
+
+    return _timed(rows, batch, read)
+
+
+def _by_shard(r: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
+    shards: dict[int, tuple[list[int], list[int]]] = {}
+    for i, x in enumerate(r.tolist()):
+        at, frames = shards.setdefault(x // 64, ([], []))
+        at.append(i)
+        frames.append(x % 64)
+    return [(s, at, frames) for s, (at, frames) in shards.items()]
+
+
+def _timed(rows: np.ndarray, batch: int, read) -> float:
+    n = len(rows) // batch
+    for b in range(n):
+        if b == RANGE_WARMUP:
+            t0 = time.perf_counter()
+        read(rows[b * batch : (b + 1) * batch].reshape(-1))
+    return (n - RANGE_WARMUP) * batch / (time.perf_counter() - t0)
