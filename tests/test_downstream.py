@@ -166,3 +166,21 @@ def test_protocol_result_and_the_matched_run():
     assert (matched.epochs, matched.max_steps, matched.init) == (100, 600, None)
     # A target that is not a whole number of epochs: the schedule spans the next whole epoch.
     assert (matched_config(ft, 120, 610).epochs, matched_config(ft, 120, 610).max_steps) == (102, 610)
+
+
+def test_estimate_protocol_times_one_epoch_of_each_training(synthetic_store, tmp_path):
+    """A study's ETA (pipelines/ablation.py --dry-run): one epoch of PRP and of the fine-tune and
+    one evaluation, timed, give each stage's seconds; the matched run costs PRP's steps more than
+    the fine-tune; average pooling has the scratch stage alone."""
+    from advise_cache.protocol import STAGES, estimate_protocol
+
+    prp = train_config(synthetic_store, tmp_path, task="prp", epochs=3, batch_size=8)
+    ft = train_config(synthetic_store, tmp_path, task="classify", epochs=3, batch_size=8)
+    got = estimate_protocol(tmp_path / "a", prp, ft, views=1)
+    assert tuple(got) == STAGES and all(v > 0 for v in got.values())
+    assert got["ft"] == got["scratch"] < got["scratch-matched"]
+    for stage in ("prp", "ft"):  # one epoch each, not the configs' three
+        assert [r["epoch"] for r in read_metrics(tmp_path / "a" / stage, "epoch")] == [0]
+    assert "scratch-matched" not in estimate_protocol(tmp_path / "b", prp, ft, views=1, matched=False)
+    pooled = replace(ft, tmm=replace(ft.tmm, tmm="none"))
+    assert tuple(estimate_protocol(tmp_path / "c", prp, pooled, views=1)) == ("scratch",)
