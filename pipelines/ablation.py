@@ -5,6 +5,12 @@
         --epochs 200 --ft-epochs 50 --jobs 2
     .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
     .venv/bin/python pipelines/ablation.py storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
+    .venv/bin/python pipelines/ablation.py spatial-res --dry-run   # the plan and its measured ETA only
+
+It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
+an ETA from one epoch of each training of a setting per store, then a line per finished run
+with the time left; Ctrl-C ends every worker and exits 130 (ablation_runs.py). Where no GPU is,
+the default study is CPU-sized (CPU_SIZED, into OUT/<ablation>-cpu/); --full runs all of it.
 
 Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
@@ -451,9 +457,9 @@ def write_spec(folder: Path, s, args) -> None:
 
 def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
     """A Run per setting to do, with its ETA measured: one epoch of each training and one
-    evaluation of the first setting to do of each store (with a TMM, and without), in a
-    scratch folder; prints the whole study's ETA."""
-    kinds = [(s.store, s.tmm["tmm"] == "none") for s in todo]
+    evaluation of each distinct model on each store (seeds share it), in scratch folders;
+    prints the whole study's ETA."""
+    kinds = [(s.store, s.ifm, json.dumps(s.tmm, sort_keys=True), s.source_stride) for s in todo]
     probes = {k: todo[kinds.index(k)] for k in dict.fromkeys(kinds)}  # the first setting of each kind
     with tempfile.TemporaryDirectory(prefix="ablation-eta-") as scratch:
         folders = {k: Path(scratch) / str(i) for i, k in enumerate(probes)}
@@ -472,13 +478,17 @@ def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
 
 
 def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
-    if not runs:
+    """The study's ETA: the measured runs' estimates, `jobs` at a time."""
+    each = sorted(r.estimate for r in runs if r.estimate > 0)
+    if runs and not each:
+        print("ETA: unknown (its measured run failed, the error is above)", flush=True)
+    if not each:
         return
-    each = sorted(r.estimate for r in runs)
+    at_once = min(jobs, len(runs))
     print(
-        f"ETA: about {duration(sum(each) / min(jobs, len(runs)))} for {len(runs)} runs, {min(jobs, len(runs))} "
-        f"at a time ({duration(each[0])} to {duration(each[-1])} a run, each timed alone: runs sharing the "
-        f"machine take longer){'; unknown for the settings whose measured run failed' if partial else ''}",
+        f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
+        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, each timed alone: runs "
+        f"sharing the machine take longer){'; unknown for those whose measured run failed' if partial else ''}",
         flush=True,
     )
 

@@ -5,8 +5,8 @@ alone handles it and ends every worker within seconds (`run_all`); finished runs
 
 Run as a script it is one worker (the driver starts it):
 
-    python pipelines/ablation_runs.py run FOLDER THREADS    # the setting in FOLDER/setting.json
-    python pipelines/ablation_runs.py eta FOLDER THREADS    # one epoch of each: FOLDER/estimate.json
+    python pipelines/ablation_runs.py run THREADS FOLDER       # the setting in FOLDER/setting.json
+    python pipelines/ablation_runs.py eta THREADS FOLDER...    # one epoch of each: FOLDER/estimate.json
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,12 +56,13 @@ def duration(seconds: float) -> str:
 
 @dataclass
 class Run:
-    """One worker's task: `mode` (run or eta) on the setting in `folder`."""
+    """One worker's task: `mode` (run or eta) on the setting in `folder` (eta: and in `more`)."""
 
     folder: Path
     label: str
     estimate: float = 0.0  # seconds, from measure_eta
     mode: str = "run"
+    more: list[Path] = field(default_factory=list)
     proc: subprocess.Popen | None = field(default=None, repr=False)
     start: float = 0.0
     seconds: float = 0.0
@@ -72,7 +74,8 @@ def start(run: Run, threads: int, gpu: int | None) -> None:
     if gpu is not None:  # several GPUs: a worker each
         visible = env.get("CUDA_VISIBLE_DEVICES", "").split(",")
         env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if visible[0] else str(gpu)
-    command = [sys.executable, str(Path(__file__).resolve()), run.mode, str(run.folder), str(threads)]
+    folders = [str(f) for f in (run.folder, *run.more)]
+    command = [sys.executable, str(Path(__file__).resolve()), run.mode, str(threads), *folders]
     run.start = time.perf_counter()
     run.proc = subprocess.Popen(command, env=env)
 
@@ -97,11 +100,14 @@ def stop(runs: list[Run]) -> None:
 
 def time_left(done: list[Run], running: list[Run], waiting: list[Run], jobs: int) -> float:
     """Seconds until the last run ends: the estimates of the runs not finished, scaled by how
-    finished runs compared with theirs, shared among `jobs`, less what the running ones did."""
-    scale = sum(r.seconds for r in done) / max(sum(r.estimate for r in done), 1e-9)
+    finished runs compared with theirs (a run without one: the finished runs' mean), shared
+    among `jobs`, less what the running ones have done."""
+    known = [r for r in done if r.estimate > 0]
+    scale = sum(r.seconds for r in known) / sum(r.estimate for r in known) if known else 1.0
+    mean = sum(r.seconds for r in done) / len(done) if done else 0.0
     now = time.perf_counter()
-    left = sum(scale * r.estimate for r in running + waiting) - sum(now - r.start for r in running)
-    return max(0.0, left / jobs)
+    left = sum(scale * r.estimate if r.estimate > 0 else mean for r in running + waiting)
+    return max(0.0, (left - sum(now - r.start for r in running)) / jobs)
 
 
 def run_all(runs: list[Run], jobs: int, gpus: int = 0, progress: bool = True) -> list[Run]:
@@ -128,7 +134,8 @@ def run_all(runs: list[Run], jobs: int, gpus: int = 0, progress: bool = True) ->
                 done.append(running.pop(slot))
                 if run.proc.returncode != 0:
                     failed.append(run)
-                    print(f"FAILED {run.folder} (exit {run.proc.returncode}; its error is above)", flush=True)
+                    why = f"exit {run.proc.returncode}; its error is above"
+                    print(f"FAILED: {run.label} in {run.folder} ({why})", flush=True)
                 if progress:
                     left = time_left(done, list(running.values()), waiting, jobs)
                     print(
@@ -143,22 +150,24 @@ def run_all(runs: list[Run], jobs: int, gpus: int = 0, progress: bool = True) ->
 
 def measure_eta(folders: list[Path], jobs: int, gpus: int = 0) -> dict[Path, dict]:
     """Time one epoch of each training and one evaluation of the setting in each of `folders`
-    (scratch folders, each with a setting.json), `jobs` at a time: folder -> seconds per stage
-    (`protocol.estimate_protocol`) and "start", the worker's own start (process and imports).
-    A folder whose run failed (its error printed) is left out."""
-    runs = [Run(f, f.name, mode="eta") for f in folders]
-    failed = run_all(runs, jobs, gpus, progress=False)
+    (scratch folders, each with a setting.json), in `jobs` workers: folder -> seconds per stage
+    (`protocol.estimate_protocol`) and "start", a worker's own start (process and imports).
+    A folder whose measurement failed (its error printed) is left out."""
+    n = min(jobs, len(folders))
+    runs = [Run(folders[i], "measuring the ETA", mode="eta", more=folders[i + n :: n]) for i in range(n)]
+    run_all(runs, jobs, gpus, progress=False)
     got = {}
     for run in runs:
-        if run not in failed:
-            e = json.loads((run.folder / "estimate.json").read_text())
-            got[run.folder] = {**e["stages"], "start": max(0.0, run.seconds - e["seconds"])}
+        done = [f for f in (run.folder, *run.more) if (f / "estimate.json").exists()]
+        measured = {f: json.loads((f / "estimate.json").read_text()) for f in done}
+        start = max(0.0, run.seconds - sum(e["seconds"] for e in measured.values()))
+        got.update({f: {**e["stages"], "start": start} for f, e in measured.items()})
     return got
 
 
-def worker(mode: str, folder: Path, threads: int) -> int:
-    """A worker process: deaf to Ctrl-C (the driver ends it), `threads` torch threads; runs or
-    times the setting in `folder`."""
+def worker(mode: str, threads: int, folders: list[Path]) -> int:
+    """A worker process: deaf to Ctrl-C (the driver ends it), `threads` torch threads; runs the
+    setting in `folders[0]`, or times each of `folders` (those that fail print their error)."""
     from advise_cache.video import deaf_to_ctrl_c
 
     deaf_to_ctrl_c()
@@ -170,13 +179,20 @@ def worker(mode: str, folder: Path, threads: int) -> int:
 
     ablation.setup_logging()
     if mode == "run":
-        ablation.run_setting(folder)
-    else:
+        ablation.run_setting(folders[0])
+        return 0
+    failed = 0
+    for folder in folders:
         t0 = time.perf_counter()
-        stages = ablation.estimate_setting(folder)
+        try:
+            stages = ablation.estimate_setting(folder)
+        except Exception:  # noqa: BLE001 - the others are still measured; the study shows its error again
+            traceback.print_exc()
+            failed = 1
+            continue
         (folder / "estimate.json").write_text(json.dumps({"stages": stages, "seconds": time.perf_counter() - t0}))
-    return 0
+    return failed
 
 
 if __name__ == "__main__":
-    sys.exit(worker(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(worker(sys.argv[1], int(sys.argv[2]), [Path(p) for p in sys.argv[3:]]))
