@@ -9,7 +9,7 @@ compute-matched scratch run: what the PRP steps would have bought spent on the l
 Each stage trains in its own folder under `folder` (prp/, ft/, scratch/, scratch-matched/) with
 `resume=True`, so a killed protocol continues where it stopped and a finished training returns its
 metrics; each evaluation is kept in its folder's eval.json, the whole result in protocol.json.
-`estimate_protocol` times one epoch of each training and one evaluation, for a study's ETA.
+`estimate_protocol` times the first steps of each training and one evaluation, for a study's ETA.
 The configs' `out`, `init`, `resume` and (for the matched run) `epochs` and `max_steps` are the
 protocol's; everything else is the caller's. A TMM with nothing to pretrain (`tmm="none"`, average
 pooling) runs the scratch stage alone.
@@ -31,6 +31,7 @@ from .configs import TrainConfig
 log = logging.getLogger(__name__)
 
 STAGES = ("prp", "ft", "scratch", "scratch-matched")
+PROBE_STEPS = 20  # steps of each training estimate_protocol times
 RESULT = "protocol.json"
 
 
@@ -146,28 +147,32 @@ def run_protocol(
 
 
 def _time_stage(cfg: TrainConfig, views: int, split: str) -> tuple[float, float, int, float]:
-    """One epoch of `cfg` (and, for a classifier, one evaluation) in cfg.out: seconds of setup
-    (the run's wall time less its epoch), seconds a step, steps run, seconds to evaluate."""
+    """The first steps of `cfg` (at most PROBE_STEPS; and, for a classifier, one evaluation) in
+    cfg.out: seconds of setup (the run's wall time less its steps), seconds a step, steps in an
+    epoch, seconds to evaluate."""
     from .evaluate import evaluate
-    from .train import train
+    from .train import epoch_steps, train
 
+    per_epoch = epoch_steps(cfg)
     t0 = time.perf_counter()
-    metrics = train(replace(cfg, epochs=1, resume=False))
-    setup, steps = time.perf_counter() - t0 - metrics["seconds"], metrics["step"]
+    probe = min(per_epoch, PROBE_STEPS, cfg.max_steps or per_epoch)
+    metrics = train(replace(cfg, epochs=1, max_steps=probe, resume=False))
+    setup = time.perf_counter() - t0 - metrics["seconds"]
     t0 = time.perf_counter()
     if cfg.task == "classify":
         evaluate(cfg.cache, cfg.out, views=views, split=split, device=cfg.device)
-    return max(setup, 0.0), metrics["seconds"] / steps, steps, time.perf_counter() - t0
+    return max(setup, 0.0), metrics["seconds"] / metrics["step"], per_epoch, time.perf_counter() - t0
 
 
 def estimate_protocol(
     scratch: Path, prp: TrainConfig, finetune: TrainConfig, views: int = 4, split: str = "test", matched: bool = True
 ) -> dict:
     """Seconds each stage of `run_protocol(folder, prp, finetune, views, split, matched)` would
-    take (STAGES name -> seconds), from one epoch of PRP and of the fine-tune and one evaluation,
-    trained in `scratch` (the caller removes it): a stage costs its setup and evaluation as
-    measured and its steps (`epochs` x the steps of an epoch, at most `max_steps`) at the
-    measured rate. Wall times of this process alone: runs sharing the machine take longer."""
+    take (STAGES name -> seconds), from the first steps of PRP and of the fine-tune (at most
+    PROBE_STEPS each) and one evaluation, trained in `scratch` (the caller removes it): a stage
+    costs its setup and evaluation as measured and its steps (`epochs` x the steps of an epoch,
+    at most `max_steps`) at the measured rate. Wall times of this process alone: runs sharing
+    the machine take longer."""
     scratch = Path(scratch)
     ft_setup, ft_rate, ft_epoch, ev = _time_stage(replace(finetune, out=scratch / "ft", init=None), views, split)
     ft_steps = min(finetune.epochs * ft_epoch, finetune.max_steps or math.inf)

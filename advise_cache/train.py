@@ -188,6 +188,13 @@ def prepare(cfg: TrainConfig):
     return store, source, videos, skipped, labels, num_classes, fingerprint
 
 
+def epoch_steps(cfg: TrainConfig) -> int:
+    """Optimisation steps in one epoch of `cfg` in one process (what a study's ETA scales by)."""
+    cfg = resolve_stride(cfg)
+    _, source, videos, _, labels, _, _ = prepare(cfg)
+    return len(_plan(cfg, source, videos, labels, 0, Dist())) // cfg.batch_size
+
+
 def train_step(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,

@@ -8,9 +8,10 @@
     .venv/bin/python pipelines/ablation.py spatial-res --dry-run   # the plan and its measured ETA only
 
 It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
-an ETA from one epoch of each training of a setting per store, then a line per finished run
-with the time left; Ctrl-C ends every worker and exits 130 (ablation_runs.py). Where no GPU is,
-the default study is CPU-sized (CPU_SIZED, into OUT/<ablation>-cpu/); --full runs all of it.
+an ETA from the first steps of each training of each distinct model on each store, then a line per
+finished run with the time left; Ctrl-C ends every worker and exits 130 (ablation_runs.py).
+Where no GPU is, the default study is CPU-sized (one training seed instead of three, into
+OUT/<ablation>-cpu/); --full runs all of it.
 
 Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
@@ -156,9 +157,14 @@ def setting_configs(folder: Path) -> tuple[dict, object, object, dict]:
         batch_size=r["batch_size"],
     )
     ft = preset_config(
-        preset, tmm=s["tmm"], **common, out=folder / "ft", task="classify", epochs=r["ft_epochs"],
+        preset,
+        tmm=s["tmm"],
+        **common,
+        out=folder / "ft",
+        task="classify",
+        epochs=r["ft_epochs"],
         batch_size=r["ft_batch_size"],
-    )  # fmt: skip
+    )
     return s, prp, ft, {"views": r["views"], "split": r["test_split"], "matched": r.get("matched", True)}
 
 
@@ -189,7 +195,7 @@ def run_setting(folder: Path) -> dict:
 
 
 def estimate_setting(folder: Path) -> dict:
-    """Seconds per protocol stage of the setting in `folder`, from one epoch of each training and
+    """Seconds per protocol stage of the setting in `folder`, from the first steps of each training and
     one evaluation in folder/scratch (`advise_cache.protocol.estimate_protocol`)."""
     from advise_cache.protocol import estimate_protocol
 
@@ -290,19 +296,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="test")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        help="runs at once, a worker process each (default: one per GPU on a GPU, else one per usable core, "
-        f"at most one per {GIB_PER_RUN} GiB of available memory)",
-    )
-    p.add_argument(
-        "--full",
-        action="store_true",
-        help="the full study where no GPU is here (default there: CPU-sized, " + CPU_SIZED + ")",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the plan and its ETA (a short measured run) only")
+    add_study_flags(p)
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument(
         "--benchmarks",
@@ -317,6 +311,23 @@ def parser() -> argparse.ArgumentParser:
         "through a random ViT-B-16, for its int8 error and loader rate (0: none)",
     )
     return p
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """Where the study runs, how many runs at once, how much of it."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once, a worker process each (default: one per GPU on a GPU, else one per usable core, "
+        f"at most one per {GIB_PER_RUN} GiB of available memory)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the full study where no GPU is here (default there: CPU-sized, " + CPU_SIZED + ")",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its ETA (a short measured run) only")
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -398,7 +409,9 @@ def study_folder(args) -> Path:
 
 
 def command(args) -> str:
-    return shlex.join(["python", "pipelines/ablation.py", *args.argv])
+    """This study's command line, as the interrupted line names it."""
+    here = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in (sys.executable, __file__)]
+    return shlex.join([*here, *args.argv])
 
 
 def gpus(args) -> int:
@@ -456,7 +469,7 @@ def write_spec(folder: Path, s, args) -> None:
 
 
 def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
-    """A Run per setting to do, with its ETA measured: one epoch of each training and one
+    """A Run per setting to do, with its ETA measured: the first steps of each training and one
     evaluation of each distinct model on each store (seeds share it), in scratch folders;
     prints the whole study's ETA."""
     kinds = [(s.store, s.ifm, json.dumps(s.tmm, sort_keys=True), s.source_stride) for s in todo]
@@ -466,7 +479,7 @@ def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
         for k, s in probes.items():
             write_spec(folders[k], s, args)
         if probes:
-            print(f"measuring the ETA: one epoch of each training of {len(probes)} setting(s)", flush=True)
+            print(f"measuring the ETA: the first steps of each training of {len(probes)} setting(s)", flush=True)
         measured = measure_eta(list(folders.values()), jobs, gpus(args)) if probes else {}
     runs = []
     for s, k in zip(todo, kinds):

@@ -6,7 +6,7 @@ alone handles it and ends every worker within seconds (`run_all`); finished runs
 Run as a script it is one worker (the driver starts it):
 
     python pipelines/ablation_runs.py run THREADS FOLDER       # the setting in FOLDER/setting.json
-    python pipelines/ablation_runs.py eta THREADS FOLDER...    # one epoch of each: FOLDER/estimate.json
+    python pipelines/ablation_runs.py eta THREADS FOLDER...    # times its first steps: FOLDER/estimate.json
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def run_all(runs: list[Run], jobs: int, gpus: int = 0, progress: bool = True) ->
 
 
 def measure_eta(folders: list[Path], jobs: int, gpus: int = 0) -> dict[Path, dict]:
-    """Time one epoch of each training and one evaluation of the setting in each of `folders`
+    """Time the first steps of each training and one evaluation of the setting in each of `folders`
     (scratch folders, each with a setting.json), in `jobs` workers: folder -> seconds per stage
     (`protocol.estimate_protocol`) and "start", a worker's own start (process and imports).
     A folder whose measurement failed (its error printed) is left out."""

@@ -191,7 +191,7 @@ def test_dry_run_prints_the_plan_and_a_measured_eta_only(ablation, synthetic_sto
     text = capsys.readouterr().out
     assert "plan: spatial-res, 2 setting(s) x 1 seed(s) on each of 1 store(s) = 2 runs, 8 trainings" in text
     assert "0 already finished, 2 to run, 1 at a time (--jobs)" in text
-    assert "measuring the ETA: one epoch of each training of 2 setting(s)" in text  # two models: both timed
+    assert "measuring the ETA: the first steps of each training of 2 setting(s)" in text  # two models: both timed
     eta = re.search(r"ETA: about (\d+) s for 2 runs, 1 at a time \((\d+) s to (\d+) s a run", text)
     assert eta and 1 <= int(eta[2]) <= int(eta[3]) and int(eta[1]) >= int(eta[3])
     assert "Acc_ft" not in text and not out.exists()  # nothing trained, nothing written
