@@ -456,7 +456,7 @@ def print_plan(args, infos, settings, todo, out: Path) -> int:
         print(f"CPU-sized default (no GPU here): {CPU_SIZED}; the full study: FULL=1 (make) or --full", flush=True)
     print(
         f"{args.name}: {len(settings)} runs on {len(infos)} store(s); {len(settings) - len(todo)} already finished, "
-        f"{len(todo)} to run, {min(jobs, max(1, len(todo)))} at a time ({rule})",
+        f"{len(todo)} to run, {min(jobs, len(todo)) or jobs} at a time ({rule})",
         flush=True,
     )
     return jobs
