@@ -500,8 +500,8 @@ def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
     at_once = min(jobs, len(runs))
     print(
         f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
-        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, each timed alone: runs "
-        f"sharing the machine take longer){'; unknown for those whose measured run failed' if partial else ''}",
+        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run at the rate of the first steps: "
+        f"epoch ends add to it){'; unknown for those whose measured run failed' if partial else ''}",
         flush=True,
     )
 
