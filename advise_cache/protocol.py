@@ -9,7 +9,8 @@ compute-matched scratch run: what the PRP steps would have bought spent on the l
 Each stage trains in its own folder under `folder` (prp/, ft/, scratch/, scratch-matched/) with
 `resume=True`, so a killed protocol continues where it stopped and a finished training returns its
 metrics; each evaluation is kept in its folder's eval.json, the whole result in protocol.json.
-`estimate_protocol` times the first steps of each training and one evaluation, for a study's ETA.
+`estimate_protocol` times the first steps of each training, an epoch's end and one evaluation,
+for a study's ETA.
 The configs' `out`, `init`, `resume` and (for the matched run) `epochs` and `max_steps` are the
 protocol's; everything else is the caller's. A TMM with nothing to pretrain (`tmm="none"`, average
 pooling) runs the scratch stage alone.
@@ -146,22 +147,38 @@ def run_protocol(
     return result
 
 
-def _time_stage(cfg: TrainConfig, views: int, split: str) -> tuple[float, float, int, float]:
-    """The first steps of `cfg` (at most PROBE_STEPS; and, for a classifier, one evaluation) in
-    cfg.out: seconds of setup (the run's wall time less its steps), seconds a step, steps in an
-    epoch, seconds to evaluate."""
+@dataclass(frozen=True)
+class _Timing:
+    """What the first steps of a training cost, in seconds (`_time_stage`)."""
+
+    setup: float  # from the call to the end of the first step
+    step: float  # each step after it
+    epoch_end: float  # after the last step: the checkpoint, the curves (each epoch pays it)
+    evaluation: float
+    epoch_steps: int
+
+    def stage(self, epochs: int, max_steps: int | None) -> float:
+        """Seconds of a training of `epochs` (at most `max_steps` steps), evaluated once."""
+        steps = min(epochs * self.epoch_steps, max_steps or math.inf)
+        epochs = min(epochs, math.ceil(steps / self.epoch_steps))
+        return self.setup + (steps - 1) * self.step + epochs * self.epoch_end + self.evaluation
+
+
+def _time_stage(cfg: TrainConfig, views: int, split: str) -> _Timing:
+    """The first steps of `cfg` (at most PROBE_STEPS) in cfg.out, timed step by step, and, for a
+    classifier, one evaluation."""
     from .evaluate import evaluate
     from .train import epoch_steps, train
 
     per_epoch = epoch_steps(cfg)
-    t0 = time.perf_counter()
     probe = min(per_epoch, PROBE_STEPS, cfg.max_steps or per_epoch)
-    metrics = train(replace(cfg, epochs=1, max_steps=probe, resume=False))
-    setup = time.perf_counter() - t0 - metrics["seconds"]
-    t0 = time.perf_counter()
+    stamps = [time.perf_counter()]
+    train(replace(cfg, epochs=1, max_steps=probe, resume=False), on_step=lambda *_: stamps.append(time.perf_counter()))
+    end = time.perf_counter()
     if cfg.task == "classify":
         evaluate(cfg.cache, cfg.out, views=views, split=split, device=cfg.device)
-    return max(setup, 0.0), metrics["seconds"] / metrics["step"], per_epoch, time.perf_counter() - t0
+    step = (stamps[-1] - stamps[1]) / (len(stamps) - 2) if len(stamps) > 2 else stamps[1] - stamps[0]
+    return _Timing(stamps[1] - stamps[0], step, end - stamps[-1], time.perf_counter() - end, per_epoch)
 
 
 def estimate_protocol(
@@ -169,19 +186,20 @@ def estimate_protocol(
 ) -> dict:
     """Seconds each stage of `run_protocol(folder, prp, finetune, views, split, matched)` would
     take (STAGES name -> seconds), from the first steps of PRP and of the fine-tune (at most
-    PROBE_STEPS each) and one evaluation, trained in `scratch` (the caller removes it): a stage
-    costs its setup and evaluation as measured and its steps (`epochs` x the steps of an epoch,
-    at most `max_steps`) at the measured rate. Wall times of this process alone: runs sharing
-    the machine take longer."""
+    PROBE_STEPS each, timed step by step) and one evaluation, trained in `scratch` (the caller
+    removes it): a stage costs the setup and evaluation measured, its steps (`epochs` x the
+    steps of an epoch, at most `max_steps`) at the measured rate, and each epoch's end (its
+    checkpoint and curves) as measured once."""
     scratch = Path(scratch)
-    ft_setup, ft_rate, ft_epoch, ev = _time_stage(replace(finetune, out=scratch / "ft", init=None), views, split)
-    ft_steps = min(finetune.epochs * ft_epoch, finetune.max_steps or math.inf)
-    fine_tune = ft_setup + ft_steps * ft_rate + ev
+    ft = _time_stage(replace(finetune, out=scratch / "ft", init=None), views, split)
+    fine_tune = ft.stage(finetune.epochs, finetune.max_steps)
     if finetune.tmm.tmm == "none":
         return {"scratch": fine_tune}
-    prp_setup, prp_rate, prp_epoch, _ = _time_stage(replace(prp, out=scratch / "prp", init=None), views, split)
-    prp_steps = min(prp.epochs * prp_epoch, prp.max_steps or math.inf)
-    stages = {"prp": prp_setup + prp_steps * prp_rate, "ft": fine_tune, "scratch": fine_tune}
+    p = _time_stage(replace(prp, out=scratch / "prp", init=None), views, split)
+    stages = {"prp": p.stage(prp.epochs, prp.max_steps), "ft": fine_tune, "scratch": fine_tune}
     if matched:
-        stages["scratch-matched"] = ft_setup + (prp_steps + ft_steps) * ft_rate + ev
+        prp_steps = min(prp.epochs * p.epoch_steps, prp.max_steps or math.inf)
+        ft_steps = min(finetune.epochs * ft.epoch_steps, finetune.max_steps or math.inf)
+        longer = matched_config(finetune, int(ft_steps), int(prp_steps + ft_steps))
+        stages["scratch-matched"] = ft.stage(longer.epochs, longer.max_steps)
     return stages

@@ -8,7 +8,8 @@
     .venv/bin/python pipelines/ablation.py spatial-res --dry-run   # the plan and its measured ETA only
 
 It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
-an ETA from the first steps of each training of each distinct model on each store, then a line per
+an ETA from the first steps of each training of each distinct model on each store (and an epoch's
+end), then a line per
 finished run with the time left; Ctrl-C ends every worker and exits 130 (ablation_runs.py).
 Where no GPU is, the default study is CPU-sized (one training seed instead of three, into
 OUT/<ablation>-cpu/); --full runs all of it.
@@ -500,8 +501,8 @@ def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
     at_once = min(jobs, len(runs))
     print(
         f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
-        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run at the rate of the first steps: "
-        f"epoch ends add to it){'; unknown for those whose measured run failed' if partial else ''}",
+        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, from the first steps and an "
+        f"epoch's end timed){'; unknown for those whose measured run failed' if partial else ''}",
         flush=True,
     )
 
