@@ -14,7 +14,7 @@ SEED ?= 0
 # epochs of PRP pretraining and of fine-tuning, output folder, runs at once (default: one per GPU
 # on a GPU, else one per usable core, at most one per 2 GiB of available memory), FULL=1 for the
 # full study where no GPU is (the default there is CPU-sized), and any other flag of
-# pipelines/ablation.py in ARGS (e.g. ARGS=--dry-run: the plan and its ETA only).
+# pipelines.ablation in ARGS (e.g. ARGS=--dry-run: the plan and its ETA only).
 CACHE ?=
 EPOCHS ?=
 FT_EPOCHS ?=
@@ -27,7 +27,7 @@ ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --seed $(SEED) $(if $(J
 	$(if $(FULL),--full) $(ARGS)
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
-.PHONY: venv install test demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
+.PHONY: venv install test test-fast demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \
 	bench-gpu-train bench-decode \
 	$(addprefix ablation-,$(ABLATIONS))
 
@@ -51,6 +51,10 @@ install: venv
 test: venv
 	$(PY) -m pytest
 
+# The developer's loop: every test not marked slow (pyproject.toml's markers), under 2 minutes.
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
 # ruff's rules are in pyproject.toml; CI runs this before the tests. `ruff format .` mends what
 # the second line finds.
 lint: venv
@@ -58,22 +62,27 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 demo: venv
-	$(PY) pipelines/demo.py --out $(DEMO) --device $(DEVICE) --seed $(SEED)
+	$(PY) -m pipelines.demo --out $(DEMO) --device $(DEVICE) --seed $(SEED)
 
 bench-extract: venv
-	$(PY) pipelines/bench_extract.py
+	$(PY) -m pipelines.bench_extract
 
 bench-writer: venv
-	$(PY) pipelines/bench_extract_writer.py
+	$(PY) -m pipelines.bench_extract_writer
 
 bench-loader: venv
-	$(PY) pipelines/bench_loader.py
+	$(PY) -m pipelines.bench_loader
+
+# Issue 21: what stored augmented views buy on the synthetic shifted family (README, BENCHMARKS.md).
+.PHONY: study-views
+study-views: venv
+	$(PY) -m pipelines.study_views
 
 bench-bucket: venv
-	$(PY) pipelines/bench_bucket.py
+	$(PY) -m pipelines.bench_bucket
 
 bench-efficiency: venv
-	$(PY) pipelines/bench_efficiency.py
+	$(PY) -m pipelines.bench_efficiency
 
 # Every GPU figure in two commands of under 5 minutes each (one device call each), both opened by
 # a ~20 s pre-flight (CUDA, versions, the direct shard reader and writer, a one-batch extraction on
@@ -88,15 +97,15 @@ GPU_DEVICE ?= cuda
 GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
 bench-gpu: bench-gpu-extract bench-gpu-train
 bench-gpu-extract:
-	$(GPU_RUN) pipelines/bench_gpu.py extract --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.bench_gpu extract --device $(GPU_DEVICE)
 bench-gpu-train:
-	$(GPU_RUN) pipelines/bench_gpu.py train --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.bench_gpu train --device $(GPU_DEVICE)
 
 bench-decode: venv
-	$(PY) pipelines/bench_decode.py
+	$(PY) -m pipelines.bench_decode
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
-	$(PY) pipelines/ablation.py $* $(ABLATION_ARGS)
+	$(PY) -m pipelines.ablation $* $(ABLATION_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -7,7 +7,7 @@ so it loads with `torch.load(weights_only=True)`: loading a checkpoint runs no p
 
 A checkpoint fits a store when the store gives the same features it was trained on (image
 model, weights, grid, dim, normalisation: `check_features`) and, for a classifier, the same
-classes in the same order (`check_classes`). `load_model` does both and builds the model.
+classes in the same order (`check_classes`); `trained.load_model` checks both and builds the model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +23,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .configs import TrainConfig, config_from_dict, config_to_dict
+from .configs import TMMConfig, TrainConfig, config_from_dict, config_to_dict
 from .errors import AdviseCacheError, MismatchError, first_line, writing
-from .loader import TokenSource
-from .models import ClipClassifier, TMMConfig, create_model
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 SIDECAR = "checkpoint.json"
@@ -247,39 +242,6 @@ def check_classes(trained: list[str], classes: list[str], what: str, where: str)
             f"{what} was trained for other classes than {where} holds (class {i}: "
             f"{got(theirs)} there, {got(classes)} here)"
         )
-
-
-def token_source(meta: CheckpointMeta, store, what: str) -> TokenSource:
-    """The store's tokens a checkpoint reads (its image models, where the store has them all),
-    checked to be the features it was trained on."""
-    trained = meta.fingerprint["ifms"]
-    source = TokenSource(store, trained if set(trained) <= set(store.ifm_keys()) else None)
-    fingerprint = store.fingerprint(source.keys)
-    check_features(meta.fingerprint, fingerprint, what)
-    was, now = (int(f["features"][0].get("frame_stride") or 1) for f in (meta.fingerprint, fingerprint))
-    if was != now:  # the same features, but the clip stride counts stored frames
-        stride = meta.config.sampler.stride
-        log.warning(
-            "%s: its clip stride, %d stored frames, was %d frames of the video on the store it was "
-            "trained on (frame stride %d) and is %d here (frame stride %d)",
-            what,
-            stride,
-            stride * was,
-            was,
-            stride * now,
-            now,
-        )
-    return source
-
-
-def load_model(checkpoint: Path, store, device: torch.device) -> tuple[ClipClassifier, CheckpointMeta, TokenSource]:
-    """A checkpoint's model in eval mode on `device`, checked against the store it is to be
-    used on, with its metadata and the store's tokens it reads."""
-    ckpt = load_checkpoint(checkpoint)
-    source = token_source(ckpt.meta, store, f"checkpoint {checkpoint}")
-    model = create_model(ckpt.meta.tmm, ckpt.meta.num_classes)
-    model.load_state_dict(ckpt.model)
-    return model.to(device).eval(), ckpt.meta, source
 
 
 class RunFolder:

@@ -115,7 +115,21 @@ def extract(
             help="K/N: this process extracts every N-th video from the K-th (0-based); under torchrun, each rank takes its part of that."
         ),
     ] = "/".join(map(str, EXTRACT.shard)),
-    seed: Annotated[int, typer.Option(help="Seed of random-init models.")] = EXTRACT.seed,
+    seed: Annotated[
+        int, typer.Option(help="Seed of random-init models and of the augmented views' draws.")
+    ] = EXTRACT.seed,
+    aug_views: Annotated[
+        int,
+        typer.Option(
+            help="Store N augmented views of every frame besides the centre crop: the released code's `simple` augmentation (resize 320x256, random 224 crop, colour jitter p 0.8), one draw per video and view; training draws a view per clip."
+        ),
+    ] = EXTRACT.aug_views,
+    crops: Annotated[
+        int,
+        typer.Option(
+            help="Store evaluation crops: 3 (short side 256, left/centre/right or top/centre/bottom 224 crops, for `evaluate --crops 3`), 1 (the centre one) or 0."
+        ),
+    ] = EXTRACT.crops,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     dry_run: Annotated[
         bool,

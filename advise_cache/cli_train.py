@@ -240,6 +240,14 @@ def train_command(task: str):
             bool,
             typer.Option(help="A video with a frame failing its checksum is named and left out, not an error."),
         ] = TRAIN.skip_damaged,
+        views_train: Annotated[
+            str,
+            typer.Option(
+                help="A store with augmented views (extract --aug-views): each clip draws one view, the same for "
+                "its frames, from all (the centre crop and the augmented views), augmented, centre, or N (the centre "
+                "crop and the first N augmented views)."
+            ),
+        ] = TRAIN.views_train,
     ):
         flags = dict(locals())
         given = given_flags(ctx) | ({"init"} if scratch else set())
@@ -350,6 +358,14 @@ def evaluate(
     cache: Annotated[str, typer.Option(help="The store to evaluate on (path or URL).")],
     checkpoint: Annotated[Path, typer.Option(help="A fine-tuned checkpoint (file or run folder).")],
     views: Annotated[int, typer.Option(help="Clips per video; their logits are averaged.")] = 4,
+    crops: Annotated[
+        int | None,
+        typer.Option(
+            help="Also average over the store's evaluation crops: 3 (left/centre/right, as the released code's "
+            "10 x 3 with --views 10) or 1 (the centre one); the store must be extracted with --crops 3. "
+            "Default: the centre crop of every frame."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     clip_mode: Annotated[
         str | None,
@@ -379,12 +395,15 @@ def evaluate(
         clip_mode,
         png,
         progress=lambda xs: tqdm(xs, desc="evaluate", unit="batch", disable=json_out),
+        crops=crops,
     )
     if json_out:
         typer.echo(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
         return
     typer.echo(
-        f"{r['videos']} videos of {r['split']}, {r['views']} views: top-1 {100 * r['top1']:.2f}%  "
+        f"{r['videos']} videos of {r['split']}, {r['views']} views"
+        + (f" x {r['crops']} crops" if r["crops"] else "")
+        + ": top-1 {100 * r['top1']:.2f}%  "
         f"top-5 {100 * r['top5']:.2f}%"
     )
     for c, acc in r["per_class"].items():

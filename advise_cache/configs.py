@@ -133,11 +133,16 @@ class ExtractConfig:
     codec: str = DEFAULT_CODEC
     frames_per_shard: int = 64
     shard: tuple[int, int] = (0, 1)
-    seed: int = 0
+    seed: int = 0  # also the seed of the augmented views' draws (views.py)
     progress: bool = True
+    aug_views: int = 0  # augmented views stored besides the centre crop (views.py)
+    crops: int = 0  # evaluation crops stored: 0, 1 (the centre one) or 3
 
 
 TASKS = ("prp", "classify")
+# Which stored views a training clip draws one from (views.train_views): the centre crop and every
+# augmented view, the augmented views alone, or the centre crop alone (a store without views has only it).
+VIEWS_TRAIN = ("all", "augmented", "centre")
 PRELOAD = ("none", "ram", "gpu")
 # How the base lr scales with the global batch: "per-clip", lr x clips / 32 (the project's), or
 # "code", lr x videos / 64 (the released code's utils/solver.py, a video being `clips_per_video`
@@ -186,6 +191,7 @@ class TrainConfig:
     local_cache: Path | None = None  # a store in a bucket: its shards kept in this folder (remote_shards.py)
     local_cache_gb: float | None = None  # that folder's bound; None: 90% of its disk's free space
     skip_damaged: bool = False  # a video with a frame failing its crc32c is left out (loader.py), not an error
+    views_train: str = "all"  # stored views a clip is drawn from: one of VIEWS_TRAIN (views.py)
 
 
 def fields_from(config_type, flags: dict) -> dict:
@@ -269,6 +275,11 @@ def scaled_lr(cfg: TrainConfig, world: int) -> float:
     return cfg.lr * clips / clips_per_video(cfg) / 64
 
 
+def check_views_train(choice: str) -> None:
+    if choice not in VIEWS_TRAIN and not choice.isdigit():
+        raise AdviseCacheError(f"--views-train must be one of {', '.join(VIEWS_TRAIN)} or a number, got {choice!r}")
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Every choice and number a user passes, checked before any work: one clear line instead
     of a traceback (or a run that silently does something else)."""
@@ -306,6 +317,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise AdviseCacheError(f"--max-steps must be >= 1 (leave it out for no limit), got {cfg.max_steps}")
     check_seed(cfg.seed)
+    check_views_train(cfg.views_train)
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.clip_mode not in CLASSIFICATION_MODES:
@@ -338,6 +350,7 @@ RECIPE_KEYS = (
     "label_smoothing",
     "sampler",
     "clip_mode",
+    "views_train",
     "linear_probe",
     "seed",
     "ifm",

@@ -41,19 +41,18 @@ class DamagedVideos:
                 log.warning("skipping video %s (--skip-damaged): %s", self.store.videos.name[v], e)
 
     def replace(self, clips: tuple, plan: tuple, start: int) -> tuple:
-        """`clips` (a batch's videos, indices and labels) with each clip of a found video replaced
-        by the next clip of `plan` (the same three arrays for a whole plan) from position `start`
+        """`clips` (a batch's videos, indices, labels and views) with each clip of a found video
+        replaced by the next clip of `plan` (the same arrays for a whole plan) from position `start`
         on, wrapping round, whose video is not found damaged."""
         found = np.fromiter(self.found, np.int64, len(self.found))
-        videos, indices, labels = clips
-        bad = np.isin(videos, found)
+        bad = np.isin(clips[0], found)
         if not bad.any():
             return clips
         good = np.flatnonzero(~np.isin(plan[0], found))
         if not len(good):
             raise StoreError("every video of this run has damaged frames (`advise-cache verify` lists them)")
         take = good[(np.searchsorted(good, start) + np.arange(int(bad.sum()))) % len(good)]
-        out = [videos.copy(), indices.copy(), labels.copy()]
+        out = [c.copy() for c in clips]
         for mine, whole in zip(out, plan):
             mine[bad] = whole[take]
         return tuple(out)

@@ -66,6 +66,7 @@ _SYNTHETIC_FAMILIES = {
     "synthetic-appearance": "appearance",
     "synthetic-temporal": "temporal",
     "synthetic-motion": "motion",
+    "synthetic-shifted": "shifted",
 }
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model
 from .errors import AdviseCacheError, MismatchError, StoreError, writing
 from .evaluate import video_outputs
 from .figures import pyplot, save_figure
 from .runtime import resolve_device
 from .store import open_store
+from .trained import load_model
 
 log = logging.getLogger(__name__)
 

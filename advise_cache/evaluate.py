@@ -1,9 +1,12 @@
 """Multi-view evaluation of a fine-tuned TMM on the store's test split.
 
     advise-cache evaluate --cache ucf101.zarr --checkpoint runs/ft/checkpoint.pt --views 4
+    advise-cache evaluate --cache ucf101.zarr --checkpoint runs/ft --views 10 --crops 3
 
 For each test video, `views` clips spread evenly over the video go through the model and
 their logits are averaged; top-1, top-5, per-class accuracy and a confusion matrix follow.
+With `crops` (a store extracted with `--crops 3`, views.py) each clip is read from every stored
+evaluation crop and the logits are averaged over clips x crops, as the released code's 10 x 3.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import append_metrics, check_classes, load_model
+from .checkpoint import append_metrics, check_classes
 from .curves import plot_curves
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .figures import pyplot, save_figure
@@ -23,6 +26,8 @@ from .models import ClipClassifier
 from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import open_store
+from .trained import load_model
+from .views import crop_views
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +44,20 @@ def video_outputs(
     device: torch.device,
     batch_size: int = 32,
     what: str = "logits",
+    stored: tuple[int, ...] = (0,),
 ) -> np.ndarray:
-    """Per video, the mean over `views` clips of the logits (or of the pooled `features`). The
-    clips go through the model `batch_size` at a time, so memory does not grow with `views`."""
+    """Per video, the mean over `views` clips, each read from every stored view in `stored` (0:
+    the centre crop), of the logits (or of the pooled `features`). The clips go through the
+    model `batch_size` at a time, so memory does not grow with `views`."""
     fn = model if what == "logits" else model.features
     out = []
     for v in videos:
-        clips = multi_view_clips(int(source.frames[v]), frames, stride, views, mode)
+        clips = [
+            (idx, k) for idx in multi_view_clips(int(source.frames[v]), frames, stride, views, mode) for k in stored
+        ]
         total = 0
         for i in range(0, len(clips), batch_size):
-            x = collate([source.clip(int(v), idx, device) for idx in clips[i : i + batch_size]])
+            x = collate([source.clip(int(v), idx, device, k) for idx, k in clips[i : i + batch_size]])
             total = total + fn(x.to(device)).float().sum(0)
         out.append((total / len(clips)).cpu().numpy())
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
@@ -63,13 +72,16 @@ def evaluate(
     mode: str | None = None,
     confusion_png: Path | None = None,
     progress=None,
+    crops: int | None = None,
 ) -> dict:
-    """Top-1/top-5 and per-class accuracy of a classification checkpoint on a store's split."""
+    """Top-1/top-5 and per-class accuracy of a classification checkpoint on a store's split;
+    `crops` (1 or 3): over the store's evaluation crops too (None: the centre crop alone)."""
     if views < 1:
         raise MismatchError("--views must be >= 1")
     store = open_store(cache)
     dev = resolve_device(device)
     model, meta, source = load_model(checkpoint, store, dev)
+    stored = (0,) if crops is None else tuple(crop_views(source.views, crops))
     if meta.task != "classify":
         raise MismatchError(f"{checkpoint} is a {meta.task} checkpoint; evaluate a fine-tuned one")
     if meta.num_classes != len(store.classes):
@@ -86,7 +98,7 @@ def evaluate(
     iterate = progress or (lambda xs: xs)
     logits = np.concatenate(
         [
-            video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev)
+            video_outputs(model, source, chunk, views, sampler.frames, sampler.stride, mode, dev, stored=stored)
             for chunk in iterate(np.array_split(videos, max(1, len(videos) // 16)))
         ]
     )
@@ -101,6 +113,7 @@ def evaluate(
         "top1": float(top1.mean()),
         "top5": float(top5.mean()),
         "views": views,
+        "crops": crops,  # None: the centre crop (of a store's every frame) alone
         "videos": int(len(videos)),
         "skipped": skipped,
         "split": split,

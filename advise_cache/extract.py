@@ -48,6 +48,7 @@ from .runtime import cores_per_process, local_rank, make_current, resolve_device
 from .storage import store_location
 from .store import DONE, FAILED, PENDING, SAFE_KEY, open_store
 from .video import FramePlan, decoder_available
+from .views import REFERENCE_SIZE, view_specs
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,11 @@ def _check_flags(cfg: ExtractConfig) -> str:
     if cfg.precision not in PRECISIONS:
         raise AdviseCacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     check_seed(cfg.seed)
+    view_specs(cfg.aug_views, cfg.crops, cfg.seed, REFERENCE_SIZE)  # the counts, checked
+    if (cfg.aug_views or cfg.crops) and cfg.resize != "tensor":
+        raise AdviseCacheError(
+            "--aug-views and --crops need --resize tensor: --resize pil hands over centre crops only"
+        )
     key = ifm_key(cfg.model) if cfg.name is None else cfg.name
     if not SAFE_KEY.fullmatch(key):
         raise AdviseCacheError(
@@ -194,13 +200,18 @@ def plan_extraction(cfg: ExtractConfig) -> SizePlan:
     workers = default_workers(torch.device("cpu")) if cfg.workers is None else max(0, cfg.workers)
     store, table = store_or_table(cfg, index, workers)
     plan = plan_store(cfg, key, ifm.grid, ifm.dim, store, table)
-    batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 8)
+    batch = cfg.batch_size or default_batch(ifm.device)  # the batch extraction runs: the rate it gets
     try:
         check_weights(cfg.model, cfg.pretrained)
         weights = ""
     except WeightsError as e:  # the plan stands; the run would not
         weights = str(e)
     return replace(plan, model_fps=model_rate(ifm, batch), device=str(ifm.device), weights=weights)
+
+
+def default_batch(device: torch.device) -> int:
+    """Frames a model call takes when --batch-size is not given."""
+    return 256 if device.type == "cuda" else 64
 
 
 def model_rate(ifm, batch: int, repeats: int = 2) -> float:
@@ -229,7 +240,7 @@ def extract_videos(cfg: ExtractConfig) -> ExtractSummary:
     make_current(resolve_device(device))
     ifm = create_ifm(cfg.model, cfg.pretrained, device, cfg.precision, cfg.seed)
     workers = default_workers(ifm.device) if cfg.workers is None else max(0, cfg.workers)
-    batch = cfg.batch_size or (256 if ifm.device.type == "cuda" else 64)
+    batch = cfg.batch_size or default_batch(ifm.device)
     # Under torchrun the ranks probe the videos together, and rank 0 reports for all of them.
     group = join_group()
     try:
@@ -271,16 +282,17 @@ def _extract(cfg, key, index, ifm, workers, batch, part, group) -> ExtractSummar
         ensure_store(cfg, index, workers, key, ifm.grid, ifm.dim, group)
         store = open_store(cfg.out, mode="a")
         info = {**ifm.info(), "resize": cfg.resize, "decoder": cfg.decoder}
-        arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype)
+        views = view_specs(cfg.aug_views, cfg.crops, cfg.seed, ifm.spec.size)
+        arrays = store.add_ifm(key, info, cfg.frame_stride, cfg.frames_per_shard, cfg.codec, cfg.dtype, views)
     except OSError as e:  # a read-only folder, a full disk
         raise StoreError(f"cannot write the store {cfg.out}: {e.strerror or first_line(e)}") from e
     for what in ("resize", "decoder"):  # tokens of other pixels would mix into one group
-        if arrays.meta.get(what, "pil" if what == "resize" else "decord") != info[what]:
+        if getattr(arrays.meta, what) != info[what]:
             log.warning(
                 "%s was extracted with --%s %s; this run uses %s: its videos' tokens differ slightly",
                 key,
                 what,
-                arrays.meta.get(what, "pil" if what == "resize" else "decord"),
+                getattr(arrays.meta, what),
                 info[what],
             )
     table = store.videos
@@ -358,7 +370,7 @@ def _run(cfg, ifm, arrays, table, todo, workers, batch, summary) -> None:
     writer = Writer(arrays, summary, cfg.writers, release=lambda buf: loop.release(buf), on_done=stored)
     for task in tasks:
         writer.expect(task[0], arrays.shards_of(task[0]))
-    loop = ModelLoop(ifm, batch, arrays, writer.put)
+    loop = ModelLoop(ifm, batch, arrays, writer.put, arrays.views)
     decoder = (
         InlineDecoder(tasks)
         if workers <= 0

@@ -167,7 +167,7 @@ def written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
     if key not in store.ifm_keys():
         return np.zeros(len(store.videos), bool)
     a = store.ifm(key)
-    if (a.meta["frame_stride"], a.meta["dtype"]) != (cfg.frame_stride, cfg.dtype):
+    if (a.meta.frame_stride, a.meta.dtype) != (cfg.frame_stride, cfg.dtype):
         return np.zeros(len(store.videos), bool)  # add_ifm refuses this group anyway
     return a.status() != PENDING
 
@@ -175,8 +175,9 @@ def written(store, key: str, cfg: ExtractConfig) -> np.ndarray:
 def plan_store(cfg: ExtractConfig, key: str, grid, dim: int, store, table: dict | None) -> SizePlan:
     frames = store.videos.source_frames if table is None else np.asarray(table["source_frames"], np.int64)
     done = written(store, key, cfg) if table is None else np.zeros(len(frames), bool)
+    views = 1 + cfg.aug_views + cfg.crops
     return size_plan(
-        cfg.out, cfg.model, grid, dim, frames, done, cfg.frame_stride, cfg.dtype, cfg.frames_per_shard, cfg.codec
+        cfg.out, cfg.model, grid, dim, frames, done, cfg.frame_stride, cfg.dtype, cfg.frames_per_shard, cfg.codec, views
     )
 
 

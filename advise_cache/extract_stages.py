@@ -29,9 +29,10 @@ import torch
 
 from .errors import AdviseCacheError, DecodeError
 from .pixels import max_pixels, resize_crop_tensor
-from .quant import error_sums, quantize, summarise_error
+from .quant import error_sums, quantise, summarise_error
 from .runtime import local_world_size
 from .video import decode_worker, iter_frames, sigint_blocked
+from .views import view_pixels
 
 CHUNK = 16  # crops a decode process hands over at a time with --resize pil (one shared-memory slot)
 SLOT_BYTES = 16 << 20  # a slot with --resize tensor: 16 frames of 640x480, or 5 of 720p
@@ -202,7 +203,8 @@ class Writer:
                 self.release(shard.buf)
                 with self.lock:
                     if shard.quant is not None:
-                        tokens = int(self.arrays.frames[v]) * int(np.prod(self.arrays.grid))
+                        rows = int(self.arrays.frames[v]) * len(self.arrays.views)  # every view's
+                        tokens = rows * int(np.prod(self.arrays.grid))
                         self.quant[v] = summarise_error(shard.quant.tolist(), tokens)
                     self.left[v] -= 1
                     self.bytes[v] += nbytes
@@ -250,7 +252,8 @@ class ModelLoop:
     copies run: an event recorded on another GPU's stream (the thread's current device, cuda:0
     unless set) would be complete at once, and buffers would be reused early."""
 
-    def __init__(self, ifm, batch: int, arrays, writer_put):
+    def __init__(self, ifm, batch: int, arrays, writer_put, views: list[dict] | None = None):
+        # views: the group's stored views (views.py); None, the centre crop alone
         self.ifm, self.batch, self.arrays, self.put = ifm, batch, arrays, writer_put
         self.cuda = ifm.device.type == "cuda"
         self.stream = torch.cuda.current_stream(ifm.device) if self.cuda else None
@@ -276,8 +279,9 @@ class ModelLoop:
         self.spare: list[torch.Tensor] = []  # shard buffers back from the writer
         self.spare_lock = threading.Lock()
         self.dropped: set[int] = set()
-        self.per = int(arrays.meta["frames_per_shard"])
+        self.per = arrays.meta.frames_per_shard
         self.row_shape = tuple(arrays.tokens.shape[1:])
+        self.views = views or [{"kind": "centre"}]
 
     def release(self, buf: torch.Tensor) -> None:
         with self.spare_lock:
@@ -290,7 +294,8 @@ class ModelLoop:
                 buf = self.spare.pop() if self.spare else None
             if buf is None:
                 buf = torch.empty((self.per, *self.row_shape), dtype=self.dtype, pin_memory=self.cuda)
-            rows = min(self.per, int(self.arrays.frames[video]) - index * self.per)
+            n = int(self.arrays.frames[video])
+            rows = min(self.per, n - index % max(1, -(-n // self.per)) * self.per)  # each view's last shard is cut
             self.open[key] = Shard(video, index, rows, buf)
         return self.open[key]
 
@@ -317,8 +322,19 @@ class ModelLoop:
         return x
 
     def add(self, video: int, start: int, frames: np.ndarray) -> None:
-        """Queue a chunk of a video's frames (rows start, start + 1, ...), as decoded or cropped."""
-        crops = resize_crop_tensor(self._on_device(frames), self.ifm.spec)
+        """Queue a chunk of a video's frames (rows start, start + 1, ...), as decoded or cropped.
+        With stored views, each view's pixels are made from the one decoded chunk (views.py) and
+        go to that view's rows, `view_stride` apart in the video's slot."""
+        x = self._on_device(frames)
+        if len(self.views) == 1:
+            self._queue(video, start, resize_crop_tensor(x, self.ifm.spec))
+            return
+        stride = -(-int(self.arrays.frames[video]) // self.per) * self.per  # rows from a view to the next
+        for k, view in enumerate(self.views):
+            self._queue(video, k * stride + start, view_pixels(x, view, video, self.ifm.spec))
+
+    def _queue(self, video: int, start: int, crops: torch.Tensor) -> None:
+        """Copy crops (rows start, start + 1, ... of the video's slot) into batches, running each full one."""
         i = 0
         while i < len(crops):
             take = min(len(crops) - i, self.batch - self.fill)
@@ -337,7 +353,7 @@ class ModelLoop:
         x = self.crops[: self.fill]
         if self.quantised:
             floats = self.ifm.encode(x, dtype=torch.float32)
-            tokens = quantize(floats)
+            tokens = quantise(floats)
         else:
             tokens = self.ifm.encode(x, dtype=self.dtype)
         complete = []

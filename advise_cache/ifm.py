@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError, first_line
-from .pixels import PixelSpec, normalize
+from .pixels import PixelSpec, normalise
 from .runtime import autocast_dtype, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class IFM:
         there (so only the stored bytes cross back to the host)."""
         if isinstance(frames, np.ndarray):
             frames = torch.from_numpy(frames)
-        x = normalize(frames.to(self.device, non_blocking=True), self.spec)
+        x = normalise(frames.to(self.device, non_blocking=True), self.spec)
         compute = autocast_dtype(self.precision)
         with torch.autocast(self.device.type, dtype=compute, enabled=compute is not None):
             tokens = self._tokens(self.backbone, x)

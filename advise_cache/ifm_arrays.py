@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import struct
 import threading
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import google_crc32c
@@ -35,6 +37,7 @@ from .ifm_layout import (
     slot_offsets,
     token_layout,
     video_checksum,
+    view_stride,
 )
 from .quant import SCHEME
 from .shards import CRC_BYTES, ShardReader, frame_crcs, index_bytes, shard_parts, write_shard_file
@@ -45,6 +48,72 @@ def attributes(node) -> dict:
     return dict(node.attrs.get("advise_cache", {}))
 
 
+# What every image model's group records (store.add_ifm writes them): without one, it is damaged.
+REQUIRED = ("model", "grid", "dim", "dtype", "frame_stride", "frames_per_shard", "codec")
+# What tells whether two stores hold the same features (a checkpoint's fingerprint), and what a
+# group added to a store again must repeat.
+FEATURE_KEYS = ("model", "pretrained", "weights_sha256", "input_size", "normalisation", "grid", "dim", "frame_stride")
+SAME_GROUP_KEYS = (*FEATURE_KEYS, "dtype", "frames_per_shard", "codec", "precision", "views")
+
+
+@dataclass(frozen=True)
+class IFMMeta:
+    """An image model's group attributes, read once and typed: how its tokens were made (model,
+    weights, input size and normalisation, grid x dim) and are kept (dtype, frame stride, frames
+    per shard, codec, views). `stored` is the attributes as written, for comparisons that must
+    see exactly what a store holds (fingerprints, a group added again)."""
+
+    model: str
+    grid: tuple[int, int]
+    dim: int
+    dtype: str
+    frame_stride: int
+    frames_per_shard: int
+    codec: str
+    pretrained: str | None = None
+    weights_sha256: str | None = None
+    input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str = "bicubic"  # stores made before it was recorded used bicubic
+    resize: str = "pil"  # likewise: PIL's resize
+    decoder: str = "decord"  # likewise: decord
+    normalisation: str | None = None
+    precision: str | None = None
+    quantisation: str | None = None
+    views: tuple[dict, ...] = ({"kind": "centre"},)  # a store without views: the centre crop
+    stored: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def read(cls, attrs: dict, where: str) -> IFMMeta:
+        """The typed attributes; a group without one of REQUIRED is a damaged store (StoreError)."""
+        missing = [k for k in REQUIRED if k not in attrs]
+        if missing:
+            raise StoreError(f"{where} lacks its {', '.join(missing)} attribute(s): the store is damaged")
+        known = {f.name for f in fields(cls)} - {"stored"}
+        typed = {k: v for k, v in attrs.items() if k in known and v is not None}
+        for k in ("grid", "mean", "std"):
+            if k in typed:
+                typed[k] = tuple(typed[k])
+        typed["views"] = tuple(typed.get("views") or cls.views)
+        for k in ("dim", "frame_stride", "frames_per_shard", "input_size"):
+            if k in typed:
+                typed[k] = int(typed[k])
+        return cls(**typed, stored=dict(attrs))
+
+    def as_stored(self, keys) -> dict:
+        """These attributes exactly as the store holds them (None where absent)."""
+        return {k: self.stored.get(k) for k in keys}
+
+    def differences(self, attrs: dict) -> list[str]:
+        """How a group about to be written with `attrs` differs from this one (SAME_GROUP_KEYS)."""
+        return [
+            f"{k}: store {self.stored.get(k)!r}, now {attrs.get(k)!r}"
+            for k in SAME_GROUP_KEYS
+            if json.dumps(self.stored.get(k)) != json.dumps(attrs.get(k))
+        ]
+
+
 class IFMArrays:
     """The arrays of one image model inside a store."""
 
@@ -52,11 +121,15 @@ class IFMArrays:
         self.store = store
         self.key = key
         self.group = store.group["ifm"][key]
-        self.meta = attributes(self.group)
+        self.meta = IFMMeta.read(attributes(self.group), f"image model {key!r}")
         self.tokens = self.group["tokens"]
         self.offset = self.group["offset"][:]
         self.frames = self.group["frames"][:]
-        dtype, scheme = self.meta.get("dtype"), self.meta.get("quantisation")
+        # The stored views (views.py): one a store without them, the centre crop. A video's slot
+        # holds its views one after the other, `view_stride` rows apart.
+        self.views: list[dict] = list(self.meta.views)
+        self.view_stride = view_stride(self.frames, self.meta.frames_per_shard)
+        dtype, scheme = self.meta.dtype, self.meta.quantisation
         if dtype not in TOKEN_DTYPES or (dtype == "int8" and scheme != SCHEME):
             raise StoreError(
                 f"image model {key!r} stores tokens as {dtype} ({scheme or 'no scheme'}), which this "
@@ -80,12 +153,12 @@ class IFMArrays:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.meta["grid"])
+        return self.meta.grid
 
     @property
     def dim(self) -> int:
         """D, the model's width (an int8 row holds D + 2 bytes: see `row_dim`)."""
-        return int(self.meta["dim"])
+        return self.meta.dim
 
     @property
     def row_dim(self) -> int:
@@ -179,12 +252,12 @@ class IFMArrays:
         """Done videos among `videos` whose shard files are missing or of the wrong size, with
         what is wrong: found from file sizes alone, so cheap enough for every run."""
         out = []
-        per = int(self.meta["frames_per_shard"])
+        per = self.meta.frames_per_shard
         frame = int(np.prod(self.tokens.shape[1:])) * np.dtype(self.tokens.dtype).itemsize
         frame += CRC_BYTES * self.frame_checked  # a chunk: the frame and its crc32c
         listed = self.store.bucket.sizes(f"ifm/{self.key}/tokens/c/") if self.store.remote else None  # one listing
         for v in videos:
-            v, n = int(v), int(self.frames[v])
+            v = int(v)
             for k, key in enumerate(self.shard_keys(v)):
                 if listed is not None:
                     size = listed.get(key)
@@ -196,7 +269,7 @@ class IFMArrays:
                 if size is None:
                     out.append((v, f"shard file {key} is missing"))
                     break
-                want = min(per, n - k * per) * frame + index_bytes(per)
+                want = self.shard_rows(v, k) * frame + index_bytes(per)
                 if self._direct and size != want:
                     out.append((v, f"shard file {key} has {size} bytes, expected {want}"))
                     break
@@ -205,9 +278,9 @@ class IFMArrays:
     # -- writing ------------------------------------------------------------------------
     def shard_keys(self, video: int) -> list[str]:
         """The video's shard files (objects), relative to the store."""
-        per = int(self.meta["frames_per_shard"])
+        per = self.meta.frames_per_shard
         first = int(self.offset[video]) // per
-        count = -(-int(self.frames[video]) // per)
+        count = self.shards_of(video)
         return [f"ifm/{self.key}/tokens/c/{s}/0/0/0" for s in range(first, first + count)]
 
     def shard_paths(self, video: int) -> list[Path]:
@@ -216,7 +289,7 @@ class IFMArrays:
 
     def check_offsets(self) -> None:
         """Refuse a damaged offset table, which would read another video's rows."""
-        expected, _ = slot_offsets(self.frames, int(self.meta["frames_per_shard"]))
+        expected, _ = slot_offsets(self.frames, self.meta.frames_per_shard, len(self.views))
         if not np.array_equal(self.offset, expected):
             raise StoreError(
                 f"{self.store.path}: the offset table of {self.key} is damaged "
@@ -224,8 +297,18 @@ class IFMArrays:
             )
 
     def shards_of(self, video: int) -> int:
-        """How many shards hold this video's rows."""
-        return -(-int(self.frames[video]) // int(self.meta["frames_per_shard"]))
+        """How many shards hold this video's rows (of every view)."""
+        return len(self.views) * (-(-int(self.frames[video]) // self.meta.frames_per_shard))
+
+    def shard_rows(self, video: int, index: int) -> int:
+        """Rows written into the video's `index`-th shard: the last shard of each view is cut."""
+        per = self.meta.frames_per_shard
+        return min(per, int(self.frames[video]) - index % max(1, int(self.view_stride[video]) // per) * per)
+
+    def view_start(self, videos, views) -> np.ndarray:
+        """First row of each (video, view) in `tokens`."""
+        videos = np.asarray(videos, np.int64)
+        return self.offset[videos] + np.asarray(views, np.int64) * self.view_stride[videos]
 
     def clear_video(self, video: int) -> None:
         """Forget whatever an interrupted run wrote for this video (claimed, not done)."""
@@ -241,9 +324,8 @@ class IFMArrays:
         and the folders made for it durable; returns the file's size. Shards are independent
         files, so threads may write different shards at once. A crash mid-write leaves a
         partial file only in a video not marked done, which `clear_video` removes on resume."""
-        per = int(self.meta["frames_per_shard"])
-        n = int(self.frames[video])
-        rows = min(per, n - index * per)
+        per = self.meta.frames_per_shard
+        rows = self.shard_rows(video, index) if 0 <= index < self.shards_of(video) else 0
         if not 0 <= index < self.shards_of(video) or tokens.shape != (rows, *self.tokens.shape[1:]):
             raise StoreError(
                 f"video {video} shard {index}: got tokens {tokens.shape}, expected {(rows, *self.tokens.shape[1:])}"
@@ -298,14 +380,18 @@ class IFMArrays:
         self.release([video])
 
     def write_video(self, video: int, tokens: np.ndarray, quant_error: tuple[float, float] | None = None) -> int:
-        """Write all of a video's rows (as stored: int8 rows already packed), make them durable,
-        then mark it done. Returns bytes."""
-        n = int(self.frames[video])
+        """Write all of a video's rows (as stored: int8 rows already packed; with views, every
+        view's frames one view after the other), make them durable, then mark it done. Returns bytes."""
+        n = int(self.frames[video]) * len(self.views)
         if tokens.shape != (n, *self.tokens.shape[1:]):
             raise StoreError(f"video {video}: got tokens {tokens.shape}, expected {(n, *self.tokens.shape[1:])}")
-        per = int(self.meta["frames_per_shard"])
+        per, frames = self.meta.frames_per_shard, int(self.frames[video])
         tokens = tokens.astype(self.tokens.dtype, copy=False)
-        written = sum(self.write_shard(video, k, tokens[k * per : (k + 1) * per]) for k in range(self.shards_of(video)))
+        spv = int(self.view_stride[video]) // per  # shards a view
+        written = sum(
+            self.write_shard(video, k, tokens[k // spv * frames : (k // spv + 1) * frames][k % spv * per :][:per])
+            for k in range(self.shards_of(video))
+        )
         self.finish_video(video, quant_error)
         return written
 
@@ -316,24 +402,30 @@ class IFMArrays:
             self.group["status"][video] = FAILED
 
     # -- reading ------------------------------------------------------------------------
-    def read_frames(self, video: int, indices) -> np.ndarray:
-        """Rows `indices` (0-based within the video) of one video: (len, h, w, D)."""
+    def read_frames(self, video: int, indices, view: int = 0) -> np.ndarray:
+        """Rows `indices` (0-based within the video) of one video's `view`: (len, h, w, D)."""
         rows = np.asarray(indices, dtype=np.int64)
         n = int(self.frames[video])
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise StoreError(f"video {video} has {n} frames; asked for {rows.min()}..{rows.max()}")
-        return self._read(int(self.offset[video]) + rows)
+        if not 0 <= view < len(self.views):
+            raise StoreError(f"{self.key} stores {len(self.views)} view(s); asked for view {view}")
+        return self._read(int(self.view_start([video], [view])[0]) + rows)
 
-    def read_video(self, video: int) -> np.ndarray:
-        """All rows of one video, through zarr (whose crc32c codec checks every frame of a format 3
-        group): a damaged frame is a `DamagedFrameError` naming it."""
-        base, n = int(self.offset[video]), int(self.frames[video])
+    def read_video(self, video: int, view: int | None = None) -> np.ndarray:
+        """All rows of one video's `view` (None: of every view, one after the other), through zarr
+        (whose crc32c codec checks every frame of a format 3 group): a damaged frame is a
+        `DamagedFrameError` naming it."""
+        n = int(self.frames[video])
+        views = range(len(self.views)) if view is None else [view]
+        starts = self.view_start([video] * len(views), list(views)).tolist()
         try:
-            return self.tokens[base : base + n]
+            parts = [self.tokens[base : base + n] for base in starts]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
         except ValueError:
             if not self.frame_checked:
                 raise
-            self._read(base + np.arange(n))  # zarr does not say which chunk failed: find them
+            self._read(np.concatenate([base + np.arange(n) for base in starts]))  # zarr does not say which chunk failed
             raise
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
@@ -369,9 +461,11 @@ class IFMArrays:
         rows = np.unique(np.asarray(e.rows, np.int64))
         videos = np.searchsorted(self.offset, rows, side="right") - 1  # empty videos share the next one's offset
         v = int(videos[0])
-        frames = (rows[videos == v] - self.offset[v]).tolist()
-        shard = self.store.path / self.shard_keys(v)[frames[0] // int(self.meta["frames_per_shard"])]
-        listed = ", ".join(map(str, frames[:5])) + (f" and {len(frames) - 5} more" if len(frames) > 5 else "")
+        at = rows[videos == v] - self.offset[v]  # within the video's slot: views one after the other
+        shard = self.store.path / self.shard_keys(v)[int(at[0]) // self.meta.frames_per_shard]
+        stride = int(self.view_stride[v])
+        frames = [f"{f % stride} (view {f // stride})" if len(self.views) > 1 else str(f) for f in at.tolist()]
+        listed = ", ".join(frames[:5]) + (f" and {len(frames) - 5} more" if len(frames) > 5 else "")
         more = len(set(videos.tolist())) - 1
         message = (
             f"{self.key}: {self.store.videos.name[v]}: frame{'s' if len(frames) > 1 else ''} {listed} "
@@ -388,7 +482,7 @@ class IFMArrays:
         if not self._direct:
             return None
         dtype = np.dtype(self.tokens.dtype).newbyteorder("<")
-        per = int(self.meta["frames_per_shard"])
+        per = self.meta.frames_per_shard
         if not self.store.remote:
             return ShardReader(self._token_dir, per, self.tokens.shape[1:], dtype, frame_crcs=self.frame_checked)
         from .remote_shards import RemoteShardReader
@@ -396,8 +490,8 @@ class IFMArrays:
         cache, folder, sums = self.store.local_cache, None, None
         if cache is not None:
             sums = self.checksums()  # a GET per video: only where cached files are named by them
-            folder = cache.folder(str(self.store.path), str(self.store.meta.get("created", "")))
-        owner = np.repeat(np.arange(len(self.frames)), -(-self.frames // per))  # shard -> its video
+            folder = cache.folder(str(self.store.path), str(self.store.created))
+        owner = np.repeat(np.arange(len(self.frames)), self.view_stride // per * len(self.views))  # shard -> video
 
         def tag(shard: int) -> str:  # the owning video's checksum: a video written again is fetched again
             return "0" if sums is None else f"{int(sums[owner[shard]]) & 0xFFFFFFFF:08x}"
@@ -417,7 +511,7 @@ class IFMArrays:
         x = np.ascontiguousarray(x, np.dtype(self.tokens.dtype).newbyteorder("<"))
         if self.frame_checked:
             return video_checksum([frame_crcs(x)])
-        per = int(self.meta["frames_per_shard"])
+        per = self.meta.frames_per_shard
         return video_checksum([_crc(x[k : k + per]) for k in range(0, len(x), per)])
 
     def quant_errors(self) -> tuple[np.ndarray, np.ndarray] | None:

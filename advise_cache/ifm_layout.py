@@ -3,7 +3,8 @@ out when made, and how a reader tells the layouts of older groups apart.
 
 A group of store format 3 (docs/STORE.md)::
 
-    tokens   (F, h, w, D)  sharded: one frame a chunk, each chunk ends in its crc32c
+    tokens   (F, h, w, D)  sharded: one frame a chunk, each chunk ends in its crc32c; a video's
+                           stored views (attrs `views`, views.py) one after the other in its slot
     offset, frames (V,)    int64, one chunk
     status   (V,) int8     one chunk per video, as is every per-video array below
     checksum (V,) int64    crc32c of the video's frame crc32c values
@@ -103,11 +104,17 @@ def token_layout(array) -> tuple[bool, bool]:
     return direct, frame_crcs
 
 
-def slot_offsets(frames: np.ndarray, per: int) -> tuple[np.ndarray, int]:
+def slot_offsets(frames: np.ndarray, per: int, views: int = 1) -> tuple[np.ndarray, int]:
     """Where each video's rows start when every video starts on a shard boundary, and the
-    rows of all slots together."""
-    slots = -(-np.asarray(frames, np.int64) // per) * per
+    rows of all slots together. With `views` stored views a video's slot holds one view slot
+    after the other, each of whole shards (`view_stride`)."""
+    slots = view_stride(frames, per) * views
     return np.cumsum(slots) - slots, int(slots.sum())
+
+
+def view_stride(frames: np.ndarray, per: int) -> np.ndarray:
+    """Rows from one view of a video to its next: its frames rounded up to whole shards."""
+    return -(-np.asarray(frames, np.int64) // per) * per
 
 
 def video_checksum(parts: list) -> int:

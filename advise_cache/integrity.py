@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import DamagedFrameError, first_line
 from .ifm_layout import DONE, FAILED, NO_CHECKSUM, PENDING
-from .quant import SCALE_BYTES, dequantize_numpy
+from .quant import SCALE_BYTES, dequantise_numpy
 from .store import Store
 from .summary import quant_error_summary
 
@@ -33,8 +33,8 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
         problems.append("no image model has been extracted into this store")
     for key in keys:
         a = store.ifm(key)
-        per = int(a.meta["frames_per_shard"])
-        stride = int(a.meta["frame_stride"])
+        per = a.meta.frames_per_shard
+        stride = a.meta.frame_stride
         status = a.status()
         h, w = a.grid
         row = a.dim + (SCALE_BYTES if a.quantised else 0)  # int8: each token's float16 scale
@@ -44,7 +44,7 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                 + (" (+2 bytes of scale: int8)" if a.quantised else "")
             )
         expected = -(-table.source_frames // stride)
-        ends = a.offset + -(-a.frames // per) * per
+        ends = a.offset + a.view_stride * len(a.views)  # each view's rows in whole shards
         for v in range(len(table)):
             name = table.name[v]
             if status[v] == PENDING:
@@ -81,7 +81,7 @@ def verify(store: Store, check_values: bool = True, progress=None, deep: bool = 
                         "extraction (corrupted on disk)"
                     )
                 if a.quantised:  # the values the loader will see: int8 times each token's scale
-                    x = dequantize_numpy(x)
+                    x = dequantise_numpy(x)
                 if not np.isfinite(x).all():
                     problems.append(f"{key}: {table.name[v]}: NaN or Inf in its tokens")
                 elif not np.any(x.reshape(len(x), -1), axis=1).all():

@@ -26,6 +26,7 @@ loader with a line naming its video and frame, or its video is left out (damaged
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -37,11 +38,12 @@ import torch
 
 from .damaged import DamagedVideos
 from .errors import DamagedFrameError, MismatchError, StoreError
-from .quant import dequantize, dequantize_into
+from .quant import dequantise, dequantise_into
 from .runtime import cores_per_process, free_memory
 from .sampling import ClipRequest
 from .shards import in_parts
 from .store import DONE, Store
+from .views import train_views
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,19 @@ class TokenSource:
         self.dtype = np.dtype(np.float16) if self.quantised else self.stored_dtype  # what clips come out as
         for a in self.arrays:
             a.check_offsets()
+        # The stored views (views.py), the same in every IFM read together: a clip's view is one index.
+        self.views = self.arrays[0].views
+        if any(json.dumps(a.views) != json.dumps(self.views) for a in self.arrays[1:]):
+            raise MismatchError("cannot concatenate IFMs extracted with different views (--aug-views, --crops)")
         status = np.stack([a.status() for a in self.arrays])
         self.done = (status == DONE).all(axis=0)
         self._readers = [a.shard_reader() for a in self.arrays]  # None: compressed, via zarr
         self.resident: list[torch.Tensor] | None = None  # per IFM, (rows, h, w, D_k)
         self._resident_start: np.ndarray | None = None  # per video, its first resident row (-1: none)
+
+    def train_views(self, choice: str) -> list[int]:
+        """The views a training clip draws from (`--views-train`; views.train_views)."""
+        return train_views(self.views, choice)
 
     def videos(self, split: str | None = None) -> tuple[np.ndarray, int]:
         """Indices of usable (done in every IFM) videos of a split, and how many were skipped."""
@@ -102,7 +112,8 @@ class TokenSource:
         host buffer, never built whole in RAM; both fit checks come before anything is read."""
         device = torch.device(device or "cpu")
         videos = np.unique(np.asarray(videos, np.int64))
-        counts = self.frames[videos].astype(np.int64)
+        k = len(self.views)  # every view of a video, one after the other (`rows`)
+        counts = self.frames[videos].astype(np.int64) * k
         total = int(counts.sum())
         row = int(np.prod(self.grid)) * self.stored_dtype.itemsize
         need = total * row * sum(self.row_dims)
@@ -123,7 +134,7 @@ class TokenSource:
                 None if not on_device else np.empty((max(1, _BOUNCE_BYTES // (row * d)), *shape[1:]), self.stored_dtype)
             )
             for v, s, n in zip(videos.tolist(), start[videos].tolist(), counts.tolist()):
-                rows = int(a.offset[v]) + np.arange(n)
+                rows = (a.view_start([v] * k, range(k))[:, None] + np.arange(n // k)).reshape(-1)
                 try:
                     if bounce is None:
                         a.read_rows(rows, out.numpy()[s : s + n], reader)
@@ -139,14 +150,16 @@ class TokenSource:
         return need
 
     # -- reading ----------------------------------------------------------------------------
-    def rows(self, k: int, videos: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """(B, T) rows of IFM k's token array for clips (videos[b], indices[b])."""
+    def rows(self, k: int, videos: np.ndarray, indices: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """(B, T) rows of IFM k's token array (or of the resident copy) for clips (videos[b],
+        indices[b]) of stored views views[b] (None: the centre crop)."""
+        views = np.zeros(len(videos), np.int64) if views is None else np.asarray(views, np.int64)
         if self.resident is not None:
             start = self._resident_start[videos]
             if (start < 0).any():
                 raise StoreError(f"video {int(videos[start < 0][0])} was not preloaded")
-            return start[:, None] + indices
-        return self.arrays[k].offset[videos][:, None] + indices
+            return (start + views * self.frames[videos])[:, None] + indices
+        return self.arrays[k].view_start(videos, views)[:, None] + indices
 
     def fill(
         self,
@@ -155,54 +168,56 @@ class TokenSource:
         outs: list[np.ndarray],
         pool: ThreadPoolExecutor | None = None,
         tasks: int = 1,
+        views: np.ndarray | None = None,
     ) -> None:
-        """Write clip b's frames, as stored, into outs[k][b] (one (B, T, h, w, row_dims[k]) buffer
-        per IFM)."""
+        """Write clip b's frames (of stored view views[b]; None: the centre crop), as stored, into
+        outs[k][b] (one (B, T, h, w, row_dims[k]) buffer per IFM)."""
         for k, (a, reader, out) in enumerate(zip(self.arrays, self._readers, outs)):
-            rows = self.rows(k, videos, indices).reshape(-1)
+            rows = self.rows(k, videos, indices, views).reshape(-1)
             flat = out.reshape(len(rows), *out.shape[2:])
             if self.resident is not None:
                 np.take(self.resident[k].numpy(), rows, axis=0, out=flat)
             else:
                 a.read_rows(rows, flat, reader, pool, tasks)
 
-    def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(T, h, w, D) tokens of one clip on `device`, in `self.dtype`: the rows travel as stored
-        and an int8 store's are dequantised there (evaluation and plots, a clip at a time)."""
+    def clip(self, video: int, indices: np.ndarray, device: torch.device | str = "cpu", view: int = 0) -> torch.Tensor:
+        """(T, h, w, D) tokens of one clip (of stored `view`) on `device`, in `self.dtype`: the rows
+        travel as stored and an int8 store's are dequantised there (evaluation and plots, a clip at a time)."""
         indices = np.asarray(indices, np.int64)
         _check_indices(self.frames, np.array([video]), indices[None])
+        views = np.array([view], np.int64)
         outs = [np.empty((1, len(indices), *self.grid, d), self.stored_dtype) for d in self.row_dims]
         if self.resident is not None and self.resident[0].device.type != "cpu":
-            rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None]).reshape(-1))
+            rows = torch.from_numpy(self.rows(0, np.array([video]), indices[None], views).reshape(-1))
             for out, r in zip(outs, self.resident):
                 out[0] = r[rows.to(r.device)].cpu().numpy()
         else:
-            self.fill(np.array([video]), indices[None], outs)
-        return self.decode([torch.from_numpy(o[0]).to(device) for o in outs])
+            self.fill(np.array([video]), indices[None], outs, views=views)
+        return self.dequantise([torch.from_numpy(o[0]).to(device) for o in outs])
 
-    def decode(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def dequantise(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Rows as stored, one tensor (..., row_dims[k]) per IFM → (..., D) tokens in `self.dtype`,
         computed where the parts are (int8: dequantised there)."""
         if self.quantised:
-            parts = [dequantize(p, torch.float16) for p in parts]
+            parts = [dequantise(p, torch.float16) for p in parts]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
-    def decode_into(
+    def dequantise_into(
         self, parts: list[torch.Tensor], out: torch.Tensor, pool: ThreadPoolExecutor | None = None, tasks: int = 1
     ) -> torch.Tensor:
-        """`decode` on the host into `out` (..., h, w, D) rather than new memory: its frames are
+        """`dequantise` on the host into `out` (..., h, w, D) rather than new memory: its frames are
         split into up to `tasks` shares run on `pool` (the kernels release the GIL), each of at
-        least _DECODE_SHARE values: handing a small batch to threads costs more than it saves.
+        least _DEQUANTISE_SHARE values: handing a small batch to threads costs more than it saves.
         Returns `out`."""
         frames = out.view(-1, *out.shape[-3:])
-        tasks = max(1, min(tasks, out.numel() // _DECODE_SHARE))
+        tasks = max(1, min(tasks, out.numel() // _DEQUANTISE_SHARE))
         rows = [p.reshape(-1, *p.shape[-3:]) for p in parts]
         ends = np.cumsum([0, *self.dims]).tolist()
 
         def work(lo: int, hi: int) -> None:
             for r, a, b in zip(rows, ends[:-1], ends[1:]):
                 if self.quantised:
-                    dequantize_into(r[lo:hi], frames[lo:hi, ..., a:b])
+                    dequantise_into(r[lo:hi], frames[lo:hi, ..., a:b])
                 else:
                     frames[lo:hi, ..., a:b].copy_(r[lo:hi])
 
@@ -211,7 +226,7 @@ class TokenSource:
 
 
 _BOUNCE_BYTES = 64 << 20  # the host buffer a GPU preload is filled through
-_DECODE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
+_DEQUANTISE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 x 8 frames is ~37 shares
 
 
 def default_threads(device: torch.device) -> int:
@@ -237,6 +252,27 @@ def collate(clips: list) -> torch.Tensor:
     the few places that score single clips."""
     x = torch.stack([torch.as_tensor(c) for c in clips])
     return x.permute(0, 4, 1, 2, 3).float().contiguous()
+
+
+def _handed(stop: threading.Event, target: queue.Queue, item) -> bool:
+    """Hand an item over unless the consumer has stopped; never blocks for good."""
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _taken(stop: threading.Event, source: queue.Queue):
+    """The next item of `source`, or None once the consumer has stopped."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
 
 
 class ClipLoader:
@@ -274,10 +310,15 @@ class ClipLoader:
                 np.array([r.video for r in b], np.int64),
                 np.stack([np.asarray(r.indices, np.int64) for r in b]),
                 np.array([r.label for r in b], np.int64),
+                np.array([r.view for r in b], np.int64),
             )
             for b in self.batches
         ]
-        for videos, indices, _ in self._arrays:  # a bad plan fails here, not mid-epoch
+        for videos, indices, _, views in self._arrays:
+            if views.size and not 0 <= views.min() <= views.max() < len(source.views):
+                raise StoreError(
+                    f"a clip asks for view {int(views.max())}; the store holds {len(source.views)}"
+                )  # a bad plan fails here, not mid-epoch
             _check_indices(source.frames, videos, indices)
         self.prefetch = max(1, prefetch)
         self.device = torch.device(device or "cpu")
@@ -300,9 +341,9 @@ class ClipLoader:
         return stored, torch.empty((*shape, src.dim), dtype=_torch_dtype(src.dtype)) if on_host else None
 
     def __iter__(self):
-        src, dev = self.source, self.device
+        dev = self.device
         cuda = dev.type == "cuda"
-        on_device = src.resident is not None and src.resident[0].device.type == "cuda"
+        on_device = self.source.resident is not None and self.source.resident[0].device.type == "cuda"
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         free: queue.Queue = queue.Queue()  # host buffers ready to be filled, with the event of their last copy
         if not on_device:
@@ -313,58 +354,8 @@ class ClipLoader:
                     free.put((self._buffers(self.batch_size), None))
         stop = threading.Event()
         side = torch.cuda.Stream(dev) if cuda else None
-
-        def handed(item, target: queue.Queue = q) -> bool:
-            """Hand an item over unless the consumer has stopped; never blocks for good."""
-            while not stop.is_set():
-                try:
-                    target.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def take_free():
-            while not stop.is_set():
-                try:
-                    return free.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-            return None
-
-        def produce() -> None:
-            if cuda:
-                torch.cuda.set_device(dev)  # the current device is per thread
-            with ThreadPoolExecutor(self.threads) as pool:
-                try:
-                    for i, clips in enumerate(self._arrays):
-                        if src.damaged:  # damaged videos' clips give way to others of the plan
-                            clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
-                        videos, indices, labels = clips
-                        if on_device:
-                            item = self._gather_on_device(videos, indices, labels, side)
-                        else:
-                            got = take_free()
-                            if got is None:
-                                return
-                            bufs, event = got
-                            if event is not None:
-                                event.synchronize()  # its last copy to the device has finished
-                            stored, decoded = bufs
-                            used = [b[: len(videos)] for b in stored]  # a short last batch uses a part
-                            videos, indices, labels = self._fill(i, clips, [u.numpy() for u in used], pool)
-                            if decoded is not None:  # CPU: decoded by the reading threads
-                                x = src.decode_into(used, decoded[: len(videos)], pool, self.threads)
-                                item = (x, torch.from_numpy(labels), None, bufs)
-                            else:
-                                item = self._deliver(used, bufs, labels, side, free)
-                        if not handed(item):
-                            return
-                    handed(None)
-                except BaseException as e:  # handed to the consumer
-                    handed(e)
-
-        thread = threading.Thread(target=produce, name="clip-loader", daemon=True)
+        args = (q, free, stop, on_device, side)
+        thread = threading.Thread(target=self._produce, args=args, name="clip-loader", daemon=True)
         thread.start()
         held = None  # host buffers the consumer is using (CPU): back to the ring on the next ask
         try:
@@ -390,13 +381,53 @@ class ClipLoader:
             stop.set()
             thread.join()
 
+    def _produce(self, q: queue.Queue, free: queue.Queue, stop: threading.Event, on_device: bool, side) -> None:
+        """The loader's thread: each batch of the plan read (into a free host buffer, or gathered
+        on the device) and handed to the consumer through `q`, then None; an error is handed over
+        instead. Ends early when the consumer stops."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the current device is per thread
+        src = self.source
+        with ThreadPoolExecutor(self.threads) as pool:
+            try:
+                for i, clips in enumerate(self._arrays):
+                    if src.damaged:  # damaged videos' clips give way to others of the plan
+                        clips = src.damaged.replace(clips, self._plan(), (i + 1) * self.batch_size)
+                    if on_device:
+                        item = self._gather_on_device(*clips, side)
+                    else:
+                        item = self._read_on_host(i, clips, pool, free, stop, side)
+                    if item is None or not _handed(stop, q, item):
+                        return
+                _handed(stop, q, None)
+            except BaseException as e:  # handed to the consumer
+                _handed(stop, q, e)
+
+    def _read_on_host(self, i: int, clips: tuple, pool, free: queue.Queue, stop: threading.Event, side):
+        """Batch i read into the next free host buffer (once its last copy to the device is done):
+        on the CPU dequantised there, on CUDA copied to the device (`_deliver`). None when the
+        consumer has stopped."""
+        got = _taken(stop, free)
+        if got is None:
+            return None
+        bufs, event = got
+        if event is not None:
+            event.synchronize()  # its last copy to the device has finished
+        stored, dequantised = bufs
+        used = [b[: len(clips[0])] for b in stored]  # a short last batch uses a part
+        videos, _, labels, _ = self._fill(i, clips, [u.numpy() for u in used], pool)
+        if dequantised is not None:  # CPU: dequantised by the reading threads
+            x = self.source.dequantise_into(used, dequantised[: len(videos)], pool, self.threads)
+            return (x, torch.from_numpy(labels), None, bufs)
+        return self._deliver(used, bufs, labels, side, free)
+
     def _fill(self, i: int, clips: tuple, outs: list[np.ndarray], pool) -> tuple:
         """`source.fill` for batch i (`clips`: its videos, indices and labels); a damaged video
         found on the way is left out (its clips replaced, the batch read again) or stops the
         loader, as the source says. Returns the clips read."""
         while True:
             try:
-                self.source.fill(clips[0], clips[1], outs, pool, self.threads)
+                self.source.fill(clips[0], clips[1], outs, pool, self.threads, clips[3])
                 return clips
             except DamagedFrameError as e:
                 self.source.damaged.record(e)
@@ -416,21 +447,21 @@ class ClipLoader:
         with torch.cuda.stream(side):
             parts = [b.to(self.device, non_blocking=True) for b in used]
             y = y.pin_memory().to(self.device, non_blocking=True)
-            x = self.source.decode(parts)
+            x = self.source.dequantise(parts)
             event = torch.cuda.Event()
             event.record(side)
         free.put((bufs, event))  # refilled once this copy has finished
         return x, y, event, None
 
-    def _gather_on_device(self, videos, indices, labels, side):
+    def _gather_on_device(self, videos, indices, labels, views, side):
         src = self.source
         with torch.cuda.stream(side):
             parts = []
             for k, r in enumerate(src.resident):
-                rows = torch.from_numpy(src.rows(k, videos, indices).reshape(-1)).pin_memory()
+                rows = torch.from_numpy(src.rows(k, videos, indices, views).reshape(-1)).pin_memory()
                 rows = rows.to(r.device, non_blocking=True)
                 parts.append(r.index_select(0, rows).view(len(videos), self.frames, *r.shape[1:]))
-            x = src.decode(parts)
+            x = src.dequantise(parts)
             y = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(side)

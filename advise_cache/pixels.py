@@ -103,16 +103,27 @@ def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec, gpu_kernels: bool 
     then height), each rounded and clamped to uint8 as PIL does: one float pass would keep the
     first pass's overshoot at sharp edges, up to 15 levels off PIL. Frames already S x S pass.
     `gpu_kernels`: run the GPU's float passes whatever the device (benchmarks measure them)."""
-    import torch
-    import torch.nn.functional as F
-
     _, h, w, _ = frames.shape
     s = spec.size
     nh, nw, top, left = crop_box(h, w, s)
     if (nh, nw) == (h, w):
         return frames[:, top : top + s, left : left + s]
+    return resize_tensor(frames, nh, nw, spec.interpolation, gpu_kernels)[:, top : top + s, left : left + s]
+
+
+def resize_tensor(
+    frames: torch.Tensor, nh: int, nw: int, interpolation: str, gpu_kernels: bool | None = None
+) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (T, nh, nw, 3) uint8 where the frames are, as `resize_crop_tensor`
+    resizes (PIL's antialiased kernels; on a GPU in two rounded passes)."""
+    import torch
+    import torch.nn.functional as F
+
+    _, h, w, _ = frames.shape
+    if (nh, nw) == (h, w):
+        return frames
     x = frames.permute(0, 3, 1, 2)  # a channels_last view: what the uint8 kernels want
-    mode = spec.interpolation if spec.interpolation in _FILTERS else "bicubic"
+    mode = interpolation if interpolation in _FILTERS else "bicubic"
     aa = mode != "nearest"
     if gpu_kernels is None:
         gpu_kernels = frames.device.type != "cpu"
@@ -123,10 +134,10 @@ def resize_crop_tensor(frames: torch.Tensor, spec: PixelSpec, gpu_kernels: bool 
         for size in ((h, nw), (nh, nw)):
             y = F.interpolate(y, size=size, mode=mode, antialias=aa).round_().clamp_(0, 255)
         y = y.to(torch.uint8)
-    return y[:, :, top : top + s, left : left + s].permute(0, 2, 3, 1)
+    return y.permute(0, 2, 3, 1)
 
 
-def normalize(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
+def normalise(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     """(T, S, S, 3) uint8 → (T, 3, S, S) float32 scaled to [0, 1] and standardised."""
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     mean, std = _stats(spec, x.device)

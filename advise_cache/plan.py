@@ -61,12 +61,19 @@ def stored_frames(source_frames, frame_stride: int) -> np.ndarray:
 
 
 def video_bytes(
-    source_frames, frame_stride: int, grid: tuple[int, int], dim: int, dtype: str, frames_per_shard: int
+    source_frames,
+    frame_stride: int,
+    grid: tuple[int, int],
+    dim: int,
+    dtype: str,
+    frames_per_shard: int,
+    views: int = 1,
 ) -> np.ndarray:
-    """Bytes of each video's shard files: its rows' tokens and crc32c values, and one index per shard."""
+    """Bytes of each video's shard files: its rows' tokens and crc32c values, and one index per
+    shard; with stored views, each view's rows and shards (views.py)."""
     rows = stored_frames(source_frames, frame_stride)
     shards = -(-rows // frames_per_shard)
-    return rows * (frame_bytes(grid, dim, dtype) + CRC_BYTES) + shards * index_bytes(frames_per_shard)
+    return views * (rows * (frame_bytes(grid, dim, dtype) + CRC_BYTES) + shards * index_bytes(frames_per_shard))
 
 
 def free_bytes(path: Path) -> int:
@@ -120,6 +127,7 @@ class SizePlan:
     model_fps: float | None = None  # the image model alone, measured by `extract --dry-run`
     device: str = ""
     weights: str = ""  # why the weights a real run needs are not to be had here ("" when they are)
+    views: int = 1  # views stored of every frame: the centre crop, augmented views, evaluation crops
 
     @property
     def fits(self) -> bool:
@@ -132,7 +140,8 @@ class SizePlan:
             f"plan for {self.out}: {self.model} tokens {h}x{w}x{self.dim} {c.dtype}, frame stride "
             f"{c.frame_stride}"
             + (f", codec {self.codec} (bytes below are an upper bound)" if self.codec != "none" else ""),
-            f"videos: {self.videos}; frames: {self.source_frames} in the videos, {c.frames} stored",
+            f"videos: {self.videos}; frames: {self.source_frames} in the videos, {c.frames} stored"
+            + (f" ({self.views} views of each: the centre crop, --aug-views and --crops)" if self.views > 1 else ""),
             f"bytes per frame: {c.frame_bytes} ({h}x{w} tokens x {token_bytes(self.dim, c.dtype)} bytes)",
             f"bytes in all: {_size(c.bytes)} (tokens, a 4-byte crc32c a frame, shard indexes)"
             + (f"; {_size(c.to_write)} still to write" if c.to_write != c.bytes else ""),
@@ -184,12 +193,20 @@ def _size(n: int) -> str:
 
 
 def make_option(
-    source_frames, done, frame_stride: int, dtype: str, grid: tuple[int, int], dim: int, frames_per_shard: int
+    source_frames,
+    done,
+    frame_stride: int,
+    dtype: str,
+    grid: tuple[int, int],
+    dim: int,
+    frames_per_shard: int,
+    views: int = 1,
 ) -> Option:
-    per_video = video_bytes(source_frames, frame_stride, grid, dim, dtype, frames_per_shard)
-    rows = stored_frames(source_frames, frame_stride)
+    per_video = video_bytes(source_frames, frame_stride, grid, dim, dtype, frames_per_shard, views)
+    stored = stored_frames(source_frames, frame_stride)
+    rows = stored * views  # every view's rows
     left = ~np.asarray(done, bool)
-    shards_left = int((-(-rows[left] // frames_per_shard)).sum())
+    shards_left = views * int((-(-stored[left] // frames_per_shard)).sum())
     to_write = int(per_video[left].sum())
     needed = to_write + BLOCK * (shards_left + 3 * int(left.sum())) + SLACK_FIXED
     return Option(
@@ -215,17 +232,19 @@ def size_plan(
     dtype: str,
     frames_per_shard: int,
     codec: str = "none",
+    views: int = 1,
 ) -> SizePlan:
     """The plan of `out`: `source_frames` per video (from the probe or the store's table);
-    `done` marks the videos this image model already holds with these settings."""
+    `done` marks the videos this image model already holds with these settings; `views` the
+    views stored of every frame (the centre crop and those of `extract --aug-views/--crops`)."""
     grid = tuple(grid)
     source_frames = np.asarray(source_frames, np.int64)
-    chosen = make_option(source_frames, done, frame_stride, dtype, grid, dim, frames_per_shard)
+    chosen = make_option(source_frames, done, frame_stride, dtype, grid, dim, frames_per_shard, views)
     nothing_done = np.zeros(len(source_frames), bool)
     options = tuple(
         chosen
         if (s, d) == (frame_stride, dtype)
-        else make_option(source_frames, nothing_done, s, d, grid, dim, frames_per_shard)
+        else make_option(source_frames, nothing_done, s, d, grid, dim, frames_per_shard, views)
         for s in PLAN_STRIDES
         for d in PLAN_DTYPES
         if d in TOKEN_BYTES
@@ -241,6 +260,7 @@ def size_plan(
         options,
         free_bytes(out),
         codec,
+        views=views,
     )
 
 

@@ -1,12 +1,12 @@
 """8-bit tokens: int8 values with one float16 scale per token, packed in one int8 row.
 
-    q = quantize(tokens)           # (..., D) float on any device -> (..., D + 2) int8, same device
-    x = dequantize(q, torch.half)  # (..., D + 2) int8 -> (..., D), where q lives
+    q = quantise(tokens)           # (..., D) float on any device -> (..., D + 2) int8, same device
+    x = dequantise(q, torch.half)  # (..., D + 2) int8 -> (..., D), where q lives
 
 Each token (one frame, y, x) keeps its D channels as round(x / s) in [-127, 127] with
 s = max|x| / 127, rounded to float16 and stored little-endian in the token's last 2 bytes.
 A frame therefore stays one contiguous run of bytes (the direct reader reads it with one
-`preadv`), and a plain zarr user decodes it with numpy alone (docs/STORE.md). Per element the
+`preadv`), and a plain zarr user dequantises it with numpy alone (docs/STORE.md). Per element the
 error is at most s / 2: the scale is rounded before quantising, so x / s stays within
 127 * (1 + 2^-11) < 127.5 and nothing is clipped. Rounding errors spread evenly over
 [-s/2, s/2] give a relative L2 error of about max|x| / (127 * sqrt(12) * rms(x)): for D = 768
@@ -16,7 +16,7 @@ per-video error recorded at extraction is how a user checks real tokens.
 
 Quantising happens on the extraction device, in the model loop; dequantising on the training
 device after the transfer, so the host only ever moves bytes. Training on the CPU, the loader's
-reading threads dequantise each batch into its buffer (`dequantize_into`).
+reading threads dequantise each batch into its buffer (`dequantise_into`).
 
 Either way a value comes out as the float16 (or other `dtype`) nearest to q * s: that product of
 a 7-bit integer and an 11-bit float16 significand is exact in float32, so the only rounding is
@@ -34,16 +34,16 @@ if TYPE_CHECKING:
     import torch
 
 # torch is imported by each function that computes: the store (store.py, ifm_arrays.py,
-# integrity.py) needs only the constants and the numpy decoder, and `info` / `verify` stay
+# integrity.py) needs only the constants and the numpy dequantiser, and `info` / `verify` stay
 # free of torch's seconds of import.
 
 SCHEME = "int8-absmax-per-token-f16-scale"  # the group attribute `quantisation` of int8 stores
 SCALE_BYTES = 2  # a float16 after each token's D int8 values
 _F16_MAX = 65504.0
-_BLOCK_VALUES = 32767  # dequantize_into's blocks: under ATen's grain size, 32768 elements
+_BLOCK_VALUES = 32767  # dequantise_into's blocks: under ATen's grain size, 32768 elements
 
 
-def quantize(x: torch.Tensor) -> torch.Tensor:
+def quantise(x: torch.Tensor) -> torch.Tensor:
     """(..., D) float tokens -> (..., D + 2) int8: D values, then the token's float16 scale."""
     import torch
 
@@ -58,20 +58,20 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dequantize(q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantise(q: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """(..., D + 2) int8 -> (..., D) tokens of `dtype` (default float16), computed where `q` is."""
     import torch
 
     dtype = torch.float16 if dtype is None else dtype
     d = q.shape[-1] - SCALE_BYTES
     if q.device.type == "cpu":
-        return dequantize_into(q, torch.empty((*q.shape[:-1], d), dtype=dtype))
+        return dequantise_into(q, torch.empty((*q.shape[:-1], d), dtype=dtype))
     scale = q[..., d:].contiguous().view(torch.float16).float()
     return (q[..., :d].float() * scale).to(dtype)
 
 
-def dequantize_into(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """`dequantize(q, out.dtype)` written into `out` (..., D), which may be a channel slice of a
+def dequantise_into(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`dequantise(q, out.dtype)` written into `out` (..., D), which may be a channel slice of a
     wider buffer (its tokens evenly strided). Returns `out`.
 
     For the CPU, where the whole-array expression's two float32 temporaries of twice the result's
@@ -93,7 +93,7 @@ def dequantize_into(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dequantize_numpy(q: np.ndarray) -> np.ndarray:
+def dequantise_numpy(q: np.ndarray) -> np.ndarray:
     """The same in numpy, float32: for checks that read whole videos on the host (verify)."""
     d = q.shape[-1] - SCALE_BYTES
     return q[..., :d].astype(np.float32) * np.ascontiguousarray(q[..., d:]).view("<f2").astype(np.float32)
@@ -101,18 +101,18 @@ def dequantize_numpy(q: np.ndarray) -> np.ndarray:
 
 def error_sums(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """(3,) float64 sums over the tokens of x (..., D) and q, their int8 packing: squared error,
-    squared norm, and 1 - cosine similarity between each token and its decoded copy (taken as
+    squared norm, and 1 - cosine similarity between each token and its dequantised copy (taken as
     |u - v|^2 / 2 of the unit vectors, which keeps its precision where the cosine is near 1).
     Summed per video on the device, no sync; `summarise_error` turns them into figures."""
     import torch
 
     x = x.float().reshape(-1, x.shape[-1])
-    y = dequantize(q, torch.float32).reshape(x.shape)
+    y = dequantise(q, torch.float32).reshape(x.shape)
     norm = x.square().sum(dim=1)
     err = (x - y).square().sum(dim=1)
     u = x / norm.sqrt().clamp_min(1e-30)[:, None]
     v = y / y.norm(dim=1).clamp_min(1e-30)[:, None]
-    deficit = (u - v).square().sum(dim=1) / 2  # a zero token decodes to zero: 0
+    deficit = (u - v).square().sum(dim=1) / 2  # a zero token dequantises to zero: 0
     return torch.stack([err.sum(), norm.sum(), deficit.sum()]).double()
 
 

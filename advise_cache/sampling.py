@@ -67,6 +67,18 @@ class ClipRequest:
     video: int  # index into the store's video table
     indices: np.ndarray  # int64 (frames,)
     label: int  # PRP rate index, or the class label for classification
+    view: int = 0  # the stored view its frames are read from (views.py); 0, the centre crop
+
+
+def draw_views(plan: list[ClipRequest], pool: list[int], seed: int, epoch: int, rank: int = 0) -> list[ClipRequest]:
+    """`plan` with each clip's view drawn uniformly from `pool` (stored view indices), the same
+    for all its frames: its own generator per (seed, epoch, rank), so the clips themselves are
+    drawn as without views, and a clip's view changes from epoch to epoch."""
+    if len(pool) < 2:
+        return plan if not pool or pool[0] == 0 else [replace(r, view=pool[0]) for r in plan]
+    rng = np.random.default_rng([seed, epoch, rank, 21])
+    picks = np.asarray(pool, np.int64)[rng.integers(0, len(pool), len(plan))]
+    return [replace(r, view=int(k)) for r, k in zip(plan, picks.tolist())]
 
 
 def _check_clip(frames: int, stride: int) -> None:

@@ -37,7 +37,6 @@ frame checksums, `reason` as zarr-python strings) are read and resumed as they a
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from . import __version__
 from .atomic import atomic_create, publish
 from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
-from .ifm_arrays import IFMArrays, attributes
+from .ifm_arrays import FEATURE_KEYS, IFMArrays, attributes
 
 # The status values are public through this module too (`from advise_cache.store import DONE`).
 from .ifm_layout import (  # noqa: F401
@@ -226,6 +225,16 @@ class Store:
         return self.meta["dataset"]
 
     @property
+    def root(self) -> str | None:
+        """The dataset folder the videos were read from, as given to extract."""
+        return self.meta.get("root")
+
+    @property
+    def created(self) -> str:
+        """When the store was created (names its local shard cache)."""
+        return str(self.meta.get("created", ""))
+
+    @property
     def videos(self) -> VideoTable:
         if self._table is None:
             try:
@@ -280,8 +289,10 @@ class Store:
         frames_per_shard: int,
         codec: str = DEFAULT_CODEC,
         dtype: str = "float16",
+        views: list[dict] | None = None,
     ) -> IFMArrays:
-        """Create the IFM's group (atomically) or check that an existing one matches."""
+        """Create the IFM's group (atomically) or check that an existing one matches. `views`:
+        the stored views (views.view_specs) where there are more than the centre crop."""
         if not SAFE_KEY.fullmatch(key):
             raise StoreError(
                 f"image model key {key!r}: use letters, digits, '-', '_' and '.', "
@@ -293,7 +304,8 @@ class Store:
             raise StoreError(f"unsupported token dtype {dtype!r}; use {', '.join(TOKEN_DTYPES)}")
         table = self.videos
         frames = -(-table.source_frames // frame_stride)  # ceil
-        offset, total = slot_offsets(frames, frames_per_shard)
+        views = views if views and len(views) > 1 else None  # the centre crop alone: no record, as before
+        offset, total = slot_offsets(frames, frames_per_shard, len(views) if views else 1)
         h, w = info["grid"]
         meta = dict(
             info,
@@ -303,6 +315,8 @@ class Store:
             codec=codec,
             version=__version__,
         )
+        if views:
+            meta["views"] = views
         # int8: each token's D values then its float16 scale, 2 more bytes (quant.py)
         row = info["dim"] + (SCALE_BYTES if dtype == "int8" else 0)
         if dtype == "int8":
@@ -329,49 +343,17 @@ class Store:
         consolidate(self.path)
         self.group = open_group(self.path, self.mode)
         arrays = self.ifm(key)
-        keep = (
-            "model",
-            "pretrained",
-            "weights_sha256",
-            "input_size",
-            "grid",
-            "dim",
-            "dtype",
-            "frame_stride",
-            "frames_per_shard",
-            "codec",
-            "normalisation",
-            "precision",
-        )
-        diff = [k for k in keep if json.dumps(arrays.meta.get(k)) != json.dumps(meta.get(k))]
+        diff = arrays.meta.differences(meta)
         if diff:
-            detail = "; ".join(f"{k}: store {arrays.meta.get(k)!r}, now {meta.get(k)!r}" for k in diff)
             raise StoreError(
-                f"{self.path} already holds an image model {key!r} made differently ({detail}). "
+                f"{self.path} already holds an image model {key!r} made differently ({'; '.join(diff)}). "
                 "Resume with the same settings, or pick another --name"
             )
         return arrays
 
     def fingerprint(self, keys: list[str]) -> dict:
         """What a checkpoint records to tell whether another store has the same features."""
-        out = []
-        for key in keys:
-            m = self.ifm(key).meta
-            out.append(
-                {
-                    k: m.get(k)
-                    for k in (
-                        "model",
-                        "pretrained",
-                        "weights_sha256",
-                        "input_size",
-                        "normalisation",
-                        "grid",
-                        "dim",
-                        "frame_stride",
-                    )
-                }
-            )
+        out = [self.ifm(key).meta.as_stored(FEATURE_KEYS) for key in keys]
         return {"ifms": keys, "features": out}
 
     def table_problems(self) -> list[str]:

@@ -19,7 +19,7 @@ def summarize(store: Store) -> dict:
         "path": str(store.path),
         "format": store.format,
         "dataset": store.dataset,
-        "root": store.meta.get("root"),
+        "root": store.root,
         "split": source["split"],
         "annotations": source["annotations"],
         "classes": len(store.classes),
@@ -34,13 +34,13 @@ def summarize(store: Store) -> dict:
         done = status == DONE
         reasons = a.reasons()
         out["ifms"][key] = {
-            "model": a.meta["model"],
-            "pretrained": a.meta["pretrained"],
+            "model": a.meta.model,
+            "pretrained": a.meta.pretrained,
             "grid": list(a.grid),
             "dim": a.dim,
-            "dtype": a.meta["dtype"],
-            "frame_stride": a.meta["frame_stride"],
-            "codec": a.meta["codec"],
+            "dtype": a.meta.dtype,
+            "frame_stride": a.meta.frame_stride,
+            "codec": a.meta.codec,
             "done": int(done.sum()),
             "pending": int((status == PENDING).sum()),
             "failed": [
@@ -52,7 +52,8 @@ def summarize(store: Store) -> dict:
             "direct_shard_io": a.shard_reader() is not None,
             # each frame's crc32c, checked on every read (store format 3); none in groups made before
             "frame_checksums": a.frame_checked,
-            "resize": a.meta.get("resize", "pil"),
+            "resize": a.meta.resize,
+            "views": a.views,  # the centre crop alone where no views were stored
         }
         errors = a.quant_errors()
         if errors is not None:
@@ -103,6 +104,8 @@ def summary_lines(s: dict) -> list[str]:
             f"    {m['done']} done, {m['pending']} pending, {len(m['failed'])} failed; "
             f"{m['frames']} frames, {m['bytes'] / 1e6:.1f} MB ({per:.1f} kB/frame)"
         )
+        if len(m["views"]) > 1:
+            out.append(f"    views of every frame ({len(m['views'])}): " + "; ".join(map(view_text, m["views"])))
         if not m["frame_checksums"]:
             out.append(
                 "    frames carry no checksums (made before store format 3): reads cannot find damaged values; "
@@ -126,6 +129,19 @@ def summary_lines(s: dict) -> list[str]:
     if not s["ifms"]:
         out.append("  no image model extracted yet")
     return out
+
+
+def view_text(view: dict) -> str:
+    """One stored view in words: how it was made (views.py)."""
+    if view["kind"] == "simple":
+        w, h = view["resize"]
+        return (
+            f"simple #{view['draw']} (resize {w}x{h}, random {view['crop']} crop, colour jitter p {view['jitter_p']} "
+            f"b/c/s {view['brightness']}/{view['contrast']}/{view['saturation']} hue {view['hue']}; seed {view['seed']})"
+        )
+    if view["kind"] == "crop":
+        return f"crop {view['position']} (short side {view['short_side']}, {view['crop']} crop)"
+    return f"{view['kind']} (short side {view.get('short_side', '?')}, {view.get('crop', '?')} crop)"
 
 
 def _annotation_text(files: list[str]) -> str:

@@ -32,6 +32,12 @@ is made for PRP:
   else moves (the background is still and its noise faint), so a spatial average of the
   tokens keeps little of where it is.
 
+- shifted (made for issue 21's study of augmented views): the appearance family's four shapes
+  and colours, smaller (a radius of 15-20% of the short side) and nearly still, at the centre of
+  the frame in the train videos and a fifth of the width to its left or right in the test videos.
+  The class survives any crop that keeps the shape; what changes from train to test is only where
+  it sits, so a model that saw the shape at one place only has a reason to gain from random crops.
+
 These families are a sanity check of the implementation (does PRP teach the TMM what it
 should, does pooling destroy what it should), not evidence about real videos.
 
@@ -73,16 +79,18 @@ MOTION_CLASSES: tuple[str, ...] = (
     "motion_speed_4",
     "motion_speed_8",
 )
+SHIFTED_CLASSES: tuple[str, ...] = tuple("shifted_" + c.split("_", 1)[1] for c in APPEARANCE_CLASSES)
 # Class ids for seeding come from this fixed order, so a temporal video is the same
 # whether it was generated with family "temporal" or "both" (motion comes last, so adding
 # it changed no earlier video).
-_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES + MOTION_CLASSES
+_ALL_CLASSES = APPEARANCE_CLASSES + TEMPORAL_CLASSES + MOTION_CLASSES + SHIFTED_CLASSES
 _SPLITS = ("train", "test")
 _FAMILIES = {
     "both": APPEARANCE_CLASSES + TEMPORAL_CLASSES,
     "appearance": APPEARANCE_CLASSES,
     "temporal": TEMPORAL_CLASSES,
     "motion": MOTION_CLASSES,
+    "shifted": SHIFTED_CLASSES,
 }
 _FPS_CHOICES = (12, 15, 24, 25, 30)
 MARKER = "SYNTHETIC.json"
@@ -101,6 +109,8 @@ _GREY = 190.0  # the temporal object; brighter than any background pixel at gain
 _APPEARANCE_RADIUS = (0.35, 0.5)  # format 2 had (0.14, 0.24): see the docstring
 _TEMPORAL_RADIUS = (0.15, 0.3)
 _MOTION_RADIUS = (0.08, 0.12)
+_SHIFTED_RADIUS = (0.15, 0.2)
+_SHIFTED_OFFSET = 0.2  # of the width: where a test video's shape sits, left or right of the centre
 _MOTION_BASE_SPEED = 0.01  # fraction of min(width, height) per frame at speed 1
 _MOTION_JITTER = 0.15
 _LOW_GAIN = (0.3, 0.5)
@@ -127,20 +137,6 @@ def generate_synthetic(
     Does nothing if `root` already holds a dataset with the same parameters; raises
     `LayoutError` if it holds another one or unrelated files.
     """
-    if family not in _FAMILIES:
-        raise LayoutError(f"unknown synthetic family {family!r}: choose one of {', '.join(_FAMILIES)}")
-    if seed < 0 or min(train_per_class, test_per_class) < 0 or not 1 <= min_frames <= max_frames:
-        raise ValueError(
-            "need seed >= 0, per-class counts >= 0 and 1 <= min_frames <= max_frames, got "
-            f"seed={seed}, counts=({train_per_class}, {test_per_class}), "
-            f"frames=({min_frames}, {max_frames})"
-        )
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise ValueError(f"width and height must be even and >= 16, got {width}x{height}")
-
-    root = Path(root)
-    classes = _FAMILIES[family]
-    counts = {"train": train_per_class, "test": test_per_class}
     numbers = dict(
         seed=seed,
         train_per_class=train_per_class,
@@ -150,6 +146,10 @@ def generate_synthetic(
         width=width,
         height=height,
     )
+    _check_parameters(family, **numbers)
+    root = Path(root)
+    classes = _FAMILIES[family]
+    counts = {"train": train_per_class, "test": test_per_class}
     # Plain ints, so numpy integers neither break json nor the comparison with a marker.
     params = {
         "format_version": _FORMAT_VERSION,
@@ -157,15 +157,8 @@ def generate_synthetic(
         **{key: int(value) for key, value in numbers.items()},
     }
     marker = root / MARKER
-    if marker.exists():
-        found = json.loads(marker.read_text())
-        differ = [f"{k}={found.get(k)!r}, asked {v!r}" for k, v in params.items() if found.get(k) != v]
-        if not differ:
-            log.info("synthetic dataset already at %s", root)
-            return root
-        raise LayoutError(
-            f"{root} already holds a synthetic dataset with other parameters ({'; '.join(differ)}); pick another root"
-        )
+    if _already_there(root, marker, params):
+        return root
 
     expected = {
         root / split / name / f"{name}_{i:03d}.mp4"
@@ -183,7 +176,7 @@ def generate_synthetic(
                 final = root / split / name / f"{name}_{i:03d}.mp4"
                 partial = final.with_name(final.name + ".partial")
                 fps = int(rng.choice(_FPS_CHOICES))
-                _encode(partial, _render(name, rng, min_frames, max_frames, width, height), fps)
+                _encode(partial, _render(name, rng, min_frames, max_frames, width, height, split), fps)
                 os.replace(partial, final)  # a killed run never leaves a half .mp4
 
     info = {
@@ -203,6 +196,34 @@ def generate_synthetic(
     os.replace(tmp, marker)
     log.info("wrote %d synthetic videos to %s", len(expected), root)
     return root
+
+
+def _check_parameters(family: str, seed, train_per_class, test_per_class, min_frames, max_frames, width, height):
+    if family not in _FAMILIES:
+        raise LayoutError(f"unknown synthetic family {family!r}: choose one of {', '.join(_FAMILIES)}")
+    if seed < 0 or min(train_per_class, test_per_class) < 0 or not 1 <= min_frames <= max_frames:
+        raise ValueError(
+            "need seed >= 0, per-class counts >= 0 and 1 <= min_frames <= max_frames, got "
+            f"seed={seed}, counts=({train_per_class}, {test_per_class}), "
+            f"frames=({min_frames}, {max_frames})"
+        )
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise ValueError(f"width and height must be even and >= 16, got {width}x{height}")
+
+
+def _already_there(root: Path, marker: Path, params: dict) -> bool:
+    """Whether `root` holds this dataset already (its marker, with the same parameters); a
+    dataset of other parameters there is refused."""
+    if not marker.exists():
+        return False
+    found = json.loads(marker.read_text())
+    differ = [f"{k}={found.get(k)!r}, asked {v!r}" for k, v in params.items() if found.get(k) != v]
+    if differ:
+        raise LayoutError(
+            f"{root} already holds a synthetic dataset with other parameters ({'; '.join(differ)}); pick another root"
+        )
+    log.info("synthetic dataset already at %s", root)
+    return True
 
 
 def _clear_unfinished(root: Path, expected: set[Path]) -> None:
@@ -251,18 +272,56 @@ _PROFILES = {
 
 
 def _render(
-    name: str, rng: np.random.Generator, min_frames: int, max_frames: int, width: int, height: int
+    name: str,
+    rng: np.random.Generator,
+    min_frames: int,
+    max_frames: int,
+    width: int,
+    height: int,
+    split: str = "train",
 ) -> np.ndarray:
-    """Return the (T, H, W, 3) uint8 frames of one video of class `name`."""
+    """Return the (T, H, W, 3) uint8 frames of one video of class `name` (of `split`: where a
+    shifted video's shape sits). The random draws come in one fixed order (a video is its seed)."""
     n = int(rng.integers(min_frames, max_frames + 1))
     t = np.arange(n, dtype=np.float32)
-    ramp = t / max(n - 1, 1)  # 0 → 1 over the whole video
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    side = min(width, height)
+    texture = _background(name, rng, t, x, y)
+    base = rng.uniform(50, 110, 3)
+    amplitude = rng.uniform(15, 30, 3)
+    radius, centre, name = _object_path(name, rng, t, width, height, split)
+    dx = x[None] - centre[0][:, None, None].astype(np.float32)
+    dy = y[None] - centre[1][:, None, None].astype(np.float32)
+    alpha = _shape_alpha(name, rng, dx, dy, radius[:, None, None])
+    colour = _SHAPE_COLOURS.get(name, (_GREY, _GREY, _GREY))
+    if name in MOTION_CLASSES:  # any light colour: only the speed tells the class
+        colour = tuple(rng.uniform(150, 250, 3))
+    gain = np.ones(n, np.float32)
+    if name in TEMPORAL_CLASSES:
+        low, high = rng.uniform(*_LOW_GAIN), rng.uniform(*_HIGH_GAIN)
+        gain = (low + (high - low) * _PROFILES[name](t / max(n - 1, 1))).astype(np.float32)  # ramp 0 -> 1
+    sigma = np.float32(rng.uniform(2.0, 6.0))
+    if name in MOTION_CLASSES:
+        sigma = np.float32(rng.uniform(1.0, 2.0))  # fainter: frame-to-frame noise would mask slow motion
 
-    # Background: a sum of smooth sinusoids (wavelength 12-48 px) translating with one
-    # random velocity, tinted per channel. Its mean stays in [50, 110] per channel so
-    # the objects stand out, and its distribution is the same for every class.
+    # One channel at a time: numpy is several times slower broadcasting over a last
+    # axis of length 3 than over whole (T, H, W) planes.
+    out = np.empty((n, height, width, 3), np.uint8)
+    for c in range(3):
+        plane = np.float32(base[c]) + np.float32(amplitude[c]) * texture
+        plane += alpha * (np.float32(colour[c]) - plane)
+        plane *= gain[:, None, None]
+        # Sensor-like noise after the gain, so its level never hints at the class.
+        # Gaussian quantiles looked up from random bytes: 4x faster than rng.normal.
+        noise = _NORMAL_LUT[np.frombuffer(rng.bytes(plane.size), np.uint8)]
+        plane += sigma * noise.reshape(plane.shape) + np.float32(0.5)
+        out[..., c] = np.clip(plane, 0, 255)
+    return out
+
+
+def _background(name: str, rng: np.random.Generator, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The (T, H, W) texture in [-1, 1]: a sum of smooth sinusoids (wavelength 12-48 px)
+    translating with one random velocity (still in the motion classes: nothing but the object
+    moves there). Its distribution is the same for every class."""
     k = 5
     freq = rng.uniform(1 / 48, 1 / 12, k)
     angle = rng.uniform(0, 2 * np.pi, k)
@@ -281,32 +340,38 @@ def _render(
     in_space /= weight.sum()  # the texture lies in [-1, 1]
     # einsum, not @: a matmul this small is not worth OpenBLAS threads spinning on all cores.
     texture = np.einsum("tk,kp->tp", in_time.astype(np.float32), in_space.astype(np.float32))
-    texture = texture.reshape(n, height, width)
-    base = rng.uniform(50, 110, 3)
-    amplitude = rng.uniform(15, 30, 3)
+    return texture.reshape(len(t), *x.shape)
 
-    # The object's path: a smooth sinusoid per axis, kept inside the frame.
+
+def _object_path(name: str, rng: np.random.Generator, t: np.ndarray, width: int, height: int, split: str):
+    """The object's radius per frame and its centre's (x, y) path, and the class whose shape and
+    colour it has (a shifted class draws an appearance class's shape)."""
+    n, side = len(t), min(width, height)
     if name in APPEARANCE_CLASSES:
         radius = np.full(n, rng.uniform(*_APPEARANCE_RADIUS) * side, np.float32)
     elif name in MOTION_CLASSES:
         radius = np.full(n, rng.uniform(*_MOTION_RADIUS) * side, np.float32)
+    elif name in SHIFTED_CLASSES:
+        radius = np.full(n, rng.uniform(*_SHIFTED_RADIUS) * side, np.float32)
     else:  # temporal: a grey disc of one size, the same distribution in every class
         radius = np.full(n, rng.uniform(*_TEMPORAL_RADIUS) * side, np.float32)
     if name in MOTION_CLASSES:
-        centre = _bouncing_path(name, rng, t, float(radius[0]), width, height)
-    else:
-        centre = []
-        for dim in (width, height):
-            lo, hi = float(radius.max()), dim - float(radius.max())
-            if hi <= lo:
-                lo = hi = dim / 2
-            rate, phase = rng.uniform(0.04, 0.12), rng.uniform(0, 2 * np.pi)  # rad per frame
-            centre.append(lo + (hi - lo) * (0.5 + 0.5 * np.sin(rate * t + phase)))
-    dx = x[None] - centre[0][:, None, None].astype(np.float32)
-    dy = y[None] - centre[1][:, None, None].astype(np.float32)
-    r = radius[:, None, None]
+        return radius, _bouncing_path(name, rng, t, float(radius[0]), width, height), name
+    if name in SHIFTED_CLASSES:
+        return radius, _shifted_place(rng, t, width, height, split), "appearance_" + name.split("_", 1)[1]
+    centre = []  # a smooth sinusoid per axis, kept inside the frame
+    for dim in (width, height):
+        lo, hi = float(radius.max()), dim - float(radius.max())
+        if hi <= lo:
+            lo = hi = dim / 2
+        rate, phase = rng.uniform(0.04, 0.12), rng.uniform(0, 2 * np.pi)  # rad per frame
+        centre.append(lo + (hi - lo) * (0.5 + 0.5 * np.sin(rate * t + phase)))
+    return radius, centre, name
 
-    # Shapes as signed distances (negative inside), anti-aliased over one pixel.
+
+def _shape_alpha(name: str, rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The shape's coverage of each pixel: signed distances (negative inside), anti-aliased over
+    one pixel."""
     if name == "appearance_green_square" or name == "appearance_blue_triangle":
         theta = rng.uniform(0, 2 * np.pi)
         cos, sin = math.cos(theta), math.sin(theta)  # python floats keep arrays float32
@@ -320,32 +385,17 @@ def _render(
         dist = np.abs(np.hypot(dx, dy) - 0.72 * r) - 0.28 * r
     else:
         dist = np.hypot(dx, dy) - r
-    alpha = np.clip(0.5 - dist, 0.0, 1.0)
-    colour = _SHAPE_COLOURS.get(name, (_GREY, _GREY, _GREY))
-    if name in MOTION_CLASSES:  # any light colour: only the speed tells the class
-        colour = tuple(rng.uniform(150, 250, 3))
+    return np.clip(0.5 - dist, 0.0, 1.0)
 
-    gain = np.ones(n, np.float32)
-    if name in TEMPORAL_CLASSES:
-        low, high = rng.uniform(*_LOW_GAIN), rng.uniform(*_HIGH_GAIN)
-        gain = (low + (high - low) * _PROFILES[name](ramp)).astype(np.float32)
-    sigma = np.float32(rng.uniform(2.0, 6.0))
-    if name in MOTION_CLASSES:
-        sigma = np.float32(rng.uniform(1.0, 2.0))  # fainter: frame-to-frame noise would mask slow motion
 
-    # One channel at a time: numpy is several times slower broadcasting over a last
-    # axis of length 3 than over whole (T, H, W) planes.
-    out = np.empty((n, height, width, 3), np.uint8)
-    for c in range(3):
-        plane = np.float32(base[c]) + np.float32(amplitude[c]) * texture
-        plane += alpha * (np.float32(colour[c]) - plane)
-        plane *= gain[:, None, None]
-        # Sensor-like noise after the gain, so its level never hints at the class.
-        # Gaussian quantiles looked up from random bytes: 4x faster than rng.normal.
-        noise = _NORMAL_LUT[np.frombuffer(rng.bytes(plane.size), np.uint8)]
-        plane += sigma * noise.reshape(plane.shape) + np.float32(0.5)
-        out[..., c] = np.clip(plane, 0, 255)
-    return out
+def _shifted_place(rng: np.random.Generator, t: np.ndarray, width: int, height: int, split: str) -> list:
+    """Centre (x, y) per frame of a shifted video's shape: the frame's centre in train videos,
+    _SHIFTED_OFFSET of the width to the left or right in test ones, wobbling by 2% of the side."""
+    side = min(width, height)
+    x = width / 2 + (0.0 if split == "train" else rng.choice([-1, 1]) * _SHIFTED_OFFSET * width)
+    rate, phase = rng.uniform(0.04, 0.12, 2), rng.uniform(0, 2 * np.pi, 2)
+    wobble = 0.02 * side * np.sin(np.outer(rate, t) + phase[:, None])
+    return [(x + wobble[0]).astype(np.float32), (height / 2 + wobble[1]).astype(np.float32)]
 
 
 def _bouncing_path(

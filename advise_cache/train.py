@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from .configs import (
 from .curves import RunLog
 from .errors import AdviseCacheError, MismatchError, StoreError
 from .loader import ClipLoader, TokenSource
-from .models import count_params, create_model
+from .models import ClipClassifier, count_params, create_model
 from .remote_shards import shard_cache
 from .runtime import (
     Dist,
@@ -63,9 +63,9 @@ from .runtime import (
     resolve_precision,
     sum_across,
 )
-from .sampling import classification_epoch, long_enough, prp_epoch
+from .sampling import classification_epoch, draw_views, long_enough, prp_epoch
 from .storage import describe
-from .store import open_store
+from .store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _plan(cfg: TrainConfig, source: TokenSource, videos, labels, epoch: int, d: 
         plan = classification_epoch(
             videos, lengths, labels, seed, epoch, s.frames, s.stride, cfg.clip_mode, rank, world, s
         )
-    return plan[:keep]
+    return draw_views(plan[:keep], source.train_views(cfg.views_train), seed, epoch, rank)
 
 
 def resolve_stride(cfg: TrainConfig) -> TrainConfig:
@@ -122,7 +122,7 @@ def resolve_stride(cfg: TrainConfig) -> TrainConfig:
     --frame-stride s holds source frames 0, s, 2s, ... of each video, so a base stride of
     `source_stride` source frames is source_stride / s stored frames, served exactly only when
     s divides it. Without a source stride, sampler.stride counts stored frames as given."""
-    fs = int(open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta["frame_stride"])
+    fs = open_store(cfg.cache).ifm(cfg.ifm[0] if cfg.ifm else None).meta.frame_stride
     if cfg.source_stride is None:
         if fs > 1:
             log.warning(
@@ -162,11 +162,33 @@ def _check_step(cfg: TrainConfig, longest: int) -> None:
         )
 
 
-def prepare(cfg: TrainConfig):
+@dataclass
+class Setup:
+    """What a run reads and builds from, checked before any training: `prepare` opens the store
+    and the split, `_setup` adds the device, the model's config and the run to resume."""
+
+    store: Store
+    source: TokenSource
+    videos: np.ndarray  # the store's rows this run trains on
+    skipped: int  # videos of the split not done in the store
+    labels: np.ndarray
+    num_classes: int
+    fingerprint: dict
+    device: torch.device | None = None
+    precision: str = "fp32"
+    tmm_cfg: TMMConfig | None = None
+    init: Checkpoint | None = None  # --init's checkpoint
+    plan0: np.ndarray | None = None  # epoch 0's clips
+    steps_per_epoch: int = 0
+    ckpt: Checkpoint | None = None  # the run in --out being resumed
+
+
+def prepare(cfg: TrainConfig) -> Setup:
     """Open the store and check everything that could stop a run, before any training."""
     check_train_config(cfg)
     store = open_store(cfg.cache, local_cache=shard_cache(cfg.local_cache, cfg.local_cache_gb))
     source = TokenSource(store, list(cfg.ifm) or None, skip_damaged=cfg.skip_damaged)
+    source.train_views(cfg.views_train)  # --views-train asks for views the store holds
     videos, skipped = source.videos(cfg.split)
     if not len(videos):
         raise StoreError(
@@ -185,14 +207,14 @@ def prepare(cfg: TrainConfig):
     else:
         num_classes = len(cfg.sampler.rates)
     fingerprint = store.fingerprint(source.keys)
-    return store, source, videos, skipped, labels, num_classes, fingerprint
+    return Setup(store, source, videos, skipped, labels, num_classes, fingerprint)
 
 
 def epoch_steps(cfg: TrainConfig) -> int:
     """Optimisation steps in one epoch of `cfg` in one process (what a study's ETA scales by)."""
     cfg = resolve_stride(cfg)
-    _, source, videos, _, labels, _, _ = prepare(cfg)
-    return len(_plan(cfg, source, videos, labels, 0, Dist())) // cfg.batch_size
+    s = prepare(cfg)
+    return len(_plan(cfg, s.source, s.videos, s.labels, 0, Dist())) // cfg.batch_size
 
 
 def train_step(
@@ -285,68 +307,87 @@ def _init_tmm(asked: TMMConfig, trained: TMMConfig, init: Path) -> TMMConfig:
     return replace(trained, **{k: getattr(asked, k) for k in given if k in HEAD_FIELDS})
 
 
-def _setup(cfg: TrainConfig, d: Dist) -> dict:
+def _setup(cfg: TrainConfig, d: Dist) -> Setup:
     """Everything that could stop a run, checked before any training: returns its pieces."""
-    store, source, videos, skipped, labels, num_classes, fingerprint = prepare(cfg)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and d.world > 1:
-        device = torch.device("cuda", d.local_rank)
-    make_current(device)  # what defaults to the current device (pinned memory's context, the scaler) is on it
-    if cfg.preload == "gpu" and device.type != "cuda":
+    s = prepare(cfg)
+    s.device = resolve_device(cfg.device)
+    if s.device.type == "cuda" and d.world > 1:
+        s.device = torch.device("cuda", d.local_rank)
+    make_current(s.device)  # what defaults to the current device (pinned memory's context, the scaler) is on it
+    if cfg.preload == "gpu" and s.device.type != "cuda":
         raise AdviseCacheError("--preload gpu needs a CUDA device; use --preload ram")
-    precision = resolve_precision(cfg.precision, device)
-    if precision == "fp16" and device.type != "cuda":
+    s.precision = resolve_precision(cfg.precision, s.device)
+    if s.precision == "fp16" and s.device.type != "cuda":
         raise AdviseCacheError("--precision fp16 needs a CUDA device; use fp32 or bf16")
-    if cfg.sync_bn and d.world > 1 and device.type != "cuda":
+    if cfg.sync_bn and d.world > 1 and s.device.type != "cuda":
         raise AdviseCacheError("--sync-bn needs CUDA devices (torch's SyncBatchNorm); pass --no-sync-bn")
-    tmm_cfg = replace(cfg.tmm, in_dim=source.dim)
-    if tmm_cfg.spatial_pool and tmm_cfg.spatial_pool > min(source.grid):
+    s.tmm_cfg = replace(cfg.tmm, in_dim=s.source.dim)
+    grid = s.source.grid
+    if s.tmm_cfg.spatial_pool and s.tmm_cfg.spatial_pool > min(grid):
         raise MismatchError(
-            f"--spatial-pool {tmm_cfg.spatial_pool} is larger than the store's "
-            f"{source.grid[0]}x{source.grid[1]} token grid"
+            f"--spatial-pool {s.tmm_cfg.spatial_pool} is larger than the store's {grid[0]}x{grid[1]} token grid"
         )
-    init = load_checkpoint(cfg.init) if cfg.init else None
-    if init is not None:
-        check_features(init.meta.fingerprint, fingerprint, f"--init {cfg.init}")
-        tmm_cfg = _init_tmm(cfg.tmm, init.meta.tmm, cfg.init)
-    plan0 = _plan(cfg, source, videos, labels, 0, d)
-    steps_per_epoch = len(plan0) // cfg.batch_size
-    if steps_per_epoch == 0:
+    s.init = load_checkpoint(cfg.init) if cfg.init else None
+    if s.init is not None:
+        check_features(s.init.meta.fingerprint, s.fingerprint, f"--init {cfg.init}")
+        s.tmm_cfg = _init_tmm(cfg.tmm, s.init.meta.tmm, cfg.init)
+    s.plan0 = _plan(cfg, s.source, s.videos, s.labels, 0, d)
+    s.steps_per_epoch = len(s.plan0) // cfg.batch_size
+    if s.steps_per_epoch == 0:
         raise AdviseCacheError(
-            f"{len(plan0)} clips per epoch per process is fewer than --batch-size {cfg.batch_size}; lower it"
+            f"{len(s.plan0)} clips per epoch per process is fewer than --batch-size {cfg.batch_size}; lower it"
         )
-    ckpt = None
-    if cfg.resume and (cfg.out / CHECKPOINT).exists():
-        ckpt = load_checkpoint(cfg.out)
-        check_features(ckpt.meta.fingerprint, fingerprint, f"the checkpoint in {cfg.out}")
-        if ckpt.meta.tmm != tmm_cfg or ckpt.meta.task != cfg.task:
-            raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
-        if cfg.task == "classify":
-            check_classes(ckpt.meta.classes, store.classes, f"the run in {cfg.out}", str(cfg.cache))
-        changed = changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
-        if changed and not cfg.override:
-            raise MismatchError(
-                f"{cfg.out} was started with other settings ({changed}); resume with the same "
-                "flags, or pass --override to continue with the new ones"
-            )
-    elif d.main and (cfg.out / CHECKPOINT).exists():
-        raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
-    return dict(
-        store=store,
-        source=source,
-        videos=videos,
-        skipped=skipped,
-        labels=labels,
-        num_classes=num_classes,
-        fingerprint=fingerprint,
-        device=device,
-        precision=precision,
-        tmm_cfg=tmm_cfg,
-        init=init,
-        plan0=plan0,
-        steps_per_epoch=steps_per_epoch,
-        ckpt=ckpt,
-    )
+    s.ckpt = _run_to_resume(cfg, d, s)
+    return s
+
+
+def _run_to_resume(cfg: TrainConfig, d: Dist, s: Setup) -> Checkpoint | None:
+    """The checkpoint in --out to resume (with --resume), checked to be this run's; None for a
+    new run. A run already in --out without --resume is refused."""
+    if not (cfg.out / CHECKPOINT).exists():
+        return None
+    if not cfg.resume:
+        if d.main:
+            raise AdviseCacheError(f"{cfg.out} already holds a run; pass --resume to continue it")
+        return None
+    ckpt = load_checkpoint(cfg.out)
+    check_features(ckpt.meta.fingerprint, s.fingerprint, f"the checkpoint in {cfg.out}")
+    if ckpt.meta.tmm != s.tmm_cfg or ckpt.meta.task != cfg.task:
+        raise MismatchError(f"{cfg.out} holds a run with another model or task; use another --out")
+    if cfg.task == "classify":
+        check_classes(ckpt.meta.classes, s.store.classes, f"the run in {cfg.out}", str(cfg.cache))
+    changed = changed_recipe(config_to_dict(ckpt.meta.config), config_to_dict(cfg))
+    if changed and not cfg.override:
+        raise MismatchError(
+            f"{cfg.out} was started with other settings ({changed}); resume with the same "
+            "flags, or pass --override to continue with the new ones"
+        )
+    return ckpt
+
+
+@dataclass
+class Run:
+    """One run while it trains: its model and optimiser, where it is, and what it logs."""
+
+    cfg: TrainConfig
+    d: Dist
+    s: Setup
+    model: ClipClassifier
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    compute: torch.dtype | None  # autocast's dtype; None: fp32
+    layout: torch.memory_format
+    meta: CheckpointMeta
+    base_lr: float
+    warmup: int  # steps
+    total: int  # steps of the whole schedule
+    last_step: int  # where this invocation stops (--max-steps)
+    train_model: torch.nn.Module | None = None  # the model, in DDP and compiled where asked
+    step: int = 0
+    first_loss: float | None = None  # the run's first logged loss: divergence is measured against it
+    final: dict = field(default_factory=dict)  # the last epoch's metrics
+    run_log: RunLog | None = None  # rank 0's
+    bar: tqdm | None = None
 
 
 def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
@@ -357,187 +398,207 @@ def _train(cfg: TrainConfig, d: Dist, on_step, closing: ExitStack) -> dict:
     except AdviseCacheError as e:
         error = e
     all_ranks_agree(d, error)  # one rank's user error ends every rank, with its message
-    total = cfg.epochs * s["steps_per_epoch"]
+    total = cfg.epochs * s.steps_per_epoch
     last_step = min(total, cfg.max_steps or total)
-    if s["ckpt"] is not None and s["ckpt"].step >= last_step:
+    if s.ckpt is not None and s.ckpt.step >= last_step:
         # Finished already: its metrics, without building anything (drivers resume every run).
-        log.info("%s finished at step %d; nothing to resume", cfg.out, s["ckpt"].step)
-        return dict(s["ckpt"].meta.metrics or {})
-    store, source, videos, labels, device = s["store"], s["source"], s["videos"], s["labels"], s["device"]
-    tmm_cfg, init, steps_per_epoch, precision = s["tmm_cfg"], s["init"], s["steps_per_epoch"], s["precision"]
-    cuda = device.type == "cuda"
+        log.info("%s finished at step %d; nothing to resume", cfg.out, s.ckpt.step)
+        return dict(s.ckpt.meta.metrics or {})
+    run = _build(cfg, d, s, total, last_step)
+    _start_or_resume(run)
+    if d.main:
+        run.run_log = RunLog(cfg.out, cfg.tensorboard, run.step)
+        closing.callback(run.run_log.close)
+    run.train_model = _ready_to_train(run)
+    desc = f"{cfg.task} {cfg.out.name}"
+    run.bar = closing.enter_context(
+        tqdm(total=last_step, initial=run.step, desc=desc, unit="step", disable=not (cfg.progress and d.main))
+    )
+    epoch = run.step // s.steps_per_epoch
+    while run.step < last_step:
+        x, y = _train_epoch(run, epoch, on_step)
+        epoch_done = run.step % s.steps_per_epoch == 0
+        _end_epoch(run, epoch, epoch_done, x, y)
+        if epoch_done:
+            epoch += 1
+    run.bar.close()
+    barrier(d)
+    return run.final
+
+
+def _build(cfg: TrainConfig, d: Dist, s: Setup, total: int, last_step: int) -> Run:
+    """The model (its TMM from --init where given) on the device, its optimiser and precision,
+    and the metadata its checkpoints carry."""
+    cuda = s.device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     # On CUDA the TMM runs channels_last_3d, the layout the store's (B, T, h, w, D) already has.
     layout = torch.channels_last_3d if cuda else torch.contiguous_format
-
     torch.manual_seed(cfg.seed)
-    model = create_model(tmm_cfg, s["num_classes"])
-    if init is not None:
-        tmm_state = {k[4:]: v for k, v in init.model.items() if k.startswith("tmm.")}
-        model.tmm.load_state_dict(tmm_state)
+    model = create_model(s.tmm_cfg, s.num_classes)
+    if s.init is not None:
+        model.tmm.load_state_dict({k[4:]: v for k, v in s.init.model.items() if k.startswith("tmm.")})
     if cfg.linear_probe:
         model.tmm.requires_grad_(False)
     if cfg.sync_bn and d.world > 1:  # before the optimizer: the converted layers keep the parameters
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=layout)
-
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 5)
-    world_batch = cfg.batch_size * d.world
+    model.to(s.device, memory_format=layout)
     base_lr = scaled_lr(cfg, d.world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
-    compute = autocast_dtype(precision)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    input_dtype = compute or torch.float32
-
     meta = CheckpointMeta(
         task=cfg.task,
         config=cfg,
-        tmm=tmm_cfg,
-        num_classes=s["num_classes"],
-        classes=store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
-        fingerprint=s["fingerprint"],
+        tmm=s.tmm_cfg,
+        num_classes=s.num_classes,
+        classes=s.store.classes if cfg.task == "classify" else [str(r) for r in cfg.sampler.rates],
+        fingerprint=s.fingerprint,
         store=describe(cfg.cache),
-        dataset=store.dataset,
+        dataset=s.store.dataset,
         init=str(cfg.init) if cfg.init else None,
         trainable_params=count_params(model),
         world=d.world,
-        precision=precision,
+        precision=s.precision,
     )
-    step = 0
-    first_loss = None  # the run's first logged loss: part of what divergence is measured against
-    final: dict = {}  # what a finished run returns when asked to resume
-    metrics_path = cfg.out / "metrics.jsonl"
-    if s["ckpt"] is not None:
-        ckpt = s["ckpt"]
-        model.load_state_dict(ckpt.model)
-        opt.load_state_dict(ckpt.optimizer)
-        if scaler is not None and ckpt.scaler is not None:
-            scaler.load_state_dict(ckpt.scaler)
-        step = ckpt.step
-        first_loss = ckpt.meta.first_loss
-        final = ckpt.meta.metrics or {}
-        if d.main:
-            truncate_metrics(metrics_path, step)
-        log.info("resuming %s at step %d", cfg.out, step)
-    elif d.main:
-        start_metrics(cfg.out, meta.to_dict())
-    run_log = RunLog(cfg.out, cfg.tensorboard, step) if d.main else None
-    if run_log is not None:
-        closing.callback(run_log.close)
+    scaler = torch.amp.GradScaler(s.device.type) if s.precision == "fp16" else None
+    warmup = min(round(cfg.warmup_epochs * s.steps_per_epoch), total // 5)
+    compute = autocast_dtype(s.precision)
+    return Run(cfg, d, s, model, opt, scaler, compute, layout, meta, base_lr, warmup, total, last_step)
 
+
+def _start_or_resume(run: Run) -> None:
+    """A new run starts its metrics file (rank 0); a resumed one loads its checkpoint's weights,
+    optimiser and scaler and cuts its metrics back to the checkpoint's step."""
+    cfg, d, ckpt = run.cfg, run.d, run.s.ckpt
+    if ckpt is None:
+        if d.main:
+            start_metrics(cfg.out, run.meta.to_dict())
+        return
+    run.model.load_state_dict(ckpt.model)
+    run.opt.load_state_dict(ckpt.optimizer)
+    if run.scaler is not None and ckpt.scaler is not None:
+        run.scaler.load_state_dict(ckpt.scaler)
+    run.step, run.first_loss, run.final = ckpt.step, ckpt.meta.first_loss, ckpt.meta.metrics or {}
+    if d.main:
+        truncate_metrics(cfg.out / "metrics.jsonl", run.step)
+    log.info("resuming %s at step %d", cfg.out, run.step)
+
+
+def _ready_to_train(run: Run) -> torch.nn.Module:
+    """The videos preloaded where asked, and the model as the loop calls it: in DDP on several
+    ranks, compiled with --compile."""
+    cfg, d, s = run.cfg, run.d, run.s
     if cfg.preload != "none":
-        mine = videos[d.rank :: d.world] if d.world > 1 else videos  # the videos _plan gives this rank
-        held = source.preload(mine, device, on_device=cfg.preload == "gpu")
+        mine = s.videos[d.rank :: d.world] if d.world > 1 else s.videos  # the videos _plan gives this rank
+        held = s.source.preload(mine, s.device, on_device=cfg.preload == "gpu")
         log.info("preloaded %d videos (%.1f GB) into %s", len(mine), held / 1e9, cfg.preload)
-    train_model = model
+    model = run.model
     if d.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    if s["skipped"] and d.main:
-        log.warning("skipping %d video(s) of split %r that are not done in the store", s["skipped"], cfg.split)
-
-    bar = closing.enter_context(
-        tqdm(
-            total=last_step,
-            initial=step,
-            desc=f"{cfg.task} {cfg.out.name}",
-            unit="step",
-            disable=not (cfg.progress and d.main),
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
-    )
-    epoch = step // steps_per_epoch
-    while step < last_step:
-        skip = step - epoch * steps_per_epoch
-        plan = s["plan0"] if epoch == 0 else _plan(cfg, source, videos, labels, epoch, d)
-        loader = ClipLoader(source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip, device=device)
-        model.train()
-        if cfg.linear_probe:
-            model.tmm.eval()  # frozen: BatchNorm statistics stay those of the checkpoint
-        # Loss and correct clips summed on the device; the host reads them every log_every steps.
-        window = torch.zeros(2, device=device, dtype=torch.float64)
-        sums = np.zeros(3)
-        t_epoch = t_window = time.perf_counter()
-        window_steps = 0
-        for x, y in loader:
-            x = x.to(device, dtype=input_dtype, memory_format=layout, non_blocking=True)
-            lr = _schedule(step, total, warmup, base_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, logits = train_step(train_model, opt, x, y, cfg.label_smoothing, compute, scaler)
-            window[0] += loss * len(y)
-            window[1] += (logits.argmax(1) == y).sum()
-            step += 1
-            window_steps += 1
-            if on_step is not None:
-                on_step(step, loss)
-            end = step >= last_step or step % steps_per_epoch == 0
-            if end or step % cfg.log_every == 0:
-                loss_sum, correct = sum_across(window, d).tolist()  # the host waits here only
-                window.zero_()
-                clips = window_steps * world_batch
-                loss_v, acc_v = loss_sum / clips, correct / clips
-                if not math.isfinite(loss_v):
-                    raise TrainingDiverged(f"loss became {loss_v} at step {step}; stopped. {_last_good(cfg.out)}")
-                first_loss = loss_v if first_loss is None else first_loss
-                sums += (loss_sum, correct, clips)
-                dt, t_window = time.perf_counter() - t_window, time.perf_counter()  # data wait included
-                if d.main:
-                    record = dict(kind="step", step=step, epoch=epoch, loss=loss_v, acc=acc_v, lr=lr)
-                    run_log.step({**record, "clips_per_s": clips / dt})
-                bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
-                bar.update(window_steps)
-                window_steps = 0
-            if step >= last_step:
-                break
-        seconds = time.perf_counter() - t_epoch
-        final = {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": step,
-            "loss": float(sums[0] / max(sums[2], 1)),
-            "acc": float(sums[1] / max(sums[2], 1)),
-            "clips": int(sums[2]),
-            "clips_per_s": float(sums[2] / seconds),
-            "data_wait_frac": loader.wait_seconds / seconds,
-            "seconds": seconds,
-        }
-        if d.main:
-            run_log.epoch(final)
-        epoch_done = step % steps_per_epoch == 0
-        limit = divergence_limit(s["num_classes"], first_loss)
-        if final["loss"] > limit:
-            raise TrainingDiverged(
-                f"the loss diverged: epoch {epoch} averaged {final['loss']:.4g}, more than {DIVERGED_FACTOR:g}x "
-                f"chance or the first loss, whichever is larger ({limit:.4g}); stopped at step {step} (a lower "
-                f"--lr may help). {_last_good(cfg.out)}"
-            )
-        if (epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= last_step:
-            if not _finite_weights(model):
-                raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. {_last_good(cfg.out)}")
-            now = _checked_loss(model, x, y, cfg.label_smoothing, compute, d)
-            if not now <= limit:  # NaN too
-                raise TrainingDiverged(
-                    f"the weights after step {step} give a loss of {now:.4g} on its batch, more than "
-                    f"{DIVERGED_FACTOR:g}x chance or the first loss ({limit:.4g}); stopped (a lower --lr may help). "
-                    f"{_last_good(cfg.out)}"
-                )
-            if d.main:
-                save_checkpoint(
-                    cfg.out,
-                    Checkpoint(
-                        replace(meta, step=step, metrics=final, first_loss=first_loss),
-                        model.state_dict(),
-                        opt.state_dict(),
-                        step,
-                        epoch,
-                        None if scaler is None else scaler.state_dict(),
-                    ),
-                )
-        if epoch_done:
-            epoch += 1
-    bar.close()
-    barrier(d)
-    return final
+    if cfg.compile:
+        model = torch.compile(model)
+    if s.skipped and d.main:
+        log.warning("skipping %d video(s) of split %r that are not done in the store", s.skipped, cfg.split)
+    return model
+
+
+def _train_epoch(run: Run, epoch: int, on_step) -> tuple[torch.Tensor, torch.Tensor]:
+    """The steps of one epoch (from where a resumed run stopped, to its end or the last step);
+    sets `run.final` to the epoch's metrics and returns the last batch."""
+    cfg, s = run.cfg, run.s
+    skip = run.step - epoch * s.steps_per_epoch
+    plan = s.plan0 if epoch == 0 else _plan(cfg, s.source, s.videos, s.labels, epoch, run.d)
+    loader = ClipLoader(s.source, plan, cfg.batch_size, threads=cfg.loader_threads, skip_batches=skip, device=s.device)
+    run.model.train()
+    if cfg.linear_probe:
+        run.model.tmm.eval()  # frozen: BatchNorm statistics stay those of the checkpoint
+    # Loss and correct clips summed on the device; the host reads them every log_every steps.
+    window = torch.zeros(2, device=s.device, dtype=torch.float64)
+    sums = np.zeros(3)  # loss, correct clips, clips
+    t_epoch = t_window = time.perf_counter()
+    window_steps = 0
+    for x, y in loader:
+        x = x.to(s.device, dtype=run.compute or torch.float32, memory_format=run.layout, non_blocking=True)
+        lr = _schedule(run.step, run.total, run.warmup, run.base_lr)
+        for group in run.opt.param_groups:
+            group["lr"] = lr
+        loss, logits = train_step(run.train_model, run.opt, x, y, cfg.label_smoothing, run.compute, run.scaler)
+        window[0] += loss * len(y)
+        window[1] += (logits.argmax(1) == y).sum()
+        run.step += 1
+        window_steps += 1
+        if on_step is not None:
+            on_step(run.step, loss)
+        end = run.step >= run.last_step or run.step % s.steps_per_epoch == 0
+        if end or run.step % cfg.log_every == 0:
+            t_window = _log_window(run, epoch, lr, window, window_steps, sums, t_window)
+            window_steps = 0
+        if run.step >= run.last_step:
+            break
+    seconds = time.perf_counter() - t_epoch
+    loss_sum, correct, clips = sums
+    run.final = {
+        "kind": "epoch",
+        "epoch": epoch,
+        "step": run.step,
+        "loss": float(loss_sum / max(clips, 1)),
+        "acc": float(correct / max(clips, 1)),
+        "clips": int(clips),
+        "clips_per_s": float(clips / seconds),
+        "data_wait_frac": loader.wait_seconds / seconds,
+        "seconds": seconds,
+    }
+    if run.d.main:
+        run.run_log.epoch(run.final)
+    return x, y
+
+
+def _log_window(run: Run, epoch: int, lr: float, window, steps: int, sums: np.ndarray, since: float) -> float:
+    """The window's summed loss and correct clips read to the host (the loop waits here only),
+    checked for NaN, added to the epoch's `sums`, logged by rank 0; returns when the next
+    window starts."""
+    loss_sum, correct = sum_across(window, run.d).tolist()
+    window.zero_()
+    clips = steps * run.cfg.batch_size * run.d.world
+    loss_v, acc_v = loss_sum / clips, correct / clips
+    if not math.isfinite(loss_v):
+        raise TrainingDiverged(f"loss became {loss_v} at step {run.step}; stopped. {_last_good(run.cfg.out)}")
+    run.first_loss = loss_v if run.first_loss is None else run.first_loss
+    sums += (loss_sum, correct, clips)
+    now = time.perf_counter()  # data wait included
+    if run.d.main:
+        record = dict(kind="step", step=run.step, epoch=epoch, loss=loss_v, acc=acc_v, lr=lr)
+        run.run_log.step({**record, "clips_per_s": clips / (now - since)})
+    run.bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.2f}", refresh=False)
+    run.bar.update(steps)
+    return now
+
+
+def _end_epoch(run: Run, epoch: int, epoch_done: bool, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Stop a diverged run; otherwise save a checkpoint where one is due, once its weights are
+    shown finite and undiverged on the epoch's last batch (so every checkpoint written is good)."""
+    cfg, d, step = run.cfg, run.d, run.step
+    limit = divergence_limit(run.s.num_classes, run.first_loss)
+    if run.final["loss"] > limit:
+        raise TrainingDiverged(
+            f"the loss diverged: epoch {epoch} averaged {run.final['loss']:.4g}, more than {DIVERGED_FACTOR:g}x "
+            f"chance or the first loss, whichever is larger ({limit:.4g}); stopped at step {step} (a lower "
+            f"--lr may help). {_last_good(cfg.out)}"
+        )
+    if not ((epoch_done and (epoch + 1) % cfg.save_every == 0) or step >= run.last_step):
+        return
+    if not _finite_weights(run.model):
+        raise TrainingDiverged(f"the weights became NaN or Inf by step {step}; stopped. {_last_good(cfg.out)}")
+    now = _checked_loss(run.model, x, y, cfg.label_smoothing, run.compute, d)
+    if not now <= limit:  # NaN too
+        raise TrainingDiverged(
+            f"the weights after step {step} give a loss of {now:.4g} on its batch, more than "
+            f"{DIVERGED_FACTOR:g}x chance or the first loss ({limit:.4g}); stopped (a lower --lr may help). "
+            f"{_last_good(cfg.out)}"
+        )
+    if d.main:
+        meta = replace(run.meta, step=step, metrics=run.final, first_loss=run.first_loss)
+        scaler = None if run.scaler is None else run.scaler.state_dict()
+        save_checkpoint(cfg.out, Checkpoint(meta, run.model.state_dict(), run.opt.state_dict(), step, epoch, scaler))

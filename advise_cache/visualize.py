@@ -25,14 +25,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import CheckpointMeta, load_model
+from .checkpoint import CheckpointMeta
 from .errors import DecodeError, MismatchError, StoreError, writing
+from .ifm_arrays import IFMMeta
 from .loader import collate
 from .models import ClipClassifier, create_model
 from .pixels import PixelSpec
 from .runtime import resolve_device
 from .sampling import multi_view_clips
 from .store import Store, open_store
+from .trained import load_model
 from .video import decode_frames
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ def video_path(store: Store, video: int, video_root: Path | None = None) -> Path
     recorded = Path(str(store.videos.path[video]))
     if video_root is None:
         return recorded
-    root = Path(str(store.meta.get("root", "")))
+    root = Path(str(store.root or ""))
     try:
         rel = recorded.relative_to(root)
     except ValueError:
@@ -86,14 +88,9 @@ def video_path(store: Store, video: int, video_root: Path | None = None) -> Path
     return Path(video_root) / rel
 
 
-def pixel_spec(meta: dict) -> PixelSpec:
+def pixel_spec(meta: IFMMeta) -> PixelSpec:
     """The IFM's pixel preprocessing, as recorded in the store."""
-    return PixelSpec(
-        size=int(meta["input_size"]),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        interpolation=meta.get("interpolation", "bicubic"),
-    )
+    return PixelSpec(size=meta.input_size, mean=meta.mean, std=meta.std, interpolation=meta.interpolation)
 
 
 def load_frames(store: Store, video: int, key: str, video_root: Path | None = None) -> np.ndarray:
@@ -102,13 +99,9 @@ def load_frames(store: Store, video: int, key: str, video_root: Path | None = No
     path = video_path(store, video, video_root)
     name = str(store.videos.name[video])
     try:
-        frames = decode_frames(path, pixel_spec(meta), int(meta["frame_stride"]), meta.get("resize", "pil"))
+        frames = decode_frames(path, pixel_spec(meta), meta.frame_stride, meta.resize)
     except DecodeError as e:
-        hint = (
-            ""
-            if video_root
-            else (f"; if the dataset moved from {store.meta.get('root')}, give its new place with --video-root")
-        )
+        hint = "" if video_root else (f"; if the dataset moved from {store.root}, give its new place with --video-root")
         raise DecodeError(f"cannot read video {name}: {e}{hint}") from e
     expected = int(store.ifm(key).frames[video])
     if len(frames) != expected:
@@ -219,9 +212,9 @@ def compute_activations(
     untrained.to(dev).eval()
     raw = channel_norm(untrained.feature_maps(x)[0])
     rows.append(_row(f"untrained TMM\n(same config, seed {seed})", raw, size))
-    ifm_name = " + ".join(store.ifm(k).meta["model"] for k in source.keys)
+    ifm_name = " + ".join(store.ifm(k).meta.model for k in source.keys)
     rows.append(_row(f"IFM tokens\n({ifm_name})", channel_norm(x[0]), size))
-    stride = int(store.ifm(key).meta["frame_stride"])
+    stride = store.ifm(key).meta.frame_stride
     return Activations(video, clip, clip * stride, crops, rows)
 
 

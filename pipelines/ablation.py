@@ -1,18 +1,17 @@
 """The paper's ablations (Figures 3-6, Tables 4-5), every one from ONE store per dataset.
 
-    .venv/bin/python pipelines/ablation.py spatial-res --out runs/ablations   # make ablation-spatial-res
-    .venv/bin/python pipelines/ablation.py tmm-depth --cache ucf101.zarr,diving48.zarr \\
+    .venv/bin/python -m pipelines.ablation spatial-res --out runs/ablations   # make ablation-spatial-res
+    .venv/bin/python -m pipelines.ablation tmm-depth --cache ucf101.zarr,diving48.zarr \\
         --epochs 200 --ft-epochs 50 --jobs 2
-    .venv/bin/python pipelines/ablation.py ifm --cache ucf101.zarr    # each IFM in it, and pairs
-    .venv/bin/python pipelines/ablation.py storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
-    .venv/bin/python pipelines/ablation.py spatial-res --dry-run   # the plan and its measured ETA only
+    .venv/bin/python -m pipelines.ablation ifm --cache ucf101.zarr    # each IFM in it, and pairs
+    .venv/bin/python -m pipelines.ablation storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
+    .venv/bin/python -m pipelines.ablation spatial-res --dry-run   # the plan and its measured ETA only
 
 It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
 an ETA from the first steps of each training of each distinct model on each store (and an epoch's
-end), then a line per
-finished run with the time left; Ctrl-C ends every worker and exits 130 (ablation_runs.py).
-Where no GPU is, the default study is CPU-sized (one training seed instead of three, into
-OUT/<ablation>-cpu/); --full runs all of it.
+end), then a line per finished run with the time left; Ctrl-C ends every worker and exits 130
+(ablation_runs.py). Where no GPU is, the default study is CPU-sized (one training seed instead
+of three, into OUT/<ablation>-cpu/); --full runs all of it.
 
 Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
@@ -40,10 +39,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # The settings' rules and the report live beside this file; the names tests use are re-exported.
-from ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
-from ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
-from ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, run_all
-from common import REPO, SYNTHETIC, quiet, synthetic_store
+from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
+from pipelines.ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
+from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, run_all
+from pipelines.common import REPO, SYNTHETIC, quiet, synthetic_store
 
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
 # Stores extracted from each family's videos: (name suffix, token dtype, frame stride).
@@ -411,8 +410,9 @@ def study_folder(args) -> Path:
 
 def command(args) -> str:
     """This study's command line, as the interrupted line names it."""
-    here = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in (sys.executable, __file__)]
-    return shlex.join([*here, *args.argv])
+    python = os.path.relpath(sys.executable)
+    python = sys.executable if python.startswith("..") else python
+    return shlex.join([python, "-m", "pipelines.ablation", *args.argv])
 
 
 def gpus(args) -> int:
@@ -514,7 +514,7 @@ def report(args, out: Path, stores: list[Path], settings: list, notes: list[str]
     missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
     text = render(args.name, rows, args.recipe, notes, missing)
     if args.name == "storage" and rows:
-        from ablation_storage import report as storage_report
+        from pipelines.ablation_storage import report as storage_report
 
         text = storage_report(text, stores, rows, args)
     if rows:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ablation_report import SOURCE
+from pipelines.ablation_report import SOURCE
 
 ABLATIONS = tuple(SOURCE)
 PAPER = {
@@ -117,9 +117,9 @@ def describe_store(path: Path) -> StoreInfo:
         keys,
         {k: tuple(a.grid) for k, a in arrays.items()},
         {k: a.dim for k, a in arrays.items()},
-        {k: int(a.meta["frame_stride"]) for k, a in arrays.items()},
+        {k: a.meta.frame_stride for k, a in arrays.items()},
         SamplerConfig().frames,
-        {k: a.meta["dtype"] for k, a in arrays.items()},
+        {k: a.meta.dtype for k, a in arrays.items()},
     )
 
 
@@ -158,11 +158,12 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
     """The settings of ablation `name` on one store, and notes on what did not fit."""
     notes: list[str] = []
     settings: list[Setting] = []
-    t = info.frames
 
     def add(label, x, keys, tmm, note="", source_stride=None):
+        """One setting, once per seed."""
         (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
         for seed in args.seeds:
+            shape = (info.frames, h, w, dim)
             settings.append(
                 Setting(
                     name,
@@ -172,7 +173,7 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
                     x,
                     tuple(keys),
                     asdict(tmm),
-                    (t, h, w, dim),
+                    shape,
                     note,
                     seed,
                     len(args.seeds),
@@ -180,67 +181,81 @@ def plan(name: str, info: StoreInfo, args) -> tuple[list[Setting], list[str]]:
                 )
             )
 
-    if name in PAPER:
-        keys = default_ifm(info, args.ifm, notes)
-        (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
-        base = base_tmm(args, dim)
-        if name == "spatial-res":
-            values, why = spatial_values(min(h, w))
-            for s in values:
-                full = s == min(h, w)
-                label = s if h == w or not full else f"{h}x{w}"
-                add(label, s, keys, replace(base, spatial_pool=None if full else s))
-        elif name == "channel-dim":
-            values, why = channel_values(dim)
-            for c in values:
-                add(c, c, keys, replace(base, channel_pool=None if c == dim else c))
-        else:  # tmm-depth, tmm-width: fit every store
-            why, varied = [], {"tmm-depth": "blocks", "tmm-width": "hidden"}[name]
-            for v in PAPER[name]:
-                add(v, v, keys, replace(base, **{varied: v}))
-        notes += [f"{info.dataset}: {n}" for n in why]
-    elif name == "temporal":
-        for key in args.ifm or info.keys:
-            info.check((key,))
-            base = base_tmm(args, info.dims[key])
-            add(f"{key} TMM", None, (key,), base)
-            add(
-                f"{key} avg-pool",
-                None,
-                (key,),
-                replace(base, tmm="none"),
-                "average pooling: nothing to pretrain, Acc_ft is the fine-tune from scratch",
-            )
-    elif name == "ifm":
-        keys = args.ifm or info.keys
-        for key in keys:
-            info.check((key,))
-            add(key, None, (key,), base_tmm(args, info.dims[key]))
-        for a, b in itertools.combinations(keys, 2):
-            if info.grids[a] != info.grids[b] or info.strides[a] != info.strides[b]:
-                notes.append(
-                    f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]}, "
-                    f"{info.grids[b]} and frame strides {info.strides[a]}, "
-                    f"{info.strides[b]} must match to concatenate tokens"
-                )
-                continue
-            add(f"{a}+{b}", None, (a, b), base_tmm(args, info.dims[a] + info.dims[b]))
-        if len(info.keys) < 2:
-            notes.append(
-                f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
-                "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
-                "to compare IFMs and their concatenation"
-            )
-    elif name == "storage":  # one setting per store: its dtype and frame stride
-        key = default_ifm(info, args.ifm, notes)[0]
-        stored = info.strides[key]  # the recipe's base stride 2 in source frames is 2 / stored in the store's
+    kinds = {"temporal": _temporal, "ifm": _ifms, "storage": _storage, **dict.fromkeys(PAPER, _paper)}
+    if name not in kinds:
+        raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    kinds[name](name, info, args, add, notes)
+    return settings, notes
+
+
+def _paper(name: str, info: StoreInfo, args, add, notes: list[str]) -> None:
+    """Table 5's ablations: the spatial resolution, the channel width, the TMM's depth or width."""
+    keys = default_ifm(info, args.ifm, notes)
+    (h, w), dim = info.grids[keys[0]], sum(info.dims[k] for k in keys)
+    base = base_tmm(args, dim)
+    if name == "spatial-res":
+        values, why = spatial_values(min(h, w))
+        for s in values:
+            full = s == min(h, w)
+            label = s if h == w or not full else f"{h}x{w}"
+            add(label, s, keys, replace(base, spatial_pool=None if full else s))
+    elif name == "channel-dim":
+        values, why = channel_values(dim)
+        for c in values:
+            add(c, c, keys, replace(base, channel_pool=None if c == dim else c))
+    else:  # tmm-depth, tmm-width: fit every store
+        why, varied = [], {"tmm-depth": "blocks", "tmm-width": "hidden"}[name]
+        for v in PAPER[name]:
+            add(v, v, keys, replace(base, **{varied: v}))
+    notes += [f"{info.dataset}: {n}" for n in why]
+
+
+def _temporal(name: str, info: StoreInfo, args, add, notes: list[str]) -> None:
+    """The TMM against average pooling, per image model."""
+    for key in args.ifm or info.keys:
+        info.check((key,))
+        base = base_tmm(args, info.dims[key])
+        add(f"{key} TMM", None, (key,), base)
         add(
-            f"{info.dtypes[key]}, frame stride {stored} (sampler stride {2 / stored:g})",
+            f"{key} avg-pool",
             None,
             (key,),
-            base_tmm(args, info.dims[key]),
-            source_stride=2,
-        )  # train.resolve_stride refuses what cannot be
-    else:
-        raise SystemExit(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
-    return settings, notes
+            replace(base, tmm="none"),
+            "average pooling: nothing to pretrain, Acc_ft is the fine-tune from scratch",
+        )
+
+
+def _ifms(name: str, info: StoreInfo, args, add, notes: list[str]) -> None:
+    """Each image model of the store, and each pair concatenated where their tokens line up."""
+    keys = args.ifm or info.keys
+    for key in keys:
+        info.check((key,))
+        add(key, None, (key,), base_tmm(args, info.dims[key]))
+    for a, b in itertools.combinations(keys, 2):
+        if info.grids[a] != info.grids[b] or info.strides[a] != info.strides[b]:
+            notes.append(
+                f"{info.dataset}: {a}+{b} skipped: grids {info.grids[a]}, "
+                f"{info.grids[b]} and frame strides {info.strides[a]}, "
+                f"{info.strides[b]} must match to concatenate tokens"
+            )
+            continue
+        add(f"{a}+{b}", None, (a, b), base_tmm(args, info.dims[a] + info.dims[b]))
+    if len(info.keys) < 2:
+        notes.append(
+            f"{info.dataset}: the store holds one IFM ({', '.join(keys)}); extract "
+            "another into it (advise-cache extract ... --out STORE --model ViT-L-14) "
+            "to compare IFMs and their concatenation"
+        )
+
+
+def _storage(name: str, info: StoreInfo, args, add, notes: list[str]) -> None:
+    """One setting per store: its dtype and frame stride."""
+    key = default_ifm(info, args.ifm, notes)[0]
+    stored = info.strides[key]  # the recipe's base stride 2 in source frames is 2 / stored in the store's
+    add(
+        f"{info.dtypes[key]}, frame stride {stored} (sampler stride {2 / stored:g})",
+        None,
+        (key,),
+        base_tmm(args, info.dims[key]),
+        source_stride=2,
+    )  # train.resolve_stride refuses what cannot be

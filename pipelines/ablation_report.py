@@ -7,7 +7,7 @@ import csv
 import math
 from pathlib import Path
 
-from common import mean_sd, pm, table
+from pipelines.common import mean_sd, pm, table
 
 SOURCE = {
     "spatial-res": "the paper's Figure 3",

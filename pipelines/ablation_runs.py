@@ -5,8 +5,8 @@ alone handles it and ends every worker within seconds (`run_all`); finished runs
 
 Run as a script it is one worker (the driver starts it):
 
-    python pipelines/ablation_runs.py run THREADS FOLDER       # the setting in FOLDER/setting.json
-    python pipelines/ablation_runs.py eta THREADS FOLDER...    # times its first steps: FOLDER/estimate.json
+    python -m pipelines.ablation_runs run THREADS FOLDER       # the setting in FOLDER/setting.json
+    python -m pipelines.ablation_runs eta THREADS FOLDER...    # times its first steps: FOLDER/estimate.json
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def start(run: Run, threads: int, gpu: int | None) -> None:
         visible = env.get("CUDA_VISIBLE_DEVICES", "").split(",")
         env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if visible[0] else str(gpu)
     folders = [str(f) for f in (run.folder, *run.more)]
-    command = [sys.executable, str(Path(__file__).resolve()), run.mode, str(threads), *folders]
+    repo = str(Path(__file__).resolve().parents[1])  # where `pipelines` imports from, whatever the cwd
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "pipelines.ablation_runs", run.mode, str(threads), *folders]
     run.start = time.perf_counter()
     run.proc = subprocess.Popen(command, env=env)
 
@@ -174,8 +176,7 @@ def worker(mode: str, threads: int, folders: list[Path]) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ablation
+    from pipelines import ablation
 
     ablation.setup_logging()
     if mode == "run":

@@ -13,9 +13,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ablation_report import aggregate
-from bench_loader import WARMUP_BATCHES, loader_now, make_plan
-from common import describe_machine, extract_cpu, heading, num, pm, say, table, write_section
+from pipelines.ablation_report import aggregate
+from pipelines.common import describe_machine, extract_cpu, heading, num, pm, say, table, write_section
+from pipelines.readers import WARMUP_BATCHES, loader_now, make_plan
 
 ROUNDS, BATCHES, BATCH = 3, 24, 32  # loader: rounds alternate the stores; timed batches of 32 clips
 CAVEAT = (

@@ -1,7 +1,7 @@
 """Training from a store in a bucket: the loader against raw readers, on an S3 emulator.
 
-    .venv/bin/python pipelines/bench_bucket.py                     # ~5 min on 2 cores
-    .venv/bin/python pipelines/bench_bucket.py --quick --no-write  # a look
+    .venv/bin/python -m pipelines.bench_bucket                     # ~5 min on 2 cores
+    .venv/bin/python -m pipelines.bench_bucket --quick --no-write  # a look
 
 Starts moto's S3 server on 127.0.0.1 (no other address is touched), copies a store of random
 ViT-B-16-shaped tokens into it, and alternates rounds of readers over one PRP plan:
@@ -30,9 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from bench_loader import FRAME_BYTES, ceiling, ensure_store, make_plan
-from common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+from pipelines.common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+from pipelines.readers import (
+    FRAME_BYTES,
+    RANGE_WARMUP,
+    ceiling,
+    ensure_store,
+    make_plan,
+    raw_obstore,
+    raw_s3fs,
+    rows_of,
+)
 
 BUCKET = "advise-bench"
 TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
@@ -42,7 +50,6 @@ SIZES = {
     "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
     "quick": {"videos": 4, "frames": 16, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
 }
-WARMUP = 1
 LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way
 
 
@@ -95,78 +102,7 @@ def upload(local: Path, url: str) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def rows_of(url: str, plan) -> np.ndarray:
-    from advise_cache.store import open_store
-
-    offset = open_store(url).ifm("ViT-B-16").offset
-    return np.stack([offset[r.video] + r.indices for r in plan])
-
-
-def raw_obstore(url: str, rows: np.ndarray, batch: int) -> float:
-    """Clips/s of the raw range-GET reader: frame f of a shard is at f x frame bytes (the writer
-    lays chunks back to back), a shard's frames in one get_ranges, 16 shards in flight."""
-    import obstore
-
-    from advise_cache.storage import bucket, store_location
-
-    store = bucket(store_location(url)).store
-    T = rows.shape[1]
-    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
-
-    def fetch(job) -> None:
-        s, at, frames = job
-        got = obstore.get_ranges(
-            store,
-            f"ifm/ViT-B-16/tokens/c/{s}/0/0/0",
-            starts=[f * FRAME_BYTES for f in frames],
-            lengths=[FRAME_BYTES] * len(frames),
-        )
-        for i, data in zip(at, got):
-            buf[i] = np.frombuffer(data, np.uint8)
-
-    with ThreadPoolExecutor(16) as pool:
-        return _timed(rows, batch, lambda r: list(pool.map(fetch, _by_shard(r))))
-
-
-def raw_s3fs(url: str, rows: np.ndarray, batch: int) -> float | None:
-    """The same reader through fsspec: s3fs's cat_ranges over every frame of a batch."""
-    try:
-        import s3fs
-    except ImportError:
-        return None
-    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], key="bench", secret="bench")
-    base = url.removeprefix("s3://")
-    T = rows.shape[1]
-    buf = np.empty((batch * T, FRAME_BYTES), np.uint8)
-
-    def read(r: np.ndarray) -> None:
-        paths = [f"{base}/ifm/ViT-B-16/tokens/c/{x // 64}/0/0/0" for x in r.tolist()]
-        starts = [(x % 64) * FRAME_BYTES for x in r.tolist()]
-        for i, data in enumerate(fs.cat_ranges(paths, starts, [s + FRAME_BYTES for s in starts])):
-            buf[i] = np.frombuffer(data, np.uint8)
-
-    return _timed(rows, batch, read)
-
-
-def _by_shard(r: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
-    shards: dict[int, tuple[list[int], list[int]]] = {}
-    for i, x in enumerate(r.tolist()):
-        at, frames = shards.setdefault(x // 64, ([], []))
-        at.append(i)
-        frames.append(x % 64)
-    return [(s, at, frames) for s, (at, frames) in shards.items()]
-
-
-def _timed(rows: np.ndarray, batch: int, read) -> float:
-    n = len(rows) // batch
-    for b in range(n):
-        if b == WARMUP:
-            t0 = time.perf_counter()
-        read(rows[b * batch : (b + 1) * batch].reshape(-1))
-    return (n - WARMUP) * batch / (time.perf_counter() - t0)
-
-
-def _drain(loader, batch: int, warmup: int = WARMUP) -> float:
+def _drain(loader, batch: int, warmup: int = RANGE_WARMUP) -> float:
     """Clips/s of a loader after its first `warmup` batches, the consumer doing nothing."""
     for b, _ in enumerate(loader):
         if b == warmup - 1:
@@ -190,17 +126,18 @@ def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int
 def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> dict[str, list[float]]:
     """`pairs` passes each, alternating, over the plan three times: the loader on the cached
     bucket store, the loader on the local store, the local raw preadv reader (bench_loader's
-    ceiling, 4 batches untimed, as here)."""
+    ceiling, 4 batches untimed, as here) without and with each frame's crc32c checked (the loader
+    always checks: store format 3)."""
     from advise_cache.loader import ClipLoader, TokenSource
     from advise_cache.store import open_store
 
     on_disk = TokenSource(open_store(local))
     longer = plan * 3
-    out: dict[str, list[float]] = {"cached": [], "loader_local": [], "local": []}
+    out: dict[str, list[float]] = {"cached": [], "loader_local": [], "local": [], "local_checked": []}
     for k in range(pairs):
         for name in list(out)[:: 1 if (rnd + k) % 2 == 0 else -1]:
-            if name == "local":
-                out[name].append(ceiling(local, longer, batch, 4))
+            if name.startswith("local"):
+                out[name].append(ceiling(local, longer, batch, 4, check=name == "local_checked"))
             else:
                 src = cached if name == "cached" else on_disk
                 out[name].append(_drain(ClipLoader(src, longer, batch, threads=4), batch, LOCAL_WARMUP))
@@ -214,7 +151,7 @@ def measure(args, local: Path, url: str) -> dict[str, list[float]]:
     plan = plan[: len(plan) // args.batch_size * args.batch_size]
     rows = rows_of(url, plan)
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-bucket-cache-", dir=args.work))
-    names = ("raw", "s3fs", "loader", "first", "cached", "loader_local", "local")
+    names = ("raw", "s3fs", "loader", "first", "cached", "loader_local", "local", "local_checked")
     rate: dict[str, list[float]] = {k: [] for k in names}
     for rnd in range(args.rounds):
         for name in ["raw", "s3fs", "loader", "first"][:: 1 if rnd % 2 == 0 else -1]:
@@ -248,6 +185,7 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         "cached": ("`ClipLoader`, bucket, cached epoch (--local-cache)", "local"),
         "loader_local": ("`ClipLoader`, the same store on local disk", "local"),
         "local": ("local raw preadv reader (same bytes on local disk)", "local"),
+        "local_checked": ("the same, each frame's crc32c checked", "local"),
     }
     rows = [
         [
@@ -264,16 +202,17 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         f"moto's S3 server on 127.0.0.1 (a Python server sharing the cores; a real bucket differs in "
         f"every absolute figure). Store of {args.videos} videos x {args.frames} frames of ViT-B-16-shaped "
         f"float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, 64 frames a shard object), PRP clips of 8 "
-        f"frames, batch {args.batch_size}, {args.clips} clips a pass ({WARMUP} batch untimed); "
+        f"frames, batch {args.batch_size}, {args.clips} clips a pass ({RANGE_WARMUP} batch untimed); "
         f"{args.rounds} rounds, the readers' order reversed every round, each round's first-epoch "
-        f"readers then {args.pairs} alternating passes of the three local ones over the plan three times "
+        f"readers then {args.pairs} alternating passes of the four local ones over the plan three times "
         "(4 batches untimed); medians of the ratios of each round (or pass).",
         "",
         *table(["reader", "clips/s", "GB/s", "ratio"], rows),
         "",
         f"- first epoch from the bucket / raw range-GET reader: no cache {pct(ratio('loader', 'raw'))}, "
         f"pulling whole shards into --local-cache {pct(ratio('first', 'raw'))} (target >= {pct(TARGET_FIRST)}).",
-        f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}).",
+        f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}); "
+        f"/ the same reader checking each frame's crc32c, as the loader does: {pct(ratio('cached', 'local_checked'))}.",
         f"- cached epoch / `ClipLoader` on the local store: {pct(ratio('cached', 'loader_local'))} (the cache's own "
         "cost; the loader's own against the raw reader is bench_loader.py's figure).",
     ]

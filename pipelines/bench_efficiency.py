@@ -1,9 +1,9 @@
 """Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50. This
 script owns the "online vs from the cache" figure.
 
-    .venv/bin/python pipelines/bench_efficiency.py    # make bench-efficiency; ~15 min on 2 CPU cores
-    python3 pipelines/bench_efficiency.py --device cuda --batch-size 32 --min-time 5 --rounds 1
-    .venv/bin/python pipelines/bench_efficiency.py --configs cached-B16,r3d50 --no-write
+    .venv/bin/python -m pipelines.bench_efficiency    # make bench-efficiency; ~15 min on 2 CPU cores
+    python3 -m pipelines.bench_efficiency --device cuda --batch-size 32 --min-time 5 --rounds 1
+    .venv/bin/python -m pipelines.bench_efficiency --configs cached-B16,r3d50 --no-write
 
 Per configuration: trainable parameters, forward MACs per clip (`models.forward_cost`), peak
 memory and seconds per `train.train_step` plus producing its batch (frozen IFM on the frames,
@@ -18,139 +18,27 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import (
+from advise_cache.testing import token_store
+from pipelines.common import (
     child_main,
-    clock,
     describe_machine,
     heading,
-    memory,
     parser,
     publish,
     run_child,
     say,
     table,
-    token_store,
 )
+from pipelines.efficiency_runs import CONFIGS, RATES, SIZE, TOKENS, measure
 
-CONFIGS = {  # name: (method, image model or None)
-    "online-B16": ("AdViSe online (IFM every step)", "ViT-B-16"),
-    "online-L14": ("AdViSe online (IFM every step)", "ViT-L-14"),
-    "cached-B16": ("AdViSe from the cache", "ViT-B-16"),
-    "cached-L14": ("AdViSe from the cache", "ViT-L-14"),
-    "r3d50": ("R3D-50 end to end (pixels)", None),
-}
-TOKENS = {"ViT-B-16": (14, 768), "ViT-L-14": (16, 1024)}  # grid and width at 224 px
-SIZE, RATES = 224, 4
 STORE_VIDEOS, STORE_FRAMES = 4, 48  # each generated store
 PAPER = {"time": 3.4, "memory": 8.2}  # R3D-50 over AdViSe online (the IFM run every step), Table 6
 # Table 6's R3D-50 FLOPs over ours (41.74 G MACs for 8 x 224 x 224), as issue 20 read the paper.
 PAPER_R3D_RATIO = 3.0
 # glibc unmaps blocks of 64 KiB or more when freed: the peak RSS follows live tensors
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def measure(spec: dict) -> dict:
-    """Build one configuration, train it for a few iterations, return what was measured."""
-    import numpy as np
-    import torch
-
-    from advise_cache.configs import TrainConfig
-    from advise_cache.ifm import create_ifm
-    from advise_cache.loader import ClipLoader, TokenSource
-    from advise_cache.models import R3D50, TMMConfig, count_params, create_model, forward_cost, model_stats
-    from advise_cache.runtime import resolve_device
-    from advise_cache.sampling import SamplerConfig, prp_epoch
-    from advise_cache.store import open_store
-    from advise_cache.train import train_step
-
-    torch.set_num_threads(spec["threads"])
-    device = resolve_device(spec["device"])
-    cuda = device.type == "cuda"
-    baseline = memory()[0]
-    torch.manual_seed(spec["seed"])
-    method, ifm_name = CONFIGS[spec["config"]]
-    b, t = spec["batch_size"], spec["frames"]
-    rng = np.random.default_rng(spec["seed"])
-    labels = torch.from_numpy(rng.integers(0, RATES, b)).to(device)
-    macs_ifm = 0
-    if ifm_name is None:
-        model = R3D50(RATES).to(device)
-        with torch.device("meta"):
-            macs_model = forward_cost(R3D50(RATES), (3, t, SIZE, SIZE))["macs"]
-        pixels = torch.randn(b, 3, t, SIZE, SIZE, device=device)  # as the IFM sees them, made once
-
-        def batches():
-            while True:
-                yield pixels, labels
-    else:
-        grid, dim = TOKENS[ifm_name]
-        cfg = TMMConfig(in_dim=dim)
-        model = create_model(cfg, RATES).to(device)
-        macs_model = model_stats(cfg, RATES, clip=(t, grid, grid, dim))["macs"]
-        if spec["config"].startswith("online"):
-            ifm = create_ifm(ifm_name, "none", str(device), "auto", spec["seed"])
-            if tuple(ifm.grid) != (grid, grid) or ifm.dim != dim:
-                raise SystemExit(f"{ifm_name} gives {ifm.grid} x {ifm.dim} tokens, expected {grid} x {dim}")
-            macs_ifm = t * forward_cost(ifm.backbone, (3, SIZE, SIZE))["macs"]
-            frames = torch.from_numpy(rng.integers(0, 256, (b * t, SIZE, SIZE, 3), dtype=np.uint8))
-
-            def batches():
-                while True:
-                    with torch.no_grad():
-                        tokens = ifm.encode(frames)  # (B*T, h, w, D), frozen: no graph
-                    yield tokens.reshape(b, t, grid, grid, dim).permute(0, 4, 1, 2, 3), labels
-        else:
-            source = TokenSource(open_store(spec["store"]), [ifm_name])
-            videos, _ = source.videos("train")
-            plan, epoch, need = [], 0, b * (spec["warmup"] + spec["max_iters"])
-            while len(plan) < need:
-                plan += prp_epoch(videos, source.frames[videos], SamplerConfig(frames=t), spec["seed"], epoch)
-                epoch += 1
-            loader = ClipLoader(source, plan[:need], b, device=device)
-            compute = torch.bfloat16 if cuda else torch.float32  # as train.train casts, on the device
-
-            def batches():
-                for x, y in loader:
-                    yield x.to(device, compute, non_blocking=True), y
-
-    recipe = TrainConfig(cache=Path(), out=Path())
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=recipe.lr, weight_decay=recipe.weight_decay
-    )
-    model.train()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    times, it, t_start = [], batches(), time.perf_counter()
-    while True:
-        t0 = clock(device)
-        x, y = next(it)
-        loss, _ = train_step(model, opt, x, y, recipe.label_smoothing, torch.bfloat16 if cuda else None)
-        loss.item()  # waits for the step, as the trainer's metrics do
-        times.append(time.perf_counter() - t0)
-        timed = times[spec["warmup"] :]
-        say(f"[{spec['config']}] iteration {len(times)}: {times[-1]:.2f} s")
-        enough = len(timed) >= spec["iters"] and sum(timed) >= spec["min_time"]
-        if enough or len(timed) >= spec["max_iters"]:
-            break
-    peak = memory()[1]
-    return {
-        "config": spec["config"],
-        "method": method,
-        "ifm": ifm_name,
-        "device": str(device),
-        "params": count_params(model),
-        "macs_ifm": macs_ifm,
-        "macs_model": macs_model,
-        "macs": macs_ifm + macs_model,
-        "baseline_rss": baseline,
-        "memory": torch.cuda.max_memory_allocated(device) if cuda else peak - baseline,
-        "seconds": statistics.median(timed),
-        "iters": len(timed),
-        "wall": time.perf_counter() - t_start,
-    }
 
 
 def r3d50_conventions() -> list[tuple[str, float]]:

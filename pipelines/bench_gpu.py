@@ -1,10 +1,10 @@
 """Every GPU figure in two short commands (`make bench-gpu`), each opened by a ~20-second pre-flight,
 so that a lent GPU spends its minutes measuring and a broken set-up is seen before them.
 
-    python3 pipelines/bench_gpu.py extract --device cuda   # pre-flight, then extraction (< 5 min)
-    python3 pipelines/bench_gpu.py train --device cuda     # pre-flight, loader + training, Table 6 (< 5 min)
-    .venv/bin/python pipelines/bench_gpu.py extract --device cpu   # the same on the CPU, smaller sizes
-    .venv/bin/python pipelines/bench_gpu.py preflight --device cpu --quick   # the smoke test
+    python3 -m pipelines.bench_gpu extract --device cuda   # pre-flight, then extraction (< 5 min)
+    python3 -m pipelines.bench_gpu train --device cuda     # pre-flight, loader + training, Table 6 (< 5 min)
+    .venv/bin/python -m pipelines.bench_gpu extract --device cpu   # the same on the CPU, smaller sizes
+    .venv/bin/python -m pipelines.bench_gpu preflight --device cpu --quick   # the smoke test
 
 The pre-flight: CUDA visible (the GPUs' names), the versions of torch, zarr, numcodecs, av, decord
 and torchcodec, whether the direct shard reader and writer are in use on a fresh store (a zarr that
@@ -16,6 +16,7 @@ section goes into $OUT/BENCHMARKS.md and its JSON beside it; else into BENCHMARK
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from common import BENCHMARKS, REPO, describe_machine, heading, parser, publish, quiet, say, table
+
+from pipelines.common import BENCHMARKS, describe_machine, heading, parser, publish, quiet, say, table
 
 # Sizes per part and device kind: each command stays under 5 minutes, its pre-flight included.
 PARTS = {
@@ -43,7 +45,6 @@ PARTS = {
         "cpu": [
             [
                 "bench_loader",
-                "--no-baseline",
                 "--videos",
                 "32",
                 "--clips",
@@ -55,7 +56,7 @@ PARTS = {
             ],
             ["bench_efficiency", "--configs", "cached-B16", "--batch-size", "2", "--min-time", "1", "--rounds", "1"],
         ],
-        "quick": [["bench_loader", "--quick", "--no-baseline"]],
+        "quick": [["bench_loader", "--quick"]],
     },
 }
 
@@ -97,12 +98,10 @@ def direct_io(work: Path) -> tuple[bool, str]:
 def one_batch(device: str, work: Path, tag: str) -> tuple[np.ndarray, float]:
     """Tokens of a one-batch extraction (16 frames, test-vit) on `device`, as stored, and their
     largest difference from the model run directly on the same crops there."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import write_video
-
     from advise_cache.configs import ExtractConfig
     from advise_cache.extract import extract_videos
     from advise_cache.store import open_store
+    from advise_cache.testing import write_video
 
     root = work / "videos"
     if not root.exists():
@@ -163,7 +162,7 @@ def run_part(part: str, args, out: Path, json_dir: Path | None) -> list[dict]:
     done = []
     for script, *flags in PARTS[part][kind]:
         t0 = time.perf_counter()
-        module = __import__(script)
+        module = importlib.import_module(f"pipelines.{script}")
         argv = [*flags, "--device", args.device, "--out", str(out)]
         if json_dir is not None:
             argv += ["--json", str(json_dir / f"{script}-{args.device.replace(':', '')}.json")]
@@ -181,7 +180,6 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the smallest sizes: a smoke run")
     args = p.parse_args(argv)
     quiet()
-    sys.path.insert(0, str(Path(__file__).parent))
     result_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     out = result_dir / "BENCHMARKS.md" if result_dir else (args.out or BENCHMARKS)
     if result_dir:

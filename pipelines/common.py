@@ -188,7 +188,7 @@ def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
 
 def heading(title: str, script: str, argv, machine: dict) -> list[str]:
     """A section's first lines: its title, the command that wrote it, the machine (load now: at the end)."""
-    command = " ".join(["python", f"pipelines/{script}", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m", f"pipelines.{Path(script).stem}", *(sys.argv[1:] if argv is None else argv)])
     facts = {**machine, "load average (1 min) at end": load_1min()}
     return [
         f"## {title} (pipelines/{script})",
@@ -204,7 +204,7 @@ def heading(title: str, script: str, argv, machine: dict) -> list[str]:
 def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
     """Run `script --child SPEC` in a fresh interpreter (its own peak memory, nothing shared)
     and return the dict its `child_main` printed."""
-    argv = [sys.executable, str(Path(__file__).with_name(script)), "--child", json.dumps(spec)]
+    argv = [sys.executable, "-m", f"pipelines.{Path(script).stem}", "--child", json.dumps(spec)]
     env = {**os.environ, **(env or {})}
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
@@ -221,77 +221,6 @@ def child_main(measure, spec: dict) -> int:
 
 
 # -- stores of random tokens ------------------------------------------------------------------
-def token_store(
-    path: Path,
-    key: str,
-    shape: tuple[int, int, int],
-    lengths: list[int],
-    seed: int = 0,
-    fill: bool = True,
-    codec: str | None = None,
-    frame_crcs: bool = True,
-):
-    """A real store of `len(lengths)` train videos of random float16 tokens of `shape` (h, w, D)
-    under IFM `key`; its IFMArrays. `fill=False` leaves the videos to be written. `frame_crcs=False`:
-    its frames without a crc32c, as groups made before store format 3 (what the checks cost)."""
-    import numpy as np
-
-    from advise_cache.store import DEFAULT_CODEC, create_store, open_store
-
-    n = len(lengths)
-    table_ = {
-        "name": [f"v{i:05d}" for i in range(n)],
-        "path": [""] * n,
-        "split": ["train"] * n,
-        "label": [i % 4 for i in range(n)],
-        "fps": [25.0] * n,
-        "source_frames": list(lengths),
-        "probe_error": [""] * n,
-    }
-    create_store(path, "bench", str(path.parent), ["a", "b", "c", "d"], table_)
-    info = {
-        "model": key,
-        "pretrained": "none",
-        "weights_sha256": None,
-        "input_size": 224,
-        "grid": list(shape[:2]),
-        "dim": shape[2],
-        "normalisation": None,
-        "precision": "fp32",
-    }
-    arrays = open_store(path, mode="r+").add_ifm(key, info, 1, 64, codec=codec or DEFAULT_CODEC)
-    if not frame_crcs:
-        arrays = _without_frame_crcs(path, key)
-    rng = np.random.default_rng(seed)
-    for v, frames in enumerate(lengths if fill else []):
-        arrays.write_video(v, rng.standard_normal((frames, *shape), dtype=np.float32).astype(np.float16))
-    return arrays
-
-
-def _without_frame_crcs(path: Path, key: str):
-    """The empty token array of a new group made again without zarr's crc32c codec; its IFMArrays."""
-    import zarr
-
-    from advise_cache.store import open_store
-
-    g = zarr.open_group(path / "ifm" / key, mode="a", use_consolidated=False)
-    old = g["tokens"]
-    codecs = old.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
-    if any(c["name"] != "crc32c" for c in codecs[1:]):
-        raise SystemExit("frame_crcs=False is for uncompressed tokens")
-    shape, chunks, shards, dtype = old.shape, old.chunks, old.shards, old.dtype
-    del g["tokens"]
-    g.create_array(
-        "tokens",
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        shards=shards,
-        compressors=None,
-        fill_value=0,
-        dimension_names=("row", "y", "x", "channel"),
-    )
-    return open_store(path, mode="r+").ifm(key)
 
 
 # -- the synthetic stores of the demo and the ablations --------------------------------------

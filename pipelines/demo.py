@@ -1,6 +1,6 @@
 """The whole AdViSe story on the built-in synthetic dataset, end to end, on the CPU.
 
-    make demo                      # or: python pipelines/demo.py --out demo --seed 0 --seeds 3
+    make demo                      # or: python -m pipelines.demo --out demo --seed 0 --seeds 3
 
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
 frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
@@ -37,7 +37,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from common import mean_sd, pm, quiet, synthetic_store, table
+
+from pipelines.common import mean_sd, pm, quiet, synthetic_store, table
 
 FAMILIES = ("appearance", "temporal", "motion")
 # Classification clips: the temporal family is judged as Diving48 is, one frame from each
@@ -147,10 +148,10 @@ def run_task(family: str, data_seed: int, variant: str, seed: int, args) -> dict
     import torch
 
     torch.set_num_threads(1)  # one process per core: much faster than two threads fighting
-    from advise_cache.checkpoint import load_model
     from advise_cache.configs import preset_config
     from advise_cache.protocol import run_protocol
     from advise_cache.store import open_store
+    from advise_cache.trained import load_model
 
     base = args.out / f"data{data_seed}" / family / variant / f"seed{seed}"
     if (done := base / "result.json").exists():

@@ -8,56 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from advise_cache.testing import video_table, write_folder_tree, write_video  # noqa: F401 (tests import them from here)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
-
-
-def load_pipeline(name: str):
-    """Import pipelines/NAME.py as module NAME (the scripts are not a package); a generator for
-    fixtures: it yields the module and forgets it afterwards."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(name, None)
 
 
 TINY = dict(train_per_class=3, test_per_class=2, min_frames=24, max_frames=40)
 # `extract` as extract_config below runs it, in flags: the random-init test-vit (no weights to
 # fetch), decoding in this process, on the CPU. Shard and batch sizes stay with each test.
 FAST_EXTRACT = "--model test-vit --pretrained none --workers 0 --device cpu".split()
-
-
-def write_video(path: Path, frames: int, seed: int = 0, codec: str = "mpeg4", size=(72, 96), fps=25) -> Path:
-    """A small real video of random smooth noise, for tests that need a specific file."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=fps)
-        s.height, s.width = size
-        s.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 255, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
-            img = np.repeat(np.repeat(img, 8, 0), 8, 1)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-def write_folder_tree(root: Path, frames: tuple[int, ...]) -> Path:
-    """A `folder` dataset: video i of frames[i] frames in class folder a or b, alternately."""
-    for i, n in enumerate(frames):
-        write_video(root / "ab"[i % 2] / f"v{i}.mp4", n, seed=i)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +82,31 @@ def temporal_store(tmp_path_factory) -> Path:
     return out
 
 
+VIEWS = dict(train_per_class=2, test_per_class=1, min_frames=12, max_frames=20)  # 12 videos
+
+
+@pytest.fixture(scope="session")
+def views_root(tmp_path_factory) -> Path:
+    """A few appearance videos, for stores with views (each view is a pass of the model)."""
+    from advise_cache.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("views")
+    generate_synthetic(root, family="appearance", seed=2, **VIEWS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def views_store(views_root, tmp_path_factory) -> Path:
+    """`extract synthetic-appearance --aug-views 2 --crops 3`: 6 views of every frame."""
+    from advise_cache.extract import extract_videos
+
+    out = tmp_path_factory.mktemp("stores") / "views.zarr"
+    cfg = extract_config(views_root, out, dataset="synthetic-appearance", aug_views=2, crops=3)
+    summary = extract_videos(cfg)
+    assert summary.exit_code == 0, summary.failed
+    return out
+
+
 def assert_same_tokens(path: Path, reference: Path) -> None:
     """The store at `path` holds the test-vit statuses and tokens of `reference`, bit for bit."""
     from advise_cache.store import open_store
@@ -137,16 +121,7 @@ def small_store(path: Path, lengths=(5, 8, 13)):
     open for writing, and the tokens its videos should get."""
     from advise_cache.store import create_store, open_store
 
-    n = len(lengths)
-    table = {
-        "name": [f"v{i}" for i in range(n)],
-        "path": [""] * n,
-        "split": ["train"] * n,
-        "label": [0] * n,
-        "fps": [25.0] * n,
-        "source_frames": list(lengths),
-        "probe_error": [""] * n,
-    }
+    table = video_table(lengths)
     info = {
         "model": "m",
         "pretrained": "none",
@@ -165,7 +140,7 @@ def small_store(path: Path, lengths=(5, 8, 13)):
 
 def train_config(cache: Path, out: Path, **kw):
     """A small, fast training config: a tiny TMM, fixed seed, CPU."""
-    from advise_cache.models import TMMConfig
+    from advise_cache.configs import TMMConfig
     from advise_cache.train import TrainConfig
 
     tmm = kw.pop("tmm", TMMConfig(hidden=32, out_dim=64, head_hidden=64))
@@ -195,7 +170,7 @@ def frame_chunk(store: Path, video: int, frame: int, key: str = "test-vit") -> t
     from advise_cache.store import open_store
 
     a = open_store(store).ifm(key)
-    per = int(a.meta["frames_per_shard"])
+    per = a.meta.frames_per_shard
     path = store / "ifm" / key / "tokens" / "c" / str(int(a.offset[video]) // per + frame // per) / "0/0/0"
     tail = path.read_bytes()[-(16 * per + 4) : -4]
     start = int(np.frombuffer(tail, "<u8").reshape(per, 2)[frame % per, 0])

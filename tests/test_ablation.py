@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import load_pipeline
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 
 def tiny(max_steps: int) -> list[str]:
@@ -34,12 +35,9 @@ def tiny(max_steps: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ablation():
-    pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
-    sys.path.insert(0, pipelines)  # ablation.py imports its neighbours, as a script does
-    yield from load_pipeline("ablation")
-    sys.path.remove(pipelines)
-    for name in ("ablation_plan", "ablation_report", "ablation_runs"):
-        sys.modules.pop(name, None)
+    from pipelines import ablation
+
+    return ablation
 
 
 def test_spatial_settings_follow_the_grid(ablation):
@@ -216,7 +214,7 @@ def test_jobs_default_to_what_the_machine_runs(ablation, monkeypatch):
 
 
 def test_time_left_scales_the_estimates_by_the_finished_runs(ablation):
-    from ablation_runs import time_left
+    from pipelines.ablation_runs import time_left
 
     done = [ablation.Run(Path("a"), "a", estimate=10.0, seconds=20.0)]  # took twice its estimate
     waiting = [ablation.Run(Path(x), x, estimate=10.0) for x in "bc"]
@@ -258,12 +256,27 @@ def test_ctrl_c_stops_the_study_and_its_workers_and_keeps_finished_runs(syntheti
     finished run is kept, and the same command again finds it finished."""
     out = tmp_path / "runs"
     flags = "--device cpu --epochs 500 --ft-epochs 1 --batch-size 8 --ft-batch-size 8 --hidden 8 --out-dim 16 --views 1"
-    script = Path(__file__).resolve().parents[1] / "pipelines" / "ablation.py"
-    cmd = [sys.executable, str(script), "temporal", "--cache", str(synthetic_store), "--out", str(out), *flags.split()]
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.ablation",
+        "temporal",
+        "--cache",
+        str(synthetic_store),
+        "--out",
+        str(out),
+        *flags.split(),
+    ]
     folder = out / "temporal" / "synthetic"
     pooled, tmm = folder / "test-vit-avg-pool", folder / "test-vit-TMM"
     proc = subprocess.Popen(
-        [*cmd, "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        [*cmd, "--jobs", "2"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -284,5 +297,5 @@ def test_ctrl_c_stops_the_study_and_its_workers_and_keeps_finished_runs(syntheti
     last = output.strip().splitlines()[-1]
     assert last.startswith("interrupted: 1 of 2 runs finished, kept in ") and "run the same command again" in last
     assert (pooled / "result.json").exists() and not (tmm / "result.json").exists()
-    again = subprocess.run([*cmd, "--jobs", "1", "--dry-run"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*cmd, "--jobs", "1", "--dry-run"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "1 already finished, 1 to run" in again.stdout, again.stdout + again.stderr

@@ -5,14 +5,13 @@ from a test."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+import pytest
 
 
+@pytest.mark.slow
 def test_bench_bucket_smoke(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(PIPELINES))
-    import bench_bucket
+    from pipelines import bench_bucket
 
     assert bench_bucket.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -3,13 +3,9 @@ of the file left alone; a child process answers with one line."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-import common  # noqa: E402
+from pipelines import common
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):

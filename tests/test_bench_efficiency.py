@@ -4,10 +4,9 @@ come from `make bench-efficiency`, never from a test."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 TINY = [
     "--batch-size",
@@ -31,11 +30,9 @@ TINY = [
 
 @pytest.fixture()
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "pipelines"))
-    import bench_efficiency
+    from pipelines import bench_efficiency
 
-    yield bench_efficiency
-    sys.modules.pop("bench_efficiency", None)
+    return bench_efficiency
 
 
 def test_cached_config_runs_in_fresh_processes(bench, capsys):

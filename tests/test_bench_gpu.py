@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+import pytest
 
 
+@pytest.mark.slow
 def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
-    import bench_gpu
+    from pipelines import bench_gpu
 
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert bench_gpu.main(["extract", "--device", "cpu", "--quick"]) == 0
@@ -26,15 +25,15 @@ def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
 
 
 def test_preflight_says_when_the_direct_shard_io_is_off(tmp_path, monkeypatch):
-    import bench_gpu
-
     from advise_cache import ifm_arrays
+    from pipelines import bench_gpu
 
     monkeypatch.setattr(ifm_arrays, "token_layout", lambda array: (False, True))
     ok, why = bench_gpu.direct_io(tmp_path)
     assert not ok and why.startswith("off")
 
 
+@pytest.mark.slow
 def test_info_says_when_the_direct_shard_io_is_off(synthetic_store, monkeypatch):
     from advise_cache import ifm_arrays
     from advise_cache.store import open_store

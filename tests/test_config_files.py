@@ -91,7 +91,7 @@ def test_extract_from_a_file(tmp_path):
     cli("extract", "--config", tmp_path / "e.yaml", "--out", tmp_path / "s.zarr")
     assert not (tmp_path / "from-file.zarr").exists()  # the flag won
     a = open_store(tmp_path / "s.zarr").ifm("test-vit")
-    assert a.meta["frames_per_shard"] == 4 and list(a.frames) == [6, 7]
+    assert a.meta.frames_per_shard == 4 and list(a.frames) == [6, 7]
     assert "unknown setting 'frame_strde'" in one_line("extract", "--config", _write(tmp_path, "frame_strde: 2\n"))
 
 

@@ -70,7 +70,7 @@ def fake_arrays(frames: list[int], per: int = 4, grid=(2, 2), dim=3):
     return SimpleNamespace(
         tokens=SimpleNamespace(dtype=np.dtype("float16"), shape=(int(frames.sum()), *grid, dim)),
         quantised=False,
-        meta={"frames_per_shard": per},
+        meta=SimpleNamespace(frames_per_shard=per),
         frames=frames,
         shards_of=lambda v: -(-int(frames[v]) // per),
     )

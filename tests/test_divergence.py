@@ -21,6 +21,7 @@ def test_divergence_limit_is_ten_times_chance_or_the_first_loss():
     assert divergence_limit(1, None) == pytest.approx(10 * math.log(2))  # one class: not a zero limit
 
 
+@pytest.mark.slow
 def test_diverged_loss_with_finite_weights_keeps_the_earlier_checkpoint(synthetic_store, tmp_path, monkeypatch):
     # 6 steps an epoch (24 videos x 4 clips, batch 16): one good epoch at the default --lr.
     good = {"epochs": 2, "max_steps": 6}

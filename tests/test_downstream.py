@@ -12,16 +12,17 @@ import torch
 from conftest import read_metrics, train_config, write_video
 from typer.testing import CliRunner
 
-from advise_cache.checkpoint import load_checkpoint, load_model, save_checkpoint
+from advise_cache.checkpoint import load_checkpoint, save_checkpoint
 from advise_cache.cli import app
+from advise_cache.configs import TMMConfig
 from advise_cache.errors import MismatchError, StoreError
 from advise_cache.evaluate import evaluate, video_outputs
 from advise_cache.extract import extract_videos
 from advise_cache.loader import collate
-from advise_cache.models import TMMConfig
 from advise_cache.sampling import multi_view_clips
 from advise_cache.store import open_store
 from advise_cache.train import train
+from advise_cache.trained import load_model
 
 runner = CliRunner()
 SMALL_TMM = TMMConfig(hidden=32, out_dim=64, head_hidden=64)
@@ -49,6 +50,7 @@ def temporal_runs(temporal_store, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_the_tmm_sees_order_that_average_pooling_cannot(temporal_store, temporal_runs):
     # Fine-tuning learns the labels well above chance (0.25); and since the temporal
     # family's frames look alike in every class, pooling over time stays at chance while
@@ -60,6 +62,7 @@ def test_the_tmm_sees_order_that_average_pooling_cannot(temporal_store, temporal
     assert avg["top1"] <= 0.4, avg["top1"]
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_multi_view_logits_are_the_mean_of_each_views_logits(temporal_store, temporal_runs):
     store = open_store(temporal_store)
     model, meta, source = load_model(temporal_runs["tmm"], store, torch.device("cpu"))
@@ -93,6 +96,7 @@ def test_finetune_from_pretrained_and_linear_probe(synthetic_store, tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in tmm_keys)  # fine-tuning moves the TMM
 
 
+@pytest.mark.slow  # the module's temporal_runs: two trainings
 def test_evaluate_refuses_what_does_not_fit(synthetic_store, temporal_store, temporal_runs, tmp_path):
     with pytest.raises(MismatchError, match="predicts 4 classes"):
         evaluate(synthetic_store, temporal_runs["tmm"], device="cpu")

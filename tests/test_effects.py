@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import extract_config, load_pipeline
+from conftest import extract_config
 
 import advise_cache.train as train_module
-from advise_cache.checkpoint import load_checkpoint, load_model
-from advise_cache.models import TMMConfig
+from advise_cache.checkpoint import load_checkpoint
+from advise_cache.configs import TMMConfig
 from advise_cache.sampling import ClipRequest, SamplerConfig
 from advise_cache.store import open_store
 from advise_cache.train import TrainConfig, train
+from advise_cache.trained import load_model
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 DRAWS = tuple(int(s) for s in os.environ.get("ADVISE_EFFECT_DRAWS", "0,1,2").split(",") if s.strip())
 # Videos per class (train, test): 64 motion test videos a draw (one is 1.6 points), 192 over three.
@@ -64,10 +66,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def demo():
-    pipelines = str(Path(__file__).resolve().parents[1] / "pipelines")
-    sys.path.insert(0, pipelines)  # demo.py imports common.py, as a script does
-    yield from load_pipeline("demo")
-    sys.path.remove(pipelines)
+    from pipelines import demo
+
+    return demo
 
 
 def _store(tmp_path_factory, family: str, draw: int) -> Path:

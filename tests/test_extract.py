@@ -33,8 +33,8 @@ def test_stored_tokens_equal_a_direct_forward(synthetic_root, synthetic_store):
     store = open_store(synthetic_store)
     a = store.ifm("test-vit")
     ifm = create_ifm("test-vit", "none", device="cpu")
-    assert a.meta["weights_sha256"] == ifm.weights_sha256
-    assert (a.grid, a.dim, a.meta["dtype"]) == ((4, 4), 64, "float16")
+    assert a.meta.weights_sha256 == ifm.weights_sha256
+    assert (a.grid, a.dim, a.meta.dtype) == ((4, 4), 64, "float16")
     for v in range(0, len(store.videos), 5):
         frames = decode_frames(Path(store.videos.path[v]), ifm.spec)
         direct = ifm.encode(frames).numpy()
@@ -51,7 +51,7 @@ def test_frame_stride_keeps_every_nth_frame(synthetic_root, synthetic_store, tmp
     extract_videos(extract_config(synthetic_root, out, frame_stride=3, frames_per_shard=4))
     full = open_store(synthetic_store).ifm("test-vit")
     strided = open_store(out).ifm("test-vit")
-    assert strided.meta["frame_stride"] == 3
+    assert strided.meta.frame_stride == 3
     for v in range(3):
         n = int(full.frames[v])
         assert strided.frames[v] == -(-n // 3)
@@ -62,7 +62,7 @@ def test_store_is_self_describing(synthetic_store):
     store = open_store(synthetic_store)
     assert store.dataset == "synthetic"
     assert len(store.classes) == 8 and all(c.startswith(("appearance_", "temporal_")) for c in store.classes)
-    m = store.ifm("test-vit").meta
+    m = store.ifm("test-vit").meta.stored  # the attributes as written
     keys = "model pretrained weights_sha256 input_size normalisation grid dim dtype frame_stride version mean std codec"
     for key in keys.split():
         assert key in m, key
@@ -73,6 +73,7 @@ def test_store_is_self_describing(synthetic_store):
     assert (a.offset % 8 == 0).all() and (np.diff(a.offset) >= a.frames[:-1]).all()
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(synthetic_root, synthetic_store, tmp_path, monkeypatch):
     from advise_cache import store as store_mod
 
@@ -110,6 +111,7 @@ def _wait_for_done(path: Path, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "killed.zarr"
     args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out), *FAST_EXTRACT]
@@ -123,6 +125,7 @@ def test_killed_process_resumes_to_the_same_store(synthetic_root, synthetic_stor
     assert_same_tokens(out, synthetic_store)
 
 
+@pytest.mark.slow
 def test_two_shard_processes_at_once_give_a_complete_store(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "sharded.zarr"
     args = [*CLI, "extract", "synthetic", "--root", str(synthetic_root), "--out", str(out)]
@@ -252,13 +255,14 @@ def test_weights_that_cannot_be_found_are_an_error_not_random(tmp_path):
         create_ifm("test-vit", "openai", device="cpu")
 
 
+@pytest.mark.slow
 def test_a_second_model_lives_beside_the_first(synthetic_root, synthetic_store, tmp_path):
     out = tmp_path / "two.zarr"
     shutil.copytree(synthetic_store, out)
     extract_videos(extract_config(synthetic_root, out, name="test-vit-seed1", seed=1))
     store = open_store(out)
     assert store.ifm_keys() == ["test-vit", "test-vit-seed1"]
-    assert store.ifm("test-vit").meta["weights_sha256"] != store.ifm("test-vit-seed1").meta["weights_sha256"]
+    assert store.ifm("test-vit").meta.weights_sha256 != store.ifm("test-vit-seed1").meta.weights_sha256
     with pytest.raises(StoreError, match="made differently"):  # same key, other weights
         extract_videos(extract_config(synthetic_root, out, seed=2))
 
@@ -311,6 +315,7 @@ def test_resolve_launch_takes_torchrun_ranks(monkeypatch):
         resolve_launch((0, 1), "cpu")
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_fill_one_store_equal_to_one_process(synthetic_root, synthetic_store, tmp_path):
     """Two processes launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous
     set) fill one store: each probes half of the videos over a gloo group, and rank 0 reports."""

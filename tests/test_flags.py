@@ -114,6 +114,7 @@ def test_the_readable_copy_of_a_checkpoint_is_not_a_checkpoint(synthetic_store, 
     one_line([*args, "--init", ft / "checkpoint.json"], r"checkpoint's readable metadata; pass the checkpoint\.pt")
 
 
+@pytest.mark.slow
 def test_evaluate_memory_does_not_grow_with_views(synthetic_store, ft, monkeypatch):
     # 96c9d02 stacked every view of a video into one batch: --views 1000000 asked for 16 GiB.
     seen = []

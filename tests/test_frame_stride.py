@@ -33,7 +33,7 @@ def stride2_store(synthetic_root, tmp_path_factory) -> Path:
 
 def test_a_stride_2_store_holds_every_second_frame_in_half_the_bytes(synthetic_store, stride2_store):
     full, half = open_store(synthetic_store).ifm(), open_store(stride2_store).ifm()
-    assert half.meta["frame_stride"] == 2
+    assert half.meta.frame_stride == 2
     assert np.array_equal(half.frames, -(-full.frames // 2))
     assert half.frames.sum() <= (full.frames.sum() + len(full.frames)) // 2
     np.testing.assert_array_equal(half.read_video(0), full.read_video(0)[::2])

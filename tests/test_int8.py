@@ -21,7 +21,7 @@ from advise_cache.errors import StoreError
 from advise_cache.ifm import create_ifm
 from advise_cache.integrity import quant_notes, verify
 from advise_cache.loader import ClipLoader, TokenSource
-from advise_cache.quant import dequantize, dequantize_into, dequantize_numpy, error_sums, quantize, summarise_error
+from advise_cache.quant import dequantise, dequantise_into, dequantise_numpy, error_sums, quantise, summarise_error
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import DONE, open_store
 from advise_cache.summary import summarize
@@ -72,21 +72,21 @@ def test_round_trip_stays_within_half_a_step_per_value():
     d = 768
     x = torch.randn(4096, d, generator=g) * torch.logspace(-3, 3, 4096)[:, None] + 0.3
     x[0] = 0  # a zero token comes back exactly
-    q = quantize(x)
+    q = quantise(x)
     assert q.dtype == torch.int8 and q.shape == (4096, d + 2)
-    y = dequantize(q, torch.float32)
+    y = dequantise(q, torch.float32)
     step = q[:, d:].contiguous().view(torch.float16).float()
     assert ((x - y).abs() <= step / 2 * (1 + 1e-5) + 1e-30).all()
     rel = (x - y).norm(dim=1) / x.norm(dim=1).clamp_min(1e-30)
     assert rel[0] == 0 and (rel <= d**0.5 / 254).all()
     gauss = torch.randn(4096, d, generator=g)
-    g_rel = (gauss - dequantize(quantize(gauss), torch.float32)).norm(dim=1) / gauss.norm(dim=1)
+    g_rel = (gauss - dequantise(quantise(gauss), torch.float32)).norm(dim=1) / gauss.norm(dim=1)
     assert g_rel.max() < 0.015 and 0.007 < g_rel.mean() < 0.0085, (g_rel.mean(), g_rel.max())
     # numpy decodes the same bytes to the same values (the docs/STORE.md recipe)
-    np.testing.assert_array_equal(dequantize_numpy(q.numpy()), y.numpy())
-    rel_l2, cos = summarise_error(error_sums(gauss, quantize(gauss)).tolist(), len(gauss))
+    np.testing.assert_array_equal(dequantise_numpy(q.numpy()), y.numpy())
+    rel_l2, cos = summarise_error(error_sums(gauss, quantise(gauss)).tolist(), len(gauss))
     assert rel_l2 == pytest.approx(
-        float((gauss - dequantize(quantize(gauss), torch.float32)).norm() / gauss.norm()), rel=1e-4
+        float((gauss - dequantise(quantise(gauss), torch.float32)).norm() / gauss.norm()), rel=1e-4
     )
     assert 0.9999 < cos < 1
 
@@ -114,23 +114,24 @@ def test_decoding_rounds_each_product_once(monkeypatch):
     q[..., d:] = scales.half().view(torch.int8).reshape(5, 7, 2)
     exact = _exact(q.numpy())
     wide = torch.full((5, 7, d + 9), float("nan"), dtype=torch.float16)  # a channel slice of a wider buffer
-    y = dequantize_into(q, wide[..., 4 : 4 + d])
+    y = dequantise_into(q, wide[..., 4 : 4 + d])
     assert wide[..., :4].isnan().all() and wide[..., 4 + d :].isnan().all()
     _assert_nearest_float16(y.numpy(), exact)
     # the same bits as the whole-array expression that runs on a GPU, and float32 exact
     whole = (q[..., :d].float() * q[..., d:].contiguous().view(torch.float16).float()).half()
-    assert torch.equal(y, whole) and torch.equal(dequantize(q), whole)
-    np.testing.assert_array_equal(dequantize(q, torch.float32).numpy(), exact.astype(np.float32))
+    assert torch.equal(y, whole) and torch.equal(dequantise(q), whole)
+    np.testing.assert_array_equal(dequantise(q, torch.float32).numpy(), exact.astype(np.float32))
     with pytest.raises(ValueError, match="cannot dequantise"):
-        dequantize_into(q, torch.empty(5, 7, d + 2, dtype=torch.float16))
+        dequantise_into(q, torch.empty(5, 7, d + 2, dtype=torch.float16))
 
 
+@pytest.mark.slow
 def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     a = open_store(int8_store).ifm("test-vit")
     f16 = open_store(synthetic_store).ifm("test-vit")
-    assert (a.meta["dtype"], a.dim, a.row_dim, a.quantised) == ("int8", 64, 66, True)
+    assert (a.meta.dtype, a.dim, a.row_dim, a.quantised) == ("int8", 64, 66, True)
     assert a.tokens.dtype == np.int8 and a.tokens.shape[1:] == (4, 4, 66)
-    assert a.meta["quantisation"] == "int8-absmax-per-token-f16-scale"
+    assert a.meta.quantisation == "int8-absmax-per-token-f16-scale"
     # (D + 2) bytes a token against 2 D: 66 / 128 of the float16 store, both plus the same index
     per_frame = {
         s: summarize(open_store(p))["ifms"]["test-vit"] for s, p in (("q", int8_store), ("h", synthetic_store))
@@ -141,11 +142,12 @@ def test_int8_store_layout_and_bytes(int8_store, synthetic_store):
     # the stored rows decode to the float16 store's tokens within the bound above (D = 64)
     for v in (0, 7):
         x = f16.read_video(v).astype(np.float32)
-        y = dequantize_numpy(a.read_video(v))
+        y = dequantise_numpy(a.read_video(v))
         rel = np.linalg.norm(x - y, axis=-1) / np.linalg.norm(x, axis=-1)
         assert rel.max() < 64**0.5 / 254 and rel.mean() < 0.01
 
 
+@pytest.mark.slow
 def test_recorded_error_matches_a_recomputation(int8_store):
     store = open_store(int8_store)
     a = store.ifm("test-vit")
@@ -154,11 +156,11 @@ def test_recorded_error_matches_a_recomputation(int8_store):
     ifm = create_ifm("test-vit", "none", device="cpu")
     for v in (0, 5, 11):
         floats = ifm.encode(decode_frames(Path(store.videos.path[v]), ifm.spec), dtype=torch.float32)
-        q = quantize(floats)
+        q = quantise(floats)
         assert q.numpy().tobytes() == a.read_video(v).tobytes()  # the stored rows are these
         want = summarise_error(error_sums(floats, q).tolist(), floats[..., 0].numel())
         assert (rel[v], cos[v]) == pytest.approx(want, rel=1e-4)
-        decoded = dequantize(q, torch.float32).reshape(-1, 64).double()
+        decoded = dequantise(q, torch.float32).reshape(-1, 64).double()
         flat = floats.reshape(-1, 64).double()
         assert rel[v] == pytest.approx(float((flat - decoded).norm() / flat.norm()), rel=1e-4)
         assert cos[v] == pytest.approx(float(torch.cosine_similarity(flat, decoded, dim=1).mean()), abs=1e-7)
@@ -180,9 +182,9 @@ def test_loader_dequantises_the_stored_rows(int8_store):
     for x, requests in zip(seen, loader.batches):
         for b, r in enumerate(requests):
             raw = torch.from_numpy(store.ifm().read_video(r.video)[r.indices])
-            assert x[b].tobytes() == dequantize(raw, torch.float16).numpy().tobytes()
+            assert x[b].tobytes() == dequantise(raw, torch.float16).numpy().tobytes()
     r = plan[0]
-    want = dequantize(torch.from_numpy(store.ifm().read_video(r.video)[r.indices]), torch.float16).numpy()
+    want = dequantise(torch.from_numpy(store.ifm().read_video(r.video)[r.indices]), torch.float16).numpy()
     np.testing.assert_array_equal(source.clip(r.video, r.indices), want)
     source.preload(videos)  # resident rows stay int8: 66 bytes a token
     assert source.resident[0].dtype == torch.int8 and source.resident[0].shape[-1] == 66
@@ -191,18 +193,19 @@ def test_loader_dequantises_the_stored_rows(int8_store):
     assert x.permute(0, 2, 3, 4, 1).numpy().tobytes() == seen[0].tobytes()
 
 
+@pytest.mark.slow
 def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
     # Two int8 IFMs (the second of random tokens): on the CPU the reading threads decode each
     # into its channels of the batch.
     path = tmp_path / "two.zarr"
     shutil.copytree(int8_store, path)
     first = open_store(path).ifm("test-vit")
-    info = {k: first.meta[k] for k in ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim")}
-    second = open_store(path, mode="r+").add_ifm("second", info, first.meta["frame_stride"], 8, dtype="int8")
+    info = {k: first.meta.stored[k] for k in ("model", "pretrained", "weights_sha256", "input_size", "grid", "dim")}
+    second = open_store(path, mode="r+").add_ifm("second", info, first.meta.frame_stride, 8, dtype="int8")
     g = torch.Generator().manual_seed(1)
     for v in np.flatnonzero(first.status() == DONE).tolist():
         x = torch.randn((int(second.frames[v]), 4, 4, 64), generator=g) * (v + 1)
-        second.write_video(v, quantize(x).numpy(), (0.0, 1.0))
+        second.write_video(v, quantise(x).numpy(), (0.0, 1.0))
     store = open_store(path)
     source = TokenSource(store, store.ifm_keys())
     assert source.dim == 128 and source.quantised
@@ -224,6 +227,7 @@ def test_cpu_batches_are_the_stored_rows_rounded_once(int8_store, tmp_path):
     assert seen == len(plan)
 
 
+@pytest.mark.slow
 def test_int8_store_trains_prp_and_finetunes_through_the_cli(int8_store, tmp_path):
     small = ["--batch-size", "8", "--hidden", "32", "--out-dim", "64", "--device", "cpu"]
     r = runner.invoke(
@@ -295,7 +299,7 @@ def test_info_and_verify_show_the_error(int8_store, tmp_path):
 
 def test_float16_stores_are_unchanged_and_unknown_schemes_refused(synthetic_store, tmp_path):
     a = open_store(synthetic_store).ifm("test-vit")
-    assert not a.quantised and a.quant_errors() is None and "quantisation" not in a.meta
+    assert not a.quantised and a.quant_errors() is None and a.meta.quantisation is None
     assert a.row_dim == a.dim == 64 and a.tokens.dtype == np.float16
     assert "quant_rel_l2" not in a.group and "quant_cos" not in a.group
     assert "quant_error" not in summarize(open_store(synthetic_store))["ifms"]["test-vit"]

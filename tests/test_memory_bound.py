@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import write_video
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 SHORT, LONG = 200, 800  # frames; both many batches (64) and shards (16) long
 BOUND_MB = 10.0  # five times below the long video's tokens

@@ -29,6 +29,8 @@ from advise_cache.shards import CRC_BYTES, frame_crcs, shard_index, shard_parts
 from advise_cache.storage import StoreURL, store_location
 from advise_cache.store import DONE, check_creatable, create_store, open_store
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
+
 runner = CliRunner()
 CLI = [sys.executable, "-m", "advise_cache.cli"]
 BUCKET = "advise-test"

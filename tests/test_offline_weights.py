@@ -31,6 +31,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_offline_missing_weights_fail_before_open_clip_is_imported(tmp_path):
     write_video(tmp_path / "data" / "a" / "one.mp4", 6)
     out = tmp_path / "never.zarr"

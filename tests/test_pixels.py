@@ -13,7 +13,7 @@ from test_extract import _bad_files
 
 from advise_cache.errors import DecodeError
 from advise_cache.extract import EXIT_SOME_FAILED, extract_videos
-from advise_cache.pixels import PixelSpec, cap_factor, crop_box, max_pixels, normalize, resize_crop, resize_crop_tensor
+from advise_cache.pixels import PixelSpec, cap_factor, crop_box, max_pixels, normalise, resize_crop, resize_crop_tensor
 from advise_cache.store import DONE, open_store
 from advise_cache.video import FramePlan, decode_frames, decoder_available, iter_frames
 
@@ -36,7 +36,7 @@ def test_pil_crops_are_open_clips_preprocessing_byte_for_byte(h, w):
     transform = open_clip.image_transform(224, is_train=False, mean=CLIP.mean, std=CLIP.std)
     frames = frames_of(h, w)
     want = torch.stack([transform(Image.fromarray(f)) for f in frames])
-    got = normalize(torch.from_numpy(resize_crop(frames, CLIP)), CLIP)
+    got = normalise(torch.from_numpy(resize_crop(frames, CLIP)), CLIP)
     assert torch.equal(got, want)
 
 
@@ -87,7 +87,7 @@ def test_extraction_stores_the_tokens_of_its_resize(tmp_path, resize):
 
     ifm = create_ifm("test-vit", "none", device="cpu")
     a = open_store(out).ifm("test-vit")
-    assert a.meta["resize"] == resize and a.meta["decoder"] == "decord"
+    assert a.meta.resize == resize and a.meta.decoder == "decord"
     for v in range(2):
         want = ifm.encode(decode_frames(open_store(out).videos.path[v], ifm.spec, resize=resize)).numpy()
         np.testing.assert_allclose(a.read_video(v).astype(np.float32), want, rtol=1e-3, atol=1e-3)

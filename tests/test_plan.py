@@ -125,6 +125,7 @@ def test_a_resumed_run_needs_room_only_for_what_is_left(root, tmp_path, monkeypa
     assert extract_videos(config(root, out)).already_done == len(FRAMES)
 
 
+@pytest.mark.slow
 def test_the_dry_run_needs_no_weights(root, tmp_path):
     # ViT-B-16's weights are not on this machine: the plan runs on random ones of its architecture.
     plan = plan_extraction(config(root, tmp_path / "s.zarr", model="ViT-B-16", pretrained="openai", batch_size=1))

@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
+import pytest
 from conftest import extract_config
 from typer.testing import CliRunner
 
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Epochs and widths a test can afford; the device this machine has. Appended to each training
@@ -33,10 +37,11 @@ def stage2_lines() -> list[str]:
     return [line for line in lines if line]
 
 
-def test_the_stage_2_lines_run_top_to_bottom(synthetic_root, tmp_path, monkeypatch):
+def test_the_stage_2_lines_run_top_to_bottom(synthetic_root, views_store, tmp_path, monkeypatch):
     for name, stride in (("ucf101.zarr", 1), ("ucf101-s2.zarr", 2)):
         s = extract_videos(extract_config(synthetic_root, tmp_path / name, frame_stride=stride))
         assert s.exit_code == 0
+    shutil.copytree(views_store, tmp_path / "ucf101-aug.zarr")  # --aug-views 2 --crops 3 (appearance videos)
     yaml_text = readme_block("```yaml\n").removeprefix("```yaml\n")
     (tmp_path / "prp.yaml").write_text(yaml_text)
     monkeypatch.chdir(tmp_path)
@@ -54,7 +59,7 @@ def test_the_stage_2_lines_run_top_to_bottom(synthetic_root, tmp_path, monkeypat
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, f"{line}\n{r.output}"
         ran.append(args[0])
-    assert ran.count("train") >= 8 and ran.count("finetune") == 3 and "evaluate" in ran
+    assert ran.count("train") >= 8 and ran.count("finetune") == 4 and ran.count("evaluate") == 2
     assert (tmp_path / "runs" / "released-seed1" / "checkpoint.pt").is_file()
     again = json.loads((tmp_path / "runs" / "released-seed1" / "config.json").read_text())["config"]
     assert (again["preset"], again["seed"], again["tmm"]["blocks"]) == ("released", 1, 4)

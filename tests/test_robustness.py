@@ -128,6 +128,7 @@ def test_extract_with_a_stale_status_leaves_done_videos_alone(tiny_root, tiny_st
     assert_same_tokens(out, tiny_store)
 
 
+@pytest.mark.slow
 def test_overlapping_shard_runs_with_one_killed_leave_a_correct_store(tiny_root, tiny_store, tmp_path):
     """Two writers of the same videos (overlapping --shard specs), one SIGKILLed part-way:
     here the other runs in a thread of this process (one torch import less)."""
@@ -294,6 +295,7 @@ def _start_with_workers(long_root: Path, out: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_ends_extract_and_its_workers(long_root, tmp_path):
     proc = _start_with_workers(long_root, tmp_path / "s.zarr")

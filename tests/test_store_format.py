@@ -94,7 +94,10 @@ def test_consolidated_metadata_lists_the_image_model(synthetic_store):
     assert members["ifm/test-vit/tokens"]["shape"] == list(open_store(synthetic_store).ifm().tokens.shape)
 
 
-def test_xarray_opens_the_image_model_group_and_the_video_table(synthetic_store):
+@pytest.mark.parametrize("which", ["synthetic_store", "views_store"])
+def test_xarray_opens_the_image_model_group_and_the_video_table(request, which):
+    """Also a store with views (issue 21): each view of a video is its rows from `view_start`."""
+    synthetic_store = request.getfixturevalue(which)
     xr = pytest.importorskip("xarray")
     store = open_store(synthetic_store)
     a = store.ifm("test-vit")
@@ -102,8 +105,11 @@ def test_xarray_opens_the_image_model_group_and_the_video_table(synthetic_store)
     assert ifm["tokens"].dims == ("row", "y", "x", "channel")
     assert ifm["tokens"].dtype == np.float16
     v = 3
-    lo, n = int(a.offset[v]), int(a.frames[v])
-    np.testing.assert_array_equal(ifm["tokens"][lo : lo + n].values, a.read_video(v))
+    n = int(a.frames[v])
+    for view in range(len(a.views)):
+        lo = int(a.offset[v]) + view * int(a.view_stride[v])
+        np.testing.assert_array_equal(ifm["tokens"][lo : lo + n].values, a.read_video(v, view))
+    assert ifm["tokens"].shape[0] == int((a.view_stride * len(a.views)).sum())
     np.testing.assert_array_equal(ifm["status"].values, a.status())  # 0/1/2, not masked
     np.testing.assert_array_equal(ifm["offset"].values, a.offset)
     videos = xr.open_zarr(synthetic_store, group="videos")
@@ -189,13 +195,15 @@ def test_other_formats_are_refused_with_a_clear_message(tmp_path, attrs, message
 
 
 # -- other readers: tensorstore, dask ----------------------------------------------------------
-@pytest.mark.parametrize("kind", ["none", "lz4"])
-def test_tensorstore_opens_every_array_and_checks_each_frame(synthetic_store, lz4_store, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["none", "lz4", "views"])
+def test_tensorstore_opens_every_array_and_checks_each_frame(request, tmp_path, kind):
     """Every array is core Zarr v3: tensorstore (no zarr-python code) opens and reads each one,
-    the sharded tokens with their crc32c per frame included, and refuses a frame whose bytes changed."""
+    the sharded tokens with their crc32c per frame included, and refuses a frame whose bytes changed.
+    A store with views (issue 21): the last view's frames, `view_start` rows into the slot."""
     ts = pytest.importorskip("tensorstore")
     store = tmp_path / "s.zarr"
-    shutil.copytree(synthetic_store if kind == "none" else lz4_store, store)
+    fixture = {"none": "synthetic_store", "lz4": "lz4_store", "views": "views_store"}[kind]
+    shutil.copytree(request.getfixturevalue(fixture), store)
     arrays = array_metadata(store)
     assert {"ifm/test-vit/reason_utf8", "ifm/test-vit/tokens", "videos/name_utf8"} <= set(arrays)
 
@@ -205,19 +213,21 @@ def test_tensorstore_opens_every_array_and_checks_each_frame(synthetic_store, lz
     for path in arrays:
         np.testing.assert_array_equal(open_(path).read().result(), zarr.open_array(store / path, mode="r")[:])
     a = open_store(store).ifm("test-vit")
-    v = 2
-    lo = int(a.offset[v])
+    v, view = 2, len(a.views) - 1
+    skip = view * int(a.view_stride[v])  # 0 without views
+    lo = int(a.offset[v]) + skip
     tokens = open_("ifm/test-vit/tokens")
-    np.testing.assert_array_equal(tokens[lo : lo + 3].read().result(), a.read_frames(v, [0, 1, 2]))
-    path, start, size = frame_chunk(store, v, 1)
+    np.testing.assert_array_equal(tokens[lo : lo + 3].read().result(), a.read_frames(v, [0, 1, 2], view))
+    path, start, size = frame_chunk(store, v, skip + 1)
     raw = bytearray(path.read_bytes())
     raw[start + 5] ^= 0xFF  # inside frame 1's chunk (compressed or not), not its crc32c
     path.write_bytes(bytes(raw))
     # tensorstore checks the crc32c too (a compressed chunk may fail blosc's own check first)
     with pytest.raises(ValueError, match="Digest mismatch" if kind == "none" else "Digest mismatch|Blosc error"):
         open_("ifm/test-vit/tokens")[lo + 1].read().result()
-    with pytest.raises(DamagedFrameError, match=f"{open_store(store).videos.name[v]}: frame 1 fails"):
-        open_store(store).ifm("test-vit").read_frames(v, [0, 1])
+    which = f" \\(view {view}\\)" if view else ""
+    with pytest.raises(DamagedFrameError, match=f"{open_store(store).videos.name[v]}: frame 1{which} fails"):
+        open_store(store).ifm("test-vit").read_frames(v, [0, 1], view)
 
 
 def test_dask_reads_one_video_in_one_chunk_per_shard(synthetic_store):

@@ -12,10 +12,10 @@ import torch
 from conftest import extract_config, read_metrics, train_config
 
 from advise_cache.checkpoint import load_checkpoint
+from advise_cache.configs import TMMConfig
 from advise_cache.errors import AdviseCacheError, MismatchError, StoreError
 from advise_cache.extract import extract_videos
 from advise_cache.loader import ClipLoader, TokenSource
-from advise_cache.models import TMMConfig
 from advise_cache.runtime import backend_spec, sum_across
 from advise_cache.sampling import SamplerConfig, prp_epoch
 from advise_cache.store import open_store
@@ -152,6 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_store, tmp_
     assert all(torch.equal(before.model[k], after.model[k]) for k in before.model)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(synthetic_store, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node 2 -m advise_cache.cli".split()]

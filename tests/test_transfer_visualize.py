@@ -104,7 +104,7 @@ def tmm_params(state: dict) -> dict[str, torch.Tensor]:
 # -- transfer ------------------------------------------------------------------------------
 def test_stores_of_other_roots_with_the_same_ifm_share_features(synthetic_store, temporal_store):
     a, b = open_store(synthetic_store), open_store(temporal_store)
-    assert a.meta["root"] != b.meta["root"] and a.dataset != b.dataset
+    assert a.root != b.root and a.dataset != b.dataset
     check_features(a.fingerprint(["test-vit"]), b.fingerprint(["test-vit"]), "x")
 
 
@@ -148,7 +148,7 @@ def test_finetune_refuses_a_store_of_other_weights(runs, temporal_root, tmp_path
     args = ["finetune", "--cache", str(other), "--out", str(tmp_path / "ft"), "--init", str(runs["prp"])]
     r = runner.invoke(app, [*args, "--device", "cpu"])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    ours = open_store(other).ifm("test-vit").meta["weights_sha256"][:12]
+    ours = open_store(other).ifm("test-vit").meta.weights_sha256[:12]
     theirs = load_checkpoint(runs["prp"]).meta.fingerprint["features"][0]["weights_sha256"][:12]
     assert ours != theirs
     assert f"--init {runs['prp']} was trained on features" in r.output
@@ -179,7 +179,7 @@ def test_visualize_draws_one_row_per_model(runs, video, temporal_store, tmp_path
     args = ["--cache", temporal_store, "--checkpoint", runs["ft"], "--compare", runs["scratch"], "--video", video]
     out = cli("visualize", *args, "--out", png, "--frames", "6", "--device", "cpu")
     assert "4 rows (ft, scratch, untrained TMM, IFM tokens) x 6 frames" in out
-    size = open_store(temporal_store).ifm("test-vit").meta["input_size"]
+    size = open_store(temporal_store).ifm("test-vit").meta.input_size
     with Image.open(png) as im:
         assert im.size == figure_size(4, 6, size)  # frames row + 4 model rows, 6 columns
         pixels = np.asarray(im.convert("RGB"))
@@ -199,7 +199,7 @@ def test_activations_are_channel_norms_over_the_same_clip(runs, video, temporal_
     assert [r.label.splitlines()[0] for r in acts.rows] == ["ft", "prp", "untrained TMM", "IFM tokens"]
     assert "fine-tuned from prp" in acts.rows[0].label and "PRP-pretrained" in acts.rows[1].label
     store = open_store(temporal_store)
-    size = store.ifm("test-vit").meta["input_size"]
+    size = store.ifm("test-vit").meta.input_size
     assert acts.frames.shape == (5, size, size, 3) and acts.frames.dtype == np.uint8
     for row in acts.rows:
         assert row.maps.shape == (5, size, size)
@@ -277,6 +277,7 @@ def test_visualize_api_errors(runs, video, temporal_store, tmp_path):
 
 
 # -- embed ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_embed_equals_the_pooled_tmm_output(runs, video, temporal_store, tmp_path):
     npz, png = tmp_path / "emb.npz", tmp_path / "tsne.png"
     args = ["--cache", temporal_store, "--checkpoint", runs["ft"], "--out", npz]

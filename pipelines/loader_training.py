@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import clock, num, pct, say
+from pipelines.common import clock, num, pct, say
 
 
 def timed_train(store_path: Path, args, preload: str = "none", compile_: bool = False) -> dict:
@@ -66,8 +66,8 @@ def resident_step(args, shape: tuple[int, int, int]) -> dict:
     """The same `train_step` on a batch already in memory, cast each step as `train.train` does."""
     import torch
 
-    from advise_cache.configs import TrainConfig
-    from advise_cache.models import TMMConfig, create_model
+    from advise_cache.configs import TMMConfig, TrainConfig
+    from advise_cache.models import create_model
     from advise_cache.train import train_step
 
     cuda = args.device.startswith("cuda")
