@@ -11,14 +11,20 @@ DEMO ?= demo
 DEVICE ?= auto
 SEED ?= 0
 # Ablations: comma-separated stores (default: the synthetic ones, made on first use),
-# epochs of PRP pretraining and of fine-tuning, output folder, settings run at once.
+# epochs of PRP pretraining and of fine-tuning, output folder, runs at once (default: one per GPU
+# on a GPU, else one per usable core, at most one per 2 GiB of available memory), FULL=1 for the
+# full study where no GPU is (the default there is CPU-sized), and any other flag of
+# pipelines.ablation in ARGS (e.g. ARGS=--dry-run: the plan and its ETA only).
 CACHE ?=
 EPOCHS ?=
 FT_EPOCHS ?=
 ABLATION_OUT ?= runs/ablations
-JOBS ?= 1
-ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --jobs $(JOBS) --seed $(SEED) \
-	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS))
+JOBS ?=
+FULL ?=
+ARGS ?=
+ABLATION_ARGS = --out $(ABLATION_OUT) --device $(DEVICE) --seed $(SEED) $(if $(JOBS),--jobs $(JOBS)) \
+	$(if $(CACHE),--cache $(CACHE)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FT_EPOCHS),--ft-epochs $(FT_EPOCHS)) \
+	$(if $(FULL),--full) $(ARGS)
 ABLATIONS = spatial-res channel-dim tmm-depth tmm-width temporal ifm storage
 
 .PHONY: venv install test test-fast demo lint clean bench-extract bench-writer bench-loader bench-bucket bench-efficiency bench-gpu bench-gpu-extract \

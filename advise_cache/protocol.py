@@ -9,6 +9,8 @@ compute-matched scratch run: what the PRP steps would have bought spent on the l
 Each stage trains in its own folder under `folder` (prp/, ft/, scratch/, scratch-matched/) with
 `resume=True`, so a killed protocol continues where it stopped and a finished training returns its
 metrics; each evaluation is kept in its folder's eval.json, the whole result in protocol.json.
+`estimate_protocol` times the first steps of each training, an epoch's end and one evaluation,
+for a study's ETA.
 The configs' `out`, `init`, `resume` and (for the matched run) `epochs` and `max_steps` are the
 protocol's; everything else is the caller's. A TMM with nothing to pretrain (`tmm="none"`, average
 pooling) runs the scratch stage alone.
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from .configs import TrainConfig
 log = logging.getLogger(__name__)
 
 STAGES = ("prp", "ft", "scratch", "scratch-matched")
+PROBE_STEPS = 20  # steps of each training estimate_protocol times
 RESULT = "protocol.json"
 
 
@@ -141,3 +145,61 @@ def run_protocol(
         "%s: %s", folder, ", ".join(f"{k} {v.train_acc if v.top1 is None else v.top1:.3f}" for k, v in stages.items())
     )
     return result
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """What the first steps of a training cost, in seconds (`_time_stage`)."""
+
+    setup: float  # from the call to the end of the first step
+    step: float  # each step after it
+    epoch_end: float  # after the last step: the checkpoint, the curves (each epoch pays it)
+    evaluation: float
+    epoch_steps: int
+
+    def stage(self, epochs: int, max_steps: int | None) -> float:
+        """Seconds of a training of `epochs` (at most `max_steps` steps), evaluated once."""
+        steps = min(epochs * self.epoch_steps, max_steps or math.inf)
+        epochs = min(epochs, math.ceil(steps / self.epoch_steps))
+        return self.setup + (steps - 1) * self.step + epochs * self.epoch_end + self.evaluation
+
+
+def _time_stage(cfg: TrainConfig, views: int, split: str) -> _Timing:
+    """The first steps of `cfg` (at most PROBE_STEPS) in cfg.out, timed step by step, and, for a
+    classifier, one evaluation."""
+    from .evaluate import evaluate
+    from .train import epoch_steps, train
+
+    per_epoch = epoch_steps(cfg)
+    probe = min(per_epoch, PROBE_STEPS, cfg.max_steps or per_epoch)
+    stamps = [time.perf_counter()]
+    train(replace(cfg, epochs=1, max_steps=probe, resume=False), on_step=lambda *_: stamps.append(time.perf_counter()))
+    end = time.perf_counter()
+    if cfg.task == "classify":
+        evaluate(cfg.cache, cfg.out, views=views, split=split, device=cfg.device)
+    step = (stamps[-1] - stamps[1]) / (len(stamps) - 2) if len(stamps) > 2 else stamps[1] - stamps[0]
+    return _Timing(stamps[1] - stamps[0], step, end - stamps[-1], time.perf_counter() - end, per_epoch)
+
+
+def estimate_protocol(
+    scratch: Path, prp: TrainConfig, finetune: TrainConfig, views: int = 4, split: str = "test", matched: bool = True
+) -> dict:
+    """Seconds each stage of `run_protocol(folder, prp, finetune, views, split, matched)` would
+    take (STAGES name -> seconds), from the first steps of PRP and of the fine-tune (at most
+    PROBE_STEPS each, timed step by step) and one evaluation, trained in `scratch` (the caller
+    removes it): a stage costs the setup and evaluation measured, its steps (`epochs` x the
+    steps of an epoch, at most `max_steps`) at the measured rate, and each epoch's end (its
+    checkpoint and curves) as measured once."""
+    scratch = Path(scratch)
+    ft = _time_stage(replace(finetune, out=scratch / "ft", init=None), views, split)
+    fine_tune = ft.stage(finetune.epochs, finetune.max_steps)
+    if finetune.tmm.tmm == "none":
+        return {"scratch": fine_tune}
+    p = _time_stage(replace(prp, out=scratch / "prp", init=None), views, split)
+    stages = {"prp": p.stage(prp.epochs, prp.max_steps), "ft": fine_tune, "scratch": fine_tune}
+    if matched:
+        prp_steps = min(prp.epochs * p.epoch_steps, prp.max_steps or math.inf)
+        ft_steps = min(finetune.epochs * ft.epoch_steps, finetune.max_steps or math.inf)
+        longer = matched_config(finetune, int(ft_steps), int(prp_steps + ft_steps))
+        stages["scratch-matched"] = ft.stage(longer.epochs, longer.max_steps)
+    return stages

@@ -210,6 +210,13 @@ def prepare(cfg: TrainConfig) -> Setup:
     return Setup(store, source, videos, skipped, labels, num_classes, fingerprint)
 
 
+def epoch_steps(cfg: TrainConfig) -> int:
+    """Optimisation steps in one epoch of `cfg` in one process (what a study's ETA scales by)."""
+    cfg = resolve_stride(cfg)
+    s = prepare(cfg)
+    return len(_plan(cfg, s.source, s.videos, s.labels, 0, Dist())) // cfg.batch_size
+
+
 def train_step(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,

@@ -229,6 +229,11 @@ def init_worker() -> None:
     # decord's bundled ffmpeg prints to fd 2; the reason is kept in the store instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    deaf_to_ctrl_c()
+
+
+def deaf_to_ctrl_c() -> None:
+    """Make this worker process ignore Ctrl-C and die with the process that started it."""
     # Ctrl-C reaches the whole process group; the parent alone handles it and ends its workers.
     # A worker interrupted inside a pool's queue can leave the parent waiting on it for good.
     # The parent started us with SIGINT blocked (`sigint_blocked`), so one sent before this

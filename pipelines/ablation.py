@@ -5,6 +5,13 @@
         --epochs 200 --ft-epochs 50 --jobs 2
     .venv/bin/python -m pipelines.ablation ifm --cache ucf101.zarr    # each IFM in it, and pairs
     .venv/bin/python -m pipelines.ablation storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
+    .venv/bin/python -m pipelines.ablation spatial-res --dry-run   # the plan and its measured ETA only
+
+It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
+an ETA from the first steps of each training of each distinct model on each store (and an epoch's
+end), then a line per finished run with the time left; Ctrl-C ends every worker and exits 130
+(ablation_runs.py). Where no GPU is, the default study is CPU-sized (one training seed instead
+of three, into OUT/<ablation>-cpu/); --full runs all of it.
 
 Each setting (ablation_plan.py) runs the paper's protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
@@ -23,18 +30,18 @@ import fcntl
 import itertools
 import json
 import logging
-import multiprocessing
 import os
+import shlex
 import sys
+import tempfile
 import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # The settings' rules and the report live beside this file; the names tests use are re-exported.
 from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
 from pipelines.ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
+from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, run_all
 from pipelines.common import REPO, SYNTHETIC, quiet, synthetic_store
 
 SECOND_IFM = ("test-vit-seed1", 1)  # key and seed of the stand-in second IFM
@@ -77,6 +84,9 @@ RECIPES = {
     ),
     "full": Recipe(),
 }
+# Where no GPU is, the default study (synthetic stores, no recipe asked for) is cut to fit a
+# 2-core CPU in under 15 minutes; --full (make: FULL=1) runs the whole of it.
+CPU_SIZED = "1 training seed instead of 3"
 
 
 # -- stores ------------------------------------------------------------------------------------
@@ -115,19 +125,13 @@ def synthetic_stores(data: Path, second_ifm: bool, variants=ONE_STORE) -> list[P
 
 
 # -- one setting -------------------------------------------------------------------------------
-def run_setting(folder: Path) -> dict:
-    """The paper's protocol (`advise_cache.protocol.run_protocol`: PRP, the fine-tunes from it and
-    from scratch, the compute-matched scratch run, their evaluations) for the setting in `folder`;
-    writes and returns its result.json. Every stage resumes, and a finished one is read back."""
+def setting_configs(folder: Path) -> tuple[dict, object, object, dict]:
+    """The setting in `folder` (its setting.json): the setting, its PRP and fine-tune configs and
+    the protocol's remaining arguments."""
     from advise_cache.configs import preset_config
-    from advise_cache.models import TMMConfig, model_stats
-    from advise_cache.protocol import run_protocol
-    from advise_cache.sampling import SamplerConfig
 
     spec = json.loads((folder / "setting.json").read_text())
     s, r = spec["setting"], spec["recipe"]
-    t0 = time.perf_counter()
-    stats = model_stats(TMMConfig(**s["tmm"]), len(SamplerConfig().rates), clip=tuple(s["clip"]))
     common = {
         "cache": Path(s["store"]),
         "ifm": tuple(s["ifm"]),
@@ -161,7 +165,21 @@ def run_setting(folder: Path) -> dict:
         epochs=r["ft_epochs"],
         batch_size=r["ft_batch_size"],
     )
-    got = run_protocol(folder, prp, ft, views=r["views"], split=r["test_split"], matched=r.get("matched", True))
+    return s, prp, ft, {"views": r["views"], "split": r["test_split"], "matched": r.get("matched", True)}
+
+
+def run_setting(folder: Path) -> dict:
+    """The paper's protocol (`advise_cache.protocol.run_protocol`: PRP, the fine-tunes from it and
+    from scratch, the compute-matched scratch run, their evaluations) for the setting in `folder`;
+    writes and returns its result.json. Every stage resumes, and a finished one is read back."""
+    from advise_cache.models import TMMConfig, model_stats
+    from advise_cache.protocol import run_protocol
+    from advise_cache.sampling import SamplerConfig
+
+    s, prp, ft, protocol = setting_configs(folder)
+    t0 = time.perf_counter()
+    stats = model_stats(TMMConfig(**s["tmm"]), len(SamplerConfig().rates), clip=tuple(s["clip"]))
+    got = run_protocol(folder, prp, ft, **protocol)
     result = result_row(s, stats, got, time.perf_counter() - t0)
     write_json(folder / "result.json", result)
     seed = f" | seed {s['seed']}" if s["seeds"] > 1 else ""
@@ -174,6 +192,15 @@ def run_setting(folder: Path) -> dict:
         flush=True,
     )
     return result
+
+
+def estimate_setting(folder: Path) -> dict:
+    """Seconds per protocol stage of the setting in `folder`, from the first steps of each training and
+    one evaluation in folder/scratch (`advise_cache.protocol.estimate_protocol`)."""
+    from advise_cache.protocol import estimate_protocol
+
+    _, prp, ft, protocol = setting_configs(folder)
+    return estimate_protocol(folder / "scratch", prp, ft, **protocol)
 
 
 def result_row(s: dict, stats: dict, got, seconds: float) -> dict:
@@ -217,31 +244,8 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _worker_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    setup_logging()
-
-
-def run_settings(folders: list[Path], jobs: int) -> list[Path]:
-    """Run the settings in `folders`, `jobs` at a time in a process pool (a broken setting costs
-    no other); the folders that failed."""
-    failed, jobs = [], max(1, jobs)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads, initargs=(threads,)
-    ) as pool:
-        futures = {pool.submit(run_setting, folder): folder for folder in folders}
-        for future in as_completed(futures):
-            if (error := future.exception()) is not None:
-                print(f"FAILED {futures[future]}:", *traceback.format_exception(error), flush=True)
-                failed.append(futures[future])
-    return failed
-
-
 # -- main --------------------------------------------------------------------------------------
-def parse_args(argv) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=ABLATIONS)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablations", help="writes into OUT/<name>/")
@@ -292,8 +296,7 @@ def parse_args(argv) -> argparse.Namespace:
     )
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="test")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--jobs", type=int, default=1, help="settings run at once (a process pool)")
+    add_study_flags(p)
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument(
         "--benchmarks",
@@ -307,11 +310,35 @@ def parse_args(argv) -> argparse.Namespace:
         help="storage: short videos per motion class "
         "through a random ViT-B-16, for its int8 error and loader rate (0: none)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """Where the study runs, how many runs at once, how much of it."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once, a worker process each (default: one per GPU on a GPU, else one per usable core, "
+        f"at most one per {GIB_PER_RUN} GiB of available memory)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the full study where no GPU is here (default there: CPU-sized, " + CPU_SIZED + ")",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its ETA (a short measured run) only")
+
+
+def parse_args(argv) -> argparse.Namespace:
+    args = parser().parse_args(argv)
     args.ifm = tuple(k for k in args.ifm.split(",") if k)
     args.argv = list(argv)  # the command, as reports name it
-    if args.seeds is not None and args.seeds < 1 or args.seed < 0:
-        raise SystemExit(f"need --seeds >= 1 and --seed >= 0, got {args.seeds} and {args.seed}")
+    if args.seeds is not None and args.seeds < 1 or args.seed < 0 or args.jobs is not None and args.jobs < 1:
+        raise SystemExit(f"need --seeds >= 1, --seed >= 0 and --jobs >= 1, got {args.seeds}, {args.seed}, {args.jobs}")
+    # CPU-sized: the synthetic recipe, asked for by nothing, on a machine without a GPU.
+    args.cpu_sized = not (args.recipe or args.cache or args.full or args.seeds) and not on_gpu(args.device)
+    args.seeds = 1 if args.cpu_sized else args.seeds
     args.recipe = resolve_recipe(args)
     args.seeds = args.recipe.seeds
     args.preload = not args.cache if args.preload is None else args.preload
@@ -339,6 +366,64 @@ def resolve_recipe(args) -> Recipe:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     setup_logging()
+    try:
+        return study(args)
+    except KeyboardInterrupt:  # before the runs started (study answers for those)
+        print(f"\ninterrupted; run the same command again to continue: {command(args)}", flush=True)
+        return 130
+
+
+def study(args) -> int:
+    """Plan the study, print the plan and its ETA, run what is not finished, write the report."""
+    stores, infos, settings, notes = plan_study(args)
+    out = study_folder(args)
+    check_recipe(out, args.recipe, write=not args.dry_run)
+    for n in notes:
+        print(f"note: {n}")
+    todo = [s for s in settings if not (out / s.folder / "result.json").exists()]
+    jobs = print_plan(args, infos, settings, todo, out)
+    try:
+        runs = estimate_runs(args, todo, jobs)
+        if args.dry_run:
+            return 0
+        for run, s in zip(runs, todo):
+            write_spec(run.folder, s, args)
+        t0 = time.perf_counter()
+        failed = run_all(runs, jobs, gpus(args))
+    except KeyboardInterrupt:
+        finished = sum((out / s.folder / "result.json").exists() for s in settings)
+        print(
+            f"\ninterrupted: {finished} of {len(settings)} runs finished, kept in {out}; "
+            f"run the same command again to resume: {command(args)}",
+            flush=True,
+        )
+        return 130
+    if runs:
+        print(f"{len(runs)} runs in {duration(time.perf_counter() - t0)}", flush=True)
+    return report(args, out, stores, settings, notes) or (1 if failed else 0)
+
+
+def study_folder(args) -> Path:
+    """OUT/<name>, or OUT/<name>-cpu for the CPU-sized default (another recipe: never mixed)."""
+    return args.out / (f"{args.name}-cpu" if args.cpu_sized else args.name)
+
+
+def command(args) -> str:
+    """This study's command line, as the interrupted line names it."""
+    python = os.path.relpath(sys.executable)
+    python = sys.executable if python.startswith("..") else python
+    return shlex.join([python, "-m", "pipelines.ablation", *args.argv])
+
+
+def gpus(args) -> int:
+    import torch
+
+    return torch.cuda.device_count() if on_gpu(args.device) else 0
+
+
+def plan_study(args) -> tuple[list[Path], list, list, list[str]]:
+    """The stores (the synthetic ones built on first use), their descriptions, the settings (a
+    run each: setting x seed x store) and the notes on what did not fit."""
     variants = STORAGE if args.name == "storage" else ONE_STORE
     stores = (
         synthetic_stores(args.data, args.name == "ifm", variants)
@@ -347,8 +432,6 @@ def main(argv=None) -> int:
     )
     infos = [describe_store(p) for p in stores]  # storage: a dataset's stores are its settings
     infos = infos if args.name == "storage" else label_stores(infos)
-    out = args.out / args.name
-    check_recipe(out, args.recipe)
     settings, notes = [], []
     for info in infos:
         s, n = plan(args.name, info, args)
@@ -356,32 +439,84 @@ def main(argv=None) -> int:
     if args.settings:
         wanted = {v.strip() for v in args.settings.split(",")}
         settings = [s for s in settings if s.label in wanted]
-    for n in notes:
-        print(f"note: {n}")
-    todo = []
-    for s in settings:
-        folder = out / s.folder
-        if not (folder / "result.json").exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(
-                folder / "setting.json",
-                {"setting": asdict(s), "recipe": asdict(args.recipe), "device": args.device, "preload": args.preload},
-            )
-            todo.append(folder)
+    return stores, infos, settings, notes
+
+
+def print_plan(args, infos, settings, todo, out: Path) -> int:
+    """Print what the study runs, how many at once (returned) and the CPU-sized cut."""
+    jobs, rule = (args.jobs, "--jobs") if args.jobs else default_jobs(args.device)
+    labels = len({(s.dataset, s.label) for s in settings}) // max(1, len(infos))
+    trainings = sum(1 if s.tmm["tmm"] == "none" else 3 + args.recipe.matched for s in settings)
     print(
-        f"{args.name}: {len(settings)} settings on {len(infos)} store(s); {len(settings) - len(todo)} "
-        f"already finished, {len(todo)} to run",
+        f"plan: {args.name}, {labels} setting(s) x {len(args.recipe.seeds)} seed(s) on each of {len(infos)} "
+        f"store(s) = {len(settings)} runs, {trainings} trainings (PRP, its fine-tune, a fine-tune from scratch"
+        f"{', one as long as both' if args.recipe.matched else ''}), each fine-tune evaluated; results in {out}",
         flush=True,
     )
-    failed = run_settings(todo, args.jobs)
+    if args.cpu_sized:
+        print(f"CPU-sized default (no GPU here): {CPU_SIZED}; the full study: FULL=1 (make) or --full", flush=True)
+    print(
+        f"{args.name}: {len(settings)} runs on {len(infos)} store(s); {len(settings) - len(todo)} already finished, "
+        f"{len(todo)} to run, {min(jobs, len(todo)) or jobs} at a time ({rule})",
+        flush=True,
+    )
+    return jobs
+
+
+def write_spec(folder: Path, s, args) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"setting": asdict(s), "recipe": asdict(args.recipe), "device": args.device, "preload": args.preload}
+    write_json(folder / "setting.json", spec)
+
+
+def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
+    """A Run per setting to do, with its ETA measured: the first steps of each training and one
+    evaluation of each distinct model on each store (seeds share it), in scratch folders;
+    prints the whole study's ETA."""
+    kinds = [(s.store, s.ifm, json.dumps(s.tmm, sort_keys=True), s.source_stride) for s in todo]
+    probes = {k: todo[kinds.index(k)] for k in dict.fromkeys(kinds)}  # the first setting of each kind
+    with tempfile.TemporaryDirectory(prefix="ablation-eta-") as scratch:
+        folders = {k: Path(scratch) / str(i) for i, k in enumerate(probes)}
+        for k, s in probes.items():
+            write_spec(folders[k], s, args)
+        if probes:
+            print(f"measuring the ETA: the first steps of each training of {len(probes)} setting(s)", flush=True)
+        measured = measure_eta(list(folders.values()), jobs, gpus(args)) if probes else {}
+    runs = []
+    for s, k in zip(todo, kinds):
+        got = measured.get(folders[k], {})
+        label = f"{s.dataset} {s.label}" + (f" seed {s.seed}" if s.seeds > 1 else "")
+        runs.append(Run(study_folder(args) / s.folder, label, sum(got.values())))
+    print_eta(runs, jobs, len(measured) < len(probes))
+    return runs
+
+
+def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
+    """The study's ETA: the measured runs' estimates, `jobs` at a time."""
+    each = sorted(r.estimate for r in runs if r.estimate > 0)
+    if runs and not each:
+        print("ETA: unknown (its measured run failed, the error is above)", flush=True)
+    if not each:
+        return
+    at_once = min(jobs, len(runs))
+    print(
+        f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
+        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, from the first steps and an "
+        f"epoch's end timed){'; unknown for those whose measured run failed' if partial else ''}",
+        flush=True,
+    )
+
+
+def report(args, out: Path, stores: list[Path], settings: list, notes: list[str]) -> int:
+    """results.csv, .md and .png of every finished run; 1 where none has finished."""
     done = [(s, out / s.folder / "result.json") for s in settings]
     rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
     missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
     text = render(args.name, rows, args.recipe, notes, missing)
     if args.name == "storage" and rows:
-        from pipelines.ablation_storage import report
+        from pipelines.ablation_storage import report as storage_report
 
-        text = report(text, stores, rows, args)
+        text = storage_report(text, stores, rows, args)
     if rows:
         write_csv(out / "results.csv", rows)
         (out / "results.md").write_text(text)
@@ -392,10 +527,10 @@ def main(argv=None) -> int:
         if rows
         else "nothing finished: no results written"
     )
-    return 1 if failed or not rows else 0
+    return 0 if rows else 1
 
 
-def check_recipe(out: Path, recipe: Recipe) -> None:
+def check_recipe(out: Path, recipe: Recipe, write: bool = True) -> None:
     """Results in one folder come from one recipe: refuse to mix."""
     path, mine = out / "recipe.json", json.loads(json.dumps(asdict(recipe)))
     if path.exists():
@@ -404,8 +539,9 @@ def check_recipe(out: Path, recipe: Recipe) -> None:
             diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
             raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, mine)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, mine)
 
 
 def setup_logging() -> None:

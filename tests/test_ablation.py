@@ -1,4 +1,5 @@
-"""pipelines/ablation.py: the setting rules, and a tiny spatial-res ablation end to end.
+"""pipelines/ablation.py: the setting rules, a tiny spatial-res ablation end to end, its plan and
+ETA (--dry-run), how many runs at once, the CPU-sized default, and Ctrl-C on a running study.
 
 Run: .venv/bin/python -m pytest tests/test_ablation.py
 
@@ -13,6 +14,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +88,10 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
     argv = ["spatial-res", "--cache", str(synthetic_store), "--out", str(out), *tiny(max_steps=2), "--settings", "4,1"]
     assert ablation.main([*argv, "--jobs", "2"]) == 0
     first = capsys.readouterr().out
-    assert "2 settings on 1 store(s); 0 already finished, 2 to run" in first
+    assert "2 runs on 1 store(s); 0 already finished, 2 to run, 2 at a time (--jobs)" in first
+    assert re.search(r"ETA: about \d+ s for 2 runs, 2 at a time", first)
+    assert re.search(r"\[1/2 runs\] synthetic [41]: \d+ s; about \d+ s left", first)
+    assert re.search(r"\[2/2 runs\] synthetic [41]: \d+ s; about 0 s left", first)
     assert "spatial pool 14 does not fit the 4x4 grid: skipped" in first
 
     folder = out / "spatial-res"
@@ -108,7 +118,8 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
 
     # Again: nothing to do, nothing rewritten but the report.
     assert ablation.main(argv) == 0
-    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "2 already finished, 0 to run" in again and "ETA" not in again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # A setting killed before its scratch evaluation (so before the protocol's and the setting's
@@ -118,7 +129,7 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
     for name in ("result.json", "protocol.json", "scratch/eval.json"):
         (setting / name).unlink()
     assert ablation.main(argv) == 0
-    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert "1 already finished, 1 to run, 1 at a time" in capsys.readouterr().out
     after = json.loads((setting / "result.json").read_text())
     keys = ("prp_acc", "prp_steps", "acc_ft", "acc_scratch", "ft_steps", "acc_matched", "matched_steps")
     assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
@@ -148,7 +159,7 @@ def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, syntheti
     out = tmp_path / "runs"
     argv = ["storage", "--cache", ",".join(map(str, stores)), "--out", str(out), *tiny(max_steps=1)]
     assert ablation.main([*argv, "--vit-per-class", "0", "--benchmarks", str(bench)]) == 0
-    assert "4 settings on 4 store(s)" in capsys.readouterr().out
+    assert "4 runs on 4 store(s)" in capsys.readouterr().out
     rows = read_csv(out / "storage" / "results.csv")
     assert [(r["setting"], r["source_stride"]) for r in rows] == [
         ("float16, frame stride 1 (sampler stride 2)", "2"),
@@ -169,3 +180,122 @@ def test_tiny_storage_ablation_reads_int8_and_stride_2_stores(ablation, syntheti
     assert not any(ln.endswith("| — | — |") for ln in own[1::2])  # int8: the error recorded in the store
     section = bench.read_text()
     assert "<!-- ablation_storage:start -->" in section and "not real CLIP tokens" in section
+
+
+def test_dry_run_prints_the_plan_and_a_measured_eta_only(ablation, synthetic_store, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["spatial-res", "--cache", str(synthetic_store), "--out", str(out), *tiny(max_steps=2), "--settings", "4,1"]
+    assert ablation.main([*argv, "--jobs", "1", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "plan: spatial-res, 2 setting(s) x 1 seed(s) on each of 1 store(s) = 2 runs, 8 trainings" in text
+    assert "0 already finished, 2 to run, 1 at a time (--jobs)" in text
+    assert "measuring the ETA: the first steps of each training of 2 setting(s)" in text  # two models: both timed
+    eta = re.search(r"ETA: about (\d+) s for 2 runs, 1 at a time \((\d+) s to (\d+) s a run", text)
+    assert eta and 1 <= int(eta[2]) <= int(eta[3]) and int(eta[1]) >= int(eta[3])
+    assert "Acc_ft" not in text and not out.exists()  # nothing trained, nothing written
+
+
+def test_jobs_default_to_what_the_machine_runs(ablation, monkeypatch):
+    import torch
+
+    import advise_cache.runtime as runtime
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 64 * 2**30)
+    assert ablation.default_jobs("cpu") == (8, "one per usable core")
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 5 * 2**30)
+    assert ablation.default_jobs("cpu") == (2, "one per 2 GiB of available memory")
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 2**30)
+    assert ablation.default_jobs("cpu")[0] == 1
+    monkeypatch.setattr(runtime, "free_memory", lambda device: None)  # unknown: the cores decide
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert ablation.default_jobs("cuda") == (3, "one per GPU")
+    assert ablation.default_jobs("cpu") == (8, "one per usable core")
+
+
+def test_time_left_scales_the_estimates_by_the_finished_runs(ablation):
+    from pipelines.ablation_runs import time_left
+
+    done = [ablation.Run(Path("a"), "a", estimate=10.0, seconds=20.0)]  # took twice its estimate
+    waiting = [ablation.Run(Path(x), x, estimate=10.0) for x in "bc"]
+    assert time_left(done, [], waiting, jobs=2) == pytest.approx(20.0)
+    assert time_left(done, [], [], jobs=2) == 0.0
+
+
+def test_cpu_sized_default_without_a_gpu(ablation, monkeypatch, tmp_path):
+    monkeypatch.setattr(ablation, "on_gpu", lambda device: False)
+    args = ablation.parse_args(["spatial-res", "--out", str(tmp_path)])
+    assert args.cpu_sized and args.recipe.seeds == (0,) and ablation.study_folder(args) == tmp_path / "spatial-res-cpu"
+    for asked in (["--full"], ["--seeds", "3"], ["--recipe", "synthetic"], ["--cache", "x.zarr"]):
+        args = ablation.parse_args(["spatial-res", "--out", str(tmp_path), *asked])
+        assert not args.cpu_sized and ablation.study_folder(args) == tmp_path / "spatial-res"
+        assert len(args.recipe.seeds) == 3 or asked == ["--cache", "x.zarr"]
+    monkeypatch.setattr(ablation, "on_gpu", lambda device: True)
+    args = ablation.parse_args(["spatial-res"])
+    assert not args.cpu_sized and args.recipe.seeds == (0, 1, 2)
+
+
+def group_members(pgid: int) -> list[str]:
+    """`pid (name)` of every process in process group `pgid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text.rsplit(")", 1)[1].split()[2]) == pgid:
+            found.append(text.split(")", 1)[0] + ")")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
+def test_ctrl_c_stops_the_study_and_its_workers_and_keeps_finished_runs(synthetic_store, tmp_path):
+    """Ctrl-C, as a terminal sends it (SIGINT to the study's process group), while one run has
+    finished (average pooling: one fine-tune of one epoch) and another is in its PRP (500
+    epochs): every process ends within 10 s, exit 130, one line saying how to resume; the
+    finished run is kept, and the same command again finds it finished."""
+    out = tmp_path / "runs"
+    flags = "--device cpu --epochs 500 --ft-epochs 1 --batch-size 8 --ft-batch-size 8 --hidden 8 --out-dim 16 --views 1"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.ablation",
+        "temporal",
+        "--cache",
+        str(synthetic_store),
+        "--out",
+        str(out),
+        *flags.split(),
+    ]
+    folder = out / "temporal" / "synthetic"
+    pooled, tmm = folder / "test-vit-avg-pool", folder / "test-vit-TMM"
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "2"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ((pooled / "result.json").exists() and (tmm / "prp" / "metrics.jsonl").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        output = proc.communicate(timeout=10)[0]
+        while group_members(proc.pid) and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert group_members(proc.pid) == [] and time.monotonic() - t0 < 10
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("interrupted: 1 of 2 runs finished, kept in ") and "run the same command again" in last
+    assert (pooled / "result.json").exists() and not (tmm / "result.json").exists()
+    again = subprocess.run([*cmd, "--jobs", "1", "--dry-run"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "1 already finished, 1 to run" in again.stdout, again.stdout + again.stderr

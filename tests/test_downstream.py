@@ -170,3 +170,24 @@ def test_protocol_result_and_the_matched_run():
     assert (matched.epochs, matched.max_steps, matched.init) == (100, 600, None)
     # A target that is not a whole number of epochs: the schedule spans the next whole epoch.
     assert (matched_config(ft, 120, 610).epochs, matched_config(ft, 120, 610).max_steps) == (102, 610)
+
+
+def test_estimate_protocol_times_the_first_steps_of_each_training(synthetic_store, tmp_path, monkeypatch):
+    """A study's ETA (pipelines/ablation.py --dry-run): the first steps of PRP and of the
+    fine-tune and one evaluation, timed, give each stage's seconds; the matched run costs PRP's
+    steps more than the fine-tune; average pooling has the scratch stage alone."""
+    import advise_cache.protocol as protocol
+    from advise_cache.train import epoch_steps
+
+    monkeypatch.setattr(protocol, "PROBE_STEPS", 2)
+    prp = train_config(synthetic_store, tmp_path, task="prp", epochs=3, batch_size=4)
+    ft = train_config(synthetic_store, tmp_path, task="classify", epochs=3, batch_size=4)
+    assert epoch_steps(prp) > 2 and epoch_steps(ft) > 2
+    got = protocol.estimate_protocol(tmp_path / "a", prp, ft, views=1)
+    assert tuple(got) == protocol.STAGES and all(v > 0 for v in got.values())
+    assert got["ft"] == got["scratch"] < got["scratch-matched"]
+    for stage in ("prp", "ft"):  # two steps each, not the configs' three epochs
+        assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path / "a" / stage, "epoch")] == [(0, 2)]
+    assert "scratch-matched" not in protocol.estimate_protocol(tmp_path / "b", prp, ft, views=1, matched=False)
+    pooled = replace(ft, tmm=replace(ft.tmm, tmm="none"))
+    assert tuple(protocol.estimate_protocol(tmp_path / "c", prp, pooled, views=1)) == ("scratch",)
