@@ -176,17 +176,17 @@ def worker(mode: str, threads: int, folders: list[Path]) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from pipelines import ablation
+    from pipelines import ablation_setting as setting
 
-    ablation.setup_logging()
+    setting.setup_logging()
     if mode == "run":
-        ablation.run_setting(folders[0])
+        setting.run_setting(folders[0])
         return 0
     failed = 0
     for folder in folders:
         t0 = time.perf_counter()
         try:
-            stages = ablation.estimate_setting(folder)
+            stages = setting.estimate_setting(folder)
         except Exception:  # noqa: BLE001 - the others are still measured; the study shows its error again
             traceback.print_exc()
             failed = 1
