@@ -18,9 +18,9 @@ protocol (advise_cache/protocol.py) in
 OUT/<ablation>/<dataset>/[seed<k>/]<setting>/: prp/ (PRP pretraining), ft/ (fine-tuned from it:
 Acc_ft), scratch/ (from a random TMM: ΔAcc = Acc_ft - Acc_scratch) and scratch-matched/ (from a
 random TMM for PRP's and the fine-tune's steps together), then result.json; trainings resume, a
-finished setting is skipped, and
-OUT/<ablation>/recipe.json refuses a second recipe. results.csv, .md and .png (ablation_report.py)
-hold every finished setting. Without --cache the synthetic stores are built under --data.
+finished setting is skipped, and OUT/<ablation>/recipe.json refuses a second recipe. results.csv,
+.md and .png (ablation_report.py) hold every finished setting. Without --cache the synthetic
+stores are built under --data.
 """
 
 from __future__ import annotations
@@ -32,27 +32,25 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-# The settings' rules and the report live beside this file; the names tests use are re-exported.
+# The settings' rules, runs and report live in the ablation_* modules; the names tests use are re-exported.
 from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
-from pipelines.ablation_report import CSV_COLUMNS, plot, render, write_csv  # noqa: F401
-from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, run_all
+from pipelines.ablation_report import CSV_COLUMNS, report  # noqa: F401
+from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, print_eta, run_all
 from pipelines.ablation_setting import (
+    CPU_SIZED,
     ONE_STORE,
     RECIPES,
     STORAGE,
     Recipe,
+    check_recipe,
     setup_logging,
     synthetic_stores,
-    write_json,
+    write_spec,
 )
 from pipelines.common import REPO
-
-# Where no GPU is, the default study (synthetic stores, no recipe asked for) is cut to fit a
-# 2-core CPU in under 15 minutes; --full (make: FULL=1) runs the whole of it.
-CPU_SIZED = "1 training seed instead of 3"
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -274,12 +272,6 @@ def print_plan(args, infos, settings, todo, out: Path) -> int:
     return jobs
 
 
-def write_spec(folder: Path, s, args) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = {"setting": asdict(s), "recipe": asdict(args.recipe), "device": args.device, "preload": args.preload}
-    write_json(folder / "setting.json", spec)
-
-
 def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
     """A Run per setting to do, with its ETA measured: the first steps of each training and one
     evaluation of each distinct model on each store (seeds share it), in scratch folders;
@@ -300,59 +292,6 @@ def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
         runs.append(Run(study_folder(args) / s.folder, label, sum(got.values())))
     print_eta(runs, jobs, len(measured) < len(probes))
     return runs
-
-
-def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
-    """The study's ETA: the measured runs' estimates, `jobs` at a time."""
-    each = sorted(r.estimate for r in runs if r.estimate > 0)
-    if runs and not each:
-        print("ETA: unknown (its measured run failed, the error is above)", flush=True)
-    if not each:
-        return
-    at_once = min(jobs, len(runs))
-    print(
-        f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
-        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, from the first steps and an "
-        f"epoch's end timed){'; unknown for those whose measured run failed' if partial else ''}",
-        flush=True,
-    )
-
-
-def report(args, out: Path, stores: list[Path], settings: list, notes: list[str]) -> int:
-    """results.csv, .md and .png of every finished run; 1 where none has finished."""
-    done = [(s, out / s.folder / "result.json") for s in settings]
-    rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
-    missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
-    text = render(args.name, rows, args.recipe, notes, missing)
-    if args.name == "storage" and rows:
-        from pipelines.ablation_storage import report as storage_report
-
-        text = storage_report(text, stores, rows, args)
-    if rows:
-        write_csv(out / "results.csv", rows)
-        (out / "results.md").write_text(text)
-        plot(out / "results.png", args.name, rows)
-    print(f"\n{text}")
-    print(
-        f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}"
-        if rows
-        else "nothing finished: no results written"
-    )
-    return 0 if rows else 1
-
-
-def check_recipe(out: Path, recipe: Recipe, write: bool = True) -> None:
-    """Results in one folder come from one recipe: refuse to mix."""
-    path, mine = out / "recipe.json", json.loads(json.dumps(asdict(recipe)))
-    if path.exists():
-        # Folders from before the compute-matched run existed ran without it: --no-matched continues them.
-        if (theirs := {"matched": False, **json.loads(path.read_text())}) != mine:
-            diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
-            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
-        return
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(path, mine)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ means and sample standard deviations over seeds, and the cost of pooling the gri
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -196,3 +197,26 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report(args, out: Path, stores: list[Path], settings: list, notes: list[str]) -> int:
+    """results.csv, .md and .png of every finished run; 1 where none has finished."""
+    done = [(s, out / s.folder / "result.json") for s in settings]
+    rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
+    missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
+    text = render(args.name, rows, args.recipe, notes, missing)
+    if args.name == "storage" and rows:
+        from pipelines.ablation_storage import report as storage_report
+
+        text = storage_report(text, stores, rows, args)
+    if rows:
+        write_csv(out / "results.csv", rows)
+        (out / "results.md").write_text(text)
+        plot(out / "results.png", args.name, rows)
+    print(f"\n{text}")
+    print(
+        f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}"
+        if rows
+        else "nothing finished: no results written"
+    )
+    return 0 if rows else 1

@@ -197,3 +197,19 @@ def worker(mode: str, threads: int, folders: list[Path]) -> int:
 
 if __name__ == "__main__":
     sys.exit(worker(sys.argv[1], int(sys.argv[2]), [Path(p) for p in sys.argv[3:]]))
+
+
+def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
+    """The study's ETA: the measured runs' estimates, `jobs` at a time."""
+    each = sorted(r.estimate for r in runs if r.estimate > 0)
+    if runs and not each:
+        print("ETA: unknown (its measured run failed, the error is above)", flush=True)
+    if not each:
+        return
+    at_once = min(jobs, len(runs))
+    print(
+        f"ETA: {'at least' if partial else 'about'} {duration(sum(each) / at_once)} for {len(runs)} runs, "
+        f"{at_once} at a time ({duration(each[0])} to {duration(each[-1])} a run, from the first steps and an "
+        f"epoch's end timed){'; unknown for those whose measured run failed' if partial else ''}",
+        flush=True,
+    )

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines.common import SYNTHETIC, quiet, synthetic_store
@@ -57,6 +57,9 @@ RECIPES = {
     ),
     "full": Recipe(),
 }
+# Where no GPU is, the default study (synthetic stores, no recipe asked for) is cut to fit a
+# 2-core CPU in under 15 minutes; --full (make: FULL=1) runs the whole of it.
+CPU_SIZED = "1 training seed instead of 3"
 
 
 # -- stores ------------------------------------------------------------------------------------
@@ -218,3 +221,24 @@ def setup_logging() -> None:
     """The library's warnings and no other's; this script prints its own progress."""
     quiet()
     logging.getLogger("advise_cache").setLevel(logging.WARNING)
+
+
+def write_spec(folder: Path, s, args) -> None:
+    """A setting's setting.json: what its worker runs (the setting, the recipe, device, preload)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"setting": asdict(s), "recipe": asdict(args.recipe), "device": args.device, "preload": args.preload}
+    write_json(folder / "setting.json", spec)
+
+
+def check_recipe(out: Path, recipe: Recipe, write: bool = True) -> None:
+    """Results in one folder come from one recipe: refuse to mix."""
+    path, mine = out / "recipe.json", json.loads(json.dumps(asdict(recipe)))
+    if path.exists():
+        # Folders from before the compute-matched run existed ran without it: --no-matched continues them.
+        if (theirs := {"matched": False, **json.loads(path.read_text())}) != mine:
+            diff = ", ".join(f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v)
+            raise SystemExit(f"{out} holds results of another recipe ({diff}); pass another --out or remove it")
+        return
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, mine)
