@@ -36,6 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 
 # The settings' rules, runs and report live in the ablation_* modules; the names tests use are re-exported.
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
 from pipelines.ablation_report import CSV_COLUMNS, report  # noqa: F401
 from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, print_eta, run_all

@@ -30,6 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
 from pipelines.readers import (
     FRAME_BYTES,

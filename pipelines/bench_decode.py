@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.common import REPO, describe_machine, heading, num, parser, publish, quiet, say, table
 from pipelines.footage import SMALL, find_clip, token_difference, transcode
 

@@ -20,6 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from advise_cache.testing import token_store
 from pipelines.common import (
     child_main,

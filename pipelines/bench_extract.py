@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.common import (
     describe_machine,
     filesystem,

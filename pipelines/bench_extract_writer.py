@@ -7,7 +7,11 @@ measurements are pipelines/store_writes.py's, which bench_extract.py runs too).
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
+
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines.common import describe_machine, filesystem, heading, num, parser, pct, publish, table
 from pipelines.store_writes import PER_SHARD, WRITER_LENGTHS, WRITER_TARGET_CRC, WriterRow, bench_writer, crc_cost

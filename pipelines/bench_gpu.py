@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.common import BENCHMARKS, describe_machine, heading, parser, publish, quiet, say, table
 
 # Sizes per part and device kind: each command stays under 5 minutes, its pre-flight included.

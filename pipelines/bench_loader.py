@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 from pathlib import Path
+
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines.common import (
     REPO,

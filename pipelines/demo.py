@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from pipelines.common import mean_sd, pm, quiet, synthetic_store, table
 
 FAMILIES = ("appearance", "temporal", "motion")

@@ -18,9 +18,13 @@ the store's token shard bytes per view (every view the same shape) times the vie
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines.common import REPO, describe_machine, fill_in, heading, mean_sd, parser, pm, publish, say, table
 

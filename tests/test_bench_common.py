@@ -34,3 +34,23 @@ def test_formats():
     assert common.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | ---: |", "| 1 | 2 |"]
     rss, peak = common.memory()
     assert 0 < rss <= peak
+
+
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_an_entry_script_runs_as_a_file_and_as_a_module(how, tmp_path):
+    """`python pipelines/ablation.py ...` (from anywhere) and `python -m pipelines.ablation ...`
+    (from the checkout) both run the script."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [str(repo / "pipelines" / "ablation.py")] if how == "file" else ["-m", "pipelines.ablation"]
+    got = subprocess.run(
+        [sys.executable, *argv, "--help"],
+        cwd=tmp_path if how == "file" else repo,
+        capture_output=True,
+        text=True,
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.startswith("usage:") and "--dry-run" in got.stdout
