@@ -276,7 +276,11 @@ def test_ctrl_c_stops_the_study_and_its_workers_and_keeps_finished_runs(syntheti
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Its own process group with SIGINT at its default, as a terminal's foreground job: a
+        # runner that starts the tests with SIGINT ignored (a background job) would pass that on,
+        # and Python then never turns SIGINT into KeyboardInterrupt.
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 180
