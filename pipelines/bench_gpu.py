@@ -80,10 +80,9 @@ def direct_io(work: Path) -> tuple[bool, str]:
     """Whether a fresh store's token shards are read and written directly (`ShardReader`, and the
     writer's own files checked against what zarr reads back)."""
     from advise_cache.store import create_store, open_store
+    from advise_cache.testing import video_table
 
-    table_ = {"name": ["v"], "path": [""], "split": ["train"], "label": [0], "fps": [25.0]}
-    table_ |= {"source_frames": [6], "probe_error": [""]}
-    create_store(work / "direct.zarr", "t", "r", ["a"], table_)
+    create_store(work / "direct.zarr", "t", "r", ["a"], video_table([6], ["v"]))
     info = {"model": "m", "pretrained": "none", "weights_sha256": "0", "input_size": 8, "grid": [2, 2], "dim": 4}
     a = open_store(work / "direct.zarr", mode="a").add_ifm(
         "k", {**info, "normalisation": "n", "precision": "fp32"}, 1, 4

@@ -28,6 +28,7 @@ from advise_cache.sampling import SamplerConfig
 from advise_cache.shards import CRC_BYTES, frame_crcs, shard_index, shard_parts
 from advise_cache.storage import StoreURL, store_location
 from advise_cache.store import DONE, check_creatable, create_store, open_store
+from advise_cache.testing import video_table
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
@@ -199,15 +200,7 @@ def test_a_killed_extraction_into_a_bucket_resumes_to_the_same_store(tree, local
 
 def test_store_creation_in_a_bucket_is_published_once(s3, tmp_path):
     url = store_location(f"{s3}/stores/raced.zarr")
-    table = {
-        "name": ["a", "b"],
-        "path": ["", ""],
-        "split": ["train"] * 2,
-        "label": [0, 0],
-        "fps": [25.0] * 2,
-        "source_frames": [3, 4],
-        "probe_error": ["", ""],
-    }
+    table = video_table([3, 4], ["a", "b"])
     bucket = storage.bucket(url)
     bucket.write("videos/zarr.json", b"{}")  # what a creation killed before its root leaves
     check_creatable(url)  # ... does not stop the next one

@@ -20,6 +20,7 @@ from advise_cache.extract import extract_videos
 from advise_cache.integrity import verify
 from advise_cache.pixels import PixelSpec, resize_tensor
 from advise_cache.store import open_store
+from advise_cache.testing import video_table
 from advise_cache.views import draw, view_pixels, view_specs
 
 runner = CliRunner()
@@ -308,10 +309,7 @@ def test_evaluate_averages_logits_over_clips_and_stored_crops(views_root, views_
 def test_write_video_takes_every_view_one_after_the_other(tmp_path):
     from advise_cache.store import create_store
 
-    table = {"name": ["v0", "v1"], "path": ["", ""], "split": ["train"] * 2, "label": [0, 0], "fps": [25.0] * 2}
-    create_store(
-        tmp_path / "s.zarr", "bench", str(tmp_path), ["a"], {**table, "source_frames": [5, 3], "probe_error": ["", ""]}
-    )
+    create_store(tmp_path / "s.zarr", "bench", str(tmp_path), ["a"], video_table([5, 3]))
     info = {"model": "m", "pretrained": "none", "weights_sha256": None, "input_size": 64, "grid": [1, 1], "dim": 2}
     a = open_store(tmp_path / "s.zarr", mode="r+").add_ifm("m", info, 1, 4, views=view_specs(2, 0, 0, 64))
     x = np.arange(3 * 5 * 2, dtype=np.float16).reshape(15, 1, 1, 2)
