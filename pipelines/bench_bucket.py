@@ -38,6 +38,7 @@ from pipelines.readers import (
     FRAME_BYTES,
     RANGE_WARMUP,
     ceiling,
+    drain,
     ensure_store,
     make_plan,
     raw_obstore,
@@ -105,14 +106,6 @@ def upload(local: Path, url: str) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def _drain(loader, batch: int, warmup: int = RANGE_WARMUP) -> float:
-    """Clips/s of a loader after its first `warmup` batches, the consumer doing nothing."""
-    for b, _ in enumerate(loader):
-        if b == warmup - 1:
-            t0 = time.perf_counter()
-    return (len(loader) - warmup) * batch / (time.perf_counter() - t0)
-
-
 def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int = 4):
     """Clips/s of ClipLoader over the plan from the bucket store with a fresh reader (no shard
     index known); with `cache_dir`, into a fresh cache. Returns the rate and the source."""
@@ -123,7 +116,7 @@ def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int
     if cache_dir is not None:
         shutil.rmtree(cache_dir, ignore_errors=True)
     source = TokenSource(open_store(url, local_cache=shard_cache(cache_dir)))
-    return _drain(ClipLoader(source, plan, batch, threads=threads), batch), source
+    return drain(ClipLoader(source, plan, batch, threads=threads), batch, warmup=RANGE_WARMUP), source
 
 
 def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> dict[str, list[float]]:
@@ -143,7 +136,7 @@ def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> 
                 out[name].append(ceiling(local, longer, batch, 4, check=name == "local_checked"))
             else:
                 src = cached if name == "cached" else on_disk
-                out[name].append(_drain(ClipLoader(src, longer, batch, threads=4), batch, LOCAL_WARMUP))
+                out[name].append(drain(ClipLoader(src, longer, batch, threads=4), batch, warmup=LOCAL_WARMUP))
     return out
 
 

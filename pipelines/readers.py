@@ -137,12 +137,12 @@ def ceiling(store_path: Path, plan, batch: int, threads: int, check: bool = Fals
     return (n - WARMUP_BATCHES) * batch / seconds
 
 
-def drain(loader, batch: int, device: str = "cpu") -> float:
-    """Clips/s of a loader after its first WARMUP_BATCHES batches, the consumer doing nothing."""
+def drain(loader, batch: int, device: str = "cpu", warmup: int = WARMUP_BATCHES) -> float:
+    """Clips/s of a loader after its first `warmup` batches, the consumer doing nothing."""
     for b, _ in enumerate(loader):
-        if b == WARMUP_BATCHES - 1:
+        if b == warmup - 1:
             t0 = clock(device)
-    return (len(loader) - WARMUP_BATCHES) * batch / (clock(device) - t0)
+    return (len(loader) - warmup) * batch / (clock(device) - t0)
 
 
 def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> float:
