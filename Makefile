@@ -14,7 +14,7 @@ SEED ?= 0
 # epochs of PRP pretraining and of fine-tuning, output folder, runs at once (default: one per GPU
 # on a GPU, else one per usable core, at most one per 2 GiB of available memory), FULL=1 for the
 # full study where no GPU is (the default there is CPU-sized), and any other flag of
-# pipelines.ablation in ARGS (e.g. ARGS=--dry-run: the plan and its ETA only).
+# pipelines.studies.ablation in ARGS (e.g. ARGS=--dry-run: the plan and its ETA only).
 CACHE ?=
 EPOCHS ?=
 FT_EPOCHS ?=
@@ -62,33 +62,34 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 demo: venv
-	$(PY) -m pipelines.demo --out $(DEMO) --device $(DEVICE) --seed $(SEED)
+	$(PY) -m pipelines.studies.demo --out $(DEMO) --device $(DEVICE) --seed $(SEED)
 
 bench-extract: venv
-	$(PY) -m pipelines.bench_extract
+	$(PY) -m pipelines.benchmarks.extract
 
 bench-writer: venv
-	$(PY) -m pipelines.bench_extract_writer
+	$(PY) -m pipelines.benchmarks.extract_writer
 
 bench-loader: venv
-	$(PY) -m pipelines.bench_loader
+	$(PY) -m pipelines.benchmarks.loader
 
 # Issue 21: what stored augmented views buy on the synthetic shifted family (README, BENCHMARKS.md).
 .PHONY: study-views
 study-views: venv
-	$(PY) -m pipelines.study_views
+	$(PY) -m pipelines.studies.views
 
 bench-bucket: venv
-	$(PY) -m pipelines.bench_bucket
+	$(PY) -m pipelines.benchmarks.bucket
 
 bench-efficiency: venv
-	$(PY) -m pipelines.bench_efficiency
+	$(PY) -m pipelines.benchmarks.efficiency
 
 # Every GPU figure in two commands of under 5 minutes each (one device call each), both opened by
 # a ~20 s pre-flight (CUDA, versions, the direct shard reader and writer, a one-batch extraction on
 # cuda:0 and cuda:1 compared): extraction; then the loader and training from the cache vs a
-# GPU-resident batch and the paper's Table 6. With $OUT set, results (BENCHMARKS sections and
-# JSON) go under it. For a CUDA machine that has torch but no package registry (no venv is made):
+# GPU-resident batch and the paper's Table 6. With $OUT set, results (BENCHMARKS.json's rows and
+# the .md rendered from them) go under it; `python -m pipelines.sections --merge OUT/BENCHMARKS.json`
+# takes them into this checkout's. For a CUDA machine that has torch but no package registry (no venv is made):
 # run `../shared/device/fetch-wheels.sh av` where pip works, carry .whl, start with the install
 # line it prints, then `make bench-gpu-extract` and `make bench-gpu-train`. On a machine without
 # a GPU, `make bench-gpu GPU_DEVICE=cpu GPU_PYTHON=.venv/bin/python` runs the same at CPU sizes.
@@ -97,15 +98,15 @@ GPU_DEVICE ?= cuda
 GPU_RUN = PYTHONPATH=$(CURDIR):$$PYTHONPATH $(GPU_PYTHON)
 bench-gpu: bench-gpu-extract bench-gpu-train
 bench-gpu-extract:
-	$(GPU_RUN) -m pipelines.bench_gpu extract --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.benchmarks.gpu extract --device $(GPU_DEVICE)
 bench-gpu-train:
-	$(GPU_RUN) -m pipelines.bench_gpu train --device $(GPU_DEVICE)
+	$(GPU_RUN) -m pipelines.benchmarks.gpu train --device $(GPU_DEVICE)
 
 bench-decode: venv
-	$(PY) -m pipelines.bench_decode
+	$(PY) -m pipelines.benchmarks.decode
 
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
-	$(PY) -m pipelines.ablation $* $(ABLATION_ARGS)
+	$(PY) -m pipelines.studies.ablation $* $(ABLATION_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -6,7 +6,8 @@ theirs, so every racer ends up agreeing on one. A build left by a killed process
 by its pid on this host (at once), or by its age where the host differs (a shared disk), and
 removed (`clean_leftovers`; `atomic_create` clears its own target's first). A bucket has no
 rename: there `publish` writes the node's objects and its head (the zarr.json that makes it a
-node) last, by a conditional write. Nothing here knows Zarr.
+node) last, by a conditional write. Nothing here knows Zarr. `write_durable` writes a file's
+buffers and fsyncs it (the token shards, the checkpoints and logs of a run).
 """
 
 from __future__ import annotations
@@ -116,3 +117,30 @@ def publish(bucket, objects: dict[str, bytes], head: str) -> bool:
         if key != head:
             bucket.write(key, data)
     return bucket.write(head, objects[head], only_new=True)
+
+
+# -- files written whole and durable ----------------------------------------------------------
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+
+
+def write_all(fd: int, buffers: list) -> None:
+    """The buffers one after the other: a few `writev` calls, a short write continued where it stopped."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    at = 0
+    while at < len(views):
+        done = os.writev(fd, views[at : at + _IOV_MAX])
+        while at < len(views) and done >= views[at].nbytes:
+            done -= views[at].nbytes
+            at += 1
+        if done:
+            views[at] = views[at][done:]
+
+
+def write_durable(path: Path, buffers: list) -> None:
+    """`path` made to hold the buffers, one after the other, and fsynced before this returns."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, buffers)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, atomic
 from .configs import TMMConfig, TrainConfig, config_from_dict, config_to_dict
 from .errors import AdviseCacheError, MismatchError, first_line, writing
 
@@ -121,22 +121,11 @@ def _plain(x):
     return json.loads(json.dumps(x))
 
 
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _write_atomic(path: Path, data) -> None:
     """Replace `path` with `data` whole or not at all: a kill or a full disk leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic.write_durable(tmp, [data])
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a cut temporary file would only hold the space
@@ -290,7 +279,7 @@ def append_metrics(path: Path, record: dict) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         size = os.fstat(fd).st_size
         try:
-            _write_all(fd, (json.dumps(record) + "\n").encode())
+            atomic.write_all(fd, [(json.dumps(record) + "\n").encode()])
         except OSError:
             os.ftruncate(fd, size)
             raise

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import AdviseCacheError, MismatchError
+from .ifm_layout import DEFAULT_CODEC
 from .sampling import CLASSIFICATION_MODES, SamplerConfig
 from .storage import store_location
 
-DEFAULT_CODEC = "none"  # of the token shards: one of store.CODECS
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision of every command that computes
 MAX_SEED = 2**63 - 1  # what torch's and numpy's generators take
 

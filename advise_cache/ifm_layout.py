@@ -26,6 +26,8 @@ import numpy as np
 PENDING, DONE, FAILED = 0, 1, 2  # a video's `status`
 NO_CHECKSUM = -1  # `checksum` of a video not (yet) written, or of a group made before checksums
 TOKEN_DTYPES = ("float16", "float32", "int8")  # int8: quant.py's packing, one scale per token
+CODEC_NAMES = ("none", "lz4", "zstd")  # of the token shards: store.CODECS builds each
+DEFAULT_CODEC = "none"
 QUANT_ERROR_ARRAYS = ("quant_rel_l2", "quant_cos")  # per video, int8 groups only
 # A failure's reason: its UTF-8 bytes, zero-padded. Fixed width, so each video's row is its own
 # chunk, written by the process that owns the video alone (a bytes + offsets column is not).

@@ -30,6 +30,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from . import atomic
 from .errors import DamagedFrameError, StoreError
 
 EMPTY = 2**64 - 1  # the sharding index's marker of an absent chunk (reads as the fill value, 0)
@@ -74,28 +75,7 @@ def shard_parts(data: np.ndarray, per: int, crcs: np.ndarray | None = None) -> l
 def write_shard_file(path: Path, parts: list) -> None:
     """Write a shard's buffers (`shard_parts`) into a new file at `path`, made durable (fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, parts)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, buffers: list) -> None:
-    """The buffers one after the other: a few `writev` calls, a short write continued where it stopped."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    at = 0
-    while at < len(views):
-        done = os.writev(fd, views[at : at + _IOV_MAX])
-        while at < len(views) and done >= views[at].nbytes:
-            done -= views[at].nbytes
-            at += 1
-        if done:
-            views[at] = views[at][done:]
-
-
-_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+    atomic.write_durable(path, parts)
 
 
 def bad_chunks(data, offsets: np.ndarray, frame_bytes: int) -> list[int]:

@@ -48,12 +48,13 @@ import zarr.codecs
 
 from . import __version__
 from .atomic import atomic_create, publish
-from .configs import DEFAULT_CODEC
 from .errors import StoreError, first_line
 from .ifm_arrays import FEATURE_KEYS, IFMArrays, attributes
 
 # The status values are public through this module too (`from advise_cache.store import DONE`).
 from .ifm_layout import (  # noqa: F401
+    CODEC_NAMES,
+    DEFAULT_CODEC,
     DONE,
     FAILED,
     NO_CHECKSUM,
@@ -73,13 +74,14 @@ log = logging.getLogger(__name__)
 # stored frame, failure reasons as UTF-8 bytes (docs/STORE.md, "Format versions")
 FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)
-# Chosen by measurement (pipelines/bench_extract.py, BENCHMARKS.md): lossless codecs gain
+# Chosen by measurement (pipelines/benchmarks/extract.py, BENCHMARKS.md): lossless codecs gain
 # little on float tokens and cost read speed, which bounds training.
 CODECS = {
     "none": None,
     "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),  # typesize from dtype
     "zstd": zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
-}  # DEFAULT_CODEC (configs.py) is one of them
+}
+# CODEC_NAMES (ifm_layout.py) names these, for modules that must not import zarr (configs.py)
 TABLE_FIELDS = ("name", "path", "split", "label", "fps", "source_frames", "probe_error")
 _NUMBERS = {"label": "int32", "fps": "float32", "source_frames": "int64"}
 _CATEGORICAL = ("split", "probe_error")  # few distinct values: int32 codes + names

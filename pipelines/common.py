@@ -1,7 +1,6 @@
-"""What the scripts under pipelines/ share: flags, machine facts, a memory probe, number and
-table formats, a measurement in a fresh process, stores of random tokens, the synthetic stores of
-the demo and the ablations, and BENCHMARKS.md sections (each script owns the text between its
-`<!-- NAME:start -->` and `<!-- NAME:end -->`)."""
+"""What the scripts under pipelines/ share: flags, machine facts, a memory probe, number formats,
+a measurement in a fresh process, and the synthetic stores of the demo and the ablations. Their
+results go to BENCHMARKS.md through sections.py."""
 
 from __future__ import annotations
 
@@ -20,12 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "BENCHMARKS.md"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured numbers. Each section is written by the script named in its heading, between\n"
-    "its own `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; rerunning a script\n"
-    "replaces its section and leaves the rest of this file alone.\n"
-)
 RESULT = "BENCH_RESULT "  # prefix of the one stdout line a child process answers with
 
 
@@ -45,9 +38,10 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:K (a section of the GPU's own)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=BENCHMARKS, help="the markdown file to update")
+    p.add_argument(
+        "--out", type=Path, default=BENCHMARKS, help="the markdown file to render (its rows: the .json beside it)"
+    )
     p.add_argument("--no-write", action="store_true", help="print the section only")
-    p.add_argument("--json", type=Path, help="also write the section and the run's settings here, as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -57,6 +51,20 @@ def fill_in(args: argparse.Namespace, defaults: dict) -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+
+
+def parse_sized(p: argparse.ArgumentParser, argv, sizes: dict[str, dict], quick: str) -> argparse.Namespace:
+    """`argv` parsed with an int flag per size (`--videos` for "videos") and --quick (`quick` says
+    what it runs). A size not given comes from sizes["quick"] with --quick, else from
+    sizes["cuda"] on a CUDA device where there is one, else from sizes["cpu"]."""
+    for key in sizes["cpu"]:
+        defaults = ", ".join(f"{kind} {size[key]}" for kind, size in sizes.items())
+        p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default: {defaults}")
+    p.add_argument("--quick", action="store_true", help=quick)
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda") and "cuda" in sizes
+    fill_in(args, sizes["quick" if args.quick else "cuda" if cuda else "cpu"])
+    return args
 
 
 def clock(device) -> float:
@@ -180,36 +188,16 @@ def pm(mean: float | None, sd: float | None = None, signed: bool = False, scale:
     return text if sd is None else f"{text} ± {scale * sd:.1f}"
 
 
-def table(header: list[str], rows: list[list], left: int = 1) -> list[str]:
-    """A markdown table: the first `left` columns aligned left, numbers to the right."""
-    rule = ["---" if i < left else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(map(str, line)) + " |" for line in (header, rule, *rows)]
-
-
-def heading(title: str, script: str, argv, machine: dict) -> list[str]:
-    """A section's first lines: its title, the command that wrote it, the machine (load now: at the end)."""
-    command = " ".join(["python -m", f"pipelines.{Path(script).stem}", *(sys.argv[1:] if argv is None else argv)])
-    facts = {**machine, "load average (1 min) at end": load_1min()}
-    return [
-        f"## {title} (pipelines/{script})",
-        "",
-        f"Written by `{command}`; rerun it to replace this section.",
-        "",
-        *table(["machine", ""], [list(kv) for kv in facts.items()], left=2),
-        "",
-    ]
-
-
 # -- one measurement per fresh process --------------------------------------------------------
-def run_child(script: str, spec: dict, env: dict | None = None) -> dict:
-    """Run `script --child SPEC` in a fresh interpreter (its own peak memory, nothing shared)
-    and return the dict its `child_main` printed."""
-    argv = [sys.executable, "-m", f"pipelines.{Path(script).stem}", "--child", json.dumps(spec)]
+def run_child(module: str, spec: dict, env: dict | None = None) -> dict:
+    """Run `python -m module --child SPEC` in a fresh interpreter (its own peak memory, nothing
+    shared) and return the dict its `child_main` printed."""
+    argv = [sys.executable, "-m", module, "--child", json.dumps(spec)]
     env = {**os.environ, **(env or {})}
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode or not lines:
-        raise SystemExit(f"{script}: the child process failed (exit {proc.returncode}) on {spec}")
+        raise SystemExit(f"{module}: the child process failed (exit {proc.returncode}) on {spec}")
     return json.loads(lines[-1][len(RESULT) :])
 
 
@@ -218,9 +206,6 @@ def child_main(measure, spec: dict) -> int:
     quiet()
     print(RESULT + json.dumps(measure(spec)), flush=True)
     return 0
-
-
-# -- stores of random tokens ------------------------------------------------------------------
 
 
 # -- the synthetic stores of the demo and the ablations --------------------------------------
@@ -249,34 +234,3 @@ def synthetic_store(videos: Path, out: Path, family: str, data_seed: int = 0, **
     train_n, test_n = SYNTHETIC[family]
     generate_synthetic(videos, family, data_seed, train_per_class=train_n, test_per_class=test_n)
     return extract_cpu(videos, out, f"synthetic-{family}", **fields)
-
-
-# -- BENCHMARKS.md ---------------------------------------------------------------------------
-def write_section(path: Path, name: str, section: str) -> None:
-    """Replace the text between NAME's markers (or append them); leave the rest alone."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else HEADER
-    if start in text and end in text and text.index(start) < text.index(end):
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    elif start in text or end in text:
-        raise SystemExit(f"{path}: the {name} markers are damaged; mend them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    say(f"wrote the {name} section of {path}")
-
-
-def publish(text: str, args, name: str) -> int:
-    """Print a section; write it into args.out unless --no-write, and as JSON into args.json."""
-    print(text)
-    if not args.no_write:
-        write_section(args.out, name, text)
-    if getattr(args, "json", None):
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        args.json.write_text(json.dumps({"name": name, "section": text, "settings": settings}, indent=1))
-    return 0

@@ -1,5 +1,5 @@
-"""The minimal readers and random-token stores the loader benchmarks share (bench_loader.py,
-bench_bucket.py, the storage ablation): a store of ViT-B-16-shaped tokens made once, a PRP plan
+"""The minimal readers and random-token stores the loader benchmarks share (benchmarks/loader.py,
+benchmarks/bucket.py, the storage ablation): a store of ViT-B-16-shaped tokens made once, a PRP plan
 over it, the minimal `preadv` reader (the ceiling) and `ClipLoader` timed over the same plan,
 and the raw range-GET readers (obstore, s3fs) of the same frames in a bucket.
 """
@@ -154,7 +154,7 @@ def loader_now(source, plan, batch: int, threads: int, device: str = "cpu") -> f
     return drain(ClipLoader(source, plan, batch, threads=threads, device=torch.device(device)), batch, device)
 
 
-# -- the raw range-GET readers of a store in a bucket (bench_bucket.py) ---------------------
+# -- the raw range-GET readers of a store in a bucket (benchmarks/bucket.py) ---------------------
 RANGE_WARMUP = 1  # batches left untimed: a first epoch has few
 
 

@@ -1,4 +1,4 @@
-"""pipelines/ablation.py: the setting rules, a tiny spatial-res ablation end to end, its plan and
+"""pipelines/studies/ablation.py: the setting rules, a tiny spatial-res ablation end to end, its plan and
 ETA (--dry-run), how many runs at once, the CPU-sized default, and Ctrl-C on a running study.
 
 Run: .venv/bin/python -m pytest tests/test_ablation.py
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.studies import ablation_plan, ablation_report, ablation_runs
+
 pytestmark = pytest.mark.slow  # `make test-fast` leaves this file out
 
 
@@ -35,36 +37,36 @@ def tiny(max_steps: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ablation():
-    from pipelines import ablation
+    from pipelines.studies import ablation
 
     return ablation
 
 
 def test_spatial_settings_follow_the_grid(ablation):
-    assert ablation.spatial_values(14) == ([14, 9, 5, 3, 1], [])
-    values, notes = ablation.spatial_values(4)
+    assert ablation_plan.spatial_values(14) == ([14, 9, 5, 3, 1], [])
+    values, notes = ablation_plan.spatial_values(4)
     assert values == [4, 3, 2, 1]
     assert [n for n in notes if "skipped" in n] == [
         f"spatial pool {s} does not fit the 4x4 grid: skipped" for s in (14, 9, 5)
     ]
-    assert ablation.spatial_values(16)[0] == [16, 9, 5, 3, 1]
-    assert ablation.spatial_values(7)[0] == [7, 6, 5, 3, 1]
-    assert ablation.spatial_values(1)[0] == [1]
+    assert ablation_plan.spatial_values(16)[0] == [16, 9, 5, 3, 1]
+    assert ablation_plan.spatial_values(7)[0] == [7, 6, 5, 3, 1]
+    assert ablation_plan.spatial_values(1)[0] == [1]
 
 
 def test_channel_settings_keep_the_papers_factors(ablation):
-    assert ablation.channel_values(768) == ([768, 192, 48, 12, 3], [])
-    values, notes = ablation.channel_values(64)
+    assert ablation_plan.channel_values(768) == ([768, 192, 48, 12, 3], [])
+    values, notes = ablation_plan.channel_values(64)
     assert values == [64, 16, 4, 1]
     assert "channel pool 768 does not fit 64-dim tokens: skipped" in notes
-    assert ablation.channel_values(1024)[0] == [1024, 256, 64, 16, 4]
+    assert ablation_plan.channel_values(1024)[0] == [1024, 256, 64, 16, 4]
 
 
 def test_plans_on_a_one_ifm_store(ablation, synthetic_store):
-    info = ablation.describe_store(synthetic_store)
+    info = ablation_plan.describe_store(synthetic_store)
     assert (info.keys, info.grids["test-vit"], info.dims["test-vit"]) == (("test-vit",), (4, 4), 64)
     args = ablation.parse_args(["spatial-res", "--seeds", "1"])
-    labels = {name: [s.label for s in ablation.plan(name, info, args)[0]] for name in ablation.ABLATIONS}
+    labels = {name: [s.label for s in ablation_plan.plan(name, info, args)[0]] for name in ablation_plan.ABLATIONS}
     assert labels["spatial-res"] == ["4", "3", "2", "1"]
     assert labels["channel-dim"] == ["64", "16", "4", "1"]
     assert labels["tmm-depth"] == ["1", "2", "4", "6", "8"]
@@ -72,9 +74,9 @@ def test_plans_on_a_one_ifm_store(ablation, synthetic_store):
     assert labels["temporal"] == ["test-vit TMM", "test-vit avg-pool"]
     assert labels["ifm"] == ["test-vit"]
     assert labels["storage"] == ["float16, frame stride 1 (sampler stride 2)"]
-    notes = ablation.plan("ifm", info, args)[1]
+    notes = ablation_plan.plan("ifm", info, args)[1]
     assert any("holds one IFM" in n for n in notes)
-    full, pooled = ablation.plan("spatial-res", info, args)[0][0::3]
+    full, pooled = ablation_plan.plan("spatial-res", info, args)[0][0::3]
     assert (full.tmm["spatial_pool"], pooled.tmm["spatial_pool"]) == (None, 1)
 
 
@@ -97,7 +99,7 @@ def test_tiny_spatial_ablation_runs_resumes_and_skips(ablation, synthetic_store,
     folder = out / "spatial-res"
     rows = read_csv(folder / "results.csv")
     assert [r["setting"] for r in rows] == ["4", "1"]
-    assert set(ablation.CSV_COLUMNS) <= set(rows[0])
+    assert set(ablation_report.CSV_COLUMNS) <= set(rows[0])
     for r in rows:
         assert r["dataset"] == "synthetic"
         assert 0.0 <= float(r["acc_ft"]) <= 1.0 and 0.0 <= float(r["acc_scratch"]) <= 1.0
@@ -202,22 +204,22 @@ def test_jobs_default_to_what_the_machine_runs(ablation, monkeypatch):
 
     monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
     monkeypatch.setattr(runtime, "free_memory", lambda device: 64 * 2**30)
-    assert ablation.default_jobs("cpu") == (8, "one per usable core")
+    assert ablation_runs.default_jobs("cpu") == (8, "one per usable core")
     monkeypatch.setattr(runtime, "free_memory", lambda device: 5 * 2**30)
-    assert ablation.default_jobs("cpu") == (2, "one per 2 GiB of available memory")
+    assert ablation_runs.default_jobs("cpu") == (2, "one per 2 GiB of available memory")
     monkeypatch.setattr(runtime, "free_memory", lambda device: 2**30)
-    assert ablation.default_jobs("cpu")[0] == 1
+    assert ablation_runs.default_jobs("cpu")[0] == 1
     monkeypatch.setattr(runtime, "free_memory", lambda device: None)  # unknown: the cores decide
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert ablation.default_jobs("cuda") == (3, "one per GPU")
-    assert ablation.default_jobs("cpu") == (8, "one per usable core")
+    assert ablation_runs.default_jobs("cuda") == (3, "one per GPU")
+    assert ablation_runs.default_jobs("cpu") == (8, "one per usable core")
 
 
 def test_time_left_scales_the_estimates_by_the_finished_runs(ablation):
-    from pipelines.ablation_runs import time_left
+    from pipelines.studies.ablation_runs import time_left
 
-    done = [ablation.Run(Path("a"), "a", estimate=10.0, seconds=20.0)]  # took twice its estimate
-    waiting = [ablation.Run(Path(x), x, estimate=10.0) for x in "bc"]
+    done = [ablation_runs.Run(Path("a"), "a", estimate=10.0, seconds=20.0)]  # took twice its estimate
+    waiting = [ablation_runs.Run(Path(x), x, estimate=10.0) for x in "bc"]
     assert time_left(done, [], waiting, jobs=2) == pytest.approx(20.0)
     assert time_left(done, [], [], jobs=2) == 0.0
 
@@ -260,7 +262,7 @@ def test_ctrl_c_stops_the_study_and_its_workers_and_keeps_finished_runs(syntheti
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.ablation",
+        "pipelines.studies.ablation",
         "temporal",
         "--cache",
         str(synthetic_store),

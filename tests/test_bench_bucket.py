@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_bucket_smoke(tmp_path, capsys, monkeypatch):
-    from pipelines import bench_bucket
+    from pipelines.benchmarks import bucket as bench_bucket
 
     assert bench_bucket.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out

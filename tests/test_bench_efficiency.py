@@ -30,7 +30,7 @@ TINY = [
 
 @pytest.fixture()
 def bench(monkeypatch):
-    from pipelines import bench_efficiency
+    from pipelines.benchmarks import efficiency as bench_efficiency
 
     return bench_efficiency
 

@@ -9,12 +9,12 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
-    from pipelines import bench_extract
+    from pipelines.benchmarks import extract as bench_extract
 
     out = tmp_path / "BENCH.md"
     assert bench_extract.main(["--device", "cpu", "--quick", "--workers", "0", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "<!-- bench_extract:start -->" in text and "## Extraction (pipelines/bench_extract.py)" in text
+    assert "<!-- bench_extract:start -->" in text and "## Extraction (pipelines/benchmarks/extract.py)" in text
     stage = next(line for line in text.splitlines() if line.startswith("| test-vit | cpu fp32"))
     cells = [c.strip() for c in stage.strip("|").split("|")]
     decode, ifm, full = (float(c.replace(",", "")) for c in cells[6:9])
@@ -35,7 +35,7 @@ def test_quick_cpu_run_reports_every_stage(tmp_path, capsys):
 
 
 def test_the_writer_alone_compares_frame_checksums_on_and_off(tmp_path):
-    from pipelines import bench_extract_writer
+    from pipelines.benchmarks import extract_writer as bench_extract_writer
 
     out = tmp_path / "BENCH.md"
     argv = ["--models", "test-vit", "--frames", "48", "--repeats", "2", "--out", str(out)]

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
-    from pipelines import bench_gpu
+    from pipelines.benchmarks import gpu as bench_gpu
 
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert bench_gpu.main(["extract", "--device", "cpu", "--quick"]) == 0
@@ -17,16 +17,18 @@ def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
     text = (out / "BENCHMARKS.md").read_text()
     assert "<!-- bench_gpu_extract:start -->" in text and "<!-- bench_extract:start -->" in text
     assert "| direct shard reader and writer | on |" in text
-    summary = json.loads((out / "bench_gpu-extract.json").read_text())
+    kept = {s["name"]: s for s in json.loads((out / "BENCHMARKS.json").read_text())["sections"]}
+    assert list(kept) == ["bench_extract", "bench_gpu_extract"]  # each part's section, then the pre-flight's
+    summary = kept["bench_gpu_extract"]["settings"]["figures"]
     assert summary["preflight"]["direct"] is True
     assert summary["preflight"]["direct_run"]["cpu"] < 1e-2  # float16 storage of the same forward
-    assert [p["script"] for p in summary["parts"]] == ["bench_extract"]
-    assert json.loads((out / "bench_extract-cpu.json").read_text())["name"] == "bench_extract"
+    assert [p["script"] for p in summary["parts"]] == ["extract"]
+    assert kept["bench_extract"]["settings"]["quick"] is True
 
 
 def test_preflight_says_when_the_direct_shard_io_is_off(tmp_path, monkeypatch):
     from advise_cache import ifm_arrays
-    from pipelines import bench_gpu
+    from pipelines.benchmarks import gpu as bench_gpu
 
     monkeypatch.setattr(ifm_arrays, "token_layout", lambda array: (False, True))
     ok, why = bench_gpu.direct_io(tmp_path)

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_loader_smoke(tmp_path, capsys, monkeypatch):
-    from pipelines import bench_loader
+    from pipelines.benchmarks import loader as bench_loader
 
     assert bench_loader.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -29,7 +29,7 @@ GONE = {"Archery/v_Archery_g03_c01", "Bowling/v_Bowling_g01_c01"}
 @pytest.fixture(scope="module", autouse=True)
 def cli_logging_only():
     """This module tests the CLI's own logging set-up; in-process runs of other tests
-    (pipelines/ablation.py) leave a handler on the advise_cache logger, bound to a capture
+    (pipelines/studies/ablation.py) leave a handler on the advise_cache logger, bound to a capture
     stream that is closed by now, and stop propagation. Set them aside meanwhile."""
     logger = logging.getLogger("advise_cache")
     saved = logger.handlers[:], logger.propagate, logger.level

@@ -173,7 +173,7 @@ def test_protocol_result_and_the_matched_run():
 
 
 def test_estimate_protocol_times_the_first_steps_of_each_training(synthetic_store, tmp_path, monkeypatch):
-    """A study's ETA (pipelines/ablation.py --dry-run): the first steps of PRP and of the
+    """A study's ETA (pipelines/studies/ablation.py --dry-run): the first steps of PRP and of the
     fine-tune and one evaluation, timed, give each stage's seconds; the matched run costs PRP's
     steps more than the fine-tune; average pooling has the scratch stage alone."""
     import advise_cache.protocol as protocol

@@ -5,7 +5,7 @@ accuracy than an appearance task; and PRP never reads the store's class labels.
     .venv/bin/python -m pytest tests/test_effects.py
     ADVISE_EFFECT_DRAWS=3,4,5 .venv/bin/python -m pytest tests/test_effects.py   # other draws
 
-Each effect is measured as pipelines/demo.py measures it, with a linear probe (logistic regression
+Each effect is measured as pipelines/studies/demo.py measures it, with a linear probe (logistic regression
 on the frozen TMM's pooled features, fitted on the train split, scored on the test split), on
 stores smaller than the demo's and with a shorter PRP so that CI can afford them, and asserted on
 its mean over DRAWS: the videos generated anew with each seed (the training seed stays 0). One
@@ -66,7 +66,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def demo():
-    from pipelines import demo
+    from pipelines.studies import demo
 
     return demo
 

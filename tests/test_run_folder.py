@@ -15,6 +15,7 @@ import torch
 from conftest import read_metrics, train_config
 from typer.testing import CliRunner
 
+from advise_cache import atomic
 from advise_cache import checkpoint as checkpoint_mod
 from advise_cache.checkpoint import load_checkpoint
 from advise_cache.cli import app
@@ -76,17 +77,18 @@ def test_a_good_checkpoint_is_kept_and_named_when_a_later_update_breaks_the_weig
 
 
 def disk_with(free: int):
-    """checkpoint._write_all on a disk with `free` bytes left: it writes what fits, then raises
+    """atomic.write_all on a disk with `free` bytes left: it writes what fits, then raises
     ENOSPC as write(2) does, leaving the file cut there."""
-    real, left = checkpoint_mod._write_all, [free]
+    real, left = atomic.write_all, [free]
 
-    def write_all(fd: int, data) -> None:
-        view = memoryview(data).cast("B")
-        n = min(view.nbytes, left[0])
-        left[0] -= n
-        real(fd, view[:n])
-        if n < view.nbytes:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def write_all(fd: int, buffers: list) -> None:
+        for buf in buffers:
+            view = memoryview(buf).cast("B")
+            n = min(view.nbytes, left[0])
+            left[0] -= n
+            real(fd, [view[:n]])
+            if n < view.nbytes:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     return write_all
 
@@ -110,13 +112,13 @@ def test_a_full_disk_mid_run_is_one_line_and_the_resumed_run_is_the_same(synthet
     assert cli_train(synthetic_store, reference).exit_code == 0
     run = tmp_path / "run"
     first_checkpoint = (reference / "checkpoint.pt").stat().st_size
-    # The bytes a run writes through _write_all before the fault: config, metrics lines of the
+    # The bytes a run writes through write_all before the fault: config, metrics lines of the
     # first epoch, its checkpoint; then the disk fills inside the next write of that kind.
     if where == "second checkpoint":
         free = first_checkpoint + 40_000
     else:
         free = 3_000  # config.json and a few metric lines
-    monkeypatch.setattr(checkpoint_mod, "_write_all", disk_with(free))
+    monkeypatch.setattr(atomic, "write_all", disk_with(free))
     line = one_line(cli_train(synthetic_store, run))
     monkeypatch.undo()
     file = run / ("checkpoint.pt" if where == "second checkpoint" else "metrics.jsonl")

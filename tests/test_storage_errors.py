@@ -2,7 +2,7 @@
 a store that stays consistent, and a rerun that continues.
 
 We run as root in CI, where chmod does not stop a write, so the errors are injected where the
-kernel would raise them: the writes of shard files (`store._write_all`, a disk with so many
+kernel would raise them: the writes of shard files (`atomic.write_all`, a disk with so many
 bytes free, cutting a file where the disk ends), `os.mkdir` and `os.access`.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from conftest import FAST_EXTRACT, extract_config, write_folder_tree
 from typer.testing import CliRunner
 
-from advise_cache import shards as store_mod
+from advise_cache import atomic
 from advise_cache.cli import app
 from advise_cache.extract import extract_videos
 from advise_cache.integrity import verify
@@ -55,9 +55,9 @@ def messages(output: str) -> list[str]:
 
 
 def disk_with(free: int):
-    """shards._write_all on a disk with `free` bytes left: it writes what fits, then raises
+    """atomic.write_all on a disk with `free` bytes left: it writes what fits, then raises
     ENOSPC as write(2) does, leaving the file cut there."""
-    real, lock, left = store_mod._write_all, threading.Lock(), [free]
+    real, lock, left = atomic.write_all, threading.Lock(), [free]
 
     def write_all(fd: int, buffers: list) -> None:
         for buf in buffers:
@@ -80,7 +80,7 @@ def test_a_full_disk_ends_in_one_line_a_consistent_store_and_a_rerun_that_contin
     frame = int(np.prod(tokens.shape[1:])) * tokens.dtype.itemsize
     # Room for about one and a half videos' shards: some get written whole, one is cut.
     # One writer thread, so which shard meets the end of the disk is always the same.
-    monkeypatch.setattr(store_mod, "_write_all", disk_with(int(frame * 1.5 * FRAMES[0])))
+    monkeypatch.setattr(atomic, "write_all", disk_with(int(frame * 1.5 * FRAMES[0])))
     r = runner.invoke(app, [*args(root, out), "--writers", "1"])
     monkeypatch.undo()
     assert r.exit_code == 2, r.output

@@ -338,3 +338,11 @@ def test_a_reason_is_kept_as_utf8_bytes_cut_at_a_character(tmp_path):
     assert reasons[2] == ""
     raw = zarr.open_array(tmp_path / "s.zarr" / "ifm" / "k" / "reason_utf8", mode="r")
     assert raw.dtype == np.uint8 and raw.shape == (3, REASON_BYTES) and raw.chunks == (1, REASON_BYTES)
+
+
+def test_the_codec_names_light_modules_use_are_the_stores_codecs():
+    """configs.py takes the codec names from ifm_layout.py, without zarr; store.py builds them."""
+    from advise_cache import configs, ifm_layout, store
+
+    assert tuple(store.CODECS) == ifm_layout.CODEC_NAMES
+    assert configs.ExtractConfig.__dataclass_fields__["codec"].default in store.CODECS

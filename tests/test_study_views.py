@@ -8,7 +8,7 @@ import sys
 
 
 def test_study_views_smoke(tmp_path, capsys, monkeypatch):
-    from pipelines import study_views
+    from pipelines.studies import views as study_views
 
     assert study_views.main(["--quick", "--no-write", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out

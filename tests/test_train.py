@@ -80,7 +80,7 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_run(synthetic_store, tmp
 
 
 def test_resuming_a_finished_run_returns_its_metrics_without_building_a_model(synthetic_store, tmp_path, monkeypatch):
-    """Drivers (pipelines/ablation.py) resume every run of a study; a finished one must cost
+    """Drivers (pipelines/studies/ablation.py) resume every run of a study; a finished one must cost
     nothing and answer what it answered the first time."""
     import advise_cache.train as train_module
 

@@ -1,11 +1,11 @@
 """The paper's ablations (Figures 3-6, Tables 4-5), every one from ONE store per dataset.
 
-    .venv/bin/python -m pipelines.ablation spatial-res --out runs/ablations   # make ablation-spatial-res
-    .venv/bin/python -m pipelines.ablation tmm-depth --cache ucf101.zarr,diving48.zarr \\
+    .venv/bin/python -m pipelines.studies.ablation spatial-res --out runs/ablations   # make ablation-spatial-res
+    .venv/bin/python -m pipelines.studies.ablation tmm-depth --cache ucf101.zarr,diving48.zarr \\
         --epochs 200 --ft-epochs 50 --jobs 2
-    .venv/bin/python -m pipelines.ablation ifm --cache ucf101.zarr    # each IFM in it, and pairs
-    .venv/bin/python -m pipelines.ablation storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
-    .venv/bin/python -m pipelines.ablation spatial-res --dry-run   # the plan and its measured ETA only
+    .venv/bin/python -m pipelines.studies.ablation ifm --cache ucf101.zarr    # each IFM in it, and pairs
+    .venv/bin/python -m pipelines.studies.ablation storage --jobs 2   # float16/int8 x stride 1/2 (ablation_storage.py)
+    .venv/bin/python -m pipelines.studies.ablation spatial-res --dry-run   # the plan and its measured ETA only
 
 It prints the plan (settings x seeds on each store, what is finished, how many run at once) and
 an ETA from the first steps of each training of each distinct model on each store (and an epoch's
@@ -26,34 +26,36 @@ stores are built under --data.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-# The settings' rules, runs and report live in the ablation_* modules; the names tests use are re-exported.
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.ablation_plan import ABLATIONS, channel_values, describe_store, label_stores, plan, spatial_values  # noqa: F401
-from pipelines.ablation_report import CSV_COLUMNS, report  # noqa: F401
-from pipelines.ablation_runs import GIB_PER_RUN, Run, default_jobs, duration, measure_eta, on_gpu, print_eta, run_all
-from pipelines.ablation_setting import (
+from pipelines.common import REPO
+from pipelines.studies.ablation_plan import ABLATIONS, plan_study
+from pipelines.studies.ablation_report import report
+from pipelines.studies.ablation_runs import (
+    GIB_PER_RUN,
+    default_jobs,
+    duration,
+    estimate_runs,
+    on_gpu,
+    run_all,
+)
+from pipelines.studies.ablation_setting import (
     CPU_SIZED,
-    ONE_STORE,
     RECIPES,
-    STORAGE,
     Recipe,
     check_recipe,
     setup_logging,
-    synthetic_stores,
     write_spec,
 )
-from pipelines.common import REPO
+from pipelines.studies.ablation_storage import report as storage_report
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def study(args) -> int:
     todo = [s for s in settings if not (out / s.folder / "result.json").exists()]
     jobs = print_plan(args, infos, settings, todo, out)
     try:
-        runs = estimate_runs(args, todo, jobs)
+        runs = estimate_runs(args, todo, jobs, study_folder(args), gpus(args))
         if args.dry_run:
             return 0
         for run, s in zip(runs, todo):
@@ -212,7 +214,8 @@ def study(args) -> int:
         return 130
     if runs:
         print(f"{len(runs)} runs in {duration(time.perf_counter() - t0)}", flush=True)
-    return report(args, out, stores, settings, notes) or (1 if failed else 0)
+    extend = storage_report if args.name == "storage" else None
+    return report(args, out, stores, settings, notes, extend) or (1 if failed else 0)
 
 
 def study_folder(args) -> Path:
@@ -224,34 +227,13 @@ def command(args) -> str:
     """This study's command line, as the interrupted line names it."""
     python = os.path.relpath(sys.executable)
     python = sys.executable if python.startswith("..") else python
-    return shlex.join([python, "-m", "pipelines.ablation", *args.argv])
+    return shlex.join([python, "-m", "pipelines.studies.ablation", *args.argv])
 
 
 def gpus(args) -> int:
     import torch
 
     return torch.cuda.device_count() if on_gpu(args.device) else 0
-
-
-def plan_study(args) -> tuple[list[Path], list, list, list[str]]:
-    """The stores (the synthetic ones built on first use), their descriptions, the settings (a
-    run each: setting x seed x store) and the notes on what did not fit."""
-    variants = STORAGE if args.name == "storage" else ONE_STORE
-    stores = (
-        synthetic_stores(args.data, args.name == "ifm", variants)
-        if not args.cache
-        else [Path(p) for p in args.cache.split(",") if p]
-    )
-    infos = [describe_store(p) for p in stores]  # storage: a dataset's stores are its settings
-    infos = infos if args.name == "storage" else label_stores(infos)
-    settings, notes = [], []
-    for info in infos:
-        s, n = plan(args.name, info, args)
-        settings, notes = settings + s, notes + n
-    if args.settings:
-        wanted = {v.strip() for v in args.settings.split(",")}
-        settings = [s for s in settings if s.label in wanted]
-    return stores, infos, settings, notes
 
 
 def print_plan(args, infos, settings, todo, out: Path) -> int:
@@ -273,28 +255,6 @@ def print_plan(args, infos, settings, todo, out: Path) -> int:
         flush=True,
     )
     return jobs
-
-
-def estimate_runs(args, todo: list, jobs: int) -> list[Run]:
-    """A Run per setting to do, with its ETA measured: the first steps of each training and one
-    evaluation of each distinct model on each store (seeds share it), in scratch folders;
-    prints the whole study's ETA."""
-    kinds = [(s.store, s.ifm, json.dumps(s.tmm, sort_keys=True), s.source_stride) for s in todo]
-    probes = {k: todo[kinds.index(k)] for k in dict.fromkeys(kinds)}  # the first setting of each kind
-    with tempfile.TemporaryDirectory(prefix="ablation-eta-") as scratch:
-        folders = {k: Path(scratch) / str(i) for i, k in enumerate(probes)}
-        for k, s in probes.items():
-            write_spec(folders[k], s, args)
-        if probes:
-            print(f"measuring the ETA: the first steps of each training of {len(probes)} setting(s)", flush=True)
-        measured = measure_eta(list(folders.values()), jobs, gpus(args)) if probes else {}
-    runs = []
-    for s, k in zip(todo, kinds):
-        got = measured.get(folders[k], {})
-        label = f"{s.dataset} {s.label}" + (f" seed {s.seed}" if s.seeds > 1 else "")
-        runs.append(Run(study_folder(args) / s.folder, label, sum(got.values())))
-    print_eta(runs, jobs, len(measured) < len(probes))
-    return runs
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training from a store in a bucket: the loader against raw readers, on an S3 emulator.
 
-    .venv/bin/python -m pipelines.bench_bucket                     # ~5 min on 2 cores
-    .venv/bin/python -m pipelines.bench_bucket --quick --no-write  # a look
+    .venv/bin/python -m pipelines.benchmarks.bucket                     # ~5 min on 2 cores
+    .venv/bin/python -m pipelines.benchmarks.bucket --quick --no-write  # a look
 
 Starts moto's S3 server on 127.0.0.1 (no other address is touched), copies a store of random
 ViT-B-16-shaped tokens into it, and alternates rounds of readers over one PRP plan:
@@ -10,7 +10,7 @@ ViT-B-16-shaped tokens into it, and alternates rounds of readers over one PRP pl
   beside it the same reader through fsspec (s3fs `cat_ranges`), when s3fs is installed;
 - `ClipLoader` on the bucket store: without a cache (range requests), and with a fresh
   `--local-cache` (first epoch: whole shards pulled), then the same plan again (cached epoch);
-- the local raw `preadv` reader (bench_loader.py's ceiling) over the same bytes on local disk.
+- the local raw `preadv` reader (benchmarks/loader.py's ceiling) over the same bytes on local disk.
 The emulator is a Python server on the same cores, so absolute rates say little about a real
 bucket; the ratios, measured side by side, are the point.
 """
@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import REPO, describe_machine, fill_in, heading, num, parser, pct, publish, say, table
+from pipelines.common import REPO, describe_machine, num, parse_sized, parser, pct, say
 from pipelines.readers import (
     FRAME_BYTES,
     RANGE_WARMUP,
@@ -45,6 +45,7 @@ from pipelines.readers import (
     raw_s3fs,
     rows_of,
 )
+from pipelines.sections import Section, publish, section, table
 
 BUCKET = "advise-bench"
 TARGET_FIRST, TARGET_CACHED = 0.7, 0.8
@@ -169,7 +170,7 @@ def measure(args, local: Path, url: str) -> dict[str, list[float]]:
     return rate
 
 
-def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
+def render(facts, args, argv, rate: dict[str, list[float]]) -> Section:
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rate[a], rate[b]))
 
@@ -194,7 +195,6 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         if rate[k]
     ]
     lines = [
-        *heading("Training from a bucket (S3 emulator)", "bench_bucket.py", argv, facts),
         f"moto's S3 server on 127.0.0.1 (a Python server sharing the cores; a real bucket differs in "
         f"every absolute figure). Store of {args.videos} videos x {args.frames} frames of ViT-B-16-shaped "
         f"float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, 64 frames a shard object), PRP clips of 8 "
@@ -203,37 +203,33 @@ def render(facts, args, argv, rate: dict[str, list[float]]) -> str:
         f"readers then {args.pairs} alternating passes of the four local ones over the plan three times "
         "(4 batches untimed); medians of the ratios of each round (or pass).",
         "",
-        *table(["reader", "clips/s", "GB/s", "ratio"], rows),
+        table(["reader", "clips/s", "GB/s", "ratio"], rows),
         "",
         f"- first epoch from the bucket / raw range-GET reader: no cache {pct(ratio('loader', 'raw'))}, "
         f"pulling whole shards into --local-cache {pct(ratio('first', 'raw'))} (target >= {pct(TARGET_FIRST)}).",
         f"- cached epoch / local raw preadv reader: {pct(ratio('cached', 'local'))} (target >= {pct(TARGET_CACHED)}); "
         f"/ the same reader checking each frame's crc32c, as the loader does: {pct(ratio('cached', 'local_checked'))}.",
         f"- cached epoch / `ClipLoader` on the local store: {pct(ratio('cached', 'loader_local'))} (the cache's own "
-        "cost; the loader's own against the raw reader is bench_loader.py's figure).",
+        "cost; the loader's own against the raw reader is benchmarks/loader.py's figure).",
     ]
     if rate["s3fs"]:
         lines.append(
             f"- obstore / fsspec (s3fs), the raw readers: {ratio('raw', 's3fs'):.2f}x: why storage.py uses obstore."
         )
-    return "\n".join(lines) + "\n"
+    return section("bench_bucket", "Training from a bucket (S3 emulator)", __name__, argv, facts, lines)
 
 
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--work", type=Path, default=REPO / "data" / "bench_bucket", help="the local store and cache")
-    for key in SIZES["cpu"]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default {SIZES['cpu'][key]}")
-    p.add_argument("--quick", action="store_true", help="a tiny store, one round")
-    args = p.parse_args(argv)
-    fill_in(args, SIZES["quick" if args.quick else "cpu"])
+    args = parse_sized(p, argv, SIZES, "a tiny store, one round")
     local = ensure_store(args.work, args.videos, args.frames, args.seed)
     facts = describe_machine("cpu", packages=("zarr", "obstore", "moto", "s3fs"))
     with emulator():
         url = f"s3://{BUCKET}/{local.name}"
         say(f"copying {local} into {url}: {upload(local, url) / 1e9:.2f} GB")
         rate = measure(args, local, url)
-    return publish(render(facts, args, argv, rate), args, "bench_bucket")
+    return publish(render(facts, args, argv, rate), args)
 
 
 if __name__ == "__main__":

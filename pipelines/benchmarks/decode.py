@@ -1,8 +1,8 @@
 """Decoding and resizing real footage: what extraction's pixels cost on the CPU, by path, side by
 side in alternating rounds, and how far the tokens of the tensor resize are from PIL's.
 
-    python -m pipelines.bench_decode                       # ~4 minutes on 2 shared cores
-    python -m pipelines.bench_decode --quick --no-write    # smoke run on a generated clip, seconds
+    python -m pipelines.benchmarks.decode                       # ~4 minutes on 2 shared cores
+    python -m pipelines.benchmarks.decode --quick --no-write    # smoke run on a generated clip, seconds
 
 The clip: OpenCV's sample `vtest.avi` (768x576 msmpeg4, 795 frames of people walking, a fixed
 camera), which Debian ships in its `opencv-doc` package (`apt-get install opencv-doc` puts it at
@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import REPO, describe_machine, heading, num, parser, publish, quiet, say, table
-from pipelines.footage import SMALL, find_clip, token_difference, transcode
+from pipelines.benchmarks.footage import SMALL, find_clip, token_difference, transcode
+from pipelines.common import REPO, describe_machine, num, parser, quiet, say
+from pipelines.sections import Section, publish, section, table
 
 EXTRACT_FRAMES = 8000  # frames of the 768x576 clip the extraction measurement decodes
 
@@ -184,16 +185,15 @@ def breakdown(clip: Path, frames: int) -> dict[str, float]:
     return out
 
 
-def render(machine, clip, costs, extraction, parts, tokens, argv) -> str:
+def render(machine, clip, costs, extraction, parts, tokens, argv) -> Section:
     med = {k: float(np.median(v)) for k, v in costs.items()}
     base = med["pil"]
     out = [
-        *heading("Decoding and resizing real footage", "bench_decode.py", argv, machine),
         f"Clip: `{clip}` transcoded by the script to {SMALL[1]}x{SMALL[0]} mpeg4 (decode + resize) and as it "
         "is (extraction). Frames per CPU-second of this process, one torch thread; median of "
         f"{len(costs['pil'])} rounds alternating the paths.",
         "",
-        *table(
+        table(
             ["path, decode + resize to 224 px crops", "frames / CPU-second", "vs PIL (today's path)"],
             [[k, num(v), f"{v / base:.2f}x"] for k, v in med.items()],
         ),
@@ -208,7 +208,7 @@ def render(machine, clip, costs, extraction, parts, tokens, argv) -> str:
             f"of the process (imports included), median of {len(extraction['cost']['pil'])} rounds; a bare "
             "decord decode of the same frames in a fresh process beside it:",
             "",
-            *table(
+            table(
                 ["run", "CPU-seconds", "vs the bare decode"],
                 [[k, f"{v:.1f}", f"{v / dec:.2f}x"] for k, v in c.items()],
             ),
@@ -222,28 +222,23 @@ def render(machine, clip, costs, extraction, parts, tokens, argv) -> str:
         "Tokens of the tensor resize against PIL's (random weights: no pretrained ones offline), on frames "
         "spread over the clip at its own size; pixels: max abs difference / share of values that differ.",
         "",
-        *table(["model", "resize", "frames", "pixels", "relative L2", "cosine, mean", "cosine, min"], tokens, left=2),
+        table(["model", "resize", "frames", "pixels", "relative L2", "cosine, mean", "cosine, min"], tokens, left=2),
     ]
-    return "\n".join(out) + "\n"
+    return section("bench_decode", "Decoding and resizing real footage", __name__, argv, machine, out)
 
 
-def render_decoders(machine, clip, costs, argv) -> str:
+def render_decoders(machine, clip, costs, argv) -> Section:
     med = {k: float(np.median(v)) for k, v in costs.items()}
-    return (
-        "\n".join(
-            [
-                *heading("Decoders on real footage", "bench_decode.py", argv, machine),
-                f"`{clip}` transcoded to {SMALL[1]}x{SMALL[0]} mpeg4; frames decoded per CPU-second (16 at a time, "
-                f"one thread each), median of {len(costs['decord alone'])} rounds alternating the decoders.",
-                "",
-                *table(
-                    ["decoder", "frames / CPU-second", "vs decord"],
-                    [[k, num(v), f"{v / med['decord alone']:.2f}x"] for k, v in med.items()],
-                ),
-            ]
-        )
-        + "\n"
-    )
+    body = [
+        f"`{clip}` transcoded to {SMALL[1]}x{SMALL[0]} mpeg4; frames decoded per CPU-second (16 at a time, "
+        f"one thread each), median of {len(costs['decord alone'])} rounds alternating the decoders.",
+        "",
+        table(
+            ["decoder", "frames / CPU-second", "vs decord"],
+            [[k, num(v), f"{v / med['decord alone']:.2f}x"] for k, v in med.items()],
+        ),
+    ]
+    return section("bench_decode_decoders", "Decoders on real footage", __name__, argv, machine, body)
 
 
 def main(argv=None) -> int:
@@ -270,7 +265,7 @@ def main(argv=None) -> int:
         machine = describe_machine("cpu", packages=("decord", "torchcodec", "Pillow"))
         if args.decoders:
             costs = path_costs(small, args.rounds, decoders_only=True)
-            return publish(render_decoders(machine, clip, costs, argv), args, "bench_decode_decoders")
+            return publish(render_decoders(machine, clip, costs, argv), args)
         costs = path_costs(small, args.rounds)
         frames = 200 if args.quick else EXTRACT_FRAMES
         extraction = extraction_cost(clip, work, frames, args.extract_rounds) if args.extract_rounds else None
@@ -279,7 +274,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.figures = {"clip": str(clip), "costs": costs, "extraction": extraction, "parts": parts, "tokens": tokens}
-    return publish(render(machine, clip, costs, extraction, parts, tokens, argv), args, "bench_decode")
+    return publish(render(machine, clip, costs, extraction, parts, tokens, argv), args)
 
 
 if __name__ == "__main__":

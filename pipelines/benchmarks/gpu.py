@@ -1,23 +1,23 @@
 """Every GPU figure in two short commands (`make bench-gpu`), each opened by a ~20-second pre-flight,
 so that a lent GPU spends its minutes measuring and a broken set-up is seen before them.
 
-    python3 -m pipelines.bench_gpu extract --device cuda   # pre-flight, then extraction (< 5 min)
-    python3 -m pipelines.bench_gpu train --device cuda     # pre-flight, loader + training, Table 6 (< 5 min)
-    .venv/bin/python -m pipelines.bench_gpu extract --device cpu   # the same on the CPU, smaller sizes
-    .venv/bin/python -m pipelines.bench_gpu preflight --device cpu --quick   # the smoke test
+    python3 -m pipelines.benchmarks.gpu extract --device cuda   # pre-flight, then extraction (< 5 min)
+    python3 -m pipelines.benchmarks.gpu train --device cuda     # pre-flight, loader + training, Table 6 (< 5 min)
+    .venv/bin/python -m pipelines.benchmarks.gpu extract --device cpu   # the same on the CPU, smaller sizes
+    .venv/bin/python -m pipelines.benchmarks.gpu preflight --device cpu --quick   # the smoke test
 
 The pre-flight: CUDA visible (the GPUs' names), the versions of torch, zarr, numcodecs, av, decord
 and torchcodec, whether the direct shard reader and writer are in use on a fresh store (a zarr that
 writes its sharding metadata otherwise turns them off: 20-50x slower, silently until now), and a
 one-batch extraction on cuda:0 and, with two GPUs, on cuda:1 too, their tokens compared with each
 other and with the model run directly. With $OUT set (the device machine's result folder), every
-section goes into $OUT/BENCHMARKS.md and its JSON beside it; else into BENCHMARKS.md here.
+section goes into $OUT/BENCHMARKS.json (rendered to $OUT/BENCHMARKS.md); else into BENCHMARKS.json
+here. `python -m pipelines.sections --merge OUT/BENCHMARKS.json` takes a GPU session's sections in.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -29,25 +29,26 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import BENCHMARKS, describe_machine, heading, parser, publish, quiet, say, table
+from pipelines.common import BENCHMARKS, describe_machine, parser, quiet, say
+from pipelines.sections import publish, section, table
 
 # Sizes per part and device kind: each command stays under 5 minutes, its pre-flight included.
 PARTS = {
     "extract": {
-        "cuda": [["bench_extract", "--models", "ViT-B-16", "--frames", "4096", "--repeats", "2"]],
-        "cpu": [["bench_extract", "--models", "test-vit", "--frames", "512", "--repeats", "1", "--codec-frames", "0"]],
-        "quick": [["bench_extract", "--quick", "--workers", "0", "--writer-frames", "0"]],
+        "cuda": [["extract", "--models", "ViT-B-16", "--frames", "4096", "--repeats", "2"]],
+        "cpu": [["extract", "--models", "test-vit", "--frames", "512", "--repeats", "1", "--codec-frames", "0"]],
+        "quick": [["extract", "--quick", "--workers", "0", "--writer-frames", "0"]],
     },
     "train": {
         "cuda": [
-            ["bench_loader", "--rounds", "3", "--clips", "4096", "--steps", "100", "--warmup", "10"],
-            ["bench_efficiency", "--batch-size", "32", "--min-time", "3", "--rounds", "1"],
+            ["loader", "--rounds", "3", "--clips", "4096", "--steps", "100", "--warmup", "10"],
+            ["efficiency", "--batch-size", "32", "--min-time", "3", "--rounds", "1"],
         ],
         "cpu": [
             [
-                "bench_loader",
+                "loader",
                 "--videos",
                 "32",
                 "--clips",
@@ -57,9 +58,9 @@ PARTS = {
                 "--train-rounds",
                 "1",
             ],
-            ["bench_efficiency", "--configs", "cached-B16", "--batch-size", "2", "--min-time", "1", "--rounds", "1"],
+            ["efficiency", "--configs", "cached-B16", "--batch-size", "2", "--min-time", "1", "--rounds", "1"],
         ],
-        "quick": [["bench_loader", "--quick"]],
+        "quick": [["loader", "--quick"]],
     },
 }
 
@@ -159,16 +160,14 @@ def preflight(device: str) -> dict:
     return {"facts": facts, "direct": ok, "compared": compared, "direct_run": direct_run}
 
 
-def run_part(part: str, args, out: Path, json_dir: Path | None) -> list[dict]:
+def run_part(part: str, args, out: Path) -> list[dict]:
     kind = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
     done = []
     for script, *flags in PARTS[part][kind]:
         t0 = time.perf_counter()
-        module = importlib.import_module(f"pipelines.{script}")
+        module = importlib.import_module(f"pipelines.benchmarks.{script}")
         argv = [*flags, "--device", args.device, "--out", str(out)]
-        if json_dir is not None:
-            argv += ["--json", str(json_dir / f"{script}-{args.device.replace(':', '')}.json")]
-        if script == "bench_loader":
+        if script == "loader":
             argv += ["--work", str(Path(tempfile.gettempdir()) / "bench_gpu_loader")]
         say(f"== {script} {' '.join(argv)}")
         module.main(argv)
@@ -188,21 +187,18 @@ def main(argv=None) -> int:
         result_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pre = preflight(args.device)
-    parts = [] if args.part == "preflight" else run_part(args.part, args, out, result_dir)
+    parts = [] if args.part == "preflight" else run_part(args.part, args, out)
     machine = describe_machine(args.device, packages=("zarr", "numcodecs", "av"))
     lines = [
-        *heading(f"GPU pre-flight, {args.part}", "bench_gpu.py", argv, machine),
-        *table(["check", ""], [list(kv) for kv in pre["facts"].items()], left=2),
+        table(["check", ""], [list(kv) for kv in pre["facts"].items()], left=2),
         "",
-        *table(["script", "seconds"], [[d["script"], d["seconds"]] for d in parts], left=1),
+        table(["script", "seconds"], [[d["script"], d["seconds"]] for d in parts], left=1),
         "",
         f"Whole command: {time.perf_counter() - t0:.0f} s.",
     ]
-    if result_dir is not None:
-        summary = {"preflight": pre, "parts": parts, "seconds": round(time.perf_counter() - t0, 1)}
-        (result_dir / f"bench_gpu-{args.part}.json").write_text(json.dumps(summary, indent=1, default=str))
-    args.out = out
-    return publish("\n".join(lines) + "\n", args, f"bench_gpu_{args.part}")
+    args.out, args.figures = out, {"preflight": pre, "parts": parts, "seconds": round(time.perf_counter() - t0, 1)}
+    title = f"GPU pre-flight, {args.part}"
+    return publish(section(f"bench_gpu_{args.part}", title, __name__, argv, machine, lines), args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The settings of an ablation (pipelines/ablation.py) on one store: the paper's values, and
+"""The settings of an ablation (pipelines/studies/ablation.py) on one store: the paper's values, and
 their analogues where a store's grid or width differs from ViT-B/16's 14 x 14 x 768."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from pipelines.ablation_report import SOURCE
+from pipelines.studies.ablation_report import SOURCE
+from pipelines.studies.ablation_setting import ONE_STORE, STORAGE, synthetic_stores
 
 ABLATIONS = tuple(SOURCE)
 PAPER = {
@@ -259,3 +260,24 @@ def _storage(name: str, info: StoreInfo, args, add, notes: list[str]) -> None:
         base_tmm(args, info.dims[key]),
         source_stride=2,
     )  # train.resolve_stride refuses what cannot be
+
+
+def plan_study(args) -> tuple[list[Path], list, list, list[str]]:
+    """The stores (the synthetic ones built on first use), their descriptions, the settings (a
+    run each: setting x seed x store) and the notes on what did not fit."""
+    variants = STORAGE if args.name == "storage" else ONE_STORE
+    stores = (
+        synthetic_stores(args.data, args.name == "ifm", variants)
+        if not args.cache
+        else [Path(p) for p in args.cache.split(",") if p]
+    )
+    infos = [describe_store(p) for p in stores]  # storage: a dataset's stores are its settings
+    infos = infos if args.name == "storage" else label_stores(infos)
+    settings, notes = [], []
+    for info in infos:
+        s, n = plan(args.name, info, args)
+        settings, notes = settings + s, notes + n
+    if args.settings:
+        wanted = {v.strip() for v in args.settings.split(",")}
+        settings = [s for s in settings if s.label in wanted]
+    return stores, infos, settings, notes

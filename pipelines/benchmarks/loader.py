@@ -1,8 +1,8 @@
 """Loader and training-from-the-cache benchmark: the data path against its ceilings.
 
-    .venv/bin/python -m pipelines.bench_loader                  # `make bench-loader`, ~5 min on 2 cores
-    python3 -m pipelines.bench_loader --device cuda             # part of `make bench-gpu`
-    .venv/bin/python -m pipelines.bench_loader --quick --no-write   # a look (and the smoke test)
+    .venv/bin/python -m pipelines.benchmarks.loader                  # `make bench-loader`, ~5 min on 2 cores
+    python3 -m pipelines.benchmarks.loader --device cuda             # part of `make bench-gpu`
+    .venv/bin/python -m pipelines.benchmarks.loader --quick --no-write   # a look (and the smoke test)
 
 From a store of random ViT-B-16-shaped tokens in the page cache, rounds rotate the readers
 of one PRP plan (each in every place in turn): a minimal `preadv` reader (the ceiling), `ClipLoader` (every frame checked
@@ -23,21 +23,10 @@ import sys
 from pathlib import Path
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import (
-    REPO,
-    describe_machine,
-    fill_in,
-    heading,
-    num,
-    parser,
-    pct,
-    publish,
-    say,
-    table,
-)
-from pipelines.loader_training import training
+from pipelines.benchmarks.loader_training import training
+from pipelines.common import REPO, describe_machine, num, parse_sized, parser, pct, say
 from pipelines.readers import (
     FRAME_BYTES,
     SHAPE,
@@ -49,6 +38,7 @@ from pipelines.readers import (
     unchecked,
     warm_page_cache,
 )
+from pipelines.sections import Section, publish, section, table
 
 TARGET_CEILING, TARGET_TRAIN = 0.8, 0.9  # training: 0.8 on the CPU
 TARGET_CHECKS = 0.9  # the loader checking every frame's crc32c / the loader not checking
@@ -140,12 +130,11 @@ def reading(store_path: Path, args) -> tuple[list[list], dict]:
     return rows, ratios
 
 
-def render_views(facts, args, argv, rows: list[list], ratios: dict, store_path: Path) -> str:
+def render_views(facts, args, argv, rows: list[list], ratios: dict, store_path: Path) -> Section:
     from advise_cache.store import open_store
 
     a = open_store(store_path).ifm("ViT-B-16")
     lines = [
-        *heading("Loader with views in the store, CPU", "bench_loader.py", argv, facts),
         f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens from the page cache; a store of {len(a.frames)} "
         f"videos x {int(a.frames[0])} frames x {len(a.views)} views (the centre crop and {len(a.views) - 1} "
         f"augmented views: the bytes of the loader section's store of {len(a.frames) * len(a.views)} videos x "
@@ -154,28 +143,27 @@ def render_views(facts, args, argv, rows: list[list], ratios: dict, store_path: 
         f"batch {args.batch_size}, {args.threads} reading threads; {args.rounds} rounds, each reader once per round "
         "(rotated); medians over the rounds.",
         "",
-        *table(["reader", "clips/s", "GB/s", "of the ceiling"], rows),
+        table(["reader", "clips/s", "GB/s", "of the ceiling"], rows),
         "",
         f"- loader / minimal reader of the same frames, both checking each frame's crc32c: "
         f"{pct(ratios['checked ceiling'])} (target >= {pct(TARGET_CEILING)}); the loader not checking / the "
         f"minimal reader not checking: {pct(ratios['unchecked ceiling'])}; the loader checking / the minimal "
         f"reader not checking: {pct(ratios['ceiling'])}. Medians of the per-round ratios.",
     ]
-    return "\n".join(lines) + "\n"
+    return section("bench_loader_views", "Loader with views in the store, CPU", __name__, argv, facts, lines)
 
 
 # -- the report ------------------------------------------------------------------------------
-def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: list[list]) -> str:
+def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: list[list]) -> Section:
     cuda = args.device.startswith("cuda")
     target_train = TARGET_TRAIN if cuda else TARGET_CEILING
     lines = [
-        *heading(f"Loader, {'GPU' if cuda else 'CPU'}", "bench_loader.py", argv, facts),
         f"PRP clips of 8 frames of ViT-B-16-shaped float16 tokens ({FRAME_BYTES / 1e3:.0f} kB a frame, "
         f"{8 * FRAME_BYTES / 1e6:.2f} MB a clip) from the page cache; store of {args.videos} videos x "
         f"{args.frames} frames; batch {args.batch_size}, {args.threads} reading threads; {args.rounds} "
         "rounds, each reader once per round; medians over the rounds.",
         "",
-        *table(["reader", "clips/s", "GB/s", "of the ceiling"], readers),
+        table(["reader", "clips/s", "GB/s", "of the ceiling"], readers),
         "",
         f"- loader / ceiling: {pct(ratios['ceiling'])} (target >= {pct(TARGET_CEILING)}), "
         "median of the per-round ratios.",
@@ -190,45 +178,37 @@ def render(facts, args, argv, readers: list[list], ratios: dict, train_rows: lis
         f"batch {args.train_batch}, {args.steps} timed steps after {args.warmup}, {args.train_rounds} "
         "round(s) alternating the modes; medians over the rounds.",
         "",
-        *table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"], train_rows),
+        table(["mode", "clips/s", "of in memory", "waiting for data", "peak GPU memory (GB)"], train_rows),
         "",
         f"- from the store / in memory: {pct(ratios['train'])}, median of the per-round ratios "
-        f"(target >= {pct(target_train)}). Peak host memory of training is bench_efficiency.py's "
+        f"(target >= {pct(target_train)}). Peak host memory of training is benchmarks/efficiency.py's "
         "figure.",
     ]
-    return "\n".join(lines) + "\n"
+    name, title = ("bench_loader_gpu", "Loader, GPU") if cuda else ("bench_loader", "Loader, CPU")
+    return section(name, title, __name__, argv, facts, lines)
 
 
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--work", type=Path, default=REPO / "data" / "bench_loader", help="where the store lives")
-    for key in SIZES["cpu"]:
-        p.add_argument(
-            "--" + key.replace("_", "-"),
-            type=int,
-            help=", ".join(f"{kind} {size[key]}" for kind, size in SIZES.items()),
-        )
     p.add_argument("--threads", type=int, help="reading threads; default: 4 (cpu), the cores up to 16 (cuda)")
-    p.add_argument("--quick", action="store_true", help="a tiny store and one short round")
     p.add_argument("--views-only", action="store_true", help="only the store with views (its own section)")
-    args = p.parse_args(argv)
+    args = parse_sized(p, argv, SIZES, "a tiny store and one short round")
     cuda = args.device.startswith("cuda")
-    fill_in(args, SIZES["quick" if args.quick else "cuda" if cuda else "cpu"])
     args.threads = args.threads or (min(16, os.cpu_count() or 4) if cuda else 4)
     facts = describe_machine(args.device, packages=("zarr",))
     if not cuda:  # the views row: a CPU figure, like the ceiling's
         views_path = ensure_views_store(args.work, args.videos, args.frames, args.seed)
         say(f"warming the page cache: {warm_page_cache(views_path) / 1e9:.2f} GB read")
         rows, ratios = reading(views_path, args)  # its plan's clips each read their drawn view
-        publish(render_views(facts, args, argv, rows, ratios, views_path), args, "bench_loader_views")
+        publish(render_views(facts, args, argv, rows, ratios, views_path), args)
     if args.views_only:
         return 0
     store_path = ensure_store(args.work, args.videos, args.frames, args.seed)
     say(f"warming the page cache: {warm_page_cache(store_path) / 1e9:.2f} GB read")
     readers, ratios = reading(store_path, args)
     train_rows, ratios["train"] = training(store_path, args, SHAPE)
-    section = render(facts, args, argv, readers, ratios, train_rows)
-    return publish(section, args, "bench_loader_gpu" if cuda else "bench_loader")
+    return publish(render(facts, args, argv, readers, ratios, train_rows), args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """What stored views buy (issue 21): Acc_ft with 0, 2 and 4 augmented views, seeds, bytes, and
 10 x 3 against 4 x 1 evaluation, on the synthetic `shifted` family.
 
-    .venv/bin/python -m pipelines.study_views              # `make study-views`, ~15 min on 2 cores
-    .venv/bin/python -m pipelines.study_views --quick --no-write   # a look (and the smoke test)
+    .venv/bin/python -m pipelines.studies.views              # `make study-views`, ~15 min on 2 cores
+    .venv/bin/python -m pipelines.studies.views --quick --no-write   # a look (and the smoke test)
 
 The shifted family's shapes sit at the centre of the train videos and a fifth of the width aside
 in the test videos (advise_cache/synthetic.py): the class survives a crop, its place does not, so
@@ -24,9 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import REPO, describe_machine, fill_in, heading, mean_sd, parser, pm, publish, say, table
+from pipelines.common import REPO, describe_machine, mean_sd, parse_sized, parser, pm, say
+from pipelines.sections import Section, publish, section, table
 
 VIEWS = (0, 2, 4)
 SIZES = {
@@ -121,7 +122,7 @@ def view_bytes(store: Path) -> int:
     return a.stored_bytes() // len(a.views)
 
 
-def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> str:
+def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> Section:
     from advise_cache.store import open_store
 
     table_rows = []
@@ -144,7 +145,6 @@ def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> s
     videos = open_store(store).videos
     n_train, n_test = int((videos.split == "train").sum()), int((videos.split == "test").sum())
     lines = [
-        *heading("Augmented views: what they buy (synthetic shifted family)", "study_views.py", argv, facts),
         f"test-vit (random init) tokens of {n_train} train and {n_test} test videos of the shifted family "
         f"({FRAMES[0]}-{FRAMES[1]} frames); the protocol per run (PRP {args.epochs} epochs, fine-tune "
         f"{args.ft_epochs} epochs from it; the project's defaults, a TMM of hidden 64), seeds "
@@ -153,7 +153,7 @@ def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> s
         "bytes the training views take (the 3 evaluation crops add 3x the first column's per view). "
         f"Time: {_minutes(rows, store)}.",
         "",
-        *table(
+        table(
             [
                 "augmented views",
                 "bytes, MB (x no views)",
@@ -165,7 +165,8 @@ def render(facts, args, argv, rows: list[dict], per_view: int, store: Path) -> s
             table_rows,
         ),
     ]
-    return "\n".join(lines) + "\n"
+    title = "Augmented views: what they buy (synthetic shifted family)"
+    return section("study_views", title, __name__, argv, facts, lines)
 
 
 def _minutes(rows: list[dict], store: Path) -> str:
@@ -179,17 +180,12 @@ def _minutes(rows: list[dict], store: Path) -> str:
 def main(argv=None) -> int:
     p = parser(__doc__)
     p.add_argument("--work", type=Path, default=REPO / "data" / "study_views", help="videos, store and runs")
-    for key in SIZES["cpu"]:
-        p.add_argument("--" + key.replace("_", "-"), type=int, help=f"default {SIZES['cpu'][key]}")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one seed")
-    args = p.parse_args(argv)
-    sizes = SIZES["quick" if args.quick else "cpu"]
-    fill_in(args, sizes)
+    args = parse_sized(p, argv, SIZES, "tiny sizes, one seed")
     work = args.work / ("quick" if args.quick else "cpu")
-    store = make_store(work, {k: getattr(args, k) for k in sizes})
+    store = make_store(work, {k: getattr(args, k) for k in SIZES["cpu"]})
     rows = [run_one(store, work / f"views{n}-seed{s}", n, s, args) for s in range(args.seeds) for n in VIEWS]
     facts = describe_machine(args.device, packages=("zarr",))
-    return publish(render(facts, args, argv, rows, view_bytes(store), store), args, "study_views")
+    return publish(render(facts, args, argv, rows, view_bytes(store), store), args)
 
 
 if __name__ == "__main__":

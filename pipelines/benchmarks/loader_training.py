@@ -1,4 +1,4 @@
-"""The training half of pipelines/bench_loader.py: `train.train` from the store against the same
+"""The training half of pipelines/benchmarks/loader.py: `train.train` from the store against the same
 `train.train_step` on a batch already in memory (on CUDA also `--compile` and `--preload gpu`),
 in rounds alternating the modes."""
 

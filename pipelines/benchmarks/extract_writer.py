@@ -1,7 +1,7 @@
 """The writer with and without frame checksums, alone: its own BENCHMARKS.md section (the
-measurements are pipelines/store_writes.py's, which bench_extract.py runs too).
+measurements are pipelines/benchmarks/store_writes.py's, which benchmarks/extract.py runs too).
 
-    .venv/bin/python -m pipelines.bench_extract_writer       # make bench-writer
+    .venv/bin/python -m pipelines.benchmarks.extract_writer       # make bench-writer
 """
 
 from __future__ import annotations
@@ -11,23 +11,30 @@ import sys
 from pathlib import Path
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import describe_machine, filesystem, heading, num, parser, pct, publish, table
-from pipelines.store_writes import PER_SHARD, WRITER_LENGTHS, WRITER_TARGET_CRC, WriterRow, bench_writer, crc_cost
+from pipelines.benchmarks.store_writes import (
+    PER_SHARD,
+    WRITER_LENGTHS,
+    WRITER_TARGET_CRC,
+    WriterRow,
+    bench_writer,
+    crc_cost,
+)
+from pipelines.common import describe_machine, filesystem, num, parser, pct
+from pipelines.sections import Section, publish, section, table
 
 SHAPES = {"test-vit": (4, 4, 64), "ViT-B-16": (14, 14, 768)}  # (h, w, D) of the stored tokens
 
 
-def checks_section(rows: list[WriterRow], facts: dict, argv) -> str:
+def checks_section(rows: list[WriterRow], facts: dict, argv) -> Section:
     lines = [
-        *heading("The writer with frame checksums", "bench_extract_writer.py", argv, facts),
         f"Random float16 tokens (videos of {WRITER_LENGTHS[0]}-{WRITER_LENGTHS[1]} frames, {PER_SHARD}-frame "
         f"shards, fsync, {rows[0].threads} threads) through `extract_stages.Writer` into a group whose frames "
         "carry their crc32c (format 3) and into one without (as before format 3), and as raw write + fsync "
         "of the same shard bytes; each round rotates their order; frames/s, best round of each.",
         "",
-        *table(
+        table(
             ["tokens", "frames", "MB", "rounds", "with crc32c", "without", "with / without (median)", "raw"],
             [
                 [
@@ -46,7 +53,7 @@ def checks_section(rows: list[WriterRow], facts: dict, argv) -> str:
         "",
         f"Target: with / without >= {pct(WRITER_TARGET_CRC)}, the median of the per-round ratios.",
     ]
-    return "\n".join(lines) + "\n"
+    return section("bench_extract_writer", "The writer with frame checksums", __name__, argv, facts, lines)
 
 
 def main(argv=None) -> int:
@@ -70,7 +77,7 @@ def main(argv=None) -> int:
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return publish(checks_section(rows, facts, argv), args, "bench_extract_writer")
+    return publish(checks_section(rows, facts, argv), args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The whole AdViSe story on the built-in synthetic dataset, end to end, on the CPU.
 
-    make demo                      # or: python -m pipelines.demo --out demo --seed 0 --seeds 3
+    make demo                      # or: python -m pipelines.studies.demo --out demo --seed 0 --seeds 3
 
 Three synthetic families (advise_cache/synthetic.py): `appearance` (classes differ in how a
 frame looks, a large coloured shape, like UCF101), `temporal` (every frame looks alike, only
@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import mean_sd, pm, quiet, synthetic_store, table
+from pipelines.common import mean_sd, pm, quiet, synthetic_store
+from pipelines.sections import table, table_lines
 
 FAMILIES = ("appearance", "temporal", "motion")
 # Classification clips: the temporal family is judged as Diving48 is, one frame from each
@@ -220,7 +221,7 @@ def render(results: dict, seeds: list[int]) -> str:
         out += [
             f"Data draw {data_seed} (videos generated with seed {data_seed}):",
             "",
-            *table(["family", "TMM", *HEADER], rows, left=2),
+            *table_lines(table(["family", "TMM", *HEADER], rows, left=2)),
             "",
         ]
     return "\n".join(out).rstrip()

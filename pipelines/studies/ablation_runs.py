@@ -1,12 +1,12 @@
-"""An ablation's runs (pipelines/ablation.py) as worker processes: how many at once
+"""An ablation's runs (pipelines/studies/ablation.py) as worker processes: how many at once
 (`default_jobs`), the ETA measured before a study starts (`measure_eta`), a progress line with
 the time left after each finished run, and Ctrl-C: workers start deaf to it, so the driver
 alone handles it and ends every worker within seconds (`run_all`); finished runs stay finished.
 
 Run as a script it is one worker (the driver starts it):
 
-    python -m pipelines.ablation_runs run THREADS FOLDER       # the setting in FOLDER/setting.json
-    python -m pipelines.ablation_runs eta THREADS FOLDER...    # times its first steps: FOLDER/estimate.json
+    python -m pipelines.studies.ablation_runs run THREADS FOLDER       # the setting in FOLDER/setting.json
+    python -m pipelines.studies.ablation_runs eta THREADS FOLDER...    # times its first steps: FOLDER/estimate.json
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipelines.studies.ablation_setting import write_spec
 
 GIB_PER_RUN = 2  # a worker's peak resident memory on the synthetic stores: 1.3 GB
 STOP_GRACE_S = 3  # seconds a worker has to exit on SIGTERM before it is killed
@@ -75,9 +78,9 @@ def start(run: Run, threads: int, gpu: int | None) -> None:
         visible = env.get("CUDA_VISIBLE_DEVICES", "").split(",")
         env["CUDA_VISIBLE_DEVICES"] = visible[gpu] if visible[0] else str(gpu)
     folders = [str(f) for f in (run.folder, *run.more)]
-    repo = str(Path(__file__).resolve().parents[1])  # where `pipelines` imports from, whatever the cwd
+    repo = str(Path(__file__).resolve().parents[2])  # where `pipelines` imports from, whatever the cwd
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "pipelines.ablation_runs", run.mode, str(threads), *folders]
+    command = [sys.executable, "-m", "pipelines.studies.ablation_runs", run.mode, str(threads), *folders]
     run.start = time.perf_counter()
     run.proc = subprocess.Popen(command, env=env)
 
@@ -176,7 +179,7 @@ def worker(mode: str, threads: int, folders: list[Path]) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from pipelines import ablation_setting as setting
+    from pipelines.studies import ablation_setting as setting
 
     setting.setup_logging()
     if mode == "run":
@@ -213,3 +216,25 @@ def print_eta(runs: list[Run], jobs: int, partial: bool) -> None:
         f"epoch's end timed){'; unknown for those whose measured run failed' if partial else ''}",
         flush=True,
     )
+
+
+def estimate_runs(args, todo: list, jobs: int, out: Path, gpus: int) -> list[Run]:
+    """A Run per setting to do, with its ETA measured: the first steps of each training and one
+    evaluation of each distinct model on each store (seeds share it), in scratch folders, `gpus`
+    GPUs shared among `jobs` workers; each run's folder under `out`. Prints the whole study's ETA."""
+    kinds = [(s.store, s.ifm, json.dumps(s.tmm, sort_keys=True), s.source_stride) for s in todo]
+    probes = {k: todo[kinds.index(k)] for k in dict.fromkeys(kinds)}  # the first setting of each kind
+    with tempfile.TemporaryDirectory(prefix="ablation-eta-") as scratch:
+        folders = {k: Path(scratch) / str(i) for i, k in enumerate(probes)}
+        for k, s in probes.items():
+            write_spec(folders[k], s, args)
+        if probes:
+            print(f"measuring the ETA: the first steps of each training of {len(probes)} setting(s)", flush=True)
+        measured = measure_eta(list(folders.values()), jobs, gpus) if probes else {}
+    runs = []
+    for s, k in zip(todo, kinds):
+        got = measured.get(folders[k], {})
+        label = f"{s.dataset} {s.label}" + (f" seed {s.seed}" if s.seeds > 1 else "")
+        runs.append(Run(out / s.folder, label, sum(got.values())))
+    print_eta(runs, jobs, len(measured) < len(probes))
+    return runs

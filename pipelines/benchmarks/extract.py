@@ -1,13 +1,13 @@
 """Stage-1 extraction benchmark: decoding, the image model, the writer and the whole pipeline,
 side by side on the same generated videos (320x240 mpeg4), in rounds, the best round of each kept.
 
-    python -m pipelines.bench_extract                      # CPU (make bench-extract); ~12 minutes
-    python3 -m pipelines.bench_extract --device cuda       # GPU mode (make bench-gpu); ~2 minutes
-    python -m pipelines.bench_extract --device cpu --quick --no-write   # smoke test, seconds
+    python -m pipelines.benchmarks.extract                      # CPU (make bench-extract); ~12 minutes
+    python3 -m pipelines.benchmarks.extract --device cuda       # GPU mode (make bench-gpu); ~2 minutes
+    python -m pipelines.benchmarks.extract --device cpu --quick --no-write   # smoke test, seconds
 
 Per image model: the decode processes, `IFM.encode` alone, and `extract.extract_videos` into a
 fresh store; the writer with and without frame checksums and raw write + fsync
-(bench_extract_writer.py); on the CPU every codec of `store.CODECS`, on CUDA bf16 tokens
+(benchmarks/extract_writer.py); on the CPU every codec of `store.CODECS`, on CUDA bf16 tokens
 against fp32 ones. On a GPU machine without a venv run it with `python3` and `PYTHONPATH=.`.
 """
 
@@ -26,22 +26,9 @@ from pathlib import Path
 import numpy as np
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import (
-    describe_machine,
-    filesystem,
-    fill_in,
-    heading,
-    num,
-    parser,
-    pct,
-    publish,
-    quiet,
-    say,
-    table,
-)
-from pipelines.extract_measures import (
+from pipelines.benchmarks.extract_measures import (
     HEIGHT,
     VIDEO_FRAMES,
     WIDTH,
@@ -53,7 +40,9 @@ from pipelines.extract_measures import (
     token_error,
     write_manifest,
 )
-from pipelines.store_writes import bench_codecs, bench_writer, codec_table, writer_table
+from pipelines.benchmarks.store_writes import bench_codecs, bench_writer, codec_table, writer_table
+from pipelines.common import describe_machine, filesystem, fill_in, num, parser, pct, quiet, say
+from pipelines.sections import Section, publish, section, table
 
 # Frames per model: ViT-B-16 runs about 1 frame/s in fp32 on 2 CPU cores, test-vit
 # thousands; on a GPU every stage should last seconds.
@@ -150,18 +139,17 @@ def bench_model(model: str, device: str, videos, work: Path, args) -> tuple[Row,
 
 
 # -- report ----------------------------------------------------------------------------------
-def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, title: str) -> str:
+def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, name: str, title: str) -> Section:
     from advise_cache.store import DEFAULT_CODEC
 
     out = [
-        *heading(title, "bench_extract.py", argv, machine),
         f"Frames/s of each stage on the same generated videos ({WIDTH}x{HEIGHT} mpeg4, {VIDEO_FRAMES[0]}-"
         f"{VIDEO_FRAMES[1]} frames each), random weights, codec {DEFAULT_CODEC}, float16 tokens, "
         f"{args.writers} writer threads; each column the best round's. Decode alone counts from the first "
         "chunk handed over; end to end is `ExtractSummary.seconds`, loop `loop_seconds`, steady "
         "`steady_seconds` (the model's first batch to the last video stored).",
         "",
-        *table(
+        table(
             [
                 "model",
                 "device",
@@ -212,10 +200,10 @@ def render(machine: dict, rows, writer_rows, codec_rows, errors, args, argv, tit
             "bf16 (autocast, as `extract` runs on CUDA) against fp32 tokens of the same weights and "
             "crops: relative L2 error over all tokens, cosine similarity per token.",
             "",
-            *table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"], errors),
+            table(["model", "frames", "relative L2 error", "cosine, mean", "cosine, min", "max abs diff"], errors),
         ]
     out += codec_table(codec_rows)
-    return "\n".join(out) + "\n"
+    return section(name, title, __name__, argv, machine, out)
 
 
 def main(argv=None) -> int:
@@ -287,7 +275,7 @@ def main(argv=None) -> int:
     if cuda:  # a section per GPU model
         name += "-" + re.sub(r"[^a-z0-9]+", "-", machine["GPU"].lower()).strip("-")
         title += f" on {machine['GPU']}"
-    return publish(render(machine, rows, writer_rows, codec_rows, errors, args, argv, title), args, name)
+    return publish(render(machine, rows, writer_rows, codec_rows, errors, args, argv, name, title), args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The store side of the extraction benchmarks (bench_extract.py, bench_extract_writer.py): the
+"""The store side of the extraction benchmarks (benchmarks/extract.py, benchmarks/extract_writer.py): the
 writer, the same writer into a group without frame checksums, and raw write + fsync of the same
 bytes; every token codec's size, write and read speed; the tables of both.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from advise_cache.testing import token_store
-from pipelines.common import num, pct, say, table
+from pipelines.common import num, pct, say
+from pipelines.sections import table
 
 WRITER_TARGET_RAW, WRITER_TARGET_CRC = 0.8, 0.9
 WRITER_LENGTHS = (24, 200)  # frames per video in the writer test (UCF101: mostly 70-300)
@@ -162,7 +163,7 @@ def writer_table(rows: list[WriterRow]) -> list[str]:
         "without frame checksums and raw "
         "write + fsync of the shard bytes, each round rotating their order.",
         "",
-        *table(
+        table(
             [
                 "tokens",
                 "videos / shards / frames",
@@ -273,7 +274,7 @@ def codec_table(rows: list[list]) -> list[str]:
         "single frames read from the page cache through plain zarr and through "
         "`IFMArrays.read_frames`. Random weights: real CLIP weights may compress differently.",
         "",
-        *table(
+        table(
             [
                 "tokens",
                 "codec",

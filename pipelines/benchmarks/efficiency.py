@@ -1,9 +1,9 @@
 """Training efficiency, the paper's Table 6: AdViSe online, AdViSe from the cache, R3D-50. This
 script owns the "online vs from the cache" figure.
 
-    .venv/bin/python -m pipelines.bench_efficiency    # make bench-efficiency; ~15 min on 2 CPU cores
-    python3 -m pipelines.bench_efficiency --device cuda --batch-size 32 --min-time 5 --rounds 1
-    .venv/bin/python -m pipelines.bench_efficiency --configs cached-B16,r3d50 --no-write
+    .venv/bin/python -m pipelines.benchmarks.efficiency    # make bench-efficiency; ~15 min on 2 CPU cores
+    python3 -m pipelines.benchmarks.efficiency --device cuda --batch-size 32 --min-time 5 --rounds 1
+    .venv/bin/python -m pipelines.benchmarks.efficiency --configs cached-B16,r3d50 --no-write
 
 Per configuration: trainable parameters, forward MACs per clip (`models.forward_cost`), peak
 memory and seconds per `train.train_step` plus producing its batch (frozen IFM on the frames,
@@ -21,20 +21,12 @@ import tempfile
 from pathlib import Path
 
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from advise_cache.testing import token_store
-from pipelines.common import (
-    child_main,
-    describe_machine,
-    heading,
-    parser,
-    publish,
-    run_child,
-    say,
-    table,
-)
-from pipelines.efficiency_runs import CONFIGS, RATES, SIZE, TOKENS, measure
+from pipelines.benchmarks.efficiency_runs import CONFIGS, RATES, SIZE, TOKENS, measure
+from pipelines.common import child_main, describe_machine, parser, run_child, say
+from pipelines.sections import Section, publish, section, table
 
 STORE_VIDEOS, STORE_FRAMES = 4, 48  # each generated store
 PAPER = {"time": 3.4, "memory": 8.2}  # R3D-50 over AdViSe online (the IFM run every step), Table 6
@@ -94,10 +86,9 @@ def gb(x: float) -> str:
     return f"{x / 1e9:.2f}"
 
 
-def render(machine: dict, rows: list[dict], args, argv) -> str:
+def render(machine: dict, rows: list[dict], args, argv) -> Section:
     cuda = args.device.startswith("cuda")
     out = [
-        *heading("Training efficiency, the paper's Table 6", "bench_efficiency.py", argv, machine),
         f"One PRP training iteration (`train.train_step`: forward, backward, AdamW step) on a batch of "
         f"{args.batch_size} clips of {args.frames} frames at {SIZE} x {SIZE}; {args.warmup} warm-up "
         f"iteration(s), then the median of the timed ones (at least {args.iters}, more until "
@@ -105,7 +96,7 @@ def render(machine: dict, rows: list[dict], args, argv) -> str:
         f"configuration in a fresh process, {args.rounds} round(s) of all of them in turn, the best round "
         "kept" + ("." if cuda else "; memory in another process (below)."),
         "",
-        *table(
+        table(
             [
                 "configuration",
                 "image model",
@@ -164,7 +155,8 @@ def render(machine: dict, rows: list[dict], args, argv) -> str:
             )
         if r3d and cached:
             out.append(f"- R3D-50 vs AdViSe from the cache ({ifm} tokens): {versus(r3d, cached)}.")
-    return "\n".join(out + r3d50_note()) + "\n"
+    name = "bench_efficiency" + ("_gpu" if cuda else "")
+    return section(name, "Training efficiency, the paper's Table 6", __name__, argv, machine, out + r3d50_note())
 
 
 def r3d50_note() -> list[str]:
@@ -176,7 +168,7 @@ def r3d50_note() -> list[str]:
         f"Table 6's R3D-50 FLOPs are about {PAPER_R3D_RATIO:.1f}x our count (as issue 20 read the paper); "
         "what each counting convention gives, by `forward_cost`:",
         "",
-        *table(["R3D-50 counted as", "GMACs", "over ours"], [[n, f"{m:.2f}", f"{m / ours:.2f}x"] for n, m in rows]),
+        table(["R3D-50 counted as", "GMACs", "over ours"], [[n, f"{m:.2f}", f"{m / ours:.2f}x"] for n, m in rows]),
         "",
         "No architecture or counting convention we tried lands on it except three views of one clip, which "
         "Table 6 does not mention: the gap is unexplained. It does not touch the time and memory ratios, "
@@ -224,7 +216,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):  # every configuration in turn; each keeps its best round
             for name in configs:
                 say(f"[{name}] timing run: starting in a fresh process")
-                row = run_child("bench_efficiency.py", specs[name])
+                row = run_child(__spec__.name, specs[name])
                 best = rows.get(name)
                 row["rounds"] = [*(best["rounds"] if best else []), row["seconds"]]
                 if best is None or row["seconds"] < best["seconds"]:
@@ -235,16 +227,15 @@ def main(argv=None) -> int:
             for name in configs:
                 say(f"[{name}] memory run: starting in a fresh process")
                 once = {**specs[name], "iters": 1, "min_time": 0.0, "max_iters": 1}
-                mem = run_child("bench_efficiency.py", once, MALLOC_ENV)
+                mem = run_child(__spec__.name, once, MALLOC_ENV)
                 rows[name]["memory_timing_run"], rows[name]["memory"] = rows[name]["memory"], mem["memory"]
                 rows[name]["baseline_rss"] = mem["baseline_rss"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [rows[name] for name in configs]
-    text = render(machine, rows, args, argv)
     if args.save_json:
         args.save_json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    return publish(text, args, "bench_efficiency" + ("_gpu" if args.device.startswith("cuda") else ""))
+    return publish(render(machine, rows, args, argv), args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One setting of an ablation (pipelines/ablation.py), run in its worker process (ablation_runs.py):
+"""One setting of an ablation (pipelines/studies/ablation.py), run in its worker process (ablation_runs.py):
 its configs from the recipe, the paper's protocol (advise_cache/protocol.py) run or timed, its
 result.json; and the synthetic stores a study without --cache runs on.
 """

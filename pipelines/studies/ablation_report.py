@@ -1,4 +1,4 @@
-"""The report of an ablation (pipelines/ablation.py): results.csv, results.md and results.png,
+"""The report of an ablation (pipelines/studies/ablation.py): results.csv, results.md and results.png,
 means and sample standard deviations over seeds, and the cost of pooling the grid."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from pipelines.common import mean_sd, pm, table
+from pipelines.common import mean_sd, pm
+from pipelines.sections import body_markdown, table
 
 SOURCE = {
     "spatial-res": "the paper's Figure 3",
@@ -113,7 +114,8 @@ def numbers(r: dict, cell) -> list[str]:
     return size + [cell(r, key, key.startswith("delta")) for key in METRICS]
 
 
-def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[str]) -> str:
+def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[str]) -> list:
+    """The report's body: its heading, paragraphs and table (`sections.body_markdown` writes it out)."""
     base, seeds = recipe.base_tmm, recipe.seeds
     several = len(seeds) > 1
 
@@ -133,7 +135,7 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
         f"out {base['out_dim']} ({base['preset']} preset). Params and MACs (multiply-accumulates, the "
         "paper's \"FLOPs\") are the model's with the 4-way PRP head, for one clip.",
         "",
-        *table(HEADER, [[r["dataset"], r["setting"], r["clip"], *numbers(r, cell)] for r in aggregate(rows)], left=3),
+        table(HEADER, [[r["dataset"], r["setting"], r["clip"], *numbers(r, cell)] for r in aggregate(rows)], left=3),
         "",
         "Accuracies in %. Acc_ft: fine-tuned from the PRP-pretrained TMM; ΔAcc = Acc_ft − "
         "Acc_scratch (the same fine-tuning from a random TMM); matched: a fine-tune from a random "
@@ -155,7 +157,7 @@ def render(name: str, rows: list[dict], recipe, notes: list[str], missing: list[
         + [f"not finished: {m}" for m in missing]
         + sorted({f"{r['setting']}: {r['note']}" for r in rows if r.get("note")})
     ]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plot(path: Path, name: str, rows: list[dict]) -> None:
@@ -199,16 +201,16 @@ def plot(path: Path, name: str, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def report(args, out: Path, stores: list[Path], settings: list, notes: list[str]) -> int:
-    """results.csv, .md and .png of every finished run; 1 where none has finished."""
+def report(args, out: Path, stores: list[Path], settings: list, notes: list[str], extend=None) -> int:
+    """results.csv, .md and .png of every finished run; 1 where none has finished. `extend(body,
+    stores, rows, args)`, where given, adds to the report's body (the storage ablation's table)."""
     done = [(s, out / s.folder / "result.json") for s in settings]
     rows = [json.loads(path.read_text()) for _, path in done if path.exists()]
     missing = [f"{s.dataset} {s.label}" for s, path in done if not path.exists()]
-    text = render(args.name, rows, args.recipe, notes, missing)
-    if args.name == "storage" and rows:
-        from pipelines.ablation_storage import report as storage_report
-
-        text = storage_report(text, stores, rows, args)
+    body = render(args.name, rows, args.recipe, notes, missing)
+    if extend is not None and rows:
+        body += ["", *extend(body, stores, rows, args)]
+    text = body_markdown(body) + "\n"
     if rows:
         write_csv(out / "results.csv", rows)
         (out / "results.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Real footage for the decoding benchmark (bench_decode.py): the clip (Debian's opencv-doc sample,
+"""Real footage for the decoding benchmark (benchmarks/decode.py): the clip (Debian's opencv-doc sample,
 or one given), transcoded as UCF101's are; and the tokens of the tensor resize against PIL's on it.
 """
 

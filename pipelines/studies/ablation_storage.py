@@ -1,4 +1,4 @@
-"""The storage ablation's own table (pipelines/ablation.py storage, issue 12): beside each store's
+"""The storage ablation's own table (pipelines/studies/ablation.py storage, issue 12): beside each store's
 Acc_ft and ΔAcc, its bytes per frame, ClipLoader clips/s over it and the int8 error recorded in
 it; the same bytes, rates and error for a few short synthetic videos through a random-weight
 ViT-B-16. Written into results.md and into BENCHMARKS.md's `ablation_storage` section.
@@ -13,9 +13,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from pipelines.ablation_report import aggregate
-from pipelines.common import describe_machine, extract_cpu, heading, num, pm, say, table, write_section
+from pipelines.common import describe_machine, extract_cpu, num, pm, say
 from pipelines.readers import WARMUP_BATCHES, loader_now, make_plan
+from pipelines.sections import save, section, table
+from pipelines.studies.ablation_report import aggregate
 
 ROUNDS, BATCHES, BATCH = 3, 24, 32  # loader: rounds alternate the stores; timed batches of 32 clips
 CAVEAT = (
@@ -64,8 +65,9 @@ def measure(paths: list[Path], device: str) -> list[dict]:
     return facts
 
 
-def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
-    """`text` (the ablation's report) with the storage table; also written to args.benchmarks."""
+def report(body: list, stores: list[Path], rows: list[dict], args) -> list:
+    """The storage table and its notes, to follow the ablation's report `body`; with
+    args.benchmarks, the two also go there as the ablation_storage section (table first)."""
     from advise_cache.runtime import resolve_device
 
     device = str(resolve_device(args.device))
@@ -99,7 +101,7 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
             ]
         )
     own = [
-        *table(
+        table(
             [
                 "dataset",
                 "store (sampler stride in stored frames)",
@@ -124,11 +126,8 @@ def report(text: str, stores: list[Path], rows: list[dict], args) -> str:
         CAVEAT,
     ]
     if args.benchmarks:
-        section = [
-            *heading("Storage: int8 tokens and frame stride 2, what each costs", "ablation.py", args.argv, machine),
-            *own,
-            "",
-            text.replace("\n## ", "\n### ").replace("## ", "### ", 1),
-        ]
-        write_section(Path(args.benchmarks), "ablation_storage", "\n".join(section))
-    return text + "\n" + "\n".join(own) + "\n"
+        title = "Storage: int8 tokens and frame stride 2, what each costs"
+        report = ["#" + body[0], *body[1:]]  # the ablation's report, a level down
+        s = section("ablation_storage", title, "studies.ablation", args.argv, machine, [*own, "", *report])
+        save(Path(args.benchmarks), [s])
+    return own

@@ -1,4 +1,4 @@
-"""One configuration of the Table 6 benchmark (bench_efficiency.py) built and trained for a few
+"""One configuration of the Table 6 benchmark (benchmarks/efficiency.py) built and trained for a few
 steps in its own process: R3D-50 on pixels, the TMM behind the frozen image model run every step
 (AdViSe online), or the TMM from a store of random tokens (from the cache).
 """

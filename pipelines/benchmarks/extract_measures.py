@@ -1,4 +1,4 @@
-"""The measurements the extraction benchmark (bench_extract.py) makes of one image model: generated
+"""The measurements the extraction benchmark (benchmarks/extract.py) makes of one image model: generated
 videos of a frame budget, decoding alone, the model alone, and the token error of bf16 against
 fp32.
 """
