@@ -22,7 +22,7 @@ def test_preflight_and_a_quick_part_write_under_out(tmp_path, monkeypatch):
     summary = kept["bench_gpu_extract"]["settings"]["figures"]
     assert summary["preflight"]["direct"] is True
     assert summary["preflight"]["direct_run"]["cpu"] < 1e-2  # float16 storage of the same forward
-    assert [p["script"] for p in summary["parts"]] == ["extract"]
+    assert [(p["script"], p["exit"]) for p in summary["parts"]] == [("extract", 0)]
     assert kept["bench_extract"]["settings"]["quick"] is True
 
 

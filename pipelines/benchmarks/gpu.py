@@ -17,9 +17,9 @@ here. `python -m pipelines.sections --merge OUT/BENCHMARKS.json` takes a GPU ses
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ import numpy as np
 if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's packages, as `-m` does
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from pipelines.common import BENCHMARKS, describe_machine, parser, quiet, say
+from pipelines.common import BENCHMARKS, REPO, describe_machine, parser, quiet, say
 from pipelines.sections import publish, section, table
 
 # Sizes per part and device kind: each command stays under 5 minutes, its pre-flight included.
@@ -161,17 +161,20 @@ def preflight(device: str) -> dict:
 
 
 def run_part(part: str, args, out: Path) -> list[dict]:
+    """Each benchmark of `part` in a process of its own (its own memory; one that fails does not
+    stop the next), writing its section into `out`'s rows."""
     kind = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
     done = []
     for script, *flags in PARTS[part][kind]:
         t0 = time.perf_counter()
-        module = importlib.import_module(f"pipelines.benchmarks.{script}")
         argv = [*flags, "--device", args.device, "--out", str(out)]
         if script == "loader":
             argv += ["--work", str(Path(tempfile.gettempdir()) / "bench_gpu_loader")]
         say(f"== {script} {' '.join(argv)}")
-        module.main(argv)
-        done.append({"script": script, "argv": argv, "seconds": round(time.perf_counter() - t0, 1)})
+        code = subprocess.run([sys.executable, "-m", f"pipelines.benchmarks.{script}", *argv], cwd=REPO).returncode
+        if code:
+            say(f"== {script} FAILED (exit {code}); going on with the rest")
+        done.append({"script": script, "argv": argv, "exit": code, "seconds": round(time.perf_counter() - t0, 1)})
     return done
 
 
@@ -192,13 +195,14 @@ def main(argv=None) -> int:
     lines = [
         table(["check", ""], [list(kv) for kv in pre["facts"].items()], left=2),
         "",
-        table(["script", "seconds"], [[d["script"], d["seconds"]] for d in parts], left=1),
+        table(["script", "exit", "seconds"], [[d["script"], d["exit"], d["seconds"]] for d in parts], left=1),
         "",
         f"Whole command: {time.perf_counter() - t0:.0f} s.",
     ]
     args.out, args.figures = out, {"preflight": pre, "parts": parts, "seconds": round(time.perf_counter() - t0, 1)}
     title = f"GPU pre-flight, {args.part}"
-    return publish(section(f"bench_gpu_{args.part}", title, __name__, argv, machine, lines), args)
+    publish(section(f"bench_gpu_{args.part}", title, __name__, argv, machine, lines), args)
+    return 1 if any(d["exit"] for d in parts) else 0
 
 
 if __name__ == "__main__":
