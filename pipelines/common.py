@@ -189,6 +189,17 @@ def pm(mean: float | None, sd: float | None = None, signed: bool = False, scale:
 
 
 # -- one measurement per fresh process --------------------------------------------------------
+def module_of(name: str) -> str:
+    """The dotted module ("pipelines.benchmarks.loader") of a script's `__name__`, also where it
+    runs as `__main__`, with -m or as a file."""
+    if name != "__main__":
+        return name
+    main = sys.modules["__main__"]
+    if main.__spec__ is not None:
+        return main.__spec__.name
+    return ".".join(Path(main.__file__).resolve().relative_to(REPO).with_suffix("").parts)
+
+
 def run_child(module: str, spec: dict, env: dict | None = None) -> dict:
     """Run `python -m module --child SPEC` in a fresh interpreter (its own peak memory, nothing
     shared) and return the dict its `child_main` printed."""

@@ -20,7 +20,7 @@ from pathlib import Path
 if not __package__:  # run as `python pipelines/sections.py`: import the checkout's packages, as `-m` does
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipelines.common import BENCHMARKS, load_1min, say
+from pipelines.common import BENCHMARKS, load_1min, module_of, say
 
 HEADER = (
     "# Benchmarks\n\n"
@@ -54,9 +54,7 @@ def section(name: str, title: str, module: str, argv, machine: dict, body: list)
     """A Section from a script's body: lines (an empty one ends a paragraph) and `table`s. `module`
     is the script's `__name__` or its dotted name under pipelines/; `argv` its flags (None:
     sys.argv's); the machine gets its load average now, at the end of the measurement."""
-    module = module.removeprefix("pipelines.")
-    if module == "__main__":
-        module = sys.modules["__main__"].__spec__.name.removeprefix("pipelines.")
+    module = module_of(module).removeprefix("pipelines.")
     flags = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = " ".join(["python -m", f"pipelines.{module}", *flags])
     machine = {**machine, "load average (1 min) at end": load_1min()}

@@ -88,3 +88,23 @@ def test_an_entry_script_runs_as_a_file_and_as_a_module(how, tmp_path):
     )
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith("usage:") and "--dry-run" in got.stdout
+
+
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_a_section_names_its_script_as_a_module_however_it_ran(how, tmp_path):
+    """The "Written by" line is the `python -m` command, whether the script ran as a file or a module."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ["-m", "pipelines.benchmarks.extract_writer"]
+    if how == "file":
+        script = [str(repo / "pipelines" / "benchmarks" / "extract_writer.py")]
+    flags = ["--models", "test-vit", "--frames", "16", "--repeats", "1", "--no-write"]
+    got = subprocess.run(
+        [sys.executable, *script, *flags], cwd=tmp_path if how == "file" else repo, capture_output=True, text=True
+    )
+    assert got.returncode == 0, got.stderr
+    assert "## The writer with frame checksums (pipelines/benchmarks/extract_writer.py)" in got.stdout
+    assert f"Written by `python -m pipelines.benchmarks.extract_writer {' '.join(flags)}`" in got.stdout

@@ -25,7 +25,7 @@ if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's 
 
 from advise_cache.testing import token_store
 from pipelines.benchmarks.efficiency_runs import CONFIGS, RATES, SIZE, TOKENS, measure
-from pipelines.common import child_main, describe_machine, parser, run_child, say
+from pipelines.common import child_main, describe_machine, module_of, parser, run_child, say
 from pipelines.sections import Section, publish, section, table
 
 STORE_VIDEOS, STORE_FRAMES = 4, 48  # each generated store
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):  # every configuration in turn; each keeps its best round
             for name in configs:
                 say(f"[{name}] timing run: starting in a fresh process")
-                row = run_child(__spec__.name, specs[name])
+                row = run_child(module_of(__name__), specs[name])
                 best = rows.get(name)
                 row["rounds"] = [*(best["rounds"] if best else []), row["seconds"]]
                 if best is None or row["seconds"] < best["seconds"]:
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
             for name in configs:
                 say(f"[{name}] memory run: starting in a fresh process")
                 once = {**specs[name], "iters": 1, "min_time": 0.0, "max_iters": 1}
-                mem = run_child(__spec__.name, once, MALLOC_ENV)
+                mem = run_child(module_of(__name__), once, MALLOC_ENV)
                 rows[name]["memory_timing_run"], rows[name]["memory"] = rows[name]["memory"], mem["memory"]
                 rows[name]["baseline_rss"] = mem["baseline_rss"]
     finally:
