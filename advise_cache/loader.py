@@ -232,8 +232,8 @@ _DEQUANTISE_SHARE = 1 << 20  # values (2 MB of float16): a ViT-B-16 batch of 32 
 def default_threads(device: torch.device) -> int:
     """Reading threads when --loader-threads is not given. On CUDA this process's share of the
     node's cores less the training loop's (a GPU-rate run needs several copying cores per GPU),
-    at least 4 and at most 16; on the CPU 4, what bench_loader measured best, the model's own
-    threads taking the cores."""
+    at least 4 and at most 16; on the CPU 4, what pipelines/benchmarks/loader.py measured best,
+    the model's own threads taking the cores."""
     if torch.device(device).type != "cuda":
         return 4
     return min(16, max(4, cores_per_process() - 1))

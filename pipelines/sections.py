@@ -132,8 +132,16 @@ def _write(path: Path, text: str) -> None:
 
 def save(markdown_file: Path, new: list[Section]) -> None:
     """Put `new` into the data beside `markdown_file` (each in the place of its namesake, or last),
-    then render `markdown_file` from all of it."""
+    then render `markdown_file` from all of it. A markdown file without its data beside it is not
+    overwritten: it may hold what no rows describe."""
+    if markdown_file.suffix != ".md":
+        raise SystemExit(f"{markdown_file}: the rendered file must end in .md (its rows go beside it, as .json)")
     path = data_file(markdown_file)
+    if markdown_file.exists() and not path.exists() and markdown_file.read_text().strip():
+        raise SystemExit(
+            f"{markdown_file} has no {path.name} beside it, so rendering would lose what it holds; "
+            "write to another --out, or move it aside"
+        )
     sections = load(path)
     for s in new:
         at = next((i for i, old in enumerate(sections) if old.name == s.name), None)

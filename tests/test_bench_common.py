@@ -25,6 +25,13 @@ def test_a_rerun_replaces_only_its_own_section_and_the_markdown_is_rendered_from
     assert text.startswith("# Benchmarks") and "first a" not in text
     assert "Written by `python -m pipelines.benchmarks.loader --quick`" in text
     assert "## title a (pipelines/benchmarks/loader.py)" in text
+    with pytest.raises(SystemExit, match="must end in .md"):
+        sections.save(tmp_path / "rows.json", [_section("a", "x")])
+    hand = tmp_path / "HAND.md"
+    hand.write_text("# figures nobody keeps as rows\n")
+    with pytest.raises(SystemExit, match="no HAND.json beside it"):
+        sections.save(hand, [_section("a", "x")])
+    assert hand.read_text() == "# figures nobody keeps as rows\n"  # left as it was
     sections.data_file(md).write_text("{not json")
     with pytest.raises(SystemExit, match="not a file of benchmark sections"):
         sections.save(md, [_section("b", "again")])

@@ -55,7 +55,7 @@ SIZES = {
     "cpu": {"videos": 48, "frames": 64, "batch_size": 16, "clips": 192, "rounds": 3, "pairs": 3},
     "quick": {"videos": 4, "frames": 16, "batch_size": 4, "clips": 16, "rounds": 1, "pairs": 1},
 }
-LOCAL_WARMUP = 4  # bench_loader.ceiling's: the cached epoch is timed the same way
+LOCAL_WARMUP = 4  # readers.ceiling's: the cached epoch is timed the same way
 
 
 @contextmanager
@@ -122,7 +122,7 @@ def first_epoch(url: str, plan, batch: int, cache_dir: Path | None, threads: int
 
 def local_pairs(cached, local: Path, plan, batch: int, pairs: int, rnd: int) -> dict[str, list[float]]:
     """`pairs` passes each, alternating, over the plan three times: the loader on the cached
-    bucket store, the loader on the local store, the local raw preadv reader (bench_loader's
+    bucket store, the loader on the local store, the local raw preadv reader (benchmarks/loader.py's
     ceiling, 4 batches untimed, as here) without and with each frame's crc32c checked (the loader
     always checks: store format 3)."""
     from advise_cache.loader import ClipLoader, TokenSource

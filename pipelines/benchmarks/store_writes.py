@@ -151,8 +151,8 @@ def bench_writer(
     return row
 
 
-def writer_table(rows: list[WriterRow]) -> list[str]:
-    """The writer's lines of the section (none without rows)."""
+def writer_table(rows: list[WriterRow]) -> list:
+    """The writer's lines and table of the section (none without rows)."""
     if not rows:
         return []
     return [
@@ -263,8 +263,8 @@ def bench_codecs(model: str, tokens: list[np.ndarray], work: Path, frames: int, 
     return rows
 
 
-def codec_table(rows: list[list]) -> list[str]:
-    """The codecs' lines of the section (none without rows)."""
+def codec_table(rows: list[list]) -> list:
+    """The codecs' lines and table of the section (none without rows)."""
     if not rows:
         return []
     return [
