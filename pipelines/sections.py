@@ -77,13 +77,13 @@ def blocks(body: list) -> list:
 
 
 # -- rendering -------------------------------------------------------------------------------
-def table_lines(t: dict) -> list[str]:
+def _table_lines(t: dict) -> list[str]:
     rule = ["---" if i < t["left"] else "---:" for i in range(len(t["header"]))]
     return ["| " + " | ".join(row) + " |" for row in (t["header"], rule, *t["rows"])]
 
 
 def _joined(blocks: list) -> str:
-    return "\n\n".join(b if isinstance(b, str) else "\n".join(table_lines(b)) for b in blocks)
+    return "\n\n".join(b if isinstance(b, str) else "\n".join(_table_lines(b)) for b in blocks)
 
 
 def body_markdown(body: list) -> str:

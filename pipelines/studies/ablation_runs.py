@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.studies.ablation_setting import write_spec
+from pipelines.studies import ablation_setting as setting
 
 GIB_PER_RUN = 2  # a worker's peak resident memory on the synthetic stores: 1.3 GB
 STOP_GRACE_S = 3  # seconds a worker has to exit on SIGTERM before it is killed
@@ -179,8 +179,6 @@ def worker(mode: str, threads: int, folders: list[Path]) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from pipelines.studies import ablation_setting as setting
-
     setting.setup_logging()
     if mode == "run":
         setting.run_setting(folders[0])
@@ -227,7 +225,7 @@ def estimate_runs(args, todo: list, jobs: int, out: Path, gpus: int) -> list[Run
     with tempfile.TemporaryDirectory(prefix="ablation-eta-") as scratch:
         folders = {k: Path(scratch) / str(i) for i, k in enumerate(probes)}
         for k, s in probes.items():
-            write_spec(folders[k], s, args)
+            setting.write_spec(folders[k], s, args)
         if probes:
             print(f"measuring the ETA: the first steps of each training of {len(probes)} setting(s)", flush=True)
         measured = measure_eta(list(folders.values()), jobs, gpus) if probes else {}

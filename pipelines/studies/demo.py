@@ -42,7 +42,7 @@ if not __package__:  # run as `python pipelines/NAME.py`: import the checkout's 
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from pipelines.common import mean_sd, pm, quiet, synthetic_store
-from pipelines.sections import table, table_lines
+from pipelines.sections import body_markdown, table
 
 FAMILIES = ("appearance", "temporal", "motion")
 # Classification clips: the temporal family is judged as Diving48 is, one frame from each
@@ -221,10 +221,10 @@ def render(results: dict, seeds: list[int]) -> str:
         out += [
             f"Data draw {data_seed} (videos generated with seed {data_seed}):",
             "",
-            *table_lines(table(["family", "TMM", *HEADER], rows, left=2)),
+            table(["family", "TMM", *HEADER], rows, left=2),
             "",
         ]
-    return "\n".join(out).rstrip()
+    return body_markdown(out)
 
 
 def parse_args(argv) -> argparse.Namespace:
